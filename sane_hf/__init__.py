@@ -1,0 +1,22 @@
+"""sane_hf: SANE weight-space learning (Schürholt, Mahoney, Borth, ICML 2024) as a Hugging Face integration.
+
+Importing `sane_hf` registers `SaneConfig`/`SaneModel` with `AutoConfig`/`AutoModel` (model_type `"sane"`), so
+`AutoModel.from_pretrained(...)` loads SANE checkpoints without `trust_remote_code`.
+"""
+
+from .models.sane import SaneConfig, SaneModel, SaneModelOutput, SanePreTrainedModel
+from .tokenization import TokenizedLayer, TokenLayout, TokenNormalization
+
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SaneConfig",
+    "SaneModel",
+    "SaneModelOutput",
+    "SanePreTrainedModel",
+    "TokenLayout",
+    "TokenNormalization",
+    "TokenizedLayer",
+    "__version__",
+]

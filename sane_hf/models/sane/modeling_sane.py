@@ -1,0 +1,740 @@
+# Copyright 2026 The sane_hf developers. Licensed under the MIT license.
+"""PyTorch SANE model: a sequential transformer autoencoder over weight tokens.
+
+Reimplements the model of Schürholt, Mahoney, Borth, "Towards Scalable and Versatile Weight Space Learning"
+(ICML 2024), following SANE_METHOD §3: per-token linear "tokenizer", a learned 3-coordinate position embedding shared
+by encoder and decoder, nanoGPT-style pre-LN blocks without a final LayerNorm, a per-token linear bottleneck and a
+projection head for the contrastive loss. Full token sequences (whole models) are embedded and decoded with haloed
+windows (SANE_METHOD §6.4), reimplemented to work for every sequence length.
+
+This file is copied verbatim into every Hub repository of a SANE checkpoint (`trust_remote_code`), so it may import
+only the standard library, `torch`, `transformers` and, relatively, its sibling `configuration_sane.py`.
+"""
+
+import json
+import math
+import numbers
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.modeling_utils import PreTrainedModel
+from transformers.utils import ModelOutput, cached_file, logging
+
+from .configuration_sane import SaneConfig
+
+
+try:  # transformers >= 5: init functions that skip tensors already loaded from a checkpoint
+    from transformers import initialization as init
+except ImportError:  # pragma: no cover - transformers 4.x
+    from torch.nn import init
+
+
+logger = logging.get_logger(__name__)
+
+SANE_LAYOUT_NAME = "sane_layout.json"
+SANE_NORMALIZATION_NAME = "sane_normalization.json"
+
+_POSITION_COORDINATES = ("global token index", "layer index", "row index")
+# `from_pretrained` arguments that also locate the JSON sidecars next to the weights.
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
+
+
+@dataclass
+class SaneModelOutput(ModelOutput):
+    r"""
+    Output of [`SaneModel`] for a batch of token windows.
+
+    Args:
+        latents (`torch.FloatTensor` of shape `(batch_size, window_length, latent_dim)`):
+            Per-token latent representations produced by the encoder.
+        reconstructions (`torch.FloatTensor` of shape `(batch_size, window_length, token_size)`):
+            Tokens reconstructed by the decoder from `latents`.
+        projections (`torch.FloatTensor` of shape `(batch_size, projection_dim)`):
+            Output of the projection head on `latents`; only used by the contrastive loss.
+    """
+
+    latents: torch.FloatTensor | None = None
+    reconstructions: torch.FloatTensor | None = None
+    projections: torch.FloatTensor | None = None
+
+
+def haloed_window_index(
+    seq_len: int, content_size: int, halo_size: int, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    Index of the haloed windows that cover a sequence of `seq_len` tokens (SANE_METHOD §6.4, made robust).
+
+    The sequence is cut into `n_win = ceil(seq_len / content_size)` content windows; window `k` owns the tokens
+    `[k * content_size, min((k + 1) * content_size, seq_len))`. Its snippet (what the model sees) is the range of
+    length `min(seq_len, content_size + 2 * halo_size)` centred on the content with `halo_size` context tokens on each
+    side, shifted to stay inside `[0, seq_len)`. Unlike the upstream `haloify`, which asserts that every snippet is
+    full-length, this works for every `seq_len >= 1`, including `seq_len < content_size + 2 * halo_size` and
+    `0 < seq_len % content_size < halo_size` (SANE_METHOD §7.4 item 8).
+
+    Args:
+        seq_len (`int`):
+            Number of tokens `S` in the full sequence.
+        content_size (`int`):
+            Content tokens per window `W_c` (`config.window_size - 2 * config.halo_size`).
+        halo_size (`int`):
+            Context tokens `h` on each side of the content.
+        device (`torch.device` or `str`, *optional*):
+            Device of the returned tensors.
+
+    Returns:
+        `tuple(torch.LongTensor, torch.BoolTensor)`: `snippet_index` of shape `(n_win, snippet_len)` with the token
+        indices of each snippet, and `content_mask` of the same shape, `True` where the snippet token is content of
+        that window. Every token index in `[0, seq_len)` is content of exactly one window.
+    """
+    for name, value, minimum in (
+        ("seq_len", seq_len, 1),
+        ("content_size", content_size, 1),
+        ("halo_size", halo_size, 0),
+    ):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
+            raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
+    seq_len, content_size, halo_size = int(seq_len), int(content_size), int(halo_size)
+    n_windows = math.ceil(seq_len / content_size)
+    snippet_len = min(seq_len, content_size + 2 * halo_size)
+
+    window = torch.arange(n_windows, device=device)
+    content_start = window * content_size
+    content_end = torch.clamp(content_start + content_size, max=seq_len)
+    # Centre the snippet on the content, then shift it back inside the sequence at both ends. The shifted snippet
+    # still contains the whole content: at the left edge the content ends before content_size + 2h >= snippet_len,
+    # at the right edge the snippet ends at seq_len.
+    snippet_start = torch.clamp(content_start - halo_size, min=0, max=seq_len - snippet_len)
+    snippet_index = snippet_start[:, None] + torch.arange(snippet_len, device=device)[None, :]
+    content_mask = (snippet_index >= content_start[:, None]) & (snippet_index < content_end[:, None])
+    return snippet_index, content_mask
+
+
+class SanePositionEmbedding(nn.Module):
+    """
+    Learned 3-coordinate position embedding (SANE_METHOD §3.2): `concat(E1[global] + E2[layer], E3[row])`.
+
+    Positions stay global, also inside a window, so `E1` must cover the longest model (SANE_METHOD §7.4 item 9).
+    """
+
+    def __init__(self, config: SaneConfig):
+        super().__init__()
+        half = config.d_model // 2
+        self.max_positions = list(config.max_positions)
+        self.global_embedding = nn.Embedding(config.max_positions[0], half)
+        self.layer_embedding = nn.Embedding(config.max_positions[1], half)
+        self.row_embedding = nn.Embedding(config.max_positions[2], half)
+
+    def check_positions(self, positions: torch.Tensor) -> None:
+        """Raise a `ValueError` if a coordinate of `positions` (`[..., 3]`) falls outside its position table."""
+        if positions.numel() == 0 or torch.compiler.is_compiling():
+            return
+        # One aminmax over the flattened coordinates: a cheap reduction plus a single device sync.
+        minima, maxima = positions.reshape(-1, 3).aminmax(dim=0)
+        for i, (low, high) in enumerate(zip(minima.tolist(), maxima.tolist())):
+            size = self.max_positions[i]
+            if low < 0:
+                raise ValueError(
+                    f"position coordinate {i} ({_POSITION_COORDINATES[i]}) has a negative value ({low}); positions "
+                    "must be >= 0."
+                )
+            if high >= size:
+                raise ValueError(
+                    f"position coordinate {i} ({_POSITION_COORDINATES[i]}) reaches {high} but "
+                    f"config.max_positions[{i}] is {size}, so valid values are 0..{size - 1}. The model cannot embed "
+                    "positions beyond its learned tables; use a SANE model trained with larger `max_positions`."
+                )
+
+    def forward(self, positions: torch.Tensor, check_range: bool = True) -> torch.Tensor:
+        positions = positions.long()
+        if check_range:
+            self.check_positions(positions)
+        summed = self.global_embedding(positions[..., 0]) + self.layer_embedding(positions[..., 1])
+        return torch.cat([summed, self.row_embedding(positions[..., 2])], dim=-1)
+
+
+class SaneSelfAttention(nn.Module):
+    """Bidirectional multi-head self-attention with a fused QKV projection (SANE_METHOD §3.3, nanoGPT style)."""
+
+    def __init__(self, config: SaneConfig):
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.head_dim = config.d_model // config.n_heads
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.d_model, 3 * config.d_model, bias=config.bias)
+        self.c_proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
+        self.c_proj.is_residual_projection = True  # scaled init, see SanePreTrainedModel._init_weights
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, hidden_states: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        batch_size, length, width = hidden_states.shape
+        query, key, value = self.c_attn(hidden_states).split(width, dim=2)
+        query, key, value = (
+            t.view(batch_size, length, self.n_heads, self.head_dim).transpose(1, 2) for t in (query, key, value)
+        )
+        # Full attention over the window (no causal mask), as upstream; `attn_mask` only hides padded tokens.
+        attended = F.scaled_dot_product_attention(
+            query,
+            key,
+            value,
+            attn_mask=attn_mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=False,
+        )
+        attended = attended.transpose(1, 2).reshape(batch_size, length, width)
+        return self.resid_dropout(self.c_proj(attended))
+
+
+class SaneMLP(nn.Module):
+    """Position-wise feed-forward network: Linear(D, 4D) -> exact GELU -> Linear(4D, D) -> dropout."""
+
+    def __init__(self, config: SaneConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.d_model, 4 * config.d_model, bias=config.bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * config.d_model, config.d_model, bias=config.bias)
+        self.c_proj.is_residual_projection = True  # scaled init, see SanePreTrainedModel._init_weights
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(hidden_states))))
+
+
+class SaneBlock(nn.Module):
+    """Pre-LN transformer block: `x = x + Attn(LN1(x)); x = x + MLP(LN2(x))` (SANE_METHOD §3.3)."""
+
+    def __init__(self, config: SaneConfig):
+        super().__init__()
+        # SANE's LayerNorms have a weight and, with bias=False, no bias (SANE_METHOD §3.3).
+        self.ln_1 = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps, bias=config.bias)
+        self.attn = SaneSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps, bias=config.bias)
+        self.mlp = SaneMLP(config)
+
+    def forward(self, hidden_states: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        hidden_states = hidden_states + self.attn(self.ln_1(hidden_states), attn_mask)
+        return hidden_states + self.mlp(self.ln_2(hidden_states))
+
+
+class SaneProjectionHead(nn.Module):
+    """
+    Projection head for the contrastive loss (SANE_METHOD §3.4): pooled latents -> Linear -> LayerNorm -> ReLU ->
+    Linear -> LayerNorm -> ReLU.
+
+    With `projection_pooling="flatten"` the input is the flattened window (`window_size * latent_dim` features, the
+    upstream head, tied to the window length, SANE_METHOD §7.4 item 10); with `"mean"` it is the latent averaged over
+    the (unmasked) tokens of the window.
+    """
+
+    def __init__(self, config: SaneConfig):
+        super().__init__()
+        self.pooling = config.projection_pooling
+        self.window_size = config.window_size
+        in_features = config.window_size * config.latent_dim if self.pooling == "flatten" else config.latent_dim
+        self.linear_1 = nn.Linear(in_features, config.projection_dim, bias=False)
+        self.norm_1 = nn.LayerNorm(config.projection_dim)
+        self.linear_2 = nn.Linear(config.projection_dim, config.projection_dim, bias=False)
+        self.norm_2 = nn.LayerNorm(config.projection_dim)
+        self.activation = nn.ReLU()
+
+    def forward(self, latents: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.pooling == "flatten":
+            if latents.shape[1] != self.window_size:
+                raise ValueError(
+                    f"The projection head flattens a window of exactly config.window_size={self.window_size} tokens "
+                    f"(projection_pooling='flatten'), but got a window of {latents.shape[1]} tokens. Use windows of "
+                    "length window_size, `encode`/`decode` (no projection head), or projection_pooling='mean'."
+                )
+            pooled = latents.reshape(latents.shape[0], -1)
+        elif attention_mask is None:
+            pooled = latents.mean(dim=1)
+        else:
+            weights = attention_mask.to(latents.dtype).unsqueeze(-1)
+            pooled = (latents * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        hidden = self.activation(self.norm_1(self.linear_1(pooled)))
+        return self.activation(self.norm_2(self.linear_2(hidden)))
+
+
+class SanePreTrainedModel(PreTrainedModel):
+    """
+    Base class of SANE models: weight initialization, and the `sane_layout.json` / `sane_normalization.json` sidecars
+    that travel with the weights.
+
+    `sane_layout` and `sane_normalization` are plain JSON dicts (the token layout of the zoo architecture and the
+    per-layer normalization statistics; the `sane_hf` package gives them meaning). `save_pretrained` writes them next
+    to `config.json` when set, and `from_pretrained` reads them back when present, so that a checkpoint alone suffices
+    to embed or generate models (STYLE_ANCHORS §3.3 rule 10).
+    """
+
+    config_class = SaneConfig
+    config: SaneConfig
+    base_model_prefix = "sane"
+    main_input_name = "tokens"
+    _no_split_modules = ["SaneBlock"]
+
+    sane_layout: dict | None = None
+    sane_normalization: dict | None = None
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # GPT-2 style (SANE_METHOD §3.5). transformers calls this once per module, children before parents, and the
+        # `init` functions skip tensors that were loaded from a checkpoint.
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            if getattr(module, "is_residual_projection", False):
+                # Residual projections (`*c_proj.weight`) use std / sqrt(2 * n_layers): two residual branches per
+                # block (upstream takes the per-stack block count `ae:num_layers`, the encoder depth here). The flag
+                # sits on the Linear itself because, for custom code, transformers skips `_init_weights` on modules
+                # without parameters of their own (such as SaneSelfAttention), so a parent-level re-draw never runs.
+                init.normal_(module.weight, mean=0.0, std=std / math.sqrt(2 * self.config.n_layers))
+            else:
+                init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            if module.weight is not None:
+                init.ones_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        is_main_process: bool = True,
+        state_dict: dict | None = None,
+        push_to_hub: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """
+        Save the model with [`~PreTrainedModel.save_pretrained`], plus `sane_layout.json` and
+        `sane_normalization.json` when `sane_layout` / `sane_normalization` are set.
+
+        With `push_to_hub=True` and a sidecar set, the folder is saved locally first and then uploaded with
+        [`~PreTrainedModel.push_to_hub`], so that the sidecars are part of the commit (the upload serializes the
+        model's own `state_dict`).
+        """
+        has_sidecars = self.sane_layout is not None or self.sane_normalization is not None
+        if push_to_hub and has_sidecars:
+            # The parent uploads before returning, i.e. before the sidecars exist: save locally, then push.
+            hub_options = {
+                key: kwargs.pop(key)
+                for key in ("commit_message", "commit_description", "create_pr", "private", "revision")
+                if key in kwargs
+            }
+            repo_id = kwargs.pop("repo_id", os.fspath(save_directory).rstrip(os.sep).split(os.sep)[-1])
+            self.save_pretrained(save_directory, is_main_process=is_main_process, state_dict=state_dict, **kwargs)
+            if is_main_process:
+                self.push_to_hub(
+                    repo_id,
+                    token=kwargs.get("token"),
+                    max_shard_size=kwargs.get("max_shard_size", "50GB"),
+                    **hub_options,
+                )
+            return
+
+        super().save_pretrained(
+            save_directory, is_main_process=is_main_process, state_dict=state_dict, push_to_hub=push_to_hub, **kwargs
+        )
+        if not is_main_process:
+            return
+        for filename, payload in (
+            (SANE_LAYOUT_NAME, self.sane_layout),
+            (SANE_NORMALIZATION_NAME, self.sane_normalization),
+        ):
+            path = os.path.join(save_directory, filename)
+            if payload is not None:
+                _write_json_atomic(path, payload)
+            elif os.path.isfile(path):
+                logger.warning(
+                    f"{path} exists but this model has no `{filename[:-5]}` set; the stale file is left in place and "
+                    "will be loaded with the model. Delete it if it does not belong to these weights."
+                )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args: Any, **kwargs: Any):
+        """
+        Load a model with [`~PreTrainedModel.from_pretrained`] and attach `sane_layout` / `sane_normalization` from
+        `sane_layout.json` / `sane_normalization.json` when the folder or repository has them. Takes the same
+        arguments; `cache_dir`, `force_download`, `local_files_only`, `token`, `revision`, `subfolder` and `proxies`
+        are also used to fetch the sidecars.
+        """
+        hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if kwargs.get(key) is not None}
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        if pretrained_model_name_or_path is not None:
+            for attribute, filename in (
+                ("sane_layout", SANE_LAYOUT_NAME),
+                ("sane_normalization", SANE_NORMALIZATION_NAME),
+            ):
+                resolved = cached_file(
+                    pretrained_model_name_or_path,
+                    filename,
+                    _raise_exceptions_for_missing_entries=False,
+                    _raise_exceptions_for_gated_repo=False,
+                    _raise_exceptions_for_connection_errors=False,
+                    **hub_kwargs,
+                )
+                if resolved is not None:
+                    with open(resolved, encoding="utf-8") as handle:
+                        setattr(model, attribute, json.load(handle))
+        return loaded
+
+
+class SaneModel(SanePreTrainedModel):
+    """
+    The SANE autoencoder (SANE_METHOD §3.1): encoder, per-token latent bottleneck, decoder and projection head.
+
+    ```
+    encode:  h = Linear(T->D)(tokens) + PE(positions) -> dropout -> encoder blocks -> Linear(D->L) = latents
+    decode:  u = Linear(L->D)(latents) + PE(positions) -> dropout -> decoder blocks -> Linear(D->T) = reconstructions
+    project: projection_head(latents)            # only for the contrastive loss
+    ```
+    The position embedding is one module shared by encoder and decoder, as upstream. Windows are `[batch, length, ·]`
+    with global positions; whole models (any length) go through [`~SaneModel.embed`], [`~SaneModel.haloed_encode`]
+    and [`~SaneModel.haloed_decode`].
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from sane_hf.models.sane import SaneConfig, SaneModel
+
+    >>> config = SaneConfig(token_size=12, d_model=32, n_heads=4, n_layers=2, latent_dim=8, window_size=16,
+    ...                     max_positions=[64, 8, 16])
+    >>> model = SaneModel(config).eval()
+    >>> tokens = torch.randn(2, 16, 12)
+    >>> positions = torch.stack([torch.arange(16), torch.arange(16) // 4, torch.arange(16) % 4], dim=-1)
+    >>> outputs = model(tokens, positions.expand(2, 16, 3))
+    >>> outputs.latents.shape, outputs.reconstructions.shape, outputs.projections.shape
+    (torch.Size([2, 16, 8]), torch.Size([2, 16, 12]), torch.Size([2, 30]))
+    >>> # Whole models of any length: haloed windows, then the mean over tokens
+    >>> model_positions = torch.stack([torch.arange(40), torch.arange(40) // 8, torch.arange(40) % 8], dim=-1)
+    >>> model.embed(torch.randn(2, 40, 12), model_positions).shape
+    torch.Size([2, 8])
+
+    ```
+    """
+
+    def __init__(self, config: SaneConfig):
+        super().__init__(config)
+        self.input_projection = nn.Linear(config.token_size, config.d_model)
+        self.position_embedding = SanePositionEmbedding(config)
+        self.dropout = nn.Dropout(config.dropout)
+        self.encoder = nn.ModuleList([SaneBlock(config) for _ in range(config.n_layers)])
+        self.to_latent = nn.Linear(config.d_model, config.latent_dim)
+        self.from_latent = nn.Linear(config.latent_dim, config.d_model)
+        self.decoder = nn.ModuleList([SaneBlock(config) for _ in range(config.n_decoder_layers)])
+        self.output_projection = nn.Linear(config.d_model, config.token_size)
+        self.projection_head = SaneProjectionHead(config)
+        # Initialize weights and apply final processing
+        self.post_init()
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Windows
+    # ----------------------------------------------------------------------------------------------------------------
+
+    def encode(
+        self, tokens: torch.Tensor, positions: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """
+        Encode a batch of token windows into per-token latents.
+
+        Args:
+            tokens (`torch.FloatTensor` of shape `(batch_size, window_length, token_size)`):
+                Weight tokens (normalized, zero-padded), one row per token.
+            positions (`torch.LongTensor` of shape `(batch_size, window_length, 3)`):
+                Global 3-coordinate positions (global index, layer index, row index) of the tokens. A batch dimension
+                of 1 is broadcast over the batch.
+            attention_mask (`torch.BoolTensor` of shape `(batch_size, window_length)`, *optional*):
+                `True` for real tokens, `False` for padding tokens that no token may attend to. Every window needs at
+                least one real token (a fully masked window gives NaNs, as any softmax over no keys).
+
+        Returns:
+            `torch.FloatTensor` of shape `(batch_size, window_length, latent_dim)`: the latents.
+        """
+        self._check_window_inputs("tokens", tokens, self.config.token_size, positions, attention_mask)
+        return self._encode(tokens, self.position_embedding(positions), _sdpa_key_mask(attention_mask))
+
+    def decode(
+        self, latents: torch.Tensor, positions: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """
+        Decode per-token latents back into weight tokens.
+
+        Args:
+            latents (`torch.FloatTensor` of shape `(batch_size, window_length, latent_dim)`):
+                Per-token latents, e.g. from [`~SaneModel.encode`] or sampled.
+            positions (`torch.LongTensor` of shape `(batch_size, window_length, 3)`):
+                Global positions of the tokens (a batch dimension of 1 is broadcast).
+            attention_mask (`torch.BoolTensor` of shape `(batch_size, window_length)`, *optional*):
+                `True` for real tokens, `False` for padding tokens.
+
+        Returns:
+            `torch.FloatTensor` of shape `(batch_size, window_length, token_size)`: the reconstructed tokens.
+        """
+        self._check_window_inputs("latents", latents, self.config.latent_dim, positions, attention_mask)
+        return self._decode(latents, self.position_embedding(positions), _sdpa_key_mask(attention_mask))
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+    ) -> SaneModelOutput | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        r"""
+        Encode, decode and project a batch of windows (upstream `AEModule.forward` returning `(z, y, zp)`).
+
+        Args:
+            tokens (`torch.FloatTensor` of shape `(batch_size, window_length, token_size)`):
+                Weight tokens. With `projection_pooling="flatten"`, `window_length` must equal `config.window_size`.
+            positions (`torch.LongTensor` of shape `(batch_size, window_length, 3)`):
+                Global positions of the tokens (a batch dimension of 1 is broadcast).
+            attention_mask (`torch.BoolTensor` of shape `(batch_size, window_length)`, *optional*):
+                `True` for real tokens, `False` for padding tokens.
+            return_dict (`bool`, *optional*):
+                Whether to return a [`SaneModelOutput`] instead of a tuple `(latents, reconstructions, projections)`.
+                Defaults to `config.return_dict`.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        self._check_window_inputs("tokens", tokens, self.config.token_size, positions, attention_mask)
+        # One position embedding for both stacks: encoder and decoder share the PE module (SANE_METHOD §3.1).
+        position_embeddings = self.position_embedding(positions)
+        attn_mask = _sdpa_key_mask(attention_mask)
+        latents = self._encode(tokens, position_embeddings, attn_mask)
+        reconstructions = self._decode(latents, position_embeddings, attn_mask)
+        projections = self.projection_head(latents, attention_mask)
+        if not return_dict:
+            return latents, reconstructions, projections
+        return SaneModelOutput(latents=latents, reconstructions=reconstructions, projections=projections)
+
+    def _encode(
+        self, tokens: torch.Tensor, position_embeddings: torch.Tensor, attn_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        hidden_states = self.input_projection(tokens.to(self.input_projection.weight.dtype)) + position_embeddings
+        hidden_states = self.dropout(hidden_states)
+        for block in self.encoder:
+            hidden_states = block(hidden_states, attn_mask)
+        return self.to_latent(hidden_states)
+
+    def _decode(
+        self, latents: torch.Tensor, position_embeddings: torch.Tensor, attn_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        hidden_states = self.from_latent(latents.to(self.from_latent.weight.dtype)) + position_embeddings
+        hidden_states = self.dropout(hidden_states)
+        for block in self.decoder:
+            hidden_states = block(hidden_states, attn_mask)
+        return self.output_projection(hidden_states)
+
+    def _check_window_inputs(
+        self,
+        name: str,
+        values: torch.Tensor,
+        width: int,
+        positions: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+    ) -> None:
+        field = "token_size" if name == "tokens" else "latent_dim"
+        if values.ndim != 3:
+            raise ValueError(
+                f"`{name}` must have shape (batch_size, window_length, {field}) with a batch dimension, got shape "
+                f"{tuple(values.shape)}."
+            )
+        if values.shape[-1] != width:
+            raise ValueError(f"`{name}` has last dimension {values.shape[-1]} but config.{field} is {width}.")
+        batch_size, length = values.shape[:2]
+        if positions.ndim != 3 or positions.shape[-1] != 3:
+            raise ValueError(
+                f"`positions` must have shape (batch_size, window_length, 3), got shape {tuple(positions.shape)}."
+            )
+        if positions.shape[1] != length or positions.shape[0] not in (1, batch_size):
+            raise ValueError(
+                f"`positions` of shape {tuple(positions.shape)} does not match `{name}` of shape "
+                f"{tuple(values.shape)}: expected ({batch_size} or 1, {length}, 3)."
+            )
+        if positions.is_floating_point() or positions.is_complex():
+            raise ValueError(f"`positions` must be an integer tensor, got dtype {positions.dtype}.")
+        if attention_mask is not None and tuple(attention_mask.shape) != (batch_size, length):
+            raise ValueError(
+                f"`attention_mask` must have shape (batch_size, window_length) = ({batch_size}, {length}), got "
+                f"{tuple(attention_mask.shape)}."
+            )
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Full sequences (whole models) with haloed windows
+    # ----------------------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def haloed_encode(self, tokens: torch.Tensor, positions: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """
+        Encode full token sequences of any length with haloed windows (SANE_METHOD §6.3-6.4), without gradients.
+
+        Each sequence is cut into content windows of `config.window_size - 2 * config.halo_size` tokens; every window
+        is encoded together with up to `config.halo_size` context tokens on each side (a snippet of at most
+        `config.window_size` tokens, the training window length), and only its content latents are kept. When the
+        sequence fits in one snippet this is exactly [`~SaneModel.encode`] over the whole sequence.
+
+        Args:
+            tokens (`torch.FloatTensor` of shape `(batch_size, seq_len, token_size)`):
+                Full token sequences. They may live on another device than the model (e.g. CPU); snippets are moved
+                to the model's device batch by batch and the result is returned on `tokens.device`.
+            positions (`torch.LongTensor` of shape `(batch_size, seq_len, 3)` or `(seq_len, 3)`):
+                Global positions; `(seq_len, 3)` is shared by all sequences.
+            batch_size (`int`, *optional*, defaults to 64):
+                Number of snippets encoded per forward pass.
+
+        Returns:
+            `torch.FloatTensor` of shape `(batch_size, seq_len, latent_dim)`: per-token latents.
+        """
+        return self._haloed_apply(self._encode, "tokens", tokens, self.config.token_size, positions, batch_size)
+
+    @torch.no_grad()
+    def haloed_decode(self, latents: torch.Tensor, positions: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """
+        Decode full latent sequences of any length with haloed windows (SANE_METHOD §6.6), without gradients.
+
+        The counterpart of [`~SaneModel.haloed_encode`], with the same windows.
+
+        Args:
+            latents (`torch.FloatTensor` of shape `(batch_size, seq_len, latent_dim)`):
+                Per-token latents of full sequences (e.g. sampled around anchor embeddings).
+            positions (`torch.LongTensor` of shape `(batch_size, seq_len, 3)` or `(seq_len, 3)`):
+                Global positions; `(seq_len, 3)` is shared by all sequences.
+            batch_size (`int`, *optional*, defaults to 64):
+                Number of snippets decoded per forward pass.
+
+        Returns:
+            `torch.FloatTensor` of shape `(batch_size, seq_len, token_size)`: reconstructed tokens.
+        """
+        return self._haloed_apply(self._decode, "latents", latents, self.config.latent_dim, positions, batch_size)
+
+    @torch.no_grad()
+    def embed(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        batch_size: int = 64,
+        return_token_latents: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """
+        Embed whole models: haloed encoding of the full token sequence, then the mean over tokens (SANE_METHOD §5.1).
+
+        Runs without gradients and in the model's current mode: call `model.eval()` first when `config.dropout > 0`
+        (models returned by `from_pretrained` already are in eval mode).
+
+        Args:
+            tokens (`torch.FloatTensor` of shape `(batch_size, seq_len, token_size)`):
+                Full token sequences, normalized like the training data.
+            positions (`torch.LongTensor` of shape `(batch_size, seq_len, 3)` or `(seq_len, 3)`):
+                Global positions; `(seq_len, 3)` is shared by all sequences.
+            batch_size (`int`, *optional*, defaults to 64):
+                Number of snippets encoded per forward pass.
+            return_token_latents (`bool`, *optional*, defaults to `False`):
+                Whether to also return the per-token latents.
+
+        Returns:
+            `torch.FloatTensor` of shape `(batch_size, latent_dim)`, or a tuple of it and the token latents of shape
+            `(batch_size, seq_len, latent_dim)` when `return_token_latents=True`.
+        """
+        token_latents = self.haloed_encode(tokens, positions, batch_size=batch_size)
+        embeddings = token_latents.mean(dim=1)
+        return (embeddings, token_latents) if return_token_latents else embeddings
+
+    def _haloed_apply(
+        self,
+        function: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor],
+        name: str,
+        inputs: torch.Tensor,
+        width: int,
+        positions: torch.Tensor,
+        batch_size: int,
+    ) -> torch.Tensor:
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
+        if positions.ndim == 2:
+            positions = positions.unsqueeze(0)
+        self._check_window_inputs(name, inputs, width, positions, None)
+        if inputs.shape[1] == 0:
+            raise ValueError(f"`{name}` must hold at least one token, got shape {tuple(inputs.shape)}.")
+        positions = positions.to(device=inputs.device, dtype=torch.long)
+        self.position_embedding.check_positions(positions)  # once for the whole sequence, not per batch
+
+        num_sequences, seq_len = inputs.shape[:2]
+        content_size, halo_size = self.config.content_size, self.config.halo_size
+        device = self.input_projection.weight.device
+        shared_positions = positions.shape[0] == 1
+
+        if seq_len <= content_size + 2 * halo_size:
+            # Every snippet would be the whole sequence: run each sequence once instead of once per window.
+            outputs = []
+            for start in range(0, num_sequences, batch_size):
+                chunk = inputs[start : start + batch_size].to(device)
+                chunk_positions = positions if shared_positions else positions[start : start + batch_size]
+                chunk_embeddings = self.position_embedding(chunk_positions.to(device), check_range=False)
+                outputs.append(function(chunk, chunk_embeddings, None))
+            return torch.cat(outputs).to(inputs.device)
+
+        snippet_index, content_mask = haloed_window_index(seq_len, content_size, halo_size, device=inputs.device)
+        n_windows = snippet_index.shape[0]
+        # One row per (sequence, window) pair; batches of rows are gathered with a single indexing op each, so the
+        # snippets of all windows are never materialized at once (they overlap by 2 * halo_size tokens).
+        row_sequence = torch.arange(num_sequences, device=inputs.device).repeat_interleave(n_windows)
+        row_window = torch.arange(n_windows, device=inputs.device).repeat(num_sequences)
+        result = None
+        for start in range(0, row_sequence.numel(), batch_size):
+            sequence = row_sequence[start : start + batch_size, None]  # [n, 1]
+            index = snippet_index[row_window[start : start + batch_size]]  # [n, snippet_len]
+            snippets = inputs[sequence, index]  # [n, snippet_len, width]
+            snippet_positions = positions[0, index] if shared_positions else positions[sequence, index]
+            snippet_embeddings = self.position_embedding(snippet_positions.to(device), check_range=False)
+            output = function(snippets.to(device), snippet_embeddings, None)
+            if result is None:
+                result = inputs.new_zeros((num_sequences, seq_len, output.shape[-1]), dtype=output.dtype)
+            # Scatter the content tokens back; each token is content of exactly one window, so writes never collide.
+            keep = content_mask[row_window[start : start + batch_size]]  # [n, snippet_len]
+            result[sequence.expand_as(index)[keep], index[keep]] = output[keep.to(output.device)].to(result.device)
+        return result
+
+
+def _sdpa_key_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """`[B, W]` padding mask (True = real token) -> boolean SDPA key mask `[B, 1, 1, W]` (True = may be attended)."""
+    if attention_mask is None:
+        return None
+    return attention_mask.bool()[:, None, None, :]
+
+
+def _write_json_atomic(path: str, payload: dict) -> None:
+    if not isinstance(payload, dict):
+        raise TypeError(f"{os.path.basename(path)} must hold a JSON dict, got {type(payload).__name__}.")
+    # Write a temporary file in the same folder, then rename it: readers never see a half-written file.
+    tmp_path = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp_path, "w", encoding="utf-8") as file:
+            json.dump(payload, file, indent=2)
+            file.write("\n")
+        os.replace(tmp_path, path)
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+
+
+# Copy this file (and, through its relative import, configuration_sane.py) into the repository on `save_pretrained`
+# and write `auto_map` into config.json, so `AutoModel.from_pretrained(repo, trust_remote_code=True)` works without
+# `sane_hf` installed (STYLE_ANCHORS §2.1).
+SaneModel.register_for_auto_class("AutoModel")
+
+__all__ = [
+    "SANE_LAYOUT_NAME",
+    "SANE_NORMALIZATION_NAME",
+    "SaneModel",
+    "SaneModelOutput",
+    "SanePositionEmbedding",
+    "SanePreTrainedModel",
+    "SaneProjectionHead",
+    "haloed_window_index",
+]

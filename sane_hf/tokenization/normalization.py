@@ -1,0 +1,233 @@
+"""Per-layer standardization of tokens (SANE_METHOD §1.8), fitted once on the train split and applied to all.
+
+Differences from the original, on purpose (SANE_METHOD §7.4 items 3 and 4):
+
+* statistics come from the train split only and are applied to every split (the original fitted each split on
+  itself);
+* BatchNorm running statistics are standardized once (the original applied the transform twice and undid it once);
+* it works on tokens, vectorized over layers: `(x - mean[layer]) / std[layer]` on real values, padding stays zero.
+
+Like the original, the weight and its bias column share one mean and std, and a layer's statistics are
+`mean_i(mean_i)` and `sqrt(mean_i(var_i))` over checkpoints `i` (unbiased within-checkpoint variance).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..constants import NORMALIZATION_FORMAT_VERSION, SANE_NORMALIZATION_NAME
+from .layout import TokenLayout, write_json_atomic
+
+
+logger = logging.getLogger(__name__)
+
+NORMALIZATION_MODES = ("standardize", "none")
+
+
+@dataclass
+class TokenNormalization:
+    """Per-layer mean/std of a zoo, and the maps to and from standardized tokens.
+
+    Args:
+        layer_names (`list[str]`): the layout's layer names, in order (checked against the layout on use).
+        mean (`list[float]`): per-layer mean.
+        std (`list[float]`): per-layer standard deviation (never zero).
+        mode (`str`, *optional*, defaults to `"standardize"`): `"standardize"` or `"none"` (identity).
+        num_checkpoints (`int`, *optional*): how many checkpoints the statistics were fitted on.
+
+    Example:
+
+    ```python
+    >>> norm = TokenNormalization.fit(train_tokens, layout)        # [N, S, T] or an iterable of batches
+    >>> x = norm.normalize(tokens, layout)                          # what SANE is trained on
+    >>> torch.allclose(norm.denormalize(x, layout), tokens)
+    True
+    ```
+    """
+
+    layer_names: list[str]
+    mean: list[float]
+    std: list[float]
+    mode: str = "standardize"
+    num_checkpoints: int | None = None
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.mode not in NORMALIZATION_MODES:
+            raise ValueError(f"Normalization `mode` must be one of {NORMALIZATION_MODES}, got {self.mode!r}.")
+        if not (len(self.layer_names) == len(self.mean) == len(self.std)):
+            raise ValueError(
+                f"Normalization has {len(self.layer_names)} layer names, {len(self.mean)} means and "
+                f"{len(self.std)} stds; expected one of each per layer."
+            )
+        for name, m, s in zip(self.layer_names, self.mean, self.std):
+            if not (math.isfinite(m) and math.isfinite(s) and s > 0):
+                raise ValueError(
+                    f"Normalization of layer {name!r} has mean {m} and std {s}; expected finite, std > 0."
+                )
+
+    # --------------------------------------------------------------------------------------------------- fitting
+    @classmethod
+    def fit(
+        cls,
+        tokens: torch.Tensor | Iterable[torch.Tensor],
+        layout: TokenLayout,
+        mode: str = "standardize",
+        min_std: float = 1e-8,
+    ) -> TokenNormalization:
+        """Fit per-layer statistics on (train-split) tokens.
+
+        Args:
+            tokens (`torch.Tensor` or an iterable of them): `[N, S, T]` raw (unnormalized) tokens, or batches of
+                them (streamed: nothing but per-layer sums is kept).
+            layout (`TokenLayout`): the layout the tokens were made with.
+            mode (`str`, *optional*, defaults to `"standardize"`): `"standardize"` or `"none"`.
+            min_std (`float`, *optional*, defaults to 1e-8): a layer whose std is below this (e.g. a constant
+                layer) gets std 1, so the map stays invertible.
+        """
+        names = [layer.name for layer in layout.layers]
+        if mode == "none":
+            return cls(names, [0.0] * len(names), [1.0] * len(names), mode="none")
+        if mode not in NORMALIZATION_MODES:
+            raise ValueError(f"Normalization `mode` must be one of {NORMALIZATION_MODES}, got {mode!r}.")
+        batches = [tokens] if isinstance(tokens, torch.Tensor) else tokens
+        num_layers = layout.num_layers
+        mean_sum = torch.zeros(num_layers, dtype=torch.float64)
+        var_sum = torch.zeros(num_layers, dtype=torch.float64)
+        count = 0
+        mask = layout.mask.to(torch.float64)
+        token_layer = layout.token_layer
+        values_per_layer = torch.zeros(num_layers, dtype=torch.float64).index_add_(0, token_layer, mask.sum(-1))
+        for batch in batches:
+            if batch.ndim == 2:
+                batch = batch.unsqueeze(0)
+            if tuple(batch.shape[1:]) != (layout.num_tokens, layout.token_size):
+                raise ValueError(
+                    f"Expected tokens of shape [N, {layout.num_tokens}, {layout.token_size}] for this layout, "
+                    f"got {list(batch.shape)}."
+                )
+            x = batch.to(torch.float64) * mask
+            sums = torch.zeros(batch.shape[0], num_layers, dtype=torch.float64)
+            squares = torch.zeros_like(sums)
+            sums.index_add_(1, token_layer, x.sum(-1))
+            squares.index_add_(1, token_layer, x.square().sum(-1))
+            means = sums / values_per_layer
+            # Unbiased within-checkpoint variance, as torch.std in SANE §1.8; a single value has no spread.
+            dof = (values_per_layer - 1).clamp(min=1)
+            variances = ((squares - values_per_layer * means.square()) / dof).clamp(min=0)
+            if not torch.isfinite(means).all() or not torch.isfinite(variances).all():
+                raise ValueError("Cannot fit a normalization on tokens with NaN/Inf values.")
+            mean_sum += means.sum(0)
+            var_sum += variances.sum(0)
+            count += batch.shape[0]
+        if count == 0:
+            raise ValueError("Cannot fit a normalization on zero checkpoints (is the train split empty?).")
+        mean = (mean_sum / count).tolist()
+        std = (var_sum / count).sqrt().tolist()
+        for i, s in enumerate(std):
+            if not s >= min_std:
+                logger.warning("Layer %r has std %.3g < %.3g over the fitting set; using std 1.", names[i], s, min_std)
+                std[i] = 1.0
+        return cls(names, mean, std, mode=mode, num_checkpoints=count)
+
+    # ------------------------------------------------------------------------------------------------- applying
+    def _per_token(self, layout: TokenLayout, device: torch.device, dtype: torch.dtype):
+        names = [layer.name for layer in layout.layers]
+        if names != self.layer_names:
+            diff = next(
+                (f"layer {i}: {a!r} vs {b!r}" for i, (a, b) in enumerate(zip(self.layer_names, names)) if a != b),
+                f"{len(self.layer_names)} vs {len(names)} layers",
+            )
+            raise ValueError(f"Normalization does not match the token layout ({diff}).")
+        key = (device, dtype)
+        if key not in self._cache:
+            index = layout.token_layer
+            mean = torch.tensor(self.mean, dtype=torch.float64)[index].to(device=device, dtype=dtype)
+            std = torch.tensor(self.std, dtype=torch.float64)[index].to(device=device, dtype=dtype)
+            self._cache[key] = (mean[:, None], std[:, None], layout.mask.to(device))
+        return self._cache[key]
+
+    def _check(self, tokens: torch.Tensor, layout: TokenLayout) -> None:
+        if tuple(tokens.shape[-2:]) != (layout.num_tokens, layout.token_size):
+            raise ValueError(
+                f"Expected tokens of shape [..., {layout.num_tokens}, {layout.token_size}] for this layout, "
+                f"got {list(tokens.shape)}."
+            )
+
+    def normalize(self, tokens: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+        """Standardize `[..., S, T]` tokens layer by layer; padding stays zero."""
+        self._check(tokens, layout)
+        if self.mode == "none":
+            return tokens.clone()
+        mean, std, mask = self._per_token(layout, tokens.device, tokens.dtype)
+        return ((tokens - mean) / std).masked_fill_(~mask, 0)
+
+    def denormalize(self, tokens: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+        """Inverse of `normalize` (up to float rounding); padding is set to zero."""
+        self._check(tokens, layout)
+        if self.mode == "none":
+            return tokens.masked_fill(~layout.mask.to(tokens.device), 0)
+        mean, std, mask = self._per_token(layout, tokens.device, tokens.dtype)
+        return (tokens * std + mean).masked_fill_(~mask, 0)
+
+    # ---------------------------------------------------------------------------------------------- persistence
+    def to_dict(self) -> dict:
+        return {
+            "format_version": NORMALIZATION_FORMAT_VERSION,
+            "mode": self.mode,
+            "num_checkpoints": self.num_checkpoints,
+            "layers": {name: {"mean": m, "std": s} for name, m, s in zip(self.layer_names, self.mean, self.std)},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> TokenNormalization:
+        """Read `to_dict` output, or the original SANE's `dataset_normalization_<split>.json` (`{key: {mean, std}}`)."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"A normalization must be a JSON object, got {type(data).__name__}.")
+        if "layers" in data:
+            version = data.get("format_version")
+            if version != NORMALIZATION_FORMAT_VERSION:
+                raise ValueError(
+                    f"Normalization has format_version {version!r}; this sane_hf reads {NORMALIZATION_FORMAT_VERSION}."
+                )
+            layers = data["layers"]
+            mode = data.get("mode", "standardize")
+        else:  # the original's layout: {"mode": "standardize", "<key>": {"mean": .., "std": ..}, ...}
+            mode = data.get("mode", "standardize")
+            layers = {k: v for k, v in data.items() if k != "mode"}
+        try:
+            names = list(layers)
+            mean = [float(layers[n]["mean"]) for n in names]
+            std = [float(layers[n]["std"]) for n in names]
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"Normalization entries need 'mean' and 'std' fields ({err!r}).") from None
+        return cls(names, mean, std, mode=mode, num_checkpoints=data.get("num_checkpoints"))
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Write `sane_normalization.json` into `save_directory` atomically; returns the file path."""
+        save_directory = Path(save_directory)
+        save_directory.mkdir(parents=True, exist_ok=True)
+        path = save_directory / SANE_NORMALIZATION_NAME
+        write_json_atomic(path, self.to_dict())
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> TokenNormalization:
+        """Read from a folder holding `sane_normalization.json` or from a JSON file."""
+        path = Path(path)
+        file = path / SANE_NORMALIZATION_NAME if path.is_dir() else path
+        if not file.is_file():
+            raise FileNotFoundError(f"No normalization at {file} (expected a {SANE_NORMALIZATION_NAME} file).")
+        try:
+            data = json.loads(file.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"Normalization {file} is not valid JSON: {err}.") from None
+        return cls.from_dict(data)

@@ -1,0 +1,6 @@
+"""Small shared helpers."""
+
+from .memory import empty_hugepage
+
+
+__all__ = ["empty_hugepage"]
