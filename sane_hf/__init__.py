@@ -5,7 +5,14 @@ Importing `sane_hf` registers `SaneConfig`/`SaneModel` with `AutoConfig`/`AutoMo
 """
 
 from .models.sane import SaneConfig, SaneModel, SaneModelOutput, SanePreTrainedModel
-from .tokenization import TokenizedLayer, TokenLayout, TokenNormalization
+from .tokenization import (
+    PermutationSpec,
+    TokenizedLayer,
+    TokenLayout,
+    TokenNormalization,
+    TokenPermuter,
+    permutation_spec_from_module,
+)
 
 
 __version__ = "0.1.0"
@@ -15,7 +22,10 @@ __all__ = [
     "SaneModel",
     "SaneModelOutput",
     "SanePreTrainedModel",
+    "PermutationSpec",
     "TokenLayout",
+    "TokenPermuter",
+    "permutation_spec_from_module",
     "TokenNormalization",
     "TokenizedLayer",
     "__version__",

@@ -55,3 +55,105 @@ def main_quickstart(args: Sequence[str] | None = None) -> None:
     print(f"Quickstart finished in {summary['seconds']} s. Summary: {config.output_dir}/quickstart.json")
     for key in ("layout", "round_trip_exact", "sane_parameters", "embedding_shape", "reload_exact"):
         print(f"  {key}: {summary[key]}")
+
+
+def main_convert_zoo(args: Sequence[str] | None = None) -> None:
+    """`sane-convert-zoo`: tokenize a model zoo into a Hub-style dataset folder (and optionally push it)."""
+    from .data.hub_dataset import ConvertConfig, convert_zoo
+
+    _setup_logging()
+    (config,) = parse_config((ConvertConfig,), args)
+    result = convert_zoo(config)
+    info = result.info
+    print(
+        f"Converted {info.num_checkpoints} checkpoints of {info.num_models} models into {result.output_dir} "
+        f"({result.num_bytes / 1e6:.1f} MB) in {result.seconds:.1f} s: {info.num_tokens} tokens x {info.token_size}."
+    )
+    for name, split in info.splits.items():
+        print(f"  {name}: {split.num_models} models, {split.num_checkpoints} checkpoints, {len(split.files)} shards")
+    filtering = info.filtering
+    print(f"  filtering: {filtering.get('num_checkpoints_kept')}/{filtering.get('num_checkpoints_read')} kept")
+    if result.url:
+        print(f"  pushed: {result.url}")
+
+
+def main_pretrain(args: Sequence[str] | None = None) -> None:
+    """`sane-pretrain`: pretrain SANE on a tokenized zoo (one process, or many under `accelerate launch`/torchrun)."""
+    import os
+
+    from .training.configs import PretrainConfig
+    from .training.pretrain import pretrain
+
+    _setup_logging()
+    (config,) = parse_config((PretrainConfig,), args)
+    output_dir = pretrain(config)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"SANE saved to {output_dir}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # torch 2.13 + gloo aborts at interpreter exit in 10-25% of multi-process runs (ENVIRONMENT.md); the work
+        # is saved and the process group torn down by now, so leave without running the exit handlers.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+def main_make_zoo(args: Sequence[str] | None = None) -> None:
+    """`sane-make-zoo`: train a model zoo (a population of seeded models, checkpointed every epoch); resumable."""
+    from .data.zoo_builder import ZooConfig, build_zoo
+
+    _setup_logging()
+    (config,) = parse_config((ZooConfig,), args)
+    summary = build_zoo(config)
+    print(
+        f"Zoo {summary['output_dir']}: {summary['num_done']}/{summary['num_models']} models finished "
+        f"({summary['trained']} trained now, {summary['skipped']} already done) in {summary['seconds']} s, "
+        f"{summary['size_bytes'] / 1e6:.1f} MB on disk."
+    )
+    spread = summary["final_test_acc"]
+    if spread is not None:
+        print("  final test accuracy: " + ", ".join(f"{key} {value:.3f}" for key, value in spread.items()))
+
+
+def main_predict(args: Sequence[str] | None = None) -> None:
+    """`sane-predict`: predict model properties from SANE embeddings, with the W and s(W) baselines (SANE §5)."""
+    from .probing.configs import PredictConfig
+    from .probing.report import RESULTS_MD, predict_properties
+
+    _setup_logging()
+    (config,) = parse_config((PredictConfig,), args)
+    results = predict_properties(config)
+    print(f"Property prediction finished in {results['timings']['total']} s; report in {config.output_dir}:")
+    print("  " + ", ".join(results["files"]))
+    with open(f"{config.output_dir}/{RESULTS_MD}", encoding="utf-8") as file:
+        table = file.read().split("\n## ")[0]
+    print(table.rstrip())
+
+
+def main_generate(args: Sequence[str] | None = None) -> None:
+    """`sane-generate`: sample networks from a pretrained SANE, evaluate, save `model_000/`, ... (and push)."""
+    from .generation import GenerateConfig, generate
+
+    _setup_logging()
+    (config,) = parse_config((GenerateConfig,), args)
+    result = generate(config)
+    timings = ", ".join(f"{key} {value:.1f} s" for key, value in result.timings.items())
+    print(f"Generated {len(result.models)} {config.sampler} networks into {result.output_dir} ({timings}).")
+    zero_shot = [row["test_acc"] for row in result.zero_shot]
+    print(
+        f"  zero-shot test accuracy: {sum(zero_shot) / len(zero_shot):.4f} (min {min(zero_shot):.4f}, max {max(zero_shot):.4f})"
+    )
+    if result.report is not None:
+        print(result.report.to_markdown().split("\n\n")[2])
+    if result.url:
+        print(f"  pushed: {result.url}")
+
+
+def main_evaluate(args: Sequence[str] | None = None) -> None:
+    """`sane-evaluate`: fine-tune saved generated networks next to scratch, anchors and the noise control."""
+    from .generation import EvaluateConfig, evaluate_models
+
+    _setup_logging()
+    (config,) = parse_config((EvaluateConfig,), args)
+    report = evaluate_models(config)
+    print(f"Evaluation of {config.models} written to {config.output_dir or config.models}:")
+    print(report.to_markdown().split("\n\n")[2])

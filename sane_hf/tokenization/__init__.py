@@ -1,7 +1,29 @@
-"""Checkpoint <-> token sequence (SANE_METHOD §1): layouts and per-layer normalization."""
+"""Checkpoint <-> token sequence (SANE_METHOD §1): layouts, per-layer normalization, permutations."""
 
 from .layout import StateDictEntry, TokenizedLayer, TokenLayout, detect_batchnorm_modules
 from .normalization import TokenNormalization
+from .permutations import (
+    AxisPermutation,
+    PermutationSpec,
+    TokenPermuter,
+    canonicalize,
+    permutation_spec_from_module,
+    permute_state_dict,
+    weight_matching,
+)
 
 
-__all__ = ["StateDictEntry", "TokenLayout", "TokenNormalization", "TokenizedLayer", "detect_batchnorm_modules"]
+__all__ = [
+    "AxisPermutation",
+    "PermutationSpec",
+    "StateDictEntry",
+    "TokenLayout",
+    "TokenNormalization",
+    "TokenPermuter",
+    "TokenizedLayer",
+    "canonicalize",
+    "detect_batchnorm_modules",
+    "permutation_spec_from_module",
+    "permute_state_dict",
+    "weight_matching",
+]

@@ -195,8 +195,8 @@ class TokenLayout:
     >>> from sane_hf import TokenLayout
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
     >>> layout = TokenLayout.from_module(model, token_size=4)
-    >>> layout.num_tokens, layout.num_layers
-    (5, 2)
+    >>> layout.num_tokens, layout.num_layers  # 3 rows of 4+1 values -> 2 tokens each; 2 rows of 3+1 -> 1 each
+    (8, 2)
     >>> tokens, mask, positions = layout.tokenize(model.state_dict())
     >>> restored = layout.detokenize(tokens)
     >>> all(torch.equal(restored[k], v) for k, v in model.state_dict().items())

@@ -1,0 +1,78 @@
+"""Model zoos as data: zoo readers, the zoo -> Hub dataset converter and loader, and window sampling (SANE §2, §4.1)."""
+
+from .hub_dataset import (
+    ConvertConfig,
+    ConvertResult,
+    SaneZooDataset,
+    build_layout,
+    convert_zoo,
+    load_zoo_dataset,
+    load_zoo_meta,
+    push_zoo_dataset,
+    split_model_ids,
+    write_zoo_dataset,
+)
+from .info import ZOO_DATASET_FORMAT_VERSION, ZOO_DATASET_TAG, SaneDatasetInfo, SplitInfo, ZooDatasetVersionError
+from .windows import (
+    ArrowTokenStore,
+    WindowCollator,
+    WindowDataLoader,
+    ZooCheckpointDataset,
+    sample_windows,
+)
+from .zoo import (
+    CheckpointRecord,
+    FilterReport,
+    HubModelsReader,
+    ModelZooReader,
+    SaneHfZooReader,
+    ZooFormatError,
+    ZooMember,
+    ZooReader,
+    detect_zoo_format,
+    load_pickle_checkpoint,
+    load_safetensors_checkpoint,
+    open_zoo,
+)
+from .zoo_builder import ZOO_FORMAT, ZOO_FORMAT_VERSION, ZooConfig, build_zoo, summarize_zoo
+
+
+__all__ = [
+    "ZOO_FORMAT",
+    "ZOO_FORMAT_VERSION",
+    "ZooConfig",
+    "build_zoo",
+    "summarize_zoo",
+    "ZOO_DATASET_FORMAT_VERSION",
+    "ZOO_DATASET_TAG",
+    "ArrowTokenStore",
+    "CheckpointRecord",
+    "ConvertConfig",
+    "ConvertResult",
+    "FilterReport",
+    "HubModelsReader",
+    "ModelZooReader",
+    "SaneDatasetInfo",
+    "SaneHfZooReader",
+    "SaneZooDataset",
+    "SplitInfo",
+    "WindowCollator",
+    "WindowDataLoader",
+    "ZooCheckpointDataset",
+    "ZooDatasetVersionError",
+    "ZooFormatError",
+    "ZooMember",
+    "ZooReader",
+    "build_layout",
+    "convert_zoo",
+    "detect_zoo_format",
+    "load_pickle_checkpoint",
+    "load_safetensors_checkpoint",
+    "load_zoo_dataset",
+    "load_zoo_meta",
+    "open_zoo",
+    "push_zoo_dataset",
+    "sample_windows",
+    "split_model_ids",
+    "write_zoo_dataset",
+]

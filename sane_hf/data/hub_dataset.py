@@ -1,0 +1,935 @@
+"""A model zoo as a Hub dataset: convert (zoo -> parquet + meta + card), push, and load.
+
+The dataset folder is laid out like the Hub repo it becomes (lerobot's layout, STYLE_ANCHORS §2.2 and §3.3 rule 9):
+
+```
+data/<split>-<shard:05d>-of-<n:05d>.parquet   one row per checkpoint: model_id, epoch, tokens [S, T], properties
+meta/info.json                               SaneDatasetInfo: format version, architecture, splits, schema, ...
+meta/layout.json                             TokenLayout.to_dict()
+meta/normalization.json                      TokenNormalization.to_dict(), fitted on the train split only
+README.md                                    dataset card; its `configs` let `datasets.load_dataset` read the parquet
+```
+
+Conversion (`convert_zoo` / `write_zoo_dataset`) streams: checkpoints are read one model at a time, tokenized in
+small batches and written into parquet shards of bounded size, holding at most one shard in memory. Differences
+from the original preprocessing (SANE_METHOD §2.3, §2.7, §1.8), on purpose:
+
+* the model list is sorted before the seeded shuffle (the original shuffled the unsorted `iterdir()` order);
+* normalization statistics come from the train split only and are applied to every split (the original fitted
+  each split on itself);
+* tokens are stored once per checkpoint; windows and permutations are drawn at training time (the original
+  stored `supersample` pre-permuted, pre-windowed copies as pickles).
+
+Writing is atomic: everything goes into a temporary folder next to `output_dir`, which is renamed into place at
+the end and removed on any error, so no half-written dataset is ever left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..tokenization import TokenLayout, TokenNormalization, detect_batchnorm_modules
+from ..tokenization.layout import write_json_atomic
+from .info import (
+    DATA_DIR,
+    DATA_PATH_TEMPLATE,
+    INFO_PATH,
+    LAYOUT_PATH,
+    META_DIR,
+    NORMALIZATION_PATH,
+    ZOO_DATASET_TAG,
+    SaneDatasetInfo,
+    SplitInfo,
+)
+from .zoo import ZOO_FORMATS, CheckpointRecord, ZooReader, open_zoo
+
+
+logger = logging.getLogger(__name__)
+
+TOKENS_COLUMN = "tokens"
+# Properties first in this order (the original's result keys, SANE_METHOD §2.4), then the rest sorted.
+_PROPERTY_ORDER = ("test_acc", "train_acc", "val_acc", "test_loss", "train_loss", "val_loss", "ggap")
+# Tokenize this many checkpoints per call (bounded by bytes too): one batched gather instead of many small ones.
+_TOKENIZE_BATCH = 64
+_TOKENIZE_BATCH_BYTES = 256 << 20
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# Configuration
+# -------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ConvertConfig:
+    """Options of `sane-convert-zoo` (zoo -> tokenized Hub dataset).
+
+    Args:
+        zoo_dir (`str`): the zoo folder (or, with `zoo_format="models"`, a folder of model folders, or a
+            comma-separated list of model folders / Hub model repo ids).
+        output_dir (`str`): where the dataset folder is written.
+        zoo_format (`str`, *optional*, defaults to `"auto"`): `auto`, `sane_hf`, `modelzoo` or `models`.
+
+        token_size (`int`, *optional*, defaults to 0): token width `T`; 0 picks the widest row of the architecture
+            (SANE §1.5, without the original's bias-only bug). The paper uses 289 for CNN3 and 288 for ResNet-18.
+        tokenize_bn_stats (`bool`, *optional*, defaults to `True`): tokenize BatchNorm running statistics.
+        ignore_bn (`bool`, *optional*, defaults to `False`): leave BatchNorm layers out of the tokens.
+        normalization (`str`, *optional*, defaults to `"standardize"`): `standardize` (SANE §1.8) or `none`.
+
+        epochs (`list[str]`, *optional*, defaults to `["all"]`): epochs to convert: `all`, or numbers / ranges
+            such as `21-25`.
+        weight_threshold (`float`, *optional*, defaults to `inf`): drop checkpoints with any |w| above it.
+        max_models (`int`, *optional*): keep this many models of the shuffled list (before splitting).
+        split_fractions (`list[float]`, *optional*, defaults to `[0.7, 0.15, 0.15]`): train/val/test (or
+            train/test) fractions of the models.
+        seed (`int`, *optional*, defaults to 42): seed of the model shuffle (the original's `random.seed(42)`).
+
+        shard_size_mb (`float`, *optional*, defaults to 100): maximum uncompressed token bytes per parquet shard.
+        num_threads (`int`, *optional*, defaults to 1): `torch.set_num_threads` during the conversion (restored
+            afterwards); 0 keeps torch's setting. The work is memory-bound copies; on the project's shared 2-core
+            machines 1 thread converted a cnn_s zoo 2.5x faster than 2 (`benchmarks/bench_data.py`).
+        overwrite (`bool`, *optional*, defaults to `False`): replace an existing non-empty `output_dir`.
+        push_to_hub (`str`, *optional*): Hub dataset repo id to upload the folder to.
+        private (`bool`, *optional*, defaults to `False`): create the Hub repo as private.
+    """
+
+    zoo_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Zoo folder; with --zoo_format models also a folder of model folders or a comma-separated list "
+            "of model folders / Hub model repo ids."
+        },
+    )
+    output_dir: str | None = field(default=None, metadata={"help": "Folder to write the tokenized dataset into."})
+    zoo_format: str = field(
+        default="auto", metadata={"help": f"Layout of the zoo: auto or one of {list(ZOO_FORMATS)}."}
+    )
+    token_size: int = field(
+        default=0, metadata={"help": "Token width T; 0 = the widest row of the architecture (SANE §1.5)."}
+    )
+    tokenize_bn_stats: bool = field(default=True, metadata={"help": "Tokenize BatchNorm running statistics."})
+    ignore_bn: bool = field(default=False, metadata={"help": "Leave BatchNorm layers out of the tokens entirely."})
+    normalization: str = field(
+        default="standardize",
+        metadata={"help": "Per-layer normalization fitted on the train split: standardize (SANE §1.8) or none."},
+    )
+    epochs: list[str] = field(
+        default_factory=lambda: ["all"],
+        metadata={"help": "Epochs to convert: 'all', or numbers and ranges, e.g. --epochs 21-25 or --epochs 0 5 10."},
+    )
+    weight_threshold: float = field(
+        default=math.inf,
+        metadata={"help": "Drop checkpoints with any |weight| above this (SANE §2.2; 100 for CNN zoos)."},
+    )
+    max_models: int | None = field(
+        default=None, metadata={"help": "Use only this many models of the shuffled list (before splitting)."}
+    )
+    split_fractions: list[float] = field(
+        default_factory=lambda: [0.7, 0.15, 0.15],
+        metadata={"help": "Fractions of models for train/val/test (3 values) or train/test (2 values); sum 1."},
+    )
+    seed: int = field(default=42, metadata={"help": "Seed of the model shuffle that defines the splits."})
+    shard_size_mb: float = field(
+        default=100.0, metadata={"help": "Maximum uncompressed token megabytes per parquet shard."}
+    )
+    num_threads: int = field(
+        default=1, metadata={"help": "torch threads during the conversion (0: keep torch's setting)."}
+    )
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing non-empty output_dir."})
+    push_to_hub: str | None = field(
+        default=None, metadata={"help": "Hub dataset repo id (org/name) to upload the dataset folder to."}
+    )
+    private: bool = field(default=False, metadata={"help": "Create the Hub dataset repo as private."})
+
+    def __post_init__(self):
+        if self.zoo_format != "auto" and self.zoo_format not in ZOO_FORMATS:
+            raise ValueError(f"`zoo_format` must be 'auto' or one of {list(ZOO_FORMATS)}, got {self.zoo_format!r}.")
+        if not isinstance(self.token_size, int) or isinstance(self.token_size, bool) or self.token_size < 0:
+            raise ValueError(f"`token_size` must be an int >= 0 (0 = automatic), got {self.token_size!r}.")
+        if self.normalization not in ("standardize", "none"):
+            raise ValueError(f"`normalization` must be 'standardize' or 'none', got {self.normalization!r}.")
+        if isinstance(self.epochs, str | int):
+            self.epochs = [self.epochs]
+        self.epoch_list()  # validates
+        check_split_fractions(self.split_fractions)
+        if not (isinstance(self.weight_threshold, int | float) and self.weight_threshold > 0):
+            raise ValueError(f"`weight_threshold` must be a positive number, got {self.weight_threshold!r}.")
+        if self.max_models is not None and (not isinstance(self.max_models, int) or self.max_models < 1):
+            raise ValueError(f"`max_models` must be a positive int or None, got {self.max_models!r}.")
+        if not (isinstance(self.shard_size_mb, int | float) and self.shard_size_mb > 0):
+            raise ValueError(f"`shard_size_mb` must be a positive number, got {self.shard_size_mb!r}.")
+        if not isinstance(self.num_threads, int) or self.num_threads < 0:
+            raise ValueError(f"`num_threads` must be an int >= 0, got {self.num_threads!r}.")
+
+    def epoch_list(self) -> list[int] | None:
+        """The requested epochs, or `None` for all."""
+        return parse_epochs(self.epochs)
+
+
+def parse_epochs(epochs: str | int | Iterable[str | int] | None) -> list[int] | None:
+    """`"all"`/`None` -> `None`; numbers and inclusive ranges (`"21-25"`, `"0,5,10"`) -> a sorted list."""
+    if epochs is None:
+        return None
+    items = [epochs] if isinstance(epochs, str | int) else list(epochs)
+    parts: list[str | int] = []
+    for item in items:
+        if isinstance(item, str):
+            parts.extend(p.strip() for p in item.split(",") if p.strip())
+        else:
+            parts.append(item)
+    if [str(p).lower() for p in parts] == ["all"]:
+        return None
+    result: set[int] = set()
+    for part in parts:
+        if isinstance(part, int) and not isinstance(part, bool) and part >= 0:
+            result.add(part)
+            continue
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", str(part))
+        if not match or (match.group(2) is not None and int(match.group(2)) < int(match.group(1))):
+            raise ValueError(
+                f"`epochs` must be 'all' or non-negative epoch numbers / ranges like '21-25', got {epochs!r}."
+            )
+        low = int(match.group(1))
+        result.update(range(low, int(match.group(2) or low) + 1))
+    if not result:
+        raise ValueError(f"`epochs` selects no epoch: {epochs!r}.")
+    return sorted(result)
+
+
+def check_split_fractions(fractions: Sequence[float]) -> list[float]:
+    """Validate 2 (train/test) or 3 (train/val/test) non-negative fractions summing to 1."""
+    fractions = list(fractions)
+    if len(fractions) not in (2, 3) or any(not isinstance(f, int | float) or f < 0 for f in fractions):
+        raise ValueError(f"`split_fractions` must be 2 or 3 non-negative numbers, got {fractions!r}.")
+    if abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError(f"`split_fractions` must sum to 1, got {fractions!r} (sum {sum(fractions)}).")
+    return [float(f) for f in fractions]
+
+
+def split_model_ids(
+    model_ids: Iterable[str],
+    fractions: Sequence[float] = (0.7, 0.15, 0.15),
+    seed: int = 42,
+    max_models: int | None = None,
+) -> dict[str, list[str]]:
+    """Split models (never checkpoints) into train/val/test, as the original (SANE_METHOD §2.3).
+
+    The ids are sorted, shuffled with `random.Random(seed)`, truncated to `max_models`, and cut into the first
+    `floor(f_train * N)` (train), the next `floor(f_val * N)` (val) and the rest (test). With two fractions there
+    is no val split. Each split is returned sorted.
+    """
+    fractions = check_split_fractions(fractions)
+    ids = sorted(model_ids)
+    random.Random(seed).shuffle(ids)
+    if max_models is not None:
+        ids = ids[:max_models]
+    n = len(ids)
+    n_train = math.floor(fractions[0] * n)
+    if len(fractions) == 2:
+        return {"train": sorted(ids[:n_train]), "test": sorted(ids[n_train:])}
+    n_val = math.floor(fractions[1] * n)
+    return {
+        "train": sorted(ids[:n_train]),
+        "val": sorted(ids[n_train : n_train + n_val]),
+        "test": sorted(ids[n_train + n_val :]),
+    }
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# Writing
+# -------------------------------------------------------------------------------------------------------------------
+
+
+def _property_dtype(types: set[type], name: str) -> str:
+    if types <= {bool}:
+        return "bool"
+    if types <= {bool, int}:
+        return "int64"
+    if types <= {bool, int, float}:
+        return "float64"
+    if str in types and len(types) > 1:
+        logger.warning("Property %r mixes %s values; storing it as a string.", name, sorted(t.__name__ for t in types))
+    return "string"
+
+
+def infer_property_dtypes(reader: ZooReader, model_ids: Iterable[str]) -> dict[str, str]:
+    """Property column -> `datasets.Value` dtype, from the metadata of every selected checkpoint (no weights read).
+
+    A property missing for some checkpoints is stored as null there.
+    """
+    types: dict[str, set[type]] = {}
+    for model_id in model_ids:
+        for props in reader.properties(model_id).values():
+            for name, value in props.items():
+                if name != "epoch" and value is not None:
+                    types.setdefault(name, set()).add(type(value))
+    ordered = [n for n in _PROPERTY_ORDER if n in types] + sorted(n for n in types if n not in _PROPERTY_ORDER)
+    return {name: _property_dtype(types[name], name) for name in ordered}
+
+
+def _features(num_tokens: int, token_size: int, properties: Mapping[str, str]):
+    from datasets import Array2D, Features, Value
+
+    return Features(
+        {
+            "model_id": Value("string"),
+            "epoch": Value("int64"),
+            TOKENS_COLUMN: Array2D(shape=(num_tokens, token_size), dtype="float32"),
+            **{name: Value(dtype) for name, dtype in properties.items()},
+        }
+    )
+
+
+def _cast(value: Any, dtype: str) -> Any:
+    if value is None:
+        return None
+    if dtype == "string":
+        return value if isinstance(value, str) else json.dumps(value)
+    return {"bool": bool, "int64": int, "float64": float}[dtype](value)
+
+
+class _ShardWriter:
+    """Rows of one split -> parquet shards of at most `max_bytes` token bytes, one shard in memory at a time."""
+
+    def __init__(self, folder: Path, split: str, features, properties: Mapping[str, str], max_bytes: int) -> None:
+        self.folder = folder
+        self.split = split
+        self.features = features
+        self.schema = features.arrow_schema
+        self.properties = dict(properties)
+        self.max_bytes = max_bytes
+        self.num_tokens, self.token_size = features[TOKENS_COLUMN].shape
+        self.row_bytes = self.num_tokens * self.token_size * 4
+        # Array2D storage has int32 list offsets: a shard holds fewer than 2**31 token values.
+        self.max_rows_by_offsets = (2**31 - 1) // (self.num_tokens * self.token_size)
+        if self.max_rows_by_offsets < 1:
+            raise ValueError(
+                f"A checkpoint of {self.num_tokens} x {self.token_size} tokens exceeds the 2**31 values an Array2D "
+                "parquet row can hold."
+            )
+        self.num_rows = 0
+        self._files: list[Path] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        self._tokens: list[np.ndarray] = []
+        self._model_ids: list[str] = []
+        self._epochs: list[int] = []
+        self._props: dict[str, list[Any]] = {name: [] for name in self.properties}
+
+    def add(self, tokens: np.ndarray, records: Sequence[CheckpointRecord]) -> None:
+        for row, record in zip(tokens, records):
+            full = (len(self._tokens) + 1) * self.row_bytes > self.max_bytes
+            if self._tokens and (full or len(self._tokens) >= self.max_rows_by_offsets):
+                self._flush()
+            self._tokens.append(row)
+            self._model_ids.append(record.model_id)
+            self._epochs.append(record.epoch)
+            for name, dtype in self.properties.items():
+                self._props[name].append(_cast(record.properties.get(name), dtype))
+
+    def _token_array(self):
+        import pyarrow as pa
+        from datasets.features.features import Array2DExtensionType
+
+        n, S, T = len(self._tokens), self.num_tokens, self.token_size
+        values = pa.array(np.stack(self._tokens).reshape(-1), type=pa.float32())
+        # Array2D storage is list<list<float32>>: build both offset levels directly (no Python objects per value).
+        inner = pa.ListArray.from_arrays(pa.array(np.arange(0, n * S * T + 1, T, dtype=np.int32)), values)
+        outer = pa.ListArray.from_arrays(pa.array(np.arange(0, n * S + 1, S, dtype=np.int32)), inner)
+        return pa.ExtensionArray.from_storage(Array2DExtensionType((S, T), "float32"), outer)
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not self._tokens:
+            return
+        columns = {
+            "model_id": pa.array(self._model_ids, type=pa.string()),
+            "epoch": pa.array(self._epochs, type=pa.int64()),
+            TOKENS_COLUMN: self._token_array(),
+        }
+        for name in self.properties:
+            columns[name] = pa.array(self._props[name], type=self.schema.field(name).type)
+        table = pa.table(columns, schema=self.schema)
+        path = self.folder / f"{self.split}-{len(self._files):05d}.partial"
+        strings = ["model_id", *(n for n, d in self.properties.items() if d == "string")]
+        pq.write_table(
+            table,
+            path,
+            compression="zstd",
+            # Weights are noise to a dictionary or min/max statistics; byte-stream-split + zstd shrinks float32
+            # tokens (and their zero padding) by ~30% and reads faster than plain encoding.
+            use_dictionary=strings,
+            write_statistics=[n for n in columns if n != TOKENS_COLUMN],
+            column_encoding={f"{TOKENS_COLUMN}.list.element.list.element": "BYTE_STREAM_SPLIT"},
+        )
+        self.num_rows += len(self._tokens)
+        self._files.append(path)
+        self._reset()
+
+    def close(self) -> list[Path]:
+        """Flush and rename the shards to `<split>-<i:05d>-of-<n:05d>.parquet`; returns the final paths."""
+        self._flush()
+        n = len(self._files)
+        final = []
+        for i, path in enumerate(self._files):
+            target = self.folder / Path(DATA_PATH_TEMPLATE.format(split=self.split, shard_index=i, num_shards=n)).name
+            os.replace(path, target)
+            final.append(target)
+        return final
+
+
+def _batched(records: Iterable[CheckpointRecord]) -> Iterator[list[CheckpointRecord]]:
+    batch: list[CheckpointRecord] = []
+    size = 0
+    for record in records:
+        batch.append(record)
+        size += sum(t.numel() * t.element_size() for t in record.state_dict.values())
+        if len(batch) >= _TOKENIZE_BATCH or size >= _TOKENIZE_BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+class _BatchTokenizer:
+    """Raw tokens of a batch of records, written into one reused buffer.
+
+    Tokenizing checkpoint by checkpoint into a preallocated `[B, S, T]` buffer avoids the per-key stack of a list
+    input and the page faults of a fresh multi-hundred-megabyte tensor per batch (ResNet zoos). The returned tensor
+    is only valid until the next call.
+    """
+
+    def __init__(self, layout: TokenLayout) -> None:
+        self.layout = layout
+        self.buffer: torch.Tensor | None = None
+
+    def __call__(self, batch: Sequence[CheckpointRecord]) -> torch.Tensor:
+        layout = self.layout
+        if self.buffer is None or self.buffer.shape[0] < len(batch):
+            self.buffer = torch.empty(len(batch), layout.num_tokens, layout.token_size, dtype=layout.token_dtype)
+        keys = layout.keys
+        for row, record in zip(self.buffer, batch):
+            state_dict = record.state_dict
+            if list(state_dict) != keys:
+                # Same ordered shapes, other names (e.g. Dropout modules shift `module_list` indices; the readers
+                # checked the shapes): map onto the reference's keys by position, as the original's key walk does.
+                state_dict = dict(zip(keys, state_dict.values()))
+            # The readers already dropped non-finite checkpoints (SANE §2.2): skip tokenize's second scan.
+            layout.tokenize(state_dict, check_finite=False, out=row)
+        return self.buffer[: len(batch)]
+
+
+def _token_batches(records: Iterable[CheckpointRecord], layout: TokenLayout, bar) -> Iterator[torch.Tensor]:
+    """Raw `[B, S, T]` tokens of `records`, batch by batch (the stream `TokenNormalization.fit` consumes)."""
+    tokenize = _BatchTokenizer(layout)
+    for batch in _batched(records):
+        bar.update(len(batch))
+        yield tokenize(batch)
+
+
+def build_layout(
+    record: CheckpointRecord, token_size: int = 0, tokenize_bn_stats: bool = True, ignore_bn: bool = False
+) -> TokenLayout:
+    """The token layout of a zoo, from its reference checkpoint (the first kept train checkpoint, SANE §2.3).
+
+    BatchNorm modules are taken from the architecture when it is known and its state_dict keys match, else detected
+    from the keys. `token_size=0` uses the widest row (SANE §1.5: the intended rule, over all layers).
+    """
+    state_dict = record.state_dict
+    batchnorm_modules = None
+    if record.architecture is not None and record.model_kwargs is not None:
+        from ..zoo_models import build_zoo_model
+
+        try:
+            module = build_zoo_model(record.architecture, **record.model_kwargs)
+        except (ValueError, TypeError) as err:
+            logger.debug("Could not build %s to find its BatchNorm layers (%s).", record.architecture, err)
+        else:
+            if list(module.state_dict()) == list(state_dict):
+                batchnorm_modules = detect_batchnorm_modules(module)
+    if token_size == 0:
+        widths = TokenLayout.from_state_dict(
+            state_dict, 1, tokenize_bn_stats, ignore_bn, batchnorm_modules=batchnorm_modules
+        )
+        token_size = max(layer.row_width for layer in widths.layers)
+        logger.info("Token size 0: using the widest row, T = %d.", token_size)
+    return TokenLayout.from_state_dict(
+        state_dict,
+        token_size=token_size,
+        tokenize_bn_stats=tokenize_bn_stats,
+        ignore_bn=ignore_bn,
+        batchnorm_modules=batchnorm_modules,
+    )
+
+
+def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise FileExistsError(f"{output_dir}: output_dir exists and is a file; expected a folder path.")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{output_dir}: output_dir exists and is not empty; pass overwrite=True (--overwrite) to replace it."
+        )
+
+
+def _move_into_place(tmp: Path, output_dir: Path) -> None:
+    os.chmod(tmp, 0o755)  # mkdtemp creates 0700
+    if output_dir.exists():
+        old = output_dir.with_name(f".{output_dir.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(output_dir, old)
+        try:
+            os.rename(tmp, output_dir)
+        except BaseException:
+            os.rename(old, output_dir)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, output_dir)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="ckpt", disable=not enabled)
+
+
+def write_zoo_dataset(
+    reader: ZooReader,
+    output_dir: str | os.PathLike,
+    *,
+    token_size: int = 0,
+    tokenize_bn_stats: bool = True,
+    ignore_bn: bool = False,
+    normalization: str = "standardize",
+    split_fractions: Sequence[float] = (0.7, 0.15, 0.15),
+    seed: int = 42,
+    max_models: int | None = None,
+    shard_size_mb: float = 100.0,
+    overwrite: bool = False,
+    repo_id: str | None = None,
+    show_progress: bool = True,
+) -> SaneDatasetInfo:
+    """Tokenize the zoo of `reader` into a Hub-style dataset folder at `output_dir` (atomically).
+
+    Steps: list and split the models (`split_model_ids`); build the layout from the first kept train checkpoint;
+    fit the normalization on the train checkpoints (streamed); then, split by split, tokenize, normalize and write
+    the checkpoints into parquet shards; finally write `meta/*.json` and the card, and rename the folder into place.
+
+    Args:
+        reader (`ZooReader`): an opened zoo (`open_zoo(...)`); its `epochs` and `weight_threshold` apply.
+        output_dir (`str` or `os.PathLike`): the dataset folder to create.
+        repo_id (`str`, *optional*): the Hub repo the card's snippets should name.
+        show_progress (`bool`, *optional*, defaults to `True`): tqdm progress bars.
+        Other arguments: see `ConvertConfig`.
+
+    Returns:
+        `SaneDatasetInfo`: the written `meta/info.json`.
+
+    Raises:
+        `FileExistsError`: `output_dir` is not empty and `overwrite=False`.
+        `ZooFormatError`: bad zoo input (the message names the file); nothing is left behind.
+    """
+    output_dir = Path(output_dir)
+    _check_output_dir(output_dir, overwrite)
+    if normalization not in ("standardize", "none"):
+        raise ValueError(f"`normalization` must be 'standardize' or 'none', got {normalization!r}.")
+    fractions = check_split_fractions(split_fractions)
+    splits = split_model_ids(reader.model_ids, fractions, seed=seed, max_models=max_models)
+    if not splits["train"]:
+        raise ValueError(
+            f"{reader.path}: the train split is empty ({len(reader.model_ids)} models, fractions {fractions}); "
+            "a zoo needs enough models for at least one train model."
+        )
+    reader.reset_report()  # a reader may have been used before: count this conversion only
+    selected = [model_id for ids in splits.values() for model_id in ids]
+    properties = infer_property_dtypes(reader, selected)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    try:
+        # 1. Reference checkpoint and layout: the first kept train checkpoint (train is in the reference's split,
+        #    as in the original, SANE §2.3 item 5). The train records are streamed once here for the statistics.
+        train_records = reader.iter_checkpoints(splits["train"], record=False)
+        first = next(train_records, None)
+        if first is None:
+            raise ValueError(f"{reader.path}: no checkpoint of the train split survived filtering; nothing to fit on.")
+        layout = build_layout(first, token_size, tokenize_bn_stats, ignore_bn)
+        logger.info("Layout of %s (from %s epoch %d): %s", first.architecture, first.model_id, first.epoch, layout)
+        # Hyper-parameter kwargs (activation, dropout, ...) vary between members; the dataset records the reference's.
+        reference = {"model_id": first.model_id, "epoch": first.epoch, "source": first.source}
+        architecture, model_kwargs = first.architecture, first.model_kwargs
+        n_train = sum(len(reader.selected_epochs(reader.member(m))) for m in splits["train"])
+        if normalization == "standardize":
+            with _progress(n_train, "fit normalization (train)", show_progress) as bar:
+                norm = TokenNormalization.fit(_token_batches(chain([first], train_records), layout, bar), layout)
+        else:
+            norm = TokenNormalization.fit(torch.empty(0), layout, mode="none")
+        first = train_records = None  # release the reference checkpoint
+
+        # 2. The splits, one shard in memory at a time.
+        (tmp / DATA_DIR).mkdir()
+        features = _features(layout.num_tokens, layout.token_size, properties)
+        split_infos: dict[str, SplitInfo] = {}
+        for split, model_ids in splits.items():
+            writer = _ShardWriter(tmp / DATA_DIR, split, features, properties, int(shard_size_mb * (1 << 20)))
+            kept: set[str] = set()
+            total = sum(len(reader.selected_epochs(reader.member(m))) for m in model_ids)
+            tokenize = _BatchTokenizer(layout)
+            with _progress(total, f"write {split}", show_progress) as bar:
+                for batch in _batched(reader.iter_checkpoints(model_ids)):
+                    tokens = norm.normalize(tokenize(batch), layout).to(torch.float32)
+                    writer.add(tokens.numpy(), batch)
+                    kept.update(r.model_id for r in batch)
+                    bar.update(len(batch))
+            files = writer.close()
+            split_infos[split] = SplitInfo(
+                model_ids=sorted(kept),
+                num_checkpoints=writer.num_rows,
+                files=[f"{DATA_DIR}/{f.name}" for f in files],
+                num_bytes=sum(f.stat().st_size for f in files),
+            )
+            if not writer.num_rows:
+                logger.warning("The %s split is empty (%d models assigned).", split, len(model_ids))
+        logger.info("Filtering: %s", reader.report.summary())
+
+        # 3. Metadata and card.
+        from .. import __version__
+
+        info = SaneDatasetInfo(
+            token_size=layout.token_size,
+            num_tokens=layout.num_tokens,
+            num_layers=layout.num_layers,
+            splits=split_infos,
+            properties=properties,
+            architecture=architecture,
+            model_kwargs=model_kwargs,
+            reference=reference,
+            max_positions=layout.max_positions,
+            tokens_normalized=normalization != "none",
+            normalization_mode=norm.mode,
+            tokenize_bn_stats=layout.tokenize_bn_stats,
+            ignore_bn=layout.ignore_bn,
+            epochs=reader.epochs,
+            split_fractions=fractions,
+            split_seed=seed,
+            max_models=max_models,
+            weight_threshold=reader.weight_threshold,
+            source=reader.source_info(),
+            filtering=reader.report.to_dict(),
+            features=features.to_dict(),
+            codebase_version=__version__,
+        )
+        (tmp / META_DIR).mkdir()
+        write_json_atomic(tmp / INFO_PATH, info.to_dict())
+        write_json_atomic(tmp / LAYOUT_PATH, layout.to_dict())
+        write_json_atomic(tmp / NORMALIZATION_PATH, norm.to_dict())
+        from ..hub.cards import build_dataset_card
+
+        build_dataset_card(info, repo_id=repo_id).save(tmp / "README.md")
+        _move_into_place(tmp, output_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info(
+        "Wrote %s: %s.",
+        output_dir,
+        ", ".join(f"{s} {i.num_models} models / {i.num_checkpoints} checkpoints" for s, i in split_infos.items()),
+    )
+    return info
+
+
+@dataclass
+class ConvertResult:
+    """What `convert_zoo` did: the dataset folder, its info, the wall time and (if pushed) the Hub URL."""
+
+    output_dir: Path
+    info: SaneDatasetInfo
+    seconds: float
+    num_bytes: int
+    url: str | None = None
+
+
+def convert_zoo(config: ConvertConfig, *, show_progress: bool = True) -> ConvertResult:
+    """Convert a zoo into a tokenized Hub dataset folder (and push it if `config.push_to_hub`).
+
+    Example:
+
+    ```python
+    >>> from sane_hf.data import ConvertConfig, convert_zoo
+    >>> result = convert_zoo(ConvertConfig(zoo_dir="runs/zoo", output_dir="runs/zoo_ds", token_size=64))
+    >>> result.info.splits["train"].num_models
+    14
+    ```
+    """
+    if not config.zoo_dir:
+        raise ValueError("`zoo_dir` is required: the zoo folder to convert.")
+    if not config.output_dir:
+        raise ValueError("`output_dir` is required: where to write the dataset folder.")
+    start = time.perf_counter()
+    previous_threads = torch.get_num_threads()
+    if config.num_threads > 0:
+        torch.set_num_threads(config.num_threads)
+    try:
+        reader = open_zoo(
+            config.zoo_dir,
+            config.zoo_format,
+            epochs=config.epoch_list(),
+            weight_threshold=config.weight_threshold,
+        )
+        info = write_zoo_dataset(
+            reader,
+            config.output_dir,
+            token_size=config.token_size,
+            tokenize_bn_stats=config.tokenize_bn_stats,
+            ignore_bn=config.ignore_bn,
+            normalization=config.normalization,
+            split_fractions=config.split_fractions,
+            seed=config.seed,
+            max_models=config.max_models,
+            shard_size_mb=config.shard_size_mb,
+            overwrite=config.overwrite,
+            repo_id=config.push_to_hub,
+            show_progress=show_progress,
+        )
+    finally:
+        torch.set_num_threads(previous_threads)
+    output_dir = Path(config.output_dir)
+    num_bytes = sum(f.stat().st_size for f in output_dir.rglob("*") if f.is_file())
+    seconds = time.perf_counter() - start
+    url = None
+    if config.push_to_hub:
+        url = push_zoo_dataset(output_dir, config.push_to_hub, private=config.private)
+    return ConvertResult(output_dir=output_dir, info=info, seconds=seconds, num_bytes=num_bytes, url=url)
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# Hub upload
+# -------------------------------------------------------------------------------------------------------------------
+
+
+def push_zoo_dataset(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    token: str | None = None,
+    tag: bool = True,
+) -> str:
+    """Upload a dataset folder written by `write_zoo_dataset` to a Hub dataset repo (lerobot's `push_to_hub`).
+
+    Creates the repo if needed, uploads the folder in one commit (stale `data/` and `meta/` files of an earlier
+    upload are deleted in the same commit, so `data/train-*.parquet` never matches old shards), and tags the
+    revision with the format version (`ZOO_DATASET_TAG`), moving the tag if it exists.
+
+    Returns:
+        `str`: the URL of the commit.
+    """
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    info_file = folder / INFO_PATH
+    if not info_file.is_file():
+        raise FileNotFoundError(f"{info_file}: missing; push_zoo_dataset uploads folders written by convert_zoo.")
+    api = HfApi(token=token)
+    api.create_repo(repo_id=repo_id, repo_type="dataset", private=private, exist_ok=True)
+    commit = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=folder,
+        repo_type="dataset",
+        revision=revision,
+        commit_message=commit_message or "Upload tokenized model zoo (sane_hf)",
+        delete_patterns=[f"{DATA_DIR}/*", f"{META_DIR}/*"],
+    )
+    if tag:
+        refs = api.list_repo_refs(repo_id, repo_type="dataset")
+        if any(t.name == ZOO_DATASET_TAG for t in refs.tags):
+            api.delete_tag(repo_id, tag=ZOO_DATASET_TAG, repo_type="dataset")
+        api.create_tag(repo_id, tag=ZOO_DATASET_TAG, revision=getattr(commit, "oid", None), repo_type="dataset")
+    url = getattr(commit, "commit_url", None) or str(commit)
+    logger.info("Pushed %s to the Hub dataset %s (%s).", folder, repo_id, url)
+    return url
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# Loading
+# -------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SaneZooDataset:
+    """A tokenized zoo: its splits, token layout, normalization and info.
+
+    Args:
+        splits (`datasets.DatasetDict`): the non-empty splits, in torch format (`tokens` come back as `[S, T]`
+            float32 tensors).
+        layout (`TokenLayout`): from `meta/layout.json`.
+        normalization (`TokenNormalization`): from `meta/normalization.json` (fitted on train).
+        info (`SaneDatasetInfo`): from `meta/info.json`.
+        root (`Path`): the local folder holding `meta/` (a Hub snapshot for repo ids).
+    """
+
+    splits: Any
+    layout: TokenLayout
+    normalization: TokenNormalization
+    info: SaneDatasetInfo
+    root: Path
+
+    def __getitem__(self, split: str):
+        if split not in self.splits:
+            raise KeyError(f"No split {split!r}; this zoo has {list(self.splits)}.")
+        return self.splits[split]
+
+    @property
+    def property_names(self) -> list[str]:
+        return list(self.info.properties)
+
+    def to_state_dict(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """De-normalize and detokenize `[S, T]` / `[B, S, T]` tokens of this zoo back to a state_dict."""
+        tokens = torch.as_tensor(tokens)
+        if self.info.tokens_normalized:
+            tokens = self.normalization.denormalize(tokens, self.layout)
+        return self.layout.detokenize(tokens, copy=True)
+
+    def window_loader(self, split: str = "train", **kwargs: Any):
+        """A `WindowDataLoader` over one split (keyword arguments as `WindowDataLoader`)."""
+        from .windows import WindowDataLoader
+
+        return WindowDataLoader(self[split], self.layout, **kwargs)
+
+
+def _read_meta_json(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: missing; a tokenized zoo written by sane_hf has {what} there (was the folder converted with "
+            "`sane-convert-zoo`?)."
+        )
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: invalid JSON ({err}).") from None
+
+
+def load_zoo_meta(root: str | os.PathLike) -> tuple[SaneDatasetInfo, TokenLayout, TokenNormalization]:
+    """Read and cross-check `meta/info.json`, `meta/layout.json` and `meta/normalization.json` of a local folder."""
+    root = Path(root)
+    info = SaneDatasetInfo.from_dict(
+        _read_meta_json(root / INFO_PATH, "the dataset info"), source=str(root / INFO_PATH)
+    )
+    try:
+        layout = TokenLayout.from_dict(_read_meta_json(root / LAYOUT_PATH, "the token layout"))
+    except ValueError as err:
+        raise ValueError(f"{root / LAYOUT_PATH}: {err}") from None
+    try:
+        normalization = TokenNormalization.from_dict(
+            _read_meta_json(root / NORMALIZATION_PATH, "the normalization statistics")
+        )
+    except ValueError as err:
+        raise ValueError(f"{root / NORMALIZATION_PATH}: {err}") from None
+    for name in ("num_tokens", "num_layers", "token_size"):
+        if getattr(info, name) != getattr(layout, name):
+            raise ValueError(
+                f"{root / INFO_PATH}: {name} is {getattr(info, name)} but {LAYOUT_PATH} gives {getattr(layout, name)}."
+            )
+    if normalization.layer_names != [layer.name for layer in layout.layers]:
+        raise ValueError(f"{root / NORMALIZATION_PATH}: its layers do not match {LAYOUT_PATH}.")
+    return info, layout, normalization
+
+
+def load_zoo_dataset(
+    path_or_repo_id: str | os.PathLike,
+    revision: str | None = None,
+    *,
+    cache_dir: str | None = None,
+    token: str | None = None,
+) -> SaneZooDataset:
+    """Load a tokenized zoo from a local folder or a Hub dataset repo.
+
+    The splits come from `datasets.load_dataset` (the card's `configs` point it at `data/<split>-*.parquet`); the
+    meta files from the folder, or for repo ids from `huggingface_hub.snapshot_download(repo_type="dataset",
+    allow_patterns="meta/*")`.
+
+    Args:
+        path_or_repo_id (`str` or `os.PathLike`): a dataset folder or a Hub dataset repo id.
+        revision (`str`, *optional*): Hub revision (e.g. the format tag `sane-zoo-v1`); ignored for folders.
+        cache_dir (`str`, *optional*), token (`str`, *optional*): passed to the Hub/datasets calls.
+
+    Raises:
+        `ZooDatasetVersionError`: the dataset has another format version.
+        `FileNotFoundError`: a meta file or a data shard is missing (named in the message).
+
+    Example:
+
+    ```python
+    >>> zoo = load_zoo_dataset("runs/zoo_ds")
+    >>> zoo.splits["train"][0]["tokens"].shape
+    torch.Size([66, 64])
+    ```
+    """
+    import datasets
+
+    path = Path(path_or_repo_id)
+    if path.is_dir():
+        root, source, revision = path, str(path), None
+    elif path.exists():
+        raise ValueError(f"{path}: expected a dataset folder or a Hub dataset repo id, found a file.")
+    else:
+        from huggingface_hub import snapshot_download
+
+        root = Path(
+            snapshot_download(
+                str(path_or_repo_id),
+                repo_type="dataset",
+                revision=revision,
+                allow_patterns=[f"{META_DIR}/*", "README.md"],
+                cache_dir=cache_dir,
+                token=token,
+            )
+        )
+        source = str(path_or_repo_id)
+    info, layout, normalization = load_zoo_meta(root)
+    if root is path:
+        for split, split_info in info.splits.items():
+            for file in split_info.files:
+                if not (root / file).is_file():
+                    raise FileNotFoundError(f"{root / file}: missing; {INFO_PATH} lists it as a {split} shard.")
+    if root is path:
+        # Absolute shard paths for local folders: datasets 5.2 keys the cache of `load_dataset(folder)` on the folder
+        # *name* and the card's patterns only, so two folders named alike (or a folder converted again with
+        # `overwrite=True`) would silently share one stale Arrow cache. Explicit files are keyed on path and mtime.
+        data_files = {
+            split: [str((root / file).resolve()) for file in info.splits[split].files]
+            for split in info.nonempty_splits
+        }
+        splits = datasets.load_dataset(str(root), data_files=data_files, cache_dir=cache_dir)
+    else:
+        splits = datasets.load_dataset(source, revision=revision, cache_dir=cache_dir, token=token)
+    expected = info.nonempty_splits
+    if sorted(splits) != sorted(expected):
+        raise ValueError(f"{source}: loaded splits {sorted(splits)}, but {INFO_PATH} describes {expected}.")
+    for split in expected:
+        if splits[split].num_rows != info.splits[split].num_checkpoints:
+            raise ValueError(
+                f"{source}: the {split} split has {splits[split].num_rows} rows, {INFO_PATH} says "
+                f"{info.splits[split].num_checkpoints}."
+            )
+    splits = datasets.DatasetDict({split: splits[split] for split in expected}).with_format("torch")
+    return SaneZooDataset(splits=splits, layout=layout, normalization=normalization, info=info, root=root)

@@ -1,0 +1,437 @@
+"""Windows of consecutive tokens, batched straight from the Arrow data of a tokenized zoo (SANE_METHOD §2.6, §4.1).
+
+SANE is pretrained on random windows of `W` consecutive tokens of a checkpoint, with their global positions and
+mask. The original materialized `[P+1, S, T]` per sample and drew one window start per sample with Python `random`
+(SANE_METHOD §2.6 step 4). Here:
+
+* `sample_windows` cuts one window per sample out of a `[B, S, T]` batch (one advanced-indexing gather on
+  accelerators; contiguous per-sample copies on CPU, see below), with starts drawn from a `torch.Generator`
+  (reproducible; STYLE_ANCHORS §3.3 rule 8);
+* `WindowDataLoader` reads only the window rows of each checkpoint from the memory-mapped Arrow table (zero-copy
+  views, one copy per batch), or, with `full_tokens=True`, the full checkpoints too (permutation augmentation
+  gathers rows from outside the window);
+* `ZooCheckpointDataset` + `WindowCollator` give the same batches through a plain `torch.utils.data.DataLoader`
+  (for `accelerate.prepare`).
+
+A window longer than the sequence (`W >= S`) is the whole sequence (start 0, length `S`).
+
+Why per-sample copies on CPU: a window is `W` consecutive tokens, i.e. one contiguous block of memory, so a batch
+is `B` memcpys. On the project's 2-core machines torch's advanced indexing of a `[32, 64, 64]` batch took 8 ms
+with 2 intra-op threads when the other core was busy (0.26 ms with 1 thread), while `B` slice copies took 0.1 ms
+and numpy fancy indexing 0.07 ms; for ResNet-sized windows (32 x 2048 x 288) slices ran at ~3.9 GB/s against
+~0.7 GB/s for torch indexing (`benchmarks/bench_data.py`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..tokenization import TokenLayout
+
+
+logger = logging.getLogger(__name__)
+
+TOKENS_COLUMN = "tokens"
+# Columns that identify a row rather than describe a property.
+ID_COLUMNS = ("model_id", "epoch")
+
+
+# CPU windows by per-sample slice copies instead of one gather (module docstring); tests switch it off to check
+# that both paths agree.
+_CPU_SLICE_COPIES = True
+
+
+def _draw_starts(batch_size: int, num_tokens: int, window: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Window starts, uniform over `0..S-W` and independent per sample (drawn on the generator's device)."""
+    device = generator.device if generator is not None else "cpu"
+    return torch.randint(0, num_tokens - window + 1, (batch_size,), generator=generator, device=device)
+
+
+def sample_windows(
+    tokens: torch.Tensor,
+    window_size: int,
+    generator: torch.Generator | None = None,
+    *,
+    positions: torch.Tensor,
+    mask: torch.Tensor,
+    starts: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Cut one random window of `window_size` consecutive tokens out of every sequence of a batch.
+
+    Args:
+        tokens (`torch.Tensor`): `[B, S, T]` full token sequences.
+        window_size (`int`): `W`; `W >= S` gives the whole sequence.
+        generator (`torch.Generator`, *optional*): source of the window starts (mainly used for testing purposes
+            and reproducible runs).
+        positions (`torch.Tensor`): `[S, 3]` (shared by the batch, e.g. `layout.positions`) or `[B, S, 3]`.
+        mask (`torch.Tensor`): `[S, T]` or `[B, S, T]`.
+        starts (`torch.Tensor`, *optional*): `[B]` window starts to use instead of drawing them.
+
+    Returns:
+        `dict` with `tokens [B, W, T]`, `positions [B, W, 3]` (global positions), `mask [B, W, T]` and
+        `start [B]` (long).
+
+    Example:
+
+    ```python
+    >>> g = torch.Generator().manual_seed(0)
+    >>> out = sample_windows(tokens, 64, g, positions=layout.positions, mask=layout.mask)
+    >>> out["tokens"].shape
+    torch.Size([32, 64, 288])
+    ```
+    """
+    if tokens.ndim != 3:
+        raise ValueError(f"`tokens` must be [B, S, T], got shape {list(tokens.shape)}.")
+    if not isinstance(window_size, int) or isinstance(window_size, bool) or window_size < 1:
+        raise ValueError(f"`window_size` must be a positive int, got {window_size!r}.")
+    B, S, T = tokens.shape
+    if tuple(positions.shape[-2:]) != (S, 3) or tuple(mask.shape[-2:]) != (S, T):
+        raise ValueError(
+            f"`positions` must be [S, 3] and `mask` [S, T] (optionally with a batch dim) for tokens "
+            f"{list(tokens.shape)}; got {list(positions.shape)} and {list(mask.shape)}."
+        )
+    W = min(window_size, S)
+    if starts is None:
+        starts = _draw_starts(B, S, W, generator)
+    starts = starts.to(device=tokens.device, dtype=torch.long)
+    if starts.shape != (B,) or (B and (int(starts.min()) < 0 or int(starts.max()) > S - W)):
+        raise ValueError(f"`starts` must be [B] with values in [0, {S - W}], got {starts.tolist()}.")
+    # Windows are drawn per sample, not per batch.
+    if tokens.device.type == "cpu" and _CPU_SLICE_COPIES:
+        # One contiguous block per sample (see the module docstring for why this beats a gather on CPU).
+        spans = [slice(start, start + W) for start in starts.tolist()]
+        return {
+            "tokens": _stack_slices(tokens, spans, per_sample=True),
+            "positions": _stack_slices(positions, spans, per_sample=positions.ndim == 3),
+            "mask": _stack_slices(mask, spans, per_sample=mask.ndim == 3),
+            "start": starts,
+        }
+    index = starts[:, None] + torch.arange(W, device=tokens.device)  # [B, W]
+    rows = torch.arange(B, device=tokens.device)[:, None]
+    # One advanced-indexing gather per tensor: one kernel each on an accelerator.
+    return {
+        "tokens": tokens[rows, index],
+        "positions": positions[index] if positions.ndim == 2 else positions[rows, index],
+        "mask": mask[index] if mask.ndim == 2 else mask[rows, index],
+        "start": starts,
+    }
+
+
+def _stack_slices(source: torch.Tensor, spans: list[slice], per_sample: bool) -> torch.Tensor:
+    """`[B, W, ...]` from one slice per sample of `source` (`[B, S, ...]`, or a shared `[S, ...]`)."""
+    width = spans[0].stop - spans[0].start if spans else 0
+    out = torch.empty((len(spans), width, *source.shape[2 if per_sample else 1 :]), dtype=source.dtype)
+    for b, span in enumerate(spans):
+        out[b] = source[b, span] if per_sample else source[span]
+    return out
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# Zero-copy access to the token column of a `datasets.Dataset`
+# -------------------------------------------------------------------------------------------------------------------
+
+
+def _flat_dataset(dataset):
+    """`dataset` without an indices mapping (after `shuffle`/`select`), so rows are physical Arrow rows."""
+    if getattr(dataset, "_indices", None) is not None:
+        logger.info("Flattening the indices mapping of the dataset (one copy) for zero-copy window reads.")
+        # Under torch formatting, datasets 5.2's flatten_indices re-infers Array2D as nested lists; arrow keeps it.
+        dataset = dataset.with_format("arrow").flatten_indices()
+    return dataset
+
+
+class ArrowTokenStore:
+    """Read-only views of the `tokens` column (`Array2D [S, T]`) of a `datasets.Dataset`, and batched copies.
+
+    The Arrow data of a loaded dataset is memory-mapped; each record batch becomes a `[rows, S, T]` numpy view
+    without a copy, so a window is one contiguous slice and a batch of windows is `B` memcpys into one new tensor.
+
+    Args:
+        dataset (`datasets.Dataset`): one split of a tokenized zoo (any format).
+        column (`str`, *optional*, defaults to `"tokens"`).
+    """
+
+    def __init__(self, dataset, column: str = TOKENS_COLUMN) -> None:
+        import pyarrow as pa
+
+        dataset = _flat_dataset(dataset)
+        feature = dataset.features.get(column)
+        shape = getattr(feature, "shape", None)
+        if shape is None or len(shape) != 2:
+            raise ValueError(f"Column {column!r} must be an Array2D feature [S, T], found {feature!r}.")
+        self.num_tokens, self.token_size = int(shape[0]), int(shape[1])
+        self.num_rows = len(dataset)
+        self.chunks: list[np.ndarray] = []
+        chunk_of_row, local_row = [], []
+        for chunk in dataset.data.table.column(column).chunks:
+            if len(chunk) == 0:
+                continue
+            storage = chunk.storage if isinstance(chunk, pa.ExtensionArray) else chunk
+            if storage.null_count:
+                raise ValueError(f"Column {column!r} has null rows; every checkpoint needs tokens.")
+            values = storage.flatten().flatten()  # respects the slice offsets of the chunk
+            expected = len(chunk) * self.num_tokens * self.token_size
+            if len(values) != expected or values.null_count:
+                raise ValueError(
+                    f"Column {column!r} is not a dense [{self.num_tokens}, {self.token_size}] array per row "
+                    f"({len(values)} values for {len(chunk)} rows)."
+                )
+            array = values.to_numpy(zero_copy_only=True).reshape(len(chunk), self.num_tokens, self.token_size)
+            chunk_of_row.append(np.full(len(chunk), len(self.chunks), dtype=np.int64))
+            local_row.append(np.arange(len(chunk), dtype=np.int64))
+            self.chunks.append(array)
+        self._chunk_of_row = np.concatenate(chunk_of_row) if chunk_of_row else np.zeros(0, dtype=np.int64)
+        self._local_row = np.concatenate(local_row) if local_row else np.zeros(0, dtype=np.int64)
+        if len(self._chunk_of_row) != self.num_rows:
+            raise ValueError(f"Column {column!r} has {len(self._chunk_of_row)} rows, the dataset {self.num_rows}.")
+        self.dtype = self.chunks[0].dtype if self.chunks else np.dtype(np.float32)
+
+    def _copy(self, rows: torch.Tensor | Sequence[int], starts: Sequence[int] | None, width: int) -> torch.Tensor:
+        rows = np.asarray(torch.as_tensor(rows, dtype=torch.long), dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.num_rows):
+            raise IndexError(f"Row index out of range for a split of {self.num_rows} checkpoints.")
+        out = np.empty((len(rows), width, self.token_size), dtype=self.dtype)
+        chunks, locals_ = self._chunk_of_row[rows], self._local_row[rows]
+        for b in range(len(rows)):
+            start = 0 if starts is None else starts[b]
+            out[b] = self.chunks[chunks[b]][locals_[b], start : start + width]
+        return torch.from_numpy(out)
+
+    def rows(self, rows: torch.Tensor | Sequence[int]) -> torch.Tensor:
+        """Full token sequences `[B, S, T]` (a copy) of the given rows."""
+        return self._copy(rows, None, self.num_tokens)
+
+    def windows(self, rows: torch.Tensor | Sequence[int], starts: torch.Tensor, window: int) -> torch.Tensor:
+        """Token windows `[B, W, T]` (a copy): row `rows[b]`, tokens `starts[b] .. starts[b] + W - 1`."""
+        starts = torch.as_tensor(starts, dtype=torch.long).tolist()
+        if any(s < 0 or s + window > self.num_tokens for s in starts):
+            raise IndexError(f"A window [start, start + {window}) leaves the {self.num_tokens} tokens: {starts}.")
+        return self._copy(rows, starts, window)
+
+
+def _read_columns(dataset, columns: Sequence[str]) -> dict[str, Any]:
+    """Small columns as tensors (numeric/bool) or lists (strings), read once from the Arrow table."""
+    import pyarrow as pa
+
+    table = _flat_dataset(dataset).data.table
+    values: dict[str, Any] = {}
+    for name in columns:
+        column = table.column(name)
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            values[name] = column.to_pylist()
+        else:
+            array = np.asarray(column.to_numpy())
+            values[name] = torch.from_numpy(array.copy()) if array.dtype != object else column.to_pylist()
+    return values
+
+
+def _property_columns(dataset, property_columns: Sequence[str] | None) -> list[str]:
+    names = [n for n in dataset.column_names if n != TOKENS_COLUMN and n not in ID_COLUMNS]
+    if property_columns is None:
+        return names
+    unknown = [n for n in property_columns if n not in dataset.column_names]
+    if unknown:
+        raise ValueError(f"Unknown property column(s) {unknown}; the split has {names}.")
+    return list(property_columns)
+
+
+def _select(values: Any, rows: torch.Tensor) -> Any:
+    return values[rows] if isinstance(values, torch.Tensor) else [values[i] for i in rows.tolist()]
+
+
+class WindowDataLoader:
+    """Batches of random token windows from one split of a tokenized zoo (the pretraining input, SANE §4.1).
+
+    Each epoch visits every checkpoint once (shuffled with `generator` if `shuffle`), in batches of `batch_size`;
+    every sample gets its own window start.
+
+    Args:
+        dataset (`datasets.Dataset`): one split (e.g. `load_zoo_dataset(...).splits["train"]`).
+        layout (`TokenLayout`): the zoo's layout (positions and mask).
+        window_size (`int`): `W` (`W >= S` gives whole sequences).
+        batch_size (`int`): checkpoints per batch.
+        shuffle (`bool`, *optional*, defaults to `True`): reshuffle the checkpoints every epoch.
+        drop_last (`bool`, *optional*, defaults to `True`): drop the last incomplete batch.
+        generator (`torch.Generator`, *optional*): the source of all randomness (order and window starts); a
+            fresh generator seeded with `seed` if not given.
+        seed (`int`, *optional*, defaults to 0): seed of the default generator.
+        full_tokens (`bool`, *optional*, defaults to `False`): also return `full_tokens [B, S, T]` (costs reading
+            whole checkpoints; permutation augmentation needs rows outside the window).
+        property_columns (`Sequence[str]`, *optional*): property columns to return (default: all).
+
+    Yields:
+        `dict` with `tokens [B, W, T]` float, `positions [B, W, 3]` long, `mask [B, W, T]` bool, `start [B]`,
+        `index [B]` (row in the split), `model_id` (list of str), `epoch [B]`, `properties` (`{name: [B] tensor or
+        list}`), and `full_tokens [B, S, T]` if requested.
+
+    Example:
+
+    ```python
+    >>> zoo = load_zoo_dataset("runs/zoo_ds")
+    >>> loader = WindowDataLoader(zoo.splits["train"], zoo.layout, window_size=64, batch_size=32, seed=0)
+    >>> batch = next(iter(loader))
+    >>> batch["tokens"].shape, batch["positions"].shape
+    (torch.Size([32, 64, 64]), torch.Size([32, 64, 3]))
+    ```
+    """
+
+    def __init__(
+        self,
+        dataset,
+        layout: TokenLayout,
+        window_size: int,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        generator: torch.Generator | None = None,
+        seed: int = 0,
+        full_tokens: bool = False,
+        property_columns: Sequence[str] | None = None,
+    ) -> None:
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
+        if not isinstance(window_size, int) or isinstance(window_size, bool) or window_size < 1:
+            raise ValueError(f"`window_size` must be a positive int, got {window_size!r}.")
+        dataset = _flat_dataset(dataset)
+        self.store = ArrowTokenStore(dataset)
+        if (self.store.num_tokens, self.store.token_size) != (layout.num_tokens, layout.token_size):
+            raise ValueError(
+                f"The split's tokens are [{self.store.num_tokens}, {self.store.token_size}], the layout's "
+                f"[{layout.num_tokens}, {layout.token_size}]."
+            )
+        self.layout = layout
+        self.window_size = window_size
+        self.window = min(window_size, layout.num_tokens)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(seed)
+        self.full_tokens = full_tokens
+        self.property_names = _property_columns(dataset, property_columns)
+        ids = [c for c in ID_COLUMNS if c in dataset.column_names]
+        self._columns = _read_columns(dataset, ids + self.property_names)
+        self._positions = layout.positions
+        self._mask = layout.mask
+
+    @property
+    def num_rows(self) -> int:
+        return self.store.num_rows
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_rows // self.batch_size
+        return math.ceil(self.num_rows / self.batch_size)
+
+    def batch(self, rows: torch.Tensor | Sequence[int], starts: torch.Tensor | None = None) -> dict[str, Any]:
+        """The batch of the given split rows (window starts drawn from the generator unless given)."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        S, W = self.layout.num_tokens, self.window
+        if starts is None:
+            starts = _draw_starts(len(rows), S, W, self.generator)
+        if self.full_tokens:
+            full = self.store.rows(rows)
+            out = sample_windows(full, W, positions=self._positions, mask=self._mask, starts=starts)
+            out["full_tokens"] = full
+        else:
+            index = starts.numpy()[:, None] + np.arange(W)
+            out = {
+                "tokens": self.store.windows(rows, starts, W),
+                # numpy fancy indexing: single-threaded and ~100x faster than torch's here (module docstring).
+                "positions": torch.from_numpy(self._positions.numpy()[index]),
+                "mask": torch.from_numpy(self._mask.numpy()[index]),
+                "start": starts,
+            }
+        out["index"] = rows
+        for name in ID_COLUMNS:
+            if name in self._columns:
+                out[name] = _select(self._columns[name], rows)
+        out["properties"] = {name: _select(self._columns[name], rows) for name in self.property_names}
+        return out
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        n = self.num_rows
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        for i in range(len(self)):
+            yield self.batch(order[i * self.batch_size : (i + 1) * self.batch_size])
+
+
+class ZooCheckpointDataset(torch.utils.data.Dataset):
+    """Map-style dataset of full checkpoints of one split (`tokens [S, T]` + ids + properties).
+
+    Use it with `WindowCollator` in a plain `torch.utils.data.DataLoader` (e.g. one that `accelerate` prepares);
+    `WindowDataLoader` is the faster path when only windows are needed.
+
+    Args:
+        dataset (`datasets.Dataset`): one split of a tokenized zoo.
+        property_columns (`Sequence[str]`, *optional*): property columns to return (default: all).
+    """
+
+    def __init__(self, dataset, property_columns: Sequence[str] | None = None) -> None:
+        dataset = _flat_dataset(dataset)
+        self.store = ArrowTokenStore(dataset)
+        self.property_names = _property_columns(dataset, property_columns)
+        ids = [c for c in ID_COLUMNS if c in dataset.column_names]
+        self._columns = _read_columns(dataset, ids + self.property_names)
+
+    def __len__(self) -> int:
+        return self.store.num_rows
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"Index {index} out of range for {len(self)} checkpoints.")
+        index = index % len(self)
+        row = torch.tensor([index])
+        item: dict[str, Any] = {"tokens": self.store.rows(row)[0], "index": index}
+        for name in ID_COLUMNS:
+            if name in self._columns:
+                item[name] = _select(self._columns[name], row)[0]
+        item["properties"] = {name: _select(self._columns[name], row)[0] for name in self.property_names}
+        return item
+
+
+class WindowCollator:
+    """`collate_fn` turning `ZooCheckpointDataset` items into a window batch (same keys as `WindowDataLoader`).
+
+    Args:
+        layout (`TokenLayout`): the zoo's layout.
+        window_size (`int`): `W`.
+        generator (`torch.Generator`, *optional*): source of the window starts.
+        full_tokens (`bool`, *optional*, defaults to `False`): keep `full_tokens [B, S, T]` in the batch.
+    """
+
+    def __init__(
+        self,
+        layout: TokenLayout,
+        window_size: int,
+        generator: torch.Generator | None = None,
+        full_tokens: bool = False,
+    ) -> None:
+        self.layout = layout
+        self.window_size = window_size
+        self.generator = generator
+        self.full_tokens = full_tokens
+
+    def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        full = torch.stack([item["tokens"] for item in items])
+        out = sample_windows(
+            full, self.window_size, self.generator, positions=self.layout.positions, mask=self.layout.mask
+        )
+        if self.full_tokens:
+            out["full_tokens"] = full
+        out["index"] = torch.tensor([item["index"] for item in items])
+        for name in ID_COLUMNS:
+            if name in items[0]:
+                values = [item[name] for item in items]
+                out[name] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+        out["properties"] = {}
+        for name in items[0]["properties"]:
+            values = [item["properties"][name] for item in items]
+            out["properties"][name] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+        return out

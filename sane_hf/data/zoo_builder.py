@@ -1,0 +1,1044 @@
+"""Build a model zoo: a population of small networks trained with varied hyper-parameters, checkpointed every epoch.
+
+SANE learns from zoos of this kind (SANE_METHOD §0, §2): many models of one architecture, trained on one task with
+"generating factors" drawn from grids (optimizer, learning rate, weight decay, initialization, activation, dropout;
+the model-zoo paper's recipe), with a checkpoint and metrics per epoch. The zoo's design decides what is learnable
+from it (CALIBRATION.md: test accuracy was predictable from weights, epoch and gap were not), so the defaults spread
+test accuracy widely on purpose: small SGD learning rates, saturating activations, high dropout, SGD next to
+Adam.
+
+On-disk format (`ZOO_FORMAT`, version `ZOO_FORMAT_VERSION`; zoo readers rely on it):
+
+```
+<output_dir>/
+  zoo_config.json                  asdict(ZooConfig) + {"format", "format_version", "task": {task info}}
+  models/<model_id>/               model_id = f"model_{index:04d}"
+    params.json                    factors, seed and the full `build_zoo_model` kwargs of the model
+    metrics.jsonl                  one line per epoch 0..epochs (0 = the initialization, before any training)
+    checkpoints/epoch_<e:04d>.safetensors   state_dict of epoch e (metadata: epoch, model_id)
+    DONE                           written last; a folder without it is unfinished
+```
+
+Every file is written atomically (temporary file in the same folder, then `os.replace`), so a reader never sees
+half a file. Metrics of epoch `e` are measured after the epoch in eval mode on the full train, val and test splits
+(`train_acc` is not a running average over the epoch's mini-batches), `ggap = train_acc - test_acc`, and a
+non-finite loss (a diverged model) is written as `null`. Checkpoint headers are canonical, so equal weights give
+byte-identical files.
+
+Seeding: model `i`'s factors and seed come from `numpy.random.default_rng([seed, i])` only (not from `num_models` or
+the other models); its initialization, batch order and dropout masks come from that seed.
+
+Training: models whose architecture is a plain `nn.Sequential` stack (`cnn_s`, `cnn3`, `mlp`) and that share an
+architecture configuration and optimizer are trained together as one batched computation (grouped convolutions,
+batched matmuls, a batched optimizer with the `torch.optim` update rules): per-operation overhead dominates a
+2,464-parameter CNN, and on the project's 2-core machines 20 digits CNNs took 63-86 ms per model-epoch batched vs
+250-270 ms in a loop (CALIBRATION.md saw 1.7x with another batching).
+Without dropout, batched and one-at-a-time training agree to ~1e-7 after two epochs. Other architectures (ResNets
+with BatchNorm) are trained one at a time with `sane_hf.tasks.train_epoch`.
+
+Resuming: a rerun with the same configuration skips models with `DONE`. Groups are a function of the configuration,
+so an unfinished model is retrained from scratch with its whole group (deterministic CPU ops), and only the
+unfinished members are written: the result is bit-identical to an uninterrupted build. A different configuration in
+an existing folder is an error naming the differing fields.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save as save_safetensors
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..tasks import OPTIMIZERS, TaskData, TaskSplit, evaluate, load_task, make_optimizer, train_epoch
+from ..tokenization.layout import write_json_atomic
+from ..zoo_models import ACTIVATIONS, CNN3, INITS, MLP, CNNSmall, ZooModel, build_zoo_model, get_zoo_architecture
+
+
+logger = logging.getLogger(__name__)
+
+ZOO_FORMAT = "sane_hf-zoo"
+ZOO_FORMAT_VERSION = 1
+ZOO_CONFIG_NAME = "zoo_config.json"
+MODELS_DIR = "models"
+PARAMS_NAME = "params.json"
+METRICS_NAME = "metrics.jsonl"
+CHECKPOINTS_DIR = "checkpoints"
+DONE_NAME = "DONE"
+# Keys of one metrics.jsonl line, in order. Non-finite values (a diverged model) are written as JSON null.
+METRIC_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "ggap")
+# ZooConfig fields that do not change what is trained, so a rerun may change them.
+RUNTIME_FIELDS = ("output_dir", "num_threads")
+# Constructor arguments the builder fills in from the task; the factor arguments come from the grids.
+_TASK_KWARGS = ("in_channels", "input_size", "in_features", "num_classes")
+_FACTOR_KWARGS = {"activation": "activations", "init": "inits", "dropout": "dropouts"}
+# Offsets of the per-model random streams from the model seed (params.json "seed"): initialization, batch order,
+# dropout masks of the batched trainer.
+_INIT_STREAM, _ORDER_STREAM, _DROPOUT_STREAM = 0, 1, 2
+
+
+def model_id_for(index: int) -> str:
+    """The folder name of zoo model `index`: `f"model_{index:04d}"`."""
+    return f"model_{index:04d}"
+
+
+def checkpoint_name(epoch: int) -> str:
+    """The file name of the checkpoint of `epoch`: `f"epoch_{epoch:04d}.safetensors"`."""
+    return f"epoch_{epoch:04d}.safetensors"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ZooConfig:
+    """Options of `build_zoo` (`scripts/make_zoo.py`). The defaults build the digits CNN zoo.
+
+    Model `index` draws each generating factor uniformly from its grid with `numpy.random.default_rng([seed, index])`
+    (in the order optimizer, learning rate, weight decay, init, activation, dropout, then a model seed), so a model's
+    factors and seed depend only on `seed` and its index, not on `num_models` or on the other models.
+
+    Args:
+        output_dir (`str`, *optional*, defaults to `"runs/zoo"`):
+            Zoo folder; rerunning into it resumes (finished models are skipped).
+
+        > Task and architecture
+
+        task (`str`, *optional*, defaults to `"digits"`):
+            `"digits"` (scikit-learn, offline) or a Hub dataset id / local dataset folder (see `load_task`).
+        task_seed (`int`, *optional*, defaults to 0):
+            Seed of the task's train/val/test split; fixed across the zoo.
+        architecture (`str`, *optional*, defaults to `"cnn_s"`):
+            Zoo architecture (a name from `sane_hf.zoo_models.list_zoo_architectures()`).
+        model_kwargs (`dict`, *optional*, defaults to `{"input_size": 8, "padding": "auto"}`):
+            Constructor arguments of the architecture (a JSON string on the command line). `in_channels`,
+            `input_size`, `in_features` and `num_classes` are filled in from the task; `activation`, `init` and
+            `dropout` come from the grids below.
+
+        > Training
+
+        num_models (`int`, *optional*, defaults to 150):
+            Number of models.
+        epochs (`int`, *optional*, defaults to 25):
+            Training epochs per model; checkpoints are written for epochs 0 (initialization) to `epochs`.
+        batch_size (`int`, *optional*, defaults to 32):
+            Mini-batch size.
+        seed (`int`, *optional*, defaults to 0):
+            Zoo seed; model `i`'s factors and seed are drawn from `(seed, i)`.
+        momentum (`float`, *optional*, defaults to 0.9):
+            SGD momentum.
+
+        > Generating factors (each model draws one value per grid). The defaults were chosen on digits pilots so
+        that final test accuracy spreads widely: SGD at lr 1e-3 and Adam at 3e-2 train only part-way, sigmoid nets
+        plateau (Adam) or stay at chance (SGD), dropout 0.4 costs 5-40 points; most other draws reach 0.9-0.97.
+
+        optimizers (`list[str]`, *optional*, defaults to `["sgd", "adam"]`):
+            From `"sgd"`, `"adam"`, `"adamw"`.
+        learning_rates (`list[float]`, *optional*, defaults to `[1e-3, 3e-3, 1e-2, 3e-2]`):
+            Learning rates.
+        weight_decays (`list[float]`, *optional*, defaults to `[0.0, 1e-4, 1e-3]`):
+            Weight decays (L2 penalty for SGD/Adam, decoupled for AdamW).
+        inits (`list[str]`, *optional*, defaults to the five PyTorch/Kaiming/Xavier initializations):
+            Weight initializations (`sane_hf.zoo_models.INITS`).
+        activations (`list[str]`, *optional*, defaults to `["relu", "tanh", "gelu", "sigmoid"]`):
+            Activations (`sane_hf.zoo_models.ACTIVATIONS`).
+        dropouts (`list[float]`, *optional*, defaults to `[0.0, 0.1, 0.2, 0.4]`):
+            Dropout probabilities in [0, 1).
+
+        > Execution
+
+        batched (`bool`, *optional*, defaults to `True`):
+            Train models that share an architecture configuration and optimizer together as one computation
+            (Sequential architectures only; others are trained one at a time). Changes results in the last bits
+            compared to `batched=False`, so it is part of the configuration.
+        max_group_size (`int`, *optional*, defaults to 64):
+            Largest number of models trained together.
+        num_threads (`int`, *optional*, defaults to 1):
+            `torch.set_num_threads` during the build (restored afterwards); 0 keeps torch's setting. One thread was
+            the fastest for these tiny networks on the 2-core machines (CALIBRATION.md).
+    """
+
+    output_dir: str = field(default="runs/zoo", metadata={"help": "Zoo folder (rerunning resumes)."})
+    task: str = field(
+        default="digits", metadata={"help": "'digits' (offline) or a Hub dataset id / local dataset folder."}
+    )
+    task_seed: int = field(default=0, metadata={"help": "Seed of the task's train/val/test split."})
+    architecture: str = field(default="cnn_s", metadata={"help": "Zoo architecture (registry name)."})
+    model_kwargs: dict | str | None = field(
+        default_factory=lambda: {"input_size": 8, "padding": "auto"},
+        metadata={
+            "help": "Architecture constructor arguments as a JSON object; in_channels/input_size/in_features/"
+            "num_classes come from the task, activation/init/dropout from the grids."
+        },
+    )
+    num_models: int = field(default=150, metadata={"help": "Number of models in the zoo."})
+    epochs: int = field(default=25, metadata={"help": "Training epochs; checkpoints for epochs 0..epochs."})
+    batch_size: int = field(default=32, metadata={"help": "Mini-batch size."})
+    seed: int = field(default=0, metadata={"help": "Zoo seed: model i's factors and seed come from (seed, i)."})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum."})
+    optimizers: list[str] = field(
+        default_factory=lambda: ["sgd", "adam"], metadata={"help": f"Optimizer grid, from {list(OPTIMIZERS)}."}
+    )
+    learning_rates: list[float] = field(
+        default_factory=lambda: [1e-3, 3e-3, 1e-2, 3e-2], metadata={"help": "Learning-rate grid."}
+    )
+    weight_decays: list[float] = field(
+        default_factory=lambda: [0.0, 1e-4, 1e-3], metadata={"help": "Weight-decay grid."}
+    )
+    inits: list[str] = field(
+        default_factory=lambda: ["default", "kaiming_uniform", "kaiming_normal", "xavier_uniform", "xavier_normal"],
+        metadata={"help": f"Initialization grid, from {list(INITS)}."},
+    )
+    activations: list[str] = field(
+        default_factory=lambda: ["relu", "tanh", "gelu", "sigmoid"],
+        metadata={"help": f"Activation grid, from {list(ACTIVATIONS)}."},
+    )
+    dropouts: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.4], metadata={"help": "Dropout grid."})
+    batched: bool = field(
+        default=True, metadata={"help": "Train models sharing an architecture config and optimizer together."}
+    )
+    max_group_size: int = field(default=64, metadata={"help": "Largest number of models trained together."})
+    num_threads: int = field(default=1, metadata={"help": "torch threads during the build (0: keep torch's)."})
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        if isinstance(self.model_kwargs, str):
+            try:
+                self.model_kwargs = json.loads(self.model_kwargs)
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"{name}: `model_kwargs` must be a JSON object, got {self.model_kwargs!r} ({error})."
+                ) from None
+        if self.model_kwargs is None:
+            self.model_kwargs = {}
+        if not isinstance(self.model_kwargs, dict):
+            raise ValueError(f"{name}: `model_kwargs` must be a mapping, got {self.model_kwargs!r}.")
+        self.model_kwargs = dict(self.model_kwargs)
+        for key in _FACTOR_KWARGS:
+            if key in self.model_kwargs:
+                raise ValueError(
+                    f"{name}: `model_kwargs` must not set {key!r}; it is a generating factor, set the grid "
+                    f"`{_FACTOR_KWARGS[key]}` instead (e.g. a single value)."
+                )
+        for attr, minimum in (
+            ("num_models", 1),
+            ("epochs", 0),
+            ("batch_size", 1),
+            ("max_group_size", 1),
+            ("num_threads", 0),
+            ("seed", 0),
+            ("task_seed", 0),
+        ):
+            value = getattr(self, attr)
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise ValueError(f"{name}: `{attr}` must be an int >= {minimum}, got {value!r}.")
+        if not isinstance(self.task, str) or not self.task:
+            raise ValueError(f"{name}: `task` must be a non-empty string, got {self.task!r}.")
+        get_zoo_architecture(self.architecture)  # raises ValueError listing the known names
+        if not isinstance(self.batched, bool):
+            raise ValueError(f"{name}: `batched` must be a bool, got {self.batched!r}.")
+        self.momentum = _as_float(name, "momentum", self.momentum, 0.0, 1.0, high_inclusive=False)
+        self.optimizers = _as_choice_list(name, "optimizers", self.optimizers, OPTIMIZERS)
+        self.inits = _as_choice_list(name, "inits", self.inits, INITS)
+        self.activations = _as_choice_list(name, "activations", self.activations, ACTIVATIONS)
+        self.learning_rates = _as_float_list(name, "learning_rates", self.learning_rates, 0.0, math.inf, low_open=True)
+        self.weight_decays = _as_float_list(name, "weight_decays", self.weight_decays, 0.0, math.inf)
+        self.dropouts = _as_float_list(name, "dropouts", self.dropouts, 0.0, 1.0, high_inclusive=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """`asdict(self)` after a JSON round trip (what `zoo_config.json` holds, before the format keys)."""
+        return json.loads(json.dumps(asdict(self)))
+
+
+def _as_float(
+    owner: str, attr: str, value: Any, low: float, high: float, *, low_open: bool = False, high_inclusive: bool = True
+) -> float:
+    # YAML 1.1 reads "1e-3" (no dot) as a string, so numeric strings are accepted and converted.
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    upper_ok = number <= high if high_inclusive else number < high
+    lower_ok = number > low if low_open else number >= low
+    if not (math.isfinite(number) and lower_ok and upper_ok):
+        interval = f"{'(' if low_open else '['}{low}, {high}{']' if high_inclusive else ')'}"
+        raise ValueError(f"{owner}: `{attr}` must be a float in {interval}, got {value!r}.")
+    return number
+
+
+def _as_float_list(
+    owner: str, attr: str, values: Any, low: float, high: float, *, low_open: bool = False, high_inclusive: bool = True
+) -> list[float]:
+    if isinstance(values, str | int | float):
+        values = [values]
+    if not isinstance(values, list | tuple) or not values:
+        raise ValueError(f"{owner}: `{attr}` must be a non-empty list of floats, got {values!r}.")
+    return [_as_float(owner, attr, v, low, high, low_open=low_open, high_inclusive=high_inclusive) for v in values]
+
+
+def _as_choice_list(owner: str, attr: str, values: Any, choices: Sequence[str]) -> list[str]:
+    if isinstance(values, str):
+        values = [values]
+    if not isinstance(values, list | tuple) or not values:
+        raise ValueError(f"{owner}: `{attr}` must be a non-empty list from {list(choices)}, got {values!r}.")
+    for value in values:
+        if value not in choices:
+            raise ValueError(f"{owner}: `{attr}` must only hold values from {list(choices)}, got {value!r}.")
+    return list(values)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-model plan: factors, seed and constructor arguments
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """What zoo model `index` is: its generating factors, seed and full `build_zoo_model` arguments.
+
+    `activation`, `init` and `dropout` are `None` when the architecture has no such argument (e.g. ResNets have no
+    `activation`).
+    """
+
+    index: int
+    seed: int
+    optimizer: str
+    lr: float
+    weight_decay: float
+    init: str | None
+    activation: str | None
+    dropout: float | None
+    model_kwargs: dict[str, Any]
+
+    @property
+    def model_id(self) -> str:
+        return model_id_for(self.index)
+
+
+def _accepted_kwargs(architecture: str) -> list[str]:
+    cls = get_zoo_architecture(architecture)
+    return [name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "args", "kwargs")]
+
+
+def resolve_model_kwargs(config: ZooConfig, task: TaskData) -> dict[str, Any]:
+    """The constructor arguments shared by every model of the zoo: `config.model_kwargs` plus the task's shape.
+
+    Raises:
+        `ValueError`: an argument the architecture does not take, a value that contradicts the task, or a grid with
+        several values for a factor the architecture does not have.
+    """
+    accepted = _accepted_kwargs(config.architecture)
+    kwargs = dict(config.model_kwargs)
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"ZooConfig.model_kwargs: architecture {config.architecture!r} does not take {unknown}; it accepts "
+            f"{accepted}."
+        )
+    channels, height, width = task.input_shape
+    from_task: dict[str, Any] = {"in_channels": channels, "num_classes": task.num_classes}
+    from_task["in_features"] = channels * height * width
+    if "input_size" in accepted:
+        if height != width:
+            raise ValueError(
+                f"ZooConfig: architecture {config.architecture!r} needs square images, task {task.name!r} has "
+                f"{height}x{width}."
+            )
+        from_task["input_size"] = height
+    for key in _TASK_KWARGS:
+        if key not in accepted:
+            continue
+        if key in kwargs and kwargs[key] != from_task[key]:
+            raise ValueError(
+                f"ZooConfig.model_kwargs: {key}={kwargs[key]!r} contradicts task {task.name!r} ({key}={from_task[key]})."
+            )
+        kwargs[key] = from_task[key]
+    for key, grid in _FACTOR_KWARGS.items():
+        values = getattr(config, grid)
+        if key not in accepted and len(set(values)) > 1:
+            raise ValueError(
+                f"ZooConfig.{grid}: architecture {config.architecture!r} has no `{key}` argument, so the grid must "
+                f"hold a single value; got {values}."
+            )
+    return kwargs
+
+
+def plan_model(config: ZooConfig, index: int, base_kwargs: dict[str, Any]) -> ModelPlan:
+    """Draw the generating factors and the seed of model `index` from `numpy.random.default_rng([seed, index])`.
+
+    Args:
+        config (`ZooConfig`):
+            The zoo configuration (grids and seed).
+        index (`int`):
+            Model index, `0 <= index < num_models`.
+        base_kwargs (`dict`):
+            Shared constructor arguments from `resolve_model_kwargs`.
+    """
+    rng = np.random.default_rng([config.seed, index])
+
+    def pick(grid: list) -> Any:
+        return grid[int(rng.integers(len(grid)))]
+
+    optimizer = pick(config.optimizers)
+    lr = pick(config.learning_rates)
+    weight_decay = pick(config.weight_decays)
+    factors = {"init": pick(config.inits), "activation": pick(config.activations), "dropout": pick(config.dropouts)}
+    # < 2**31, so the seed survives float64 and 32-bit consumers of params.json exactly.
+    seed = int(rng.integers(2**31 - 2))
+    accepted = _accepted_kwargs(config.architecture)
+    factors = {key: (value if key in accepted else None) for key, value in factors.items()}
+    kwargs = {**base_kwargs, **{key: value for key, value in factors.items() if value is not None}}
+    return ModelPlan(
+        index=index,
+        seed=seed,
+        optimizer=optimizer,
+        lr=lr,
+        weight_decay=weight_decay,
+        model_kwargs=kwargs,
+        **factors,
+    )
+
+
+def _build_model(config: ZooConfig, plan: ModelPlan) -> ZooModel:
+    # Initialization draws from the global RNG (`init_conv_linear`), seeded per model right before building.
+    torch.manual_seed(plan.seed + _INIT_STREAM)
+    return build_zoo_model(config.architecture, **plan.model_kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Atomic files
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """`safetensors.torch.save(tensors, metadata)` with a canonical header, so equal checkpoints are equal files.
+
+    safetensors keeps the header in a hash map whose key order changes from call to call; the header JSON is
+    re-written with sorted keys (same length, or padded with spaces as the format allows). The data offsets do not
+    depend on the header order, and the file is read back by any safetensors reader.
+    """
+    data = save_safetensors({k: v.detach().contiguous() for k, v in tensors.items()}, metadata=metadata)
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    canonical = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+    if len(canonical) > length:  # never seen; keep safetensors' own bytes rather than produce a broken file
+        return data
+    return data[:8] + canonical.ljust(length, b" ") + data[8 + length :]
+
+
+def _write_bytes_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_number(value: float) -> float | None:
+    # Strict JSON has no NaN/Infinity; a diverged model's loss is written as null.
+    return value if math.isfinite(value) else None
+
+
+def _metrics_line(epoch: int, train: dict, val: dict, test: dict) -> dict[str, Any]:
+    line = {
+        "epoch": epoch,
+        "train_loss": _json_number(train["loss"]),
+        "train_acc": train["acc"],
+        "val_loss": _json_number(val["loss"]),
+        "val_acc": val["acc"],
+        "test_loss": _json_number(test["loss"]),
+        "test_acc": test["acc"],
+        "ggap": train["acc"] - test["acc"],
+    }
+    return line
+
+
+class _ModelWriter:
+    """Writes one model folder: params.json first, then a checkpoint and metrics.jsonl per epoch, DONE last."""
+
+    def __init__(self, folder: Path, model_id: str) -> None:
+        self.folder = folder
+        self.model_id = model_id
+        self.lines: list[dict[str, Any]] = []
+
+    def start(self, params: dict[str, Any]) -> None:
+        if self.folder.exists():
+            # Unfinished (no DONE): redo from scratch, so nothing of an interrupted run is mixed in.
+            shutil.rmtree(self.folder)
+        (self.folder / CHECKPOINTS_DIR).mkdir(parents=True)
+        write_json_atomic(self.folder / PARAMS_NAME, params)
+
+    def write_epoch(self, epoch: int, state_dict: dict[str, torch.Tensor], line: dict[str, Any]) -> None:
+        metadata = {"epoch": str(epoch), "model_id": self.model_id, "format": "pt"}
+        path = self.folder / CHECKPOINTS_DIR / checkpoint_name(epoch)
+        _write_bytes_atomic(path, safetensors_bytes(state_dict, metadata))
+        self.lines.append(line)
+        _write_text_atomic(self.folder / METRICS_NAME, "".join(json.dumps(item) + "\n" for item in self.lines))
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        write_json_atomic(self.folder / DONE_NAME, summary)
+
+
+def _params_record(config: ZooConfig, plan: ModelPlan, model: ZooModel) -> dict[str, Any]:
+    return {
+        "model_id": plan.model_id,
+        "index": plan.index,
+        "architecture": config.architecture,
+        # The model's own record of its constructor arguments: complete, including defaults such as bias_init.
+        "model_kwargs": model.zoo_config,
+        "task": config.task,
+        "seed": plan.seed,
+        "lr": plan.lr,
+        "weight_decay": plan.weight_decay,
+        "optimizer": plan.optimizer,
+        "init": plan.init,
+        "activation": plan.activation,
+        "dropout": plan.dropout,
+        "batch_size": config.batch_size,
+        "epochs": config.epochs,
+        "momentum": config.momentum if plan.optimizer == "sgd" else None,
+        "task_seed": config.task_seed,
+        "num_parameters": model.num_parameters(),
+    }
+
+
+def _done_record(config: ZooConfig, plan: ModelPlan, lines: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "format": ZOO_FORMAT,
+        "format_version": ZOO_FORMAT_VERSION,
+        "model_id": plan.model_id,
+        "index": plan.index,
+        "epochs": config.epochs,
+        "num_checkpoints": len(lines),
+        "final_metrics": lines[-1],
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Batched training of a group of models of one Sequential architecture
+# ---------------------------------------------------------------------------------------------------------------
+
+_ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.GELU, nn.Sigmoid, nn.LeakyReLU, nn.SiLU, nn.Identity)
+_POOLING = (nn.MaxPool2d, nn.AvgPool2d)
+
+
+def _sequential_spec(model: nn.Module) -> tuple[nn.Sequential, bool] | None:
+    """`(layers, flatten_input)` if `model` is a Sequential stack the batched trainer can run, else `None`."""
+    if isinstance(model, CNNSmall | CNN3):
+        layers, flatten_input = model.module_list, False
+    elif isinstance(model, MLP):
+        layers, flatten_input = model.module_list, True
+    else:
+        return None
+    if any(True for _ in model.buffers()):
+        return None
+    for module in layers:
+        if isinstance(module, nn.Conv2d):
+            if module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str):
+                return None
+        elif isinstance(module, nn.Flatten):
+            if module.start_dim != 1 or module.end_dim != -1:
+                return None
+        elif not isinstance(module, (nn.Linear, nn.Dropout, *_POOLING, *_ELEMENTWISE)):
+            return None
+    return layers, flatten_input
+
+
+class _BatchedSequential:
+    """Runs `M` models of one Sequential architecture as one computation on stacked parameters.
+
+    Spatial activations are laid out `[N, M*C, H, W]` (model-major channels) in channels-last memory format, so a
+    convolution is one grouped convolution with `groups=M`, and pooling and activations (per channel) apply
+    unchanged; channels-last made max-pooling ~8x faster than NCHW on the project machines. After `Flatten` the
+    activations are `[M, N, F]` and linear layers are batched matmuls. Dropout masks come from one generator per
+    model, so a model's masks do not depend on the other members of its group.
+    """
+
+    def __init__(
+        self,
+        layers: nn.Sequential,
+        flatten_input: bool,
+        dropouts: list[float],
+        dropout_generators: list[torch.Generator],
+    ) -> None:
+        self.layers = layers
+        self.flatten_input = flatten_input
+        self.num_models = len(dropouts)
+        self.keep = torch.tensor([1.0 - p for p in dropouts])
+        self.dropping = [m for m, p in enumerate(dropouts) if p > 0]
+        self.dropout_generators = dropout_generators
+
+    def _dropout(self, hidden: torch.Tensor) -> torch.Tensor:
+        M = self.num_models
+        if not self.dropping:
+            return hidden
+        # One uniform draw per activation of each model with dropout, from that model's own generator, written into
+        # a buffer laid out like `hidden` in memory: spatial [N, H, W, M, C] (channels-last [N, M*C, H, W]) or
+        # [M, N, F]. Models without dropout keep 0 there, which is always < keep = 1.
+        if hidden.ndim == 4:
+            n, mc, h, w = hidden.shape
+            noise = torch.zeros(n, h, w, M, mc // M, dtype=hidden.dtype)
+            per_model = [noise[:, :, :, m] for m in range(M)]
+            keep = self.keep.repeat_interleave(mc // M).view(1, mc, 1, 1)
+            noise = noise.view(n, h, w, mc).permute(0, 3, 1, 2)
+        else:
+            noise = torch.zeros(hidden.shape, dtype=hidden.dtype)
+            per_model = list(noise)
+            keep = self.keep.view(M, 1, 1)
+        for m in self.dropping:
+            per_model[m].uniform_(generator=self.dropout_generators[m])
+        return hidden * ((noise < keep) / keep)
+
+    def __call__(self, params: list[torch.Tensor], images: torch.Tensor, train: bool) -> torch.Tensor:
+        """Logits `[M, N, classes]` for per-model images `[N, M, C, H, W]`."""
+        M = self.num_models
+        n = images.shape[0]
+        if self.flatten_input:
+            hidden = images.reshape(n, M, -1).transpose(0, 1)
+        else:
+            hidden = images.reshape(n, -1, *images.shape[3:]).contiguous(memory_format=torch.channels_last)
+        param_iter = iter(params)
+        for module in self.layers:
+            if isinstance(module, nn.Conv2d):
+                weight = next(param_iter)
+                bias = next(param_iter).reshape(-1) if module.bias is not None else None
+                hidden = F.conv2d(
+                    hidden,
+                    weight.reshape(-1, *weight.shape[2:]),
+                    bias,
+                    stride=module.stride,
+                    padding=module.padding,
+                    dilation=module.dilation,
+                    groups=M,
+                )
+            elif isinstance(module, nn.Linear):
+                weight = next(param_iter)
+                if module.bias is not None:
+                    hidden = torch.baddbmm(next(param_iter).unsqueeze(1), hidden, weight.transpose(1, 2))
+                else:
+                    hidden = torch.bmm(hidden, weight.transpose(1, 2))
+            elif isinstance(module, nn.Flatten):
+                # reshape follows the logical NCHW order, i.e. what nn.Flatten does on one model.
+                hidden = hidden.reshape(n, M, -1).transpose(0, 1)
+            elif isinstance(module, nn.Dropout):
+                if train:
+                    hidden = self._dropout(hidden)
+            else:
+                hidden = module(hidden)
+        return hidden
+
+
+class _BatchedOptimizer:
+    """SGD (momentum) / Adam / AdamW over stacked parameters `[M, ...]` with one lr and weight decay per model.
+
+    The update rules are those of `torch.optim.SGD` (dampening 0, no Nesterov), `torch.optim.Adam` (L2 penalty added
+    to the gradient) and `torch.optim.AdamW` (decoupled decay), with their default betas and eps.
+    """
+
+    betas = (0.9, 0.999)
+    eps = 1e-8
+
+    def __init__(
+        self, name: str, params: list[torch.Tensor], lrs: list[float], weight_decays: list[float], momentum: float
+    ) -> None:
+        self.name = name
+        self.params = params
+        self.momentum = momentum
+        self.step_count = 0
+        lr = torch.tensor(lrs, dtype=torch.float32)
+        wd = torch.tensor(weight_decays, dtype=torch.float32)
+        self.lr = [lr.view(-1, *([1] * (p.ndim - 1))) for p in params]
+        self.wd = [wd.view(-1, *([1] * (p.ndim - 1))) for p in params]
+        self.state: list[dict[str, torch.Tensor]] = [{} for _ in params]
+
+    def zero_grad(self) -> None:
+        for param in self.params:
+            param.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.step_count += 1
+        beta1, beta2 = self.betas
+        for param, lr, wd, state in zip(self.params, self.lr, self.wd, self.state):
+            grad = param.grad
+            if self.name == "sgd":
+                grad = grad + wd * param
+                if self.momentum != 0:
+                    if "momentum_buffer" not in state:
+                        state["momentum_buffer"] = grad.clone()
+                    else:
+                        state["momentum_buffer"].mul_(self.momentum).add_(grad)
+                    grad = state["momentum_buffer"]
+                param.sub_(lr * grad)
+                continue
+            if self.name == "adamw":
+                param.mul_(1 - lr * wd)
+            else:
+                grad = grad + wd * param
+            if "exp_avg" not in state:
+                state["exp_avg"] = torch.zeros_like(param)
+                state["exp_avg_sq"] = torch.zeros_like(param)
+            exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            bias_correction1 = 1 - beta1**self.step_count
+            bias_correction2_sqrt = math.sqrt(1 - beta2**self.step_count)
+            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
+            param.sub_((lr / bias_correction1) * exp_avg / denom)
+
+
+def _batched_evaluate(
+    network: _BatchedSequential, params: list[torch.Tensor], images: torch.Tensor, labels: torch.Tensor
+) -> list[dict[str, float]]:
+    """Per-model mean cross-entropy and accuracy of all group members on one split (shared images)."""
+    M = network.num_models
+    # Chunks keep the largest activation (e.g. [n, M*8, 8, 8]) at a few MB: big fresh buffers are dominated by page
+    # faults on the project machines (sane_hf/utils/memory.py).
+    chunk = max(16, 4096 // M)
+    loss_sum = torch.zeros(M, dtype=torch.float64)
+    correct = torch.zeros(M, dtype=torch.long)
+    with torch.no_grad():
+        for start in range(0, labels.shape[0], chunk):
+            batch = images[start : start + chunk]
+            batch_labels = labels[start : start + chunk]
+            logits = network(params, batch.unsqueeze(1).expand(-1, M, *batch.shape[1:]), train=False)
+            losses = F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), batch_labels.repeat(M), reduction="none"
+            ).view(M, -1)
+            loss_sum += losses.double().sum(dim=1)
+            correct += (logits.argmax(dim=-1) == batch_labels).sum(dim=1)
+    n = labels.shape[0]
+    return [{"loss": float(loss_sum[m]) / n, "acc": int(correct[m]) / n} for m in range(M)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The builder
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Group:
+    plans: list[ModelPlan]
+    batched: bool
+
+
+def _group_models(config: ZooConfig, plans: list[ModelPlan], batchable: bool) -> list[_Group]:
+    """Deterministic groups (a function of the configuration only), so a resumed build retrains the same groups."""
+    if not (config.batched and batchable):
+        return [_Group([plan], batched=False) for plan in plans]
+    by_key: dict[str, list[ModelPlan]] = {}
+    for plan in plans:
+        shared = {k: v for k, v in plan.model_kwargs.items() if k not in ("init", "dropout")}
+        key = json.dumps([plan.optimizer, shared], sort_keys=True)
+        by_key.setdefault(key, []).append(plan)
+    groups = []
+    for members in by_key.values():
+        for start in range(0, len(members), config.max_group_size):
+            groups.append(_Group(members[start : start + config.max_group_size], batched=True))
+    groups.sort(key=lambda group: group.plans[0].index)
+    return groups
+
+
+def _zoo_record(config: ZooConfig, task: TaskData) -> dict[str, Any]:
+    record = config.to_dict()
+    record.update({"format": ZOO_FORMAT, "format_version": ZOO_FORMAT_VERSION, "task": task.info()})
+    return record
+
+
+def _comparable(record: dict[str, Any]) -> dict[str, Any]:
+    comparable = {k: v for k, v in record.items() if k not in RUNTIME_FIELDS}
+    task = comparable.get("task")
+    if isinstance(task, dict):
+        comparable["task"] = task.get("name")
+        for key in ("num_classes", "input_shape", "split_sizes"):
+            comparable[f"task.{key}"] = task.get(key)
+    return comparable
+
+
+def _check_or_write_zoo_config(output_dir: Path, record: dict[str, Any]) -> None:
+    path = output_dir / ZOO_CONFIG_NAME
+    if not path.exists():
+        models_dir = output_dir / MODELS_DIR
+        if models_dir.exists() and any(models_dir.iterdir()):
+            raise ValueError(
+                f"{output_dir} holds a {MODELS_DIR}/ folder but no {ZOO_CONFIG_NAME}; it is not a zoo written by "
+                "build_zoo. Choose an empty or new output_dir."
+            )
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, record)
+        return
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not readable JSON ({error}); cannot resume this zoo.") from error
+    if stored.get("format") != ZOO_FORMAT or stored.get("format_version") != ZOO_FORMAT_VERSION:
+        raise ValueError(
+            f"{path} has format {stored.get('format')!r} version {stored.get('format_version')!r}; this builder "
+            f"writes {ZOO_FORMAT!r} version {ZOO_FORMAT_VERSION}. Use a new output_dir."
+        )
+    old, new = _comparable(stored), _comparable(record)
+    differing = sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
+    if differing:
+        details = "; ".join(f"{key}: stored {old.get(key)!r}, requested {new.get(key)!r}" for key in differing)
+        raise ValueError(
+            f"{output_dir} already holds a zoo built with a different configuration (differing fields: "
+            f"{', '.join(differing)}). {details}. Use another output_dir, or the stored configuration to resume."
+        )
+    runtime_changes = [key for key in RUNTIME_FIELDS if key != "output_dir" and stored.get(key) != record.get(key)]
+    if runtime_changes:
+        logger.warning("Resuming %s with changed runtime options %s.", output_dir, runtime_changes)
+
+
+class _ZooRun:
+    """State of one `build_zoo` call: the task, the plans and the progress bar."""
+
+    def __init__(self, config: ZooConfig, task: TaskData, models_dir: Path, progress: tqdm) -> None:
+        self.config = config
+        self.task = task
+        self.models_dir = models_dir
+        self.progress = progress
+
+    def _evaluate_all(self, evaluate_split: Callable[[TaskSplit], Any]) -> tuple[Any, Any, Any]:
+        """`evaluate_split` applied to the train, val and test splits."""
+        return tuple(evaluate_split(self.task.split(split)) for split in ("train", "val", "test"))
+
+    def train_single(self, plan: ModelPlan) -> None:
+        """Train one model with `torch.optim` and `train_epoch` (architectures the batched trainer cannot run)."""
+        config = self.config
+        model = _build_model(config, plan)
+        writer = _ModelWriter(self.models_dir / plan.model_id, plan.model_id)
+        writer.start(_params_record(config, plan, model))
+        optimizer = make_optimizer(plan.optimizer, model.parameters(), plan.lr, plan.weight_decay, config.momentum)
+        order = torch.Generator().manual_seed(plan.seed + _ORDER_STREAM)
+        # Dropout of the one-at-a-time path draws from the global RNG, seeded by `_build_model`.
+        for epoch in range(config.epochs + 1):
+            if epoch > 0:
+                train_epoch(model, self.task.train, optimizer, config.batch_size, generator=order)
+            train, val, test = self._evaluate_all(lambda split: evaluate(model, *split))
+            writer.write_epoch(epoch, model.state_dict(), _metrics_line(epoch, train, val, test))
+            self.progress.set_postfix(model=plan.model_id, epoch=epoch, test_acc=f"{test['acc']:.3f}")
+        writer.finish(_done_record(config, plan, writer.lines))
+
+    def train_group(self, plans: list[ModelPlan], write: list[bool]) -> None:
+        """Train `plans` together; only members with `write[m]` get files (the others are finished already)."""
+        config = self.config
+        models = [_build_model(config, plan) for plan in plans]
+        # The group's layer stack; build it with dropout if any member has dropout (cnn_s/mlp only add Dropout
+        # modules for p > 0, which does not change their parameters).
+        max_dropout = max(plan.dropout or 0.0 for plan in plans)
+        template = models[[plan.dropout or 0.0 for plan in plans].index(max_dropout)]
+        layers, flatten_input = _sequential_spec(template)
+        shapes = [tuple(p.shape) for p in template.parameters()]
+        for model in models:
+            if [tuple(p.shape) for p in model.parameters()] != shapes:
+                raise RuntimeError(f"Batched training needs identical parameter shapes; got {model} vs {template}.")
+        params = [
+            torch.stack([list(model.parameters())[j].detach() for model in models]).requires_grad_()
+            for j in range(len(shapes))
+        ]
+        network = _BatchedSequential(
+            layers,
+            flatten_input,
+            [plan.dropout or 0.0 for plan in plans],
+            [torch.Generator().manual_seed(plan.seed + _DROPOUT_STREAM) for plan in plans],
+        )
+        optimizer = _BatchedOptimizer(
+            plans[0].optimizer,
+            params,
+            [plan.lr for plan in plans],
+            [plan.weight_decay for plan in plans],
+            config.momentum,
+        )
+        orders = [torch.Generator().manual_seed(plan.seed + _ORDER_STREAM) for plan in plans]
+        writers = [_ModelWriter(self.models_dir / plan.model_id, plan.model_id) for plan in plans]
+        for plan, model, writer, do_write in zip(plans, models, writers, write):
+            if do_write:
+                writer.start(_params_record(config, plan, model))
+
+        train_images, train_labels = self.task.train
+        num_samples = train_labels.shape[0]
+        M = len(plans)
+        for epoch in range(config.epochs + 1):
+            if epoch > 0:
+                # The same per-model batch order as `train_epoch` with the same generator.
+                order = torch.stack([torch.randperm(num_samples, generator=g) for g in orders])
+                for start in range(0, num_samples, config.batch_size):
+                    index = order[:, start : start + config.batch_size]
+                    logits = network(params, train_images[index.T], train=True)
+                    losses = F.cross_entropy(
+                        logits.reshape(-1, logits.shape[-1]), train_labels[index].reshape(-1), reduction="none"
+                    )
+                    # Sum of per-model mean losses: each model gets exactly the gradient of its own loss.
+                    loss = losses.view(M, -1).mean(dim=1).sum()
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+            train, val, test = self._evaluate_all(lambda split: _batched_evaluate(network, params, *split))
+            with torch.no_grad():
+                for m, (model, writer) in enumerate(zip(models, writers)):
+                    if not write[m]:
+                        continue
+                    for target, stacked in zip(model.parameters(), params):
+                        target.copy_(stacked[m])
+                    writer.write_epoch(epoch, model.state_dict(), _metrics_line(epoch, train[m], val[m], test[m]))
+            median = float(np.median([t["acc"] for t in test]))
+            self.progress.set_postfix(group=f"{plans[0].model_id}+{M - 1}", epoch=epoch, test_acc=f"{median:.3f}")
+        for plan, writer, do_write in zip(plans, writers, write):
+            if do_write:
+                writer.finish(_done_record(config, plan, writer.lines))
+
+
+def _is_done(folder: Path) -> bool:
+    return (folder / DONE_NAME).is_file()
+
+
+def summarize_zoo(output_dir: str | os.PathLike) -> dict[str, Any]:
+    """Summary of a (possibly unfinished) zoo folder: model counts, size on disk and the final test accuracies.
+
+    Returns:
+        `dict`: `num_models` (from `zoo_config.json`), `num_done`, `size_bytes` (all files) and `final_test_acc`
+        with `min`, `p10`, `median`, `p90`, `max` over finished models (`None` if none is finished).
+    """
+    output_dir = Path(output_dir)
+    config = json.loads((output_dir / ZOO_CONFIG_NAME).read_text(encoding="utf-8"))
+    accuracies = []
+    for index in range(config["num_models"]):
+        done = output_dir / MODELS_DIR / model_id_for(index) / DONE_NAME
+        if done.is_file():
+            accuracies.append(json.loads(done.read_text(encoding="utf-8"))["final_metrics"]["test_acc"])
+    size = sum(path.stat().st_size for path in output_dir.rglob("*") if path.is_file())
+    spread = None
+    if accuracies:
+        values = np.asarray(accuracies)
+        spread = {
+            "min": float(values.min()),
+            "p10": float(np.percentile(values, 10)),
+            "median": float(np.median(values)),
+            "p90": float(np.percentile(values, 90)),
+            "max": float(values.max()),
+        }
+    return {
+        "output_dir": str(output_dir),
+        "num_models": config["num_models"],
+        "num_done": len(accuracies),
+        "size_bytes": size,
+        "final_test_acc": spread,
+    }
+
+
+def build_zoo(config: ZooConfig, task: TaskData | None = None) -> dict[str, Any]:
+    """Train the zoo described by `config` into `config.output_dir`, resuming an interrupted build.
+
+    Args:
+        config (`ZooConfig`):
+            What to train and where.
+        task (`TaskData`, *optional*):
+            The task, if already loaded; by default `load_task(config.task, seed=config.task_seed)`. Its name must
+            be `config.task`.
+
+    Returns:
+        `dict`: `summarize_zoo(output_dir)` plus `trained` (models trained by this call), `skipped` (already
+        finished) and `seconds`.
+
+    Raises:
+        `ValueError`: `output_dir` holds a zoo with a different configuration (the message names the differing
+        fields), or the configuration does not fit the task or the architecture.
+
+    Example:
+
+    ```python
+    >>> from sane_hf.data.zoo_builder import ZooConfig, build_zoo
+    >>> summary = build_zoo(ZooConfig(output_dir="runs/tiny_zoo", num_models=3, epochs=2))  # doctest: +SKIP
+    ```
+    """
+    start_time = time.perf_counter()
+    if task is None:
+        task = load_task(config.task, seed=config.task_seed)
+    elif task.name != config.task:
+        raise ValueError(f"build_zoo: `task` is {task.name!r} but config.task is {config.task!r}.")
+    output_dir = Path(config.output_dir)
+    base_kwargs = resolve_model_kwargs(config, task)
+    _check_or_write_zoo_config(output_dir, _zoo_record(config, task))
+    models_dir = output_dir / MODELS_DIR
+    models_dir.mkdir(exist_ok=True)
+
+    plans = [plan_model(config, index, base_kwargs) for index in range(config.num_models)]
+    previous_threads = torch.get_num_threads()
+    if config.num_threads > 0:
+        torch.set_num_threads(config.num_threads)
+    trained = skipped = 0
+    try:
+        # fork_rng: the per-model seeding must not leak into the caller's global RNG state.
+        with torch.random.fork_rng(devices=[]):
+            probe_plan = plans[0]
+            batchable = _sequential_spec(_build_model(config, probe_plan)) is not None
+            if config.batched and not batchable:
+                logger.info(
+                    "%s is not a Sequential zoo architecture; training one model at a time.", config.architecture
+                )
+            groups = _group_models(config, plans, batchable)
+            done = {plan.index: _is_done(models_dir / plan.model_id) for plan in plans}
+            skipped = sum(done.values())
+            logger.info(
+                "Building zoo %s: %d models (%d finished), %d epochs, %d training groups",
+                output_dir,
+                config.num_models,
+                skipped,
+                config.epochs,
+                len(groups),
+            )
+            with tqdm(total=config.num_models, initial=skipped, desc="zoo", unit="model") as progress:
+                run = _ZooRun(config, task, models_dir, progress)
+                for group in groups:
+                    write = [not done[plan.index] for plan in group.plans]
+                    if not any(write):
+                        continue
+                    group_start = time.perf_counter()
+                    if group.batched:
+                        run.train_group(group.plans, write)
+                    else:
+                        run.train_single(group.plans[0])
+                    trained += sum(write)
+                    progress.update(sum(write))
+                    logger.debug(
+                        "Trained %s (+%d) in %.1f s",
+                        group.plans[0].model_id,
+                        len(group.plans) - 1,
+                        time.perf_counter() - group_start,
+                    )
+    finally:
+        torch.set_num_threads(previous_threads)
+    summary = summarize_zoo(output_dir)
+    summary.update({"trained": trained, "skipped": skipped, "seconds": round(time.perf_counter() - start_time, 1)})
+    logger.info("Zoo %s: %s", output_dir, summary)
+    return summary

@@ -1,0 +1,44 @@
+"""Task datasets zoo models learn (scikit-learn digits, Hugging Face image datasets) and plain training utilities.
+
+Example:
+
+```python
+>>> import torch
+>>> from sane_hf.tasks import evaluate, load_task, make_optimizer, train_epoch
+>>> from sane_hf.zoo_models import build_zoo_model
+>>> task = load_task("digits", seed=0)
+>>> _ = torch.manual_seed(0)
+>>> model = build_zoo_model("mlp")  # 64 -> 32 -> 32 -> 10
+>>> optimizer = make_optimizer("adam", model.parameters(), lr=3e-3)
+>>> _ = train_epoch(model, task.train, optimizer, batch_size=32, generator=torch.Generator().manual_seed(0))
+>>> evaluate(model, *task.test)["acc"] > 0.7
+True
+```
+"""
+
+from .datasets import (
+    DIGITS_SPLIT_SIZES,
+    EMBEDDED_TASKS,
+    KNOWN_NORMALIZATIONS,
+    NORMALIZATIONS,
+    TaskData,
+    TaskSplit,
+    load_task,
+)
+from .training import DEFAULT_EVAL_BATCH_SIZE, OPTIMIZERS, evaluate, make_optimizer, train_epoch
+
+
+__all__ = [
+    "DEFAULT_EVAL_BATCH_SIZE",
+    "DIGITS_SPLIT_SIZES",
+    "EMBEDDED_TASKS",
+    "KNOWN_NORMALIZATIONS",
+    "NORMALIZATIONS",
+    "OPTIMIZERS",
+    "TaskData",
+    "TaskSplit",
+    "evaluate",
+    "load_task",
+    "make_optimizer",
+    "train_epoch",
+]

@@ -1,0 +1,140 @@
+"""Run configuration of SANE pretraining (a plain dataclass, saved as `train_config.json` next to the model)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+MIXED_PRECISIONS = ("no", "bf16", "fp16")
+
+
+@dataclass
+class PretrainConfig:
+    """Everything a pretraining run needs; `SaneConfig` (the architecture) is built from the model fields.
+
+    Args:
+        dataset (`str`): a tokenized zoo (folder or Hub dataset id) written by `convert_zoo`.
+        output_dir (`str`, *optional*, defaults to `"runs/sane"`): where checkpoints and the final model go.
+        init_from (`str`, *optional*): a pretrained SANE (folder or Hub id) to start from (fine-tuning on another
+            zoo); its token size must match the dataset's.
+
+        d_model, n_heads, n_layers, n_decoder_layers, latent_dim, window_size, halo_size, dropout,
+        projection_dim, projection_pooling: the `SaneConfig` fields (SANE_METHOD §3).
+        max_positions (`list[int]`, *optional*): position-table sizes; defaults to the dataset layout's.
+
+        gamma (`float`, defaults to 0.05) / temperature (`float`, defaults to 0.1): loss weights (SANE §4.3).
+        noise_multiplicative / noise_additive (`float`): per-view noise sigma (SANE §4.2; defaults 0.1 / 0).
+        erase_probability (`float`, defaults to 0): probability of random erasing per view.
+        permutation_augmentation (`bool`, defaults to `True`): view 2 is a random function-preserving permutation
+            (what upstream intended; its configs disabled it by accident, SANE_METHOD §7.4 item 1).
+        windows_per_checkpoint (`int`, defaults to 1): windows drawn per checkpoint and epoch (upstream
+            "supersample").
+
+        epochs, max_steps, batch_size, lr, weight_decay, gradient_accumulation_steps, max_grad_norm: optimization
+            (AdamW with decay on matrices only, OneCycle; SANE §4.4).
+        mixed_precision (`str`, defaults to `"no"`): `"no"`, `"bf16"` or `"fp16"` through Accelerate.
+        compile (`bool`, defaults to `False`): `torch.compile` the model (slower on CPU, see ENVIRONMENT.md).
+
+        seed, save_steps, resume_from_checkpoint, log_with, logging_steps, push_to_hub, hub_private, num_threads:
+            run control.
+    """
+
+    dataset: str = field(default=None, metadata={"help": "Tokenized zoo: a folder or Hub dataset id (required)."})
+    output_dir: str = field(default="runs/sane", metadata={"help": "Output folder for checkpoints and the model."})
+    dataset_revision: str | None = field(default=None, metadata={"help": "Revision of a Hub dataset."})
+    init_from: str | None = field(
+        default=None, metadata={"help": "Start from this pretrained SANE (folder or Hub id) instead of scratch."}
+    )
+    # Architecture (SaneConfig).
+    d_model: int = field(default=64, metadata={"help": "Transformer width D."})
+    n_heads: int = field(default=4, metadata={"help": "Attention heads."})
+    n_layers: int = field(default=2, metadata={"help": "Encoder blocks."})
+    n_decoder_layers: int | None = field(default=None, metadata={"help": "Decoder blocks (default: n_layers)."})
+    latent_dim: int = field(default=32, metadata={"help": "Per-token latent size L."})
+    window_size: int = field(default=64, metadata={"help": "Training window W (tokens); clipped to the sequence."})
+    halo_size: int | None = field(default=None, metadata={"help": "Halo for whole-model encoding (default W/4)."})
+    dropout: float = field(default=0.0, metadata={"help": "Dropout in all blocks."})
+    projection_dim: int = field(default=30, metadata={"help": "Output size of the contrastive projection head."})
+    projection_pooling: str = field(
+        default="flatten", metadata={"help": "'flatten' (upstream head over W*L) or 'mean' (over the mean latent)."}
+    )
+    max_positions: list[int] | None = field(
+        default=None, metadata={"help": "Position-table sizes [global, layer, row]; default from the layout."}
+    )
+    # Objective and augmentations.
+    gamma: float = field(default=0.05, metadata={"help": "Weight of the contrastive loss (1-gamma: reconstruction)."})
+    temperature: float = field(default=0.1, metadata={"help": "NT-Xent temperature."})
+    noise_multiplicative: float = field(default=0.1, metadata={"help": "Sigma of x*(1+sigma*N) noise per view."})
+    noise_additive: float = field(default=0.0, metadata={"help": "Sigma of x+sigma*N noise per view."})
+    erase_probability: float = field(default=0.0, metadata={"help": "Probability of random erasing per view."})
+    permutation_augmentation: bool = field(
+        default=True, metadata={"help": "Permute view 2 with a random function-preserving permutation."}
+    )
+    windows_per_checkpoint: int = field(default=1, metadata={"help": "Windows per checkpoint and epoch."})
+    # Optimization.
+    epochs: int = field(default=30, metadata={"help": "Training epochs."})
+    max_steps: int | None = field(default=None, metadata={"help": "Stop after this many optimizer steps."})
+    batch_size: int = field(default=32, metadata={"help": "Windows per batch and process."})
+    lr: float = field(default=3e-3, metadata={"help": "Peak learning rate of the OneCycle schedule."})
+    weight_decay: float = field(default=3e-9, metadata={"help": "AdamW weight decay (matrices only)."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimizer step."})
+    max_grad_norm: float | None = field(default=None, metadata={"help": "Clip the gradient norm (on sync)."})
+    mixed_precision: str = field(default="no", metadata={"help": "'no', 'bf16' or 'fp16'."})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model."})
+    # Run control.
+    seed: int = field(default=32, metadata={"help": "Seed of initialization, data order and augmentations."})
+    save_steps: int = field(default=0, metadata={"help": "Save a resumable checkpoint every N steps (0: off)."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many step checkpoints."})
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "A step checkpoint folder to resume from, or 'latest'."}
+    )
+    log_with: str | None = field(default=None, metadata={"help": "Accelerate tracker: tensorboard, trackio, wandb."})
+    logging_steps: int = field(default=10, metadata={"help": "Log training metrics every N steps."})
+    push_to_hub: str | None = field(default=None, metadata={"help": "Push the final model to this Hub repo id."})
+    hub_private: bool = field(default=False, metadata={"help": "Create the Hub repo as private."})
+    num_threads: int | None = field(
+        default=None, metadata={"help": "torch CPU threads per process (default: torch's)."}
+    )
+
+    def __post_init__(self):
+        if not self.dataset:
+            raise ValueError("`dataset` is required: a tokenized zoo folder or Hub dataset id (see convert_zoo).")
+        positive = (
+            "d_model",
+            "n_heads",
+            "n_layers",
+            "latent_dim",
+            "window_size",
+            "projection_dim",
+            "windows_per_checkpoint",
+            "epochs",
+            "batch_size",
+            "gradient_accumulation_steps",
+            "logging_steps",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+        if self.mixed_precision not in MIXED_PRECISIONS:
+            raise ValueError(f"`mixed_precision` must be one of {MIXED_PRECISIONS}, got {self.mixed_precision!r}.")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"`gamma` must be in [0, 1], got {self.gamma}.")
+        if self.temperature <= 0:
+            raise ValueError(f"`temperature` must be > 0, got {self.temperature}.")
+        if self.lr <= 0:
+            raise ValueError(f"`lr` must be > 0, got {self.lr}.")
+        for name in ("noise_multiplicative", "noise_additive", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
+        if not 0.0 <= self.erase_probability <= 1.0:
+            raise ValueError(f"`erase_probability` must be in [0, 1], got {self.erase_probability}.")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"`max_steps` must be >= 1 when set, got {self.max_steps}.")
+        if self.save_steps < 0:
+            raise ValueError(f"`save_steps` must be >= 0, got {self.save_steps}.")
+        if self.max_positions is not None and len(self.max_positions) != 3:
+            raise ValueError(f"`max_positions` must have 3 entries, got {self.max_positions}.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,515 @@
+"""SANE pretraining with Accelerate: one process, several GPUs or several nodes (SANE_METHOD §4).
+
+The loop has accelerate's canonical shape (STYLE_ANCHORS §3.3 rule 6): build, `prepare`, then `accumulate` /
+`backward` / clip on sync / `step`. The per-step work is the pure `train_step`, which tests call directly.
+
+Reproducibility and exact resume: every random draw of a step (window starts, permutations, noise, erasing) comes
+from a generator seeded by `(seed, micro-batch counter, process index)`, and the data order of an epoch from
+`(seed, epoch)`. A resumed run therefore needs nothing but the counters, which `save_state` stores next to the
+model, optimizer and scheduler states.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from tqdm.auto import tqdm
+
+from ..data.hub_dataset import SaneZooDataset, load_zoo_dataset
+from ..data.windows import ZooCheckpointDataset, sample_windows
+from ..models.sane import SaneConfig, SaneModel, SaneModelOutput
+from ..tokenization.layout import TokenLayout, write_json_atomic
+from ..tokenization.permutations import TokenPermuter, permutation_spec_from_module
+from .augmentations import make_two_views
+from .configs import PretrainConfig
+from .losses import sane_loss
+from .optim import make_one_cycle_scheduler, make_optimizer
+
+
+logger = logging.getLogger(__name__)
+
+TRAIN_CONFIG_NAME = "train_config.json"
+TRAINER_STATE_NAME = "trainer_state.json"
+CHECKPOINTS_DIR = "checkpoints"
+
+
+# ------------------------------------------------------------------------------------------------------------- data
+class _EpochSampler(torch.utils.data.Sampler):
+    """A shuffled order that depends only on `(seed, epoch)`: identical on every process and after a resume."""
+
+    def __init__(self, num_items: int, seed: int):
+        self.num_items = num_items
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_items
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.num_items, generator=generator).tolist())
+
+
+class _RepeatedCheckpoints(torch.utils.data.Dataset):
+    """Each checkpoint `repeats` times per epoch (upstream "supersample": several windows per checkpoint)."""
+
+    def __init__(self, checkpoints: ZooCheckpointDataset, repeats: int):
+        self.checkpoints = checkpoints
+        self.repeats = repeats
+
+    def __len__(self) -> int:
+        return len(self.checkpoints) * self.repeats
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.checkpoints.store.rows(torch.tensor([index % len(self.checkpoints)]))[0]
+
+
+def _collate_full_tokens(items: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {"full_tokens": torch.stack(items)}
+
+
+def get_dataloaders(
+    cfg: PretrainConfig, zoo: SaneZooDataset
+) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader | None]:
+    """Train/val loaders of full (normalized) checkpoints; windows are cut inside `train_step`.
+
+    This is the seam tests replace with a tiny in-memory zoo (STYLE_ANCHORS §3.3 rule 7).
+    """
+    if "train" not in zoo.splits or len(zoo.splits["train"]) == 0:
+        raise ValueError(f"The dataset {cfg.dataset} has no train checkpoints.")
+    train_set = _RepeatedCheckpoints(
+        ZooCheckpointDataset(zoo.splits["train"], property_columns=[]), cfg.windows_per_checkpoint
+    )
+    if len(train_set) < cfg.batch_size:
+        raise ValueError(
+            f"The train split has {len(train_set)} windows per epoch, fewer than batch_size={cfg.batch_size} "
+            "(NT-Xent needs full batches; lower batch_size or raise windows_per_checkpoint)."
+        )
+    train_loader = torch.utils.data.DataLoader(
+        train_set,
+        batch_size=cfg.batch_size,
+        sampler=_EpochSampler(len(train_set), cfg.seed),
+        drop_last=True,  # NT-Xent compares full batches (SANE_METHOD §4.1)
+        collate_fn=_collate_full_tokens,
+    )
+    val_loader = None
+    if "val" in zoo.splits and len(zoo.splits["val"]) > 0:
+        val_set = _RepeatedCheckpoints(ZooCheckpointDataset(zoo.splits["val"], property_columns=[]), 1)
+        val_loader = torch.utils.data.DataLoader(
+            val_set,
+            batch_size=min(cfg.batch_size, len(val_set)),
+            shuffle=False,
+            drop_last=True,
+            collate_fn=_collate_full_tokens,
+        )
+    return train_loader, val_loader
+
+
+# ------------------------------------------------------------------------------------------------------------ model
+def build_sane_config(cfg: PretrainConfig, layout: TokenLayout) -> SaneConfig:
+    """The architecture for a zoo: token size and position tables from the layout, the rest from the run config."""
+    window = min(cfg.window_size, layout.num_tokens)
+    max_positions = cfg.max_positions or [max(bound, window) for bound in layout.max_positions]
+    for coordinate, (needed, have) in enumerate(zip(layout.max_positions, max_positions)):
+        if have < needed:
+            raise ValueError(
+                f"`max_positions[{coordinate}]`={have} is smaller than the dataset needs ({needed}); "
+                f"use at least {layout.max_positions}."
+            )
+    halo = cfg.halo_size if cfg.halo_size is not None else window // 4
+    return SaneConfig(
+        token_size=layout.token_size,
+        d_model=cfg.d_model,
+        n_heads=cfg.n_heads,
+        n_layers=cfg.n_layers,
+        n_decoder_layers=cfg.n_decoder_layers,
+        latent_dim=cfg.latent_dim,
+        max_positions=max_positions,
+        window_size=window,
+        halo_size=min(halo, (window - 1) // 2),
+        dropout=cfg.dropout,
+        projection_dim=cfg.projection_dim,
+        projection_pooling=cfg.projection_pooling,
+        gamma=cfg.gamma,
+        temperature=cfg.temperature,
+    )
+
+
+def load_or_build_model(cfg: PretrainConfig, zoo: SaneZooDataset) -> SaneModel:
+    """A fresh SANE for the zoo, or `cfg.init_from` checked against the zoo's layout."""
+    layout = zoo.layout
+    if cfg.init_from is None:
+        model = SaneModel(build_sane_config(cfg, layout))
+    else:
+        model = SaneModel.from_pretrained(cfg.init_from)
+        config = model.config
+        if config.token_size != layout.token_size:
+            raise ValueError(
+                f"`init_from` {cfg.init_from} has token_size {config.token_size}, the dataset {cfg.dataset} has "
+                f"{layout.token_size}; retokenize the zoo with --token_size {config.token_size}."
+            )
+        for coordinate, (needed, have) in enumerate(zip(layout.max_positions, config.max_positions)):
+            if have < needed:
+                raise ValueError(
+                    f"`init_from` {cfg.init_from} has max_positions[{coordinate}]={have}, but the dataset needs "
+                    f"{needed}."
+                )
+        logger.info("Starting from %s; its architecture overrides the model fields of the run config.", cfg.init_from)
+    model.sane_layout = layout.to_dict()
+    model.sane_normalization = zoo.normalization.to_dict()
+    return model
+
+
+def build_permuter(zoo: SaneZooDataset) -> TokenPermuter:
+    """The permutation augmentation of the zoo's architecture (derived from a rebuilt zoo member)."""
+    from ..zoo_models import build_zoo_model
+
+    if not zoo.info.architecture:
+        raise ValueError(
+            "The dataset does not name its zoo architecture (meta/info.json `architecture`), so no permutation "
+            "augmentation can be derived; pass --permutation_augmentation false."
+        )
+    member = build_zoo_model(zoo.info.architecture, **(zoo.info.model_kwargs or {}))
+    return TokenPermuter(zoo.layout, permutation_spec_from_module(member))
+
+
+# ------------------------------------------------------------------------------------------------------------- step
+def step_generator(seed: int, counter: int, process_index: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator of one micro-batch: a function of the counters only, so resumed runs draw the same numbers."""
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + counter) * 1_009 + process_index)
+
+
+def train_step(
+    model: torch.nn.Module,
+    batch: Mapping[str, torch.Tensor],
+    cfg: PretrainConfig,
+    layout: TokenLayout,
+    permuter: TokenPermuter | None,
+    generator: torch.Generator,
+    augment: bool = True,
+) -> dict[str, torch.Tensor]:
+    """One forward pass of the SANE objective on a batch of full checkpoints (no backward).
+
+    Cuts one random window per checkpoint, builds two views (view 2 permuted; noise and erasing when `augment`),
+    runs both views through the model in one batch and returns `sane_loss`'s dict (`loss`, `loss_recon`,
+    `loss_contrast`, `r2`).
+    """
+    full_tokens = batch["full_tokens"]
+    device = full_tokens.device
+    window_size = model.config.window_size if hasattr(model, "config") else cfg.window_size
+    windows = sample_windows(
+        full_tokens,
+        window_size,
+        generator,
+        positions=layout.positions.to(device),
+        mask=layout.mask.to(device),
+    )
+    windows["full_tokens"] = full_tokens
+    permute = cfg.permutation_augmentation and permuter is not None
+    view_1, view_2 = make_two_views(
+        windows,
+        permuter=permuter if permute else None,
+        noise_multiplicative=cfg.noise_multiplicative if augment else 0.0,
+        noise_additive=cfg.noise_additive if augment else 0.0,
+        erase={"p": cfg.erase_probability} if augment and cfg.erase_probability > 0 else None,
+        permute_view_1=False,
+        permute_view_2=permute,
+        generator=generator,
+    )
+    batch_size = view_1["tokens"].shape[0]
+    # Both views in one forward pass: one graph, one DDP reduction, a larger matmul.
+    outputs = model(
+        tokens=torch.cat([view_1["tokens"], view_2["tokens"]]),
+        positions=torch.cat([view_1["positions"], view_2["positions"]]),
+    )
+    latents, reconstructions, projections = (
+        outputs.latents.float(),
+        outputs.reconstructions.float(),
+        outputs.projections.float(),
+    )
+    out_1 = SaneModelOutput(latents[:batch_size], reconstructions[:batch_size], projections[:batch_size])
+    out_2 = SaneModelOutput(latents[batch_size:], reconstructions[batch_size:], projections[batch_size:])
+    return sane_loss(out_1, out_2, view_1, view_2, gamma=cfg.gamma, temperature=cfg.temperature)
+
+
+# ------------------------------------------------------------------------------------------------------------- loop
+class _Counters:
+    """Progress counters saved with `save_state` (the only state needed for exact resume besides the model)."""
+
+    def __init__(self):
+        self.epoch = 0
+        self.batches_in_epoch = 0
+        self.micro_batches = 0
+        self.optimizer_steps = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        for key, value in state.items():
+            setattr(self, key, int(value))
+
+
+def _latest_checkpoint(output_dir: Path) -> Path | None:
+    folders = [p for p in (output_dir / CHECKPOINTS_DIR).glob("step_*") if p.is_dir() and p.name[5:].isdigit()]
+    return max(folders, key=lambda p: int(p.name[5:]), default=None)
+
+
+def _save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, limit: int | None) -> None:
+    """`save_state` into a temporary folder, renamed when complete: a kill never leaves a half checkpoint."""
+    final = output_dir / CHECKPOINTS_DIR / f"step_{step}"
+    tmp = output_dir / CHECKPOINTS_DIR / f".step_{step}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        if limit:
+            folders = sorted(
+                (p for p in final.parent.glob("step_*") if p.name[5:].isdigit()), key=lambda p: int(p.name[5:])
+            )
+            for old in folders[:-limit]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    loader: torch.utils.data.DataLoader,
+    cfg: PretrainConfig,
+    layout: TokenLayout,
+    permuter: TokenPermuter | None,
+    accelerator: Accelerator,
+) -> dict[str, float]:
+    """Validation objective: fixed windows and permutations (seeded per batch), no noise (upstream test pipeline)."""
+    model.eval()
+    sums: dict[str, torch.Tensor] = {}
+    count = torch.zeros((), device=accelerator.device)
+    for index, batch in enumerate(loader):
+        generator = step_generator(cfg.seed + 1, index, accelerator.process_index, batch["full_tokens"].device)
+        losses = train_step(model, batch, cfg, layout, permuter, generator, augment=False)
+        n = torch.tensor(float(batch["full_tokens"].shape[0]), device=accelerator.device)
+        for key, value in losses.items():
+            sums[key] = sums.get(key, torch.zeros((), device=accelerator.device)) + value.detach().float() * n
+        count += n
+    model.train()
+    if not sums:
+        return {}
+    totals = accelerator.reduce(torch.stack([*sums.values(), count]), reduction="sum")
+    return {f"val/{key}": float(totals[i] / totals[-1]) for i, key in enumerate(sums)}
+
+
+def pretrain(cfg: PretrainConfig, dataloaders: tuple | None = None, zoo: SaneZooDataset | None = None) -> Path:
+    """Pretrain SANE on a tokenized zoo and save it with `save_pretrained` into `cfg.output_dir`.
+
+    Args:
+        cfg (`PretrainConfig`): the run.
+        dataloaders (`tuple`, *optional*): `(train_loader, val_loader)` replacing `get_dataloaders` (tests).
+        zoo (`SaneZooDataset`, *optional*): an already loaded dataset (default: `load_zoo_dataset(cfg.dataset)`).
+
+    Returns:
+        `Path`: the output folder (config.json, model.safetensors, sane_layout.json, sane_normalization.json,
+        train_config.json, trainer_state.json).
+    """
+    output_dir = Path(cfg.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        mixed_precision=cfg.mixed_precision,
+        log_with=cfg.log_with,
+        project_config=ProjectConfiguration(project_dir=str(output_dir)),
+    )
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    set_seed(cfg.seed)
+    zoo = zoo if zoo is not None else load_zoo_dataset(cfg.dataset, revision=cfg.dataset_revision)
+    layout = zoo.layout
+    model = load_or_build_model(cfg, zoo)
+    permuter = build_permuter(zoo) if cfg.permutation_augmentation else None
+    train_loader, val_loader = dataloaders if dataloaders is not None else get_dataloaders(cfg, zoo)
+    sampler = getattr(train_loader, "sampler", None)
+    if cfg.compile:
+        model = torch.compile(model)
+    optimizer = make_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    if val_loader is not None:
+        val_loader = accelerator.prepare(val_loader)
+    steps_per_epoch = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps)
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    # The prepared scheduler advances num_processes times per optimizer step (accelerate's convention).
+    scheduler = make_one_cycle_scheduler(optimizer, cfg.lr, total_steps * accelerator.num_processes)
+    scheduler = accelerator.prepare(scheduler)
+    counters = _Counters()
+    accelerator.register_for_checkpointing(counters)
+
+    if cfg.resume_from_checkpoint:
+        path = (
+            _latest_checkpoint(output_dir)
+            if cfg.resume_from_checkpoint == "latest"
+            else Path(cfg.resume_from_checkpoint)
+        )
+        if path is None or not path.is_dir():
+            raise FileNotFoundError(
+                f"No checkpoint to resume from at {cfg.resume_from_checkpoint!r} (in {output_dir})."
+            )
+        accelerator.load_state(str(path))
+        logger.info("Resumed from %s at epoch %d, step %d.", path, counters.epoch, counters.optimizer_steps)
+
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(output_dir / TRAIN_CONFIG_NAME, cfg.to_dict())
+    if cfg.log_with:
+        accelerator.init_trackers("sane_pretrain", config={k: v for k, v in cfg.to_dict().items() if v is not None})
+
+    unwrapped = accelerator.unwrap_model(model)
+    logger.info(
+        "Pretraining SANE (%.2fM parameters) on %s: %d windows/epoch, %d steps, %d process(es), %s precision.",
+        unwrapped.num_parameters() / 1e6,
+        cfg.dataset,
+        len(train_loader) * cfg.batch_size * accelerator.num_processes,
+        total_steps,
+        accelerator.num_processes,
+        cfg.mixed_precision,
+    )
+    history: list[dict[str, Any]] = []
+    progress = tqdm(
+        total=total_steps,
+        initial=counters.optimizer_steps,
+        desc="pretrain",
+        disable=not accelerator.is_local_main_process,
+    )
+    start_time = time.perf_counter()
+    running: dict[str, float] = {}
+    running_count = 0
+    done = counters.optimizer_steps >= total_steps
+    model.train()
+    while not done and counters.epoch < cfg.epochs:
+        loader = (
+            accelerator.skip_first_batches(train_loader, counters.batches_in_epoch)
+            if counters.batches_in_epoch
+            else train_loader
+        )
+        # The order of an epoch depends on (seed, epoch) only. A prepared loader re-sets its sampler's epoch from
+        # its own iteration counter (and a skipping loader starts it at 0), so set it there too.
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(counters.epoch)
+        if sampler is not None and hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(counters.epoch)
+        for batch in loader:
+            generator = step_generator(
+                cfg.seed, counters.micro_batches, accelerator.process_index, batch["full_tokens"].device
+            )
+            with accelerator.accumulate(model):
+                losses = train_step(model, batch, cfg, layout, permuter, generator)
+                accelerator.backward(losses["loss"])
+                if accelerator.sync_gradients and cfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            counters.micro_batches += 1
+            counters.batches_in_epoch += 1
+            for key, value in losses.items():
+                running[key] = running.get(key, 0.0) + float(value.detach())
+            running_count += 1
+            if not accelerator.sync_gradients:
+                continue
+            counters.optimizer_steps += 1
+            progress.update(1)
+            if counters.optimizer_steps % cfg.logging_steps == 0 or counters.optimizer_steps == total_steps:
+                metrics = {f"train/{k}": v / running_count for k, v in running.items()}
+                metrics["train/lr"] = scheduler.get_last_lr()[0]
+                accelerator.log(metrics, step=counters.optimizer_steps)
+                history.append({"step": counters.optimizer_steps, "epoch": counters.epoch, **metrics})
+                progress.set_postfix(
+                    loss=f"{metrics['train/loss']:.4f}", r2=f"{metrics.get('train/r2', float('nan')):.3f}"
+                )
+                running, running_count = {}, 0
+            if cfg.save_steps and counters.optimizer_steps % cfg.save_steps == 0:
+                _save_checkpoint(accelerator, output_dir, counters.optimizer_steps, cfg.save_total_limit)
+            if counters.optimizer_steps >= total_steps:
+                done = True
+                break
+        if not done or counters.batches_in_epoch >= len(train_loader):
+            counters.epoch += 1
+            counters.batches_in_epoch = 0
+        if val_loader is not None:
+            metrics = evaluate(model, val_loader, cfg, layout, permuter, accelerator)
+            accelerator.log(metrics, step=counters.optimizer_steps)
+            history.append({"step": counters.optimizer_steps, "epoch": counters.epoch, **metrics})
+            logger.info("epoch %d step %d: %s", counters.epoch, counters.optimizer_steps, metrics)
+    progress.close()
+
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    checksums = _parameter_checksums(unwrapped, accelerator)
+    in_sync = bool((checksums == checksums[:1]).all())
+    if not in_sync:
+        # e.g. `torchrun` without ACCELERATE_USE_CPU=1 on CPU runs unsynchronized copies (ENVIRONMENT.md).
+        logger.error("Parameters differ across the %d processes: %s", accelerator.num_processes, checksums.tolist())
+    unwrapped.save_pretrained(output_dir, is_main_process=accelerator.is_main_process, save_function=accelerator.save)
+    if accelerator.is_main_process:
+        write_json_atomic(
+            output_dir / TRAINER_STATE_NAME,
+            {
+                **counters.state_dict(),
+                "total_steps": total_steps,
+                "num_processes": accelerator.num_processes,
+                "ranks_in_sync": in_sync,
+                "parameter_checksums": checksums.tolist(),
+                "seconds": round(time.perf_counter() - start_time, 2),
+                "log_history": history,
+            },
+        )
+        if cfg.push_to_hub:
+            push_pretrained_folder(output_dir, cfg.push_to_hub, private=cfg.hub_private)
+    accelerator.end_training()
+    return output_dir
+
+
+def _parameter_checksums(model: torch.nn.Module, accelerator: Accelerator) -> torch.Tensor:
+    """`[num_processes, 2]` (sum, sum of squares) of all parameters, per process: equal rows iff ranks agree."""
+    flat = torch.cat([p.detach().double().flatten() for p in model.parameters()])
+    local = torch.stack([flat.sum(), flat.square().sum()])[None].to(accelerator.device)
+    return accelerator.gather(local).cpu()
+
+
+def push_pretrained_folder(folder: str | os.PathLike, repo_id: str, private: bool = False) -> str:
+    """Upload a saved SANE folder (without the resumable step checkpoints) as one commit; returns the commit url."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    info = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(folder),
+        repo_type="model",
+        ignore_patterns=[f"{CHECKPOINTS_DIR}/*", "*.tmp", "logs/*"],
+        commit_message="Upload SANE pretrained with sane_hf",
+    )
+    return str(getattr(info, "commit_url", info))
+
+
+def read_trainer_state(folder: str | os.PathLike) -> dict:
+    """The `trainer_state.json` of a finished run (counters, wall time, log history)."""
+    return json.loads((Path(folder) / TRAINER_STATE_NAME).read_text())

@@ -1,0 +1,234 @@
+"""The pretraining loop: the objective learns, runs are reproducible, resume is exact, DDP keeps ranks in sync."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from sane_hf.data.hub_dataset import ConvertConfig, convert_zoo, load_zoo_dataset
+from sane_hf.training import pretrain as pretrain_module
+from sane_hf.training.configs import PretrainConfig
+from sane_hf.training.pretrain import build_permuter, pretrain, read_trainer_state, step_generator, train_step
+from sane_hf.zoo_models import build_zoo_model
+
+
+REPO = Path(__file__).resolve().parents[2]
+MLP_KWARGS = {"in_features": 16, "hidden_sizes": [8], "num_classes": 4}
+
+
+def _write_zoo(root: Path, num_models: int = 12, num_epochs: int = 3) -> Path:
+    """A tiny zoo in our own format: MLPs whose weights drift with the epoch, made-up but consistent metrics."""
+    (root / "models").mkdir(parents=True)
+    task = {"name": "synthetic", "num_classes": 4}
+    (root / "zoo_config.json").write_text(json.dumps({"format": "sane_hf-zoo", "format_version": 1, "task": task}))
+    for index in range(num_models):
+        model_id = f"model_{index:04d}"
+        folder = root / "models" / model_id
+        (folder / "checkpoints").mkdir(parents=True)
+        torch.manual_seed(index)
+        base = build_zoo_model("mlp", **MLP_KWARGS).state_dict()
+        params = {
+            "model_id": model_id,
+            "index": index,
+            "architecture": "mlp",
+            "model_kwargs": MLP_KWARGS,
+            "task": "synthetic",
+            "seed": index,
+            "lr": 0.01,
+            "weight_decay": 0.0,
+            "optimizer": "adam",
+            "init": "default",
+            "activation": "relu",
+            "dropout": 0.0,
+            "batch_size": 8,
+            "epochs": num_epochs,
+        }
+        (folder / "params.json").write_text(json.dumps(params))
+        lines = []
+        for epoch in range(num_epochs + 1):
+            state = {k: (v * (1 + 0.2 * epoch)).contiguous() for k, v in base.items()}
+            save_file(state, str(folder / "checkpoints" / f"epoch_{epoch:04d}.safetensors"))
+            acc = 0.25 + 0.05 * epoch + 0.01 * index
+            lines.append(
+                json.dumps(
+                    {
+                        "epoch": epoch,
+                        "train_loss": 1.0,
+                        "train_acc": acc + 0.01,
+                        "val_loss": 1.0,
+                        "val_acc": acc,
+                        "test_loss": 1.0,
+                        "test_acc": acc,
+                        "ggap": 0.01,
+                    }
+                )
+            )
+        (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+        (folder / "DONE").write_text("{}")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pretrain")
+    zoo = _write_zoo(root / "zoo")
+    output = root / "zoo_ds"
+    convert_zoo(ConvertConfig(zoo_dir=str(zoo), output_dir=str(output), seed=0), show_progress=False)
+    return output
+
+
+def _config(dataset: Path, output: Path, **overrides) -> PretrainConfig:
+    values = dict(
+        dataset=str(dataset),
+        output_dir=str(output),
+        d_model=16,
+        n_heads=2,
+        n_layers=1,
+        latent_dim=4,
+        window_size=8,
+        epochs=20,
+        batch_size=8,
+        lr=3e-3,
+        seed=5,
+        logging_steps=5,
+        num_threads=1,
+    )
+    values.update(overrides)
+    return PretrainConfig(**values)
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="`dataset` is required"):
+        PretrainConfig()
+    with pytest.raises(ValueError, match="`mixed_precision` must be one of"):
+        PretrainConfig(dataset="x", mixed_precision="fp8")
+    with pytest.raises(ValueError, match="`gamma` must be in"):
+        PretrainConfig(dataset="x", gamma=2.0)
+
+
+def test_train_step_is_deterministic_and_uses_permutations(tiny_dataset, tmp_path):
+    zoo = load_zoo_dataset(tiny_dataset)
+    cfg = _config(tiny_dataset, tmp_path)
+    model = pretrain_module.load_or_build_model(cfg, zoo)
+    permuter = build_permuter(zoo)
+    tokens = torch.stack([zoo.splits["train"][i]["tokens"] for i in range(8)])
+    batch = {"full_tokens": tokens}
+    a = train_step(model, batch, cfg, zoo.layout, permuter, step_generator(1, 0, 0))
+    b = train_step(model, batch, cfg, zoo.layout, permuter, step_generator(1, 0, 0))
+    c = train_step(model, batch, cfg, zoo.layout, permuter, step_generator(1, 1, 0))
+    assert set(a) >= {"loss", "loss_recon", "loss_contrast", "r2"}
+    assert torch.isfinite(a["loss"]) and torch.equal(a["loss"], b["loss"])
+    assert not torch.equal(a["loss"], c["loss"])
+    expected = cfg.gamma * a["loss_contrast"] + (1 - cfg.gamma) * a["loss_recon"]
+    assert torch.allclose(a["loss"], expected)
+
+
+def test_pretraining_learns_and_saves_a_loadable_model(tiny_dataset, tmp_path):
+    from transformers import AutoModel
+
+    output = pretrain(_config(tiny_dataset, tmp_path / "run", epochs=40, d_model=32, latent_dim=8, lr=1e-2))
+    state = read_trainer_state(output)
+    train_losses = [h["train/loss_recon"] for h in state["log_history"] if "train/loss_recon" in h]
+    assert len(train_losses) >= 4
+    assert train_losses[-1] < 0.7 * train_losses[0]
+    assert any("val/loss" in h for h in state["log_history"])
+    assert state["ranks_in_sync"] is True
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "sane_layout.json",
+        "sane_normalization.json",
+        "train_config.json",
+    ):
+        assert (output / name).is_file(), name
+    model = AutoModel.from_pretrained(output)
+    assert model.sane_layout["num_tokens"] == load_zoo_dataset(tiny_dataset).layout.num_tokens
+    assert json.loads((output / "train_config.json").read_text())["lr"] == 1e-2
+
+
+def test_same_seed_same_model(tiny_dataset, tmp_path):
+    first = pretrain(_config(tiny_dataset, tmp_path / "a", max_steps=6))
+    second = pretrain(_config(tiny_dataset, tmp_path / "b", max_steps=6))
+    for key, value in _weights(first).items():
+        assert torch.equal(value, _weights(second)[key]), key
+
+
+def test_kill_and_resume_reproduces_an_uninterrupted_run(tiny_dataset, tmp_path):
+    cfg = dict(max_steps=14, save_steps=4, epochs=10)
+    reference = pretrain(_config(tiny_dataset, tmp_path / "reference", **cfg))
+
+    interrupted = tmp_path / "interrupted"
+    real_save = pretrain_module._save_checkpoint
+
+    def save_then_die(accelerator, output_dir, step, limit):
+        real_save(accelerator, output_dir, step, limit)
+        if step == 8:
+            raise KeyboardInterrupt("simulated kill after the step-8 checkpoint")
+
+    with mock.patch.object(pretrain_module, "_save_checkpoint", save_then_die), pytest.raises(KeyboardInterrupt):
+        pretrain(_config(tiny_dataset, interrupted, **cfg))
+    assert not (interrupted / "model.safetensors").exists()
+    assert sorted(p.name for p in (interrupted / "checkpoints").iterdir()) == ["step_4", "step_8"]
+
+    resumed = pretrain(_config(tiny_dataset, interrupted, resume_from_checkpoint="latest", **cfg))
+    for key, value in _weights(reference).items():
+        assert torch.equal(value, _weights(resumed)[key]), key
+
+
+def test_resume_without_a_checkpoint_fails_clearly(tiny_dataset, tmp_path):
+    with pytest.raises(FileNotFoundError, match="No checkpoint to resume from"):
+        pretrain(_config(tiny_dataset, tmp_path / "none", resume_from_checkpoint="latest"))
+
+
+def test_two_process_cpu_ddp_keeps_ranks_identical(tiny_dataset, tmp_path):
+    output = tmp_path / "ddp"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(REPO / "scripts" / "pretrain.py"),
+        "--dataset",
+        str(tiny_dataset),
+        "--output_dir",
+        str(output),
+        "--d_model",
+        "16",
+        "--n_heads",
+        "2",
+        "--n_layers",
+        "1",
+        "--latent_dim",
+        "4",
+        "--window_size",
+        "8",
+        "--batch_size",
+        "4",
+        "--max_steps",
+        "6",
+        "--epochs",
+        "3",
+        "--seed",
+        "3",
+        "--logging_steps",
+        "2",
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = read_trainer_state(output)
+    assert state["num_processes"] == 2
+    assert state["ranks_in_sync"] is True
+    assert len(state["parameter_checksums"]) == 2
