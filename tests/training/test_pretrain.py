@@ -232,3 +232,42 @@ def test_two_process_cpu_ddp_keeps_ranks_identical(tiny_dataset, tmp_path):
     assert state["num_processes"] == 2
     assert state["ranks_in_sync"] is True
     assert len(state["parameter_checksums"]) == 2
+
+
+def test_init_from_and_push_to_hub(tiny_dataset, tmp_path):
+    first = pretrain(_config(tiny_dataset, tmp_path / "first", max_steps=3))
+    uploads = []
+
+    def fake_upload_folder(self, *, repo_id, folder_path, ignore_patterns=None, **kwargs):
+        uploads.append((repo_id, sorted(p.name for p in Path(folder_path).iterdir()), ignore_patterns))
+        return "https://huggingface.co/org/sane-test/commit/0"
+
+    with (
+        mock.patch("huggingface_hub.HfApi.create_repo") as create_repo,
+        mock.patch("huggingface_hub.HfApi.upload_folder", fake_upload_folder),
+    ):
+        second = pretrain(
+            _config(tiny_dataset, tmp_path / "second", max_steps=2, init_from=str(first), push_to_hub="org/sane-test")
+        )
+    create_repo.assert_called_once()
+    assert create_repo.call_args.args[0] == "org/sane-test"
+    ((repo_id, files, ignored),) = uploads
+    assert repo_id == "org/sane-test" and "checkpoints/*" in ignored
+    assert {"config.json", "model.safetensors", "sane_layout.json", "train_config.json"} <= set(files)
+    # fine-tuning starts from the first run's weights, not from scratch: the weights moved only a little
+    before, after = _weights(first), _weights(second)
+    assert all(before[k].shape == after[k].shape for k in before)
+    assert sum((before[k] - after[k]).abs().sum() for k in before) > 0
+
+
+def test_init_from_with_another_token_size_fails(tiny_dataset, tmp_path):
+    from sane_hf import SaneConfig, SaneModel
+
+    other = SaneModel(
+        SaneConfig(
+            token_size=5, d_model=16, n_heads=2, n_layers=1, latent_dim=4, window_size=8, max_positions=[64, 8, 16]
+        )
+    )
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(ValueError, match="token_size 5"):
+        pretrain(_config(tiny_dataset, tmp_path / "run", init_from=str(tmp_path / "other")))
