@@ -168,7 +168,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    peak = {p: matmul_gflops(p) for p in ("fp32", "bf16")}
+    peak = {p: matmul_gflops(p) for p in args.precisions}
     rows = []
     for name in args.configs:
         for precision in args.precisions:
@@ -190,7 +190,8 @@ def main() -> None:
             row["matmul_gflops_per_s"] = peak[precision]
             row["original"] = ORIGINAL.get((name, precision))
             rows.append(row)
-    print(f"machine matmul 2048^2: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
+    print("machine matmul 2048^2: " + ", ".join(f"{p} {v:.1f} GFLOP/s" for p, v in peak.items()))
+    print(f"torch CPU capability: {torch.backends.cpu.get_cpu_capability()}")
     header = f"{'config':6s} {'prec':5s} {'params':>8s} {'step s':>8s} {'tokens/s':>9s} {'GFLOP/s':>8s} {'peak GB':>8s}  original"
     print(header)
     for r in rows:
@@ -202,7 +203,12 @@ def main() -> None:
         )
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"torch": torch.__version__, "threads": args.threads, "machine": platform.processor() or platform.machine()}
+    meta = {
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "machine": platform.processor() or platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
     output.write_text(json.dumps({"meta": meta, "matmul_gflops_per_s": peak, "results": rows}, indent=1) + "\n")
     print(f"wrote {output}")
 
