@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -226,8 +227,17 @@ def test_two_process_cpu_ddp_keeps_ranks_identical(tiny_dataset, tmp_path):
         "--logging_steps",
         "2",
     ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
+    # Own process group: on a timeout, kill torchrun AND its workers (a killed torchrun alone orphans them).
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        _, stderr = process.communicate(timeout=900)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        _, stderr = process.communicate()
+        pytest.fail(f"2-process DDP run timed out:\n{stderr[-3000:]}")
+    assert process.returncode == 0, stderr[-3000:]
     state = read_trainer_state(output)
     assert state["num_processes"] == 2
     assert state["ranks_in_sync"] is True
