@@ -1,0 +1,437 @@
+"""Run configurations of model generation and of the evaluation of generated models (plain dataclasses).
+
+`GenerateConfig` drives `sane-generate` / `scripts/generate.py`, `EvaluateConfig` drives `sane-evaluate` /
+`scripts/evaluate.py`. Both are saved as JSON next to their outputs (STYLE_ANCHORS §3.3 rule 3) and every field
+carries its `--help` text (rule 5).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+SAMPLERS = ("kde", "subsample", "bootstrap", "gaussian")
+# "token": one anchor per sample, noise independent per sample, token and dimension (the fix of SANE_METHOD §6.5).
+# "original_token" / "original_individual": the original's semantics (one anchor per sample, noise shared by every
+# token / by every entry); "mixed": a true per-token KDE whose tokens may come from different anchors.
+KDE_MODES = ("token", "original_token", "original_individual", "mixed")
+SCORE_SPLITS = ("train", "val")
+SCRATCH_ARCHITECTURES = ("generated", "anchors")
+BN_SPLITS = ("train", "val")
+BOOTSTRAP_POOLS = ("last", "all")
+FINETUNE_OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+def _parse_json_mapping(owner: str, name: str, value: Any) -> dict | None:
+    """Accept a mapping, a JSON object string (command line) or `None`."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{owner}: `{name}` must be a JSON object, got {value!r} ({error}).") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{owner}: `{name}` must be a mapping (a JSON object on the command line), got {value!r}.")
+    return dict(value)
+
+
+def _check_int(owner: str, name: str, value: Any, minimum: int, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(
+            f"{owner}: `{name}` must be an int >= {minimum}{' or None' if optional else ''}, got {value!r}."
+        )
+
+
+def _check_choice(owner: str, name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{owner}: `{name}` must be one of {list(choices)}, got {value!r}.")
+
+
+def _check_positive_float(owner: str, name: str, value: Any, allow_zero: bool = False) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        raise ValueError(f"{owner}: `{name}` must be a finite float {'>= 0' if allow_zero else '> 0'}, got {value!r}.")
+
+
+@dataclass
+class FinetuneConfig:
+    """How generated models and their baselines are fine-tuned and compared (SANE_METHOD §6.9).
+
+    Every population (generated models, models trained from scratch, the anchors, the noise control) gets exactly
+    this schedule, so the curves are comparable.
+
+    Args:
+        finetune_epochs (`int`, *optional*, defaults to 5):
+            Fine-tuning epochs; accuracy is recorded at epoch 0 (zero-shot) and after every epoch. 0 evaluates
+            zero-shot only.
+        finetune_optimizer (`str`, *optional*, defaults to `"adam"`):
+            `"sgd"`, `"adam"` or `"adamw"` (`sane_hf.tasks.make_optimizer`).
+        finetune_lr (`float`, *optional*, defaults to 1e-3):
+            Learning rate (constant) of every population.
+        finetune_lr_grid (`list[float]`, *optional*):
+            Learning rates to try instead of `finetune_lr`: each population is reported at the rate with its best
+            mean validation accuracy after the last epoch (so scratch training is compared at its own best rate).
+        finetune_weight_decay (`float`, *optional*, defaults to 0.0):
+            Weight decay.
+        finetune_batch_size (`int`, *optional*, defaults to 32):
+            Mini-batch size.
+        num_scratch (`int`, *optional*):
+            Models trained from scratch; defaults to the number of generated models.
+        scratch_architecture (`str`, *optional*, defaults to `"generated"`):
+            Constructor arguments of the scratch models: `"generated"` (model `r` is built like generated model `r`,
+            e.g. with its activation and dropout) or `"anchors"` (model `r` like anchor `r`, the best zoo members
+            first). With per-member activations the two can differ a lot: sigmoid networks train slowly from scratch.
+        noise_control (`bool`, *optional*, defaults to `True`):
+            Evaluate the memorization control: every generated model's nearest anchor plus isotropic Gaussian noise
+            at the same weight-space distance.
+        ensemble (`bool`, *optional*, defaults to `True`):
+            Also report the accuracy of the logit-averaged ensemble of each population.
+        eval_seed (`int`, *optional*, defaults to 0):
+            Seed of the fine-tuning batch orders, scratch initializations and noise directions.
+    """
+
+    finetune_epochs: int = field(
+        default=5, metadata={"help": "Fine-tuning epochs (accuracy after each; 0 = zero-shot only)."}
+    )
+    finetune_optimizer: str = field(
+        default="adam", metadata={"help": f"Fine-tuning optimizer, one of {list(FINETUNE_OPTIMIZERS)}."}
+    )
+    finetune_lr: float = field(
+        default=1e-3, metadata={"help": "Constant fine-tuning learning rate (all populations)."}
+    )
+    finetune_lr_grid: list[float] | None = field(
+        default=None,
+        metadata={"help": "Learning rates to try; each population is reported at its best (validation) rate."},
+    )
+    finetune_weight_decay: float = field(default=0.0, metadata={"help": "Fine-tuning weight decay."})
+    finetune_batch_size: int = field(default=32, metadata={"help": "Fine-tuning mini-batch size."})
+    num_scratch: int | None = field(
+        default=None, metadata={"help": "Models trained from scratch (default: as many as generated models)."}
+    )
+    scratch_architecture: str = field(
+        default="generated",
+        metadata={"help": "Scratch models built like the 'generated' models or like the 'anchors' (best first)."},
+    )
+    noise_control: bool = field(
+        default=True,
+        metadata={"help": "Evaluate nearest anchor + isotropic noise at the generated models' weight distance."},
+    )
+    ensemble: bool = field(default=True, metadata={"help": "Report the logit-averaged ensemble of each population."})
+    eval_seed: int = field(
+        default=0, metadata={"help": "Seed of fine-tuning batch orders, scratch inits and noise directions."}
+    )
+
+    def _check_finetune(self) -> None:
+        owner = type(self).__name__
+        _check_int(owner, "finetune_epochs", self.finetune_epochs, 0)
+        _check_choice(owner, "finetune_optimizer", self.finetune_optimizer, FINETUNE_OPTIMIZERS)
+        _check_positive_float(owner, "finetune_lr", self.finetune_lr)
+        if self.finetune_lr_grid is not None:
+            if isinstance(self.finetune_lr_grid, int | float):
+                self.finetune_lr_grid = [self.finetune_lr_grid]
+            self.finetune_lr_grid = [float(lr) for lr in self.finetune_lr_grid] or None
+            for lr in self.finetune_lr_grid or []:
+                _check_positive_float(owner, "finetune_lr_grid", lr)
+        _check_positive_float(owner, "finetune_weight_decay", self.finetune_weight_decay, allow_zero=True)
+        _check_int(owner, "finetune_batch_size", self.finetune_batch_size, 1)
+        _check_int(owner, "num_scratch", self.num_scratch, 0, optional=True)
+        _check_choice(owner, "scratch_architecture", self.scratch_architecture, SCRATCH_ARCHITECTURES)
+        _check_int(owner, "eval_seed", self.eval_seed, 0)
+
+
+@dataclass
+class GenerateConfig(FinetuneConfig):
+    """Options of `sane-generate` (`scripts/generate.py`): sample models from a pretrained SANE (SANE_METHOD §6).
+
+    Args:
+        > Inputs and outputs
+
+        model (`str`):
+            Pretrained SANE: a folder or Hub model id (with `sane_layout.json` / `sane_normalization.json`).
+        dataset (`str`):
+            The tokenized zoo the anchors come from (folder or Hub dataset id, `sane_hf.data.load_zoo_dataset`).
+        output_dir (`str`, *optional*, defaults to `"runs/generated"`):
+            Where `model_000/`, ... (each `config.json` + `model.safetensors` + `README.md`), `generation.json` and
+            the evaluation report go.
+        overwrite (`bool`, *optional*, defaults to `False`):
+            Replace an existing non-empty `output_dir`.
+        push_to_hub (`str`, *optional*):
+            Push the output folder as ONE Hub model repo (`org/name`) with subfolders `model_000/`, ...
+        hub_private (`bool`, *optional*, defaults to `False`):
+            Create that repo as private.
+        base_model (`str`, *optional*):
+            Hub id of the source SANE written as `base_model` in the cards; defaults to `model` when it is not a
+            local folder.
+
+        > Anchors (SANE_METHOD §6.3)
+
+        anchor_split (`str`, *optional*, defaults to `"train"`):
+            Split of the zoo the anchors come from.
+        num_anchors (`int`, *optional*, defaults to 10):
+            Number of anchor models: the best `num_anchors` models by `anchor_property`.
+        anchor_property (`str`, *optional*, defaults to `"test_acc"`):
+            Property ranking the anchors (largest first).
+        anchor_epoch (`int`, *optional*):
+            Epoch of the anchor checkpoints; defaults to the last epoch of the split.
+        anchor_filter (`dict`, *optional*):
+            Property values the anchors must have, e.g. `{"activation": "relu"}` (a JSON object on the command line).
+
+        > Sampling (SANE_METHOD §6.5, §6.8)
+
+        sampler (`str`, *optional*, defaults to `"subsample"`):
+            `"kde"` (SANE_KDE), `"subsample"` (SANE_SUB: draw `num_candidates`, keep the best `n`), `"bootstrap"`
+            (SANE_BOOT) or `"gaussian"` (SANE_GAUSS).
+        n (`int`, *optional*, defaults to 10):
+            Number of generated models.
+        kde_mode (`str`, *optional*, defaults to `"token"`):
+            One of `"token"` (independent noise per sample and token), `"original_token"`,
+            `"original_individual"` (the original's correlated noise) and `"mixed"` (tokens from different
+            anchors).
+        bandwidth (`float`, *optional*, defaults to 0.01):
+            KDE bandwidth `h` in latent space, in the latents' own units. CALIBRATION.md: `h <= 0.1` was needed on
+            digits (`h = 0.5`: chance). With the default digits SANE (latent std ≈ 0.2), `h = 0.01` was best and
+            `h = 0.05` already halved the zero-shot accuracy of plain KDE samples (0.70 → 0.28).
+        num_candidates (`int`, *optional*, defaults to 100):
+            Subsampling: candidates drawn and scored before the best `n` are kept.
+        bootstrap_iterations (`int`, *optional*, defaults to 3):
+            Bootstrapping: rounds of sample → score → refit.
+        bootstrap_samples (`int`, *optional*, defaults to 50):
+            Bootstrapping: candidates per round.
+        bootstrap_keep (`int`, *optional*, defaults to 10):
+            Bootstrapping: best candidates of a round that become the next round's anchors.
+        bootstrap_pool (`str`, *optional*, defaults to `"last"`):
+            Bootstrapping: final models are the true top `n` of the `"last"` round or of `"all"` rounds.
+        score_split (`str`, *optional*, defaults to `"val"`):
+            Task split that scores candidates (`"train"` or `"val"`; never the test split).
+        score_max_samples (`int`, *optional*):
+            Score on at most this many images of `score_split` (cheaper); default all.
+        seed (`int`, *optional*, defaults to 0):
+            Seed of the sampling generator.
+        decode_batch_size (`int`, *optional*, defaults to 64):
+            Haloed windows per SANE forward pass.
+
+        > Target architecture (SANE_METHOD §6.6)
+
+        task (`str`, *optional*):
+            Task of the generated models (`sane_hf.tasks.load_task`); defaults to the zoo's task.
+        task_seed (`int`, *optional*):
+            Seed of the task split; defaults to the zoo's.
+        num_classes (`int`, *optional*):
+            Output classes of the generated models; a value other than the zoo's needs `reset_classifier`.
+        reset_classifier (`bool`, *optional*, defaults to `False`):
+            Re-initialize the final Linear layer (e.g. for a task with another class count).
+        target_model_kwargs (`dict`, *optional*):
+            Extra constructor arguments of the generated architecture (JSON object).
+
+        > BatchNorm conditioning (SANE_METHOD §6.7)
+
+        bn_condition (`bool`, *optional*, defaults to `True`):
+            Re-estimate BatchNorm running statistics on task images (a no-op without BatchNorm).
+        bn_split (`str`, *optional*, defaults to `"train"`):
+            Task split for the conditioning passes (`"train"` or `"val"`).
+        bn_iterations (`int`, *optional*, defaults to 20):
+            Forward passes (mini-batches) of the conditioning.
+        bn_batch_size (`int`, *optional*, defaults to 64):
+            Images per conditioning pass.
+
+        > Evaluation (SANE_METHOD §6.9): the `FinetuneConfig` fields, plus
+
+        evaluate (`bool`, *optional*, defaults to `True`):
+            Fine-tune and compare the generated models after generating them.
+        evaluate_reconstructions (`bool`, *optional*, defaults to `True`):
+            Also evaluate the anchors encoded and decoded without noise (the decoding error alone).
+        plot (`bool`, *optional*, defaults to `True`):
+            Write `evaluation.png` (needs matplotlib).
+        num_threads (`int`, *optional*):
+            `torch.set_num_threads` for the run; default torch's.
+    """
+
+    model: str | None = field(default=None, metadata={"help": "Pretrained SANE: folder or Hub model id (required)."})
+    dataset: str | None = field(
+        default=None, metadata={"help": "Tokenized zoo the anchors come from: folder or Hub dataset id (required)."}
+    )
+    output_dir: str = field(default="runs/generated", metadata={"help": "Output folder (model_000/, ..., reports)."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing non-empty output_dir."})
+    push_to_hub: str | None = field(
+        default=None, metadata={"help": "Push the output as ONE Hub repo (org/name) with model_000/, ... subfolders."}
+    )
+    hub_private: bool = field(default=False, metadata={"help": "Create the Hub repo as private."})
+    base_model: str | None = field(
+        default=None, metadata={"help": "Hub id of the source SANE for the cards (default: --model if not a folder)."}
+    )
+    # Anchors.
+    anchor_split: str = field(default="train", metadata={"help": "Zoo split the anchors come from."})
+    num_anchors: int = field(default=10, metadata={"help": "Number of anchors: the best models by anchor_property."})
+    anchor_property: str = field(
+        default="test_acc", metadata={"help": "Property ranking the anchors (largest first)."}
+    )
+    anchor_epoch: int | None = field(
+        default=None, metadata={"help": "Epoch of the anchor checkpoints (default: the split's last epoch)."}
+    )
+    anchor_filter: dict | str | None = field(
+        default=None, metadata={"help": 'Required anchor property values as JSON, e.g. \'{"activation": "relu"}\'.'}
+    )
+    # Sampling.
+    sampler: str = field(default="subsample", metadata={"help": f"Sampler, one of {list(SAMPLERS)}."})
+    n: int = field(default=10, metadata={"help": "Number of generated models."})
+    kde_mode: str = field(default="token", metadata={"help": f"KDE noise semantics, one of {list(KDE_MODES)}."})
+    bandwidth: float = field(
+        default=0.01,
+        metadata={
+            "help": "KDE bandwidth h in latent units (digits SANE, latent std 0.2: 0.01 best, 0.05 halves acc)."
+        },
+    )
+    num_candidates: int = field(default=100, metadata={"help": "Subsampling: candidates scored to keep the best n."})
+    bootstrap_iterations: int = field(default=3, metadata={"help": "Bootstrapping: sample/score/refit rounds."})
+    bootstrap_samples: int = field(default=50, metadata={"help": "Bootstrapping: candidates per round."})
+    bootstrap_keep: int = field(default=10, metadata={"help": "Bootstrapping: best candidates refit as anchors."})
+    bootstrap_pool: str = field(
+        default="last", metadata={"help": "Bootstrapping: top n from the 'last' round or 'all' rounds."}
+    )
+    score_split: str = field(
+        default="val", metadata={"help": "Task split scoring candidates: train or val (never test)."}
+    )
+    score_max_samples: int | None = field(
+        default=None, metadata={"help": "Score on at most this many images (default: the whole split)."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the sampling generator."})
+    decode_batch_size: int = field(default=64, metadata={"help": "Haloed windows per SANE forward pass."})
+    # Target.
+    task: str | None = field(default=None, metadata={"help": "Task of the generated models (default: the zoo's)."})
+    task_seed: int | None = field(default=None, metadata={"help": "Seed of the task split (default: the zoo's)."})
+    num_classes: int | None = field(
+        default=None, metadata={"help": "Classes of the generated models; another count needs --reset_classifier."}
+    )
+    reset_classifier: bool = field(default=False, metadata={"help": "Re-initialize the final Linear layer."})
+    target_model_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "Extra constructor arguments of the generated architecture (JSON object)."}
+    )
+    # BatchNorm conditioning.
+    bn_condition: bool = field(
+        default=True, metadata={"help": "Re-estimate BatchNorm running statistics (no-op without BatchNorm)."}
+    )
+    bn_split: str = field(default="train", metadata={"help": "Task split of the conditioning passes: train or val."})
+    bn_iterations: int = field(default=20, metadata={"help": "Forward passes of the BatchNorm conditioning."})
+    bn_batch_size: int = field(default=64, metadata={"help": "Images per BatchNorm conditioning pass."})
+    # Evaluation and run control.
+    evaluate: bool = field(default=True, metadata={"help": "Fine-tune and compare the generated models."})
+    evaluate_reconstructions: bool = field(
+        default=True, metadata={"help": "Also evaluate the anchors encoded + decoded without noise (decoding error)."}
+    )
+    plot: bool = field(default=True, metadata={"help": "Write evaluation.png (needs matplotlib)."})
+    num_threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's)."})
+
+    def __post_init__(self):
+        owner = type(self).__name__
+        if not self.model:
+            raise ValueError(f"{owner}: `model` is required: a pretrained SANE folder or Hub model id.")
+        if not self.dataset:
+            raise ValueError(f"{owner}: `dataset` is required: the tokenized zoo the anchors come from.")
+        self.anchor_filter = _parse_json_mapping(owner, "anchor_filter", self.anchor_filter)
+        self.target_model_kwargs = _parse_json_mapping(owner, "target_model_kwargs", self.target_model_kwargs)
+        _check_choice(owner, "sampler", self.sampler, SAMPLERS)
+        _check_choice(owner, "kde_mode", self.kde_mode, KDE_MODES)
+        _check_choice(owner, "score_split", self.score_split, SCORE_SPLITS)
+        _check_choice(owner, "bn_split", self.bn_split, BN_SPLITS)
+        _check_choice(owner, "bootstrap_pool", self.bootstrap_pool, BOOTSTRAP_POOLS)
+        for name in (
+            "n",
+            "num_anchors",
+            "num_candidates",
+            "bootstrap_iterations",
+            "bootstrap_samples",
+            "bootstrap_keep",
+            "decode_batch_size",
+            "bn_iterations",
+            "bn_batch_size",
+        ):
+            _check_int(owner, name, getattr(self, name), 1)
+        _check_int(owner, "seed", self.seed, 0)
+        _check_int(owner, "anchor_epoch", self.anchor_epoch, 0, optional=True)
+        _check_int(owner, "score_max_samples", self.score_max_samples, 1, optional=True)
+        _check_int(owner, "task_seed", self.task_seed, 0, optional=True)
+        _check_int(owner, "num_classes", self.num_classes, 1, optional=True)
+        _check_int(owner, "num_threads", self.num_threads, 0, optional=True)
+        _check_positive_float(owner, "bandwidth", self.bandwidth, allow_zero=True)
+        if self.sampler == "subsample" and self.num_candidates < self.n:
+            raise ValueError(
+                f"{owner}: subsampling keeps the best `n`={self.n} of `num_candidates`={self.num_candidates} "
+                "candidates; `num_candidates` must be >= `n`."
+            )
+        if self.sampler == "bootstrap":
+            if self.bootstrap_samples < self.n and self.bootstrap_pool == "last":
+                raise ValueError(
+                    f"{owner}: `bootstrap_samples`={self.bootstrap_samples} < `n`={self.n}; the last round cannot "
+                    "provide n models (raise bootstrap_samples or use --bootstrap_pool all)."
+                )
+            if self.bootstrap_keep > self.bootstrap_samples:
+                raise ValueError(
+                    f"{owner}: `bootstrap_keep`={self.bootstrap_keep} must be <= `bootstrap_samples`="
+                    f"{self.bootstrap_samples}."
+                )
+        self._check_finetune()
+
+    def to_dict(self) -> dict[str, Any]:
+        """`asdict(self)` (JSON-serializable), as written to `generation.json`."""
+        return json.loads(json.dumps(asdict(self)))
+
+
+@dataclass
+class EvaluateConfig(FinetuneConfig):
+    """Options of `sane-evaluate` (`scripts/evaluate.py`): fine-tune and compare saved generated models.
+
+    Args:
+        models (`str`):
+            A folder of generated models (`model_000/`, ... as written by `sane-generate`), or one model folder.
+        anchors (`str`, *optional*):
+            A folder of anchor models (`anchor_000/`, ...) to compare with; defaults to `<models>/anchors` when it
+            exists.
+        task (`str`, *optional*):
+            Task to evaluate on (`sane_hf.tasks.load_task`); defaults to the one in `<models>/generation.json`.
+        task_seed (`int`, *optional*):
+            Seed of the task split; defaults to the one in `<models>/generation.json`, else 0.
+        output_dir (`str`, *optional*):
+            Where `evaluation.{json,md,png}` go; defaults to `models`.
+        bn_condition (`bool`, *optional*, defaults to `True`), bn_split, bn_iterations, bn_batch_size:
+            BatchNorm conditioning of the noise-control and scratch models (SANE_METHOD §6.7).
+        plot (`bool`, *optional*, defaults to `True`):
+            Write `evaluation.png`.
+        num_threads (`int`, *optional*):
+            `torch.set_num_threads` for the run.
+        The `FinetuneConfig` fields set the fine-tuning schedule.
+    """
+
+    models: str | None = field(default=None, metadata={"help": "Folder of generated models (model_000/, ...)."})
+    anchors: str | None = field(
+        default=None, metadata={"help": "Folder of anchor models (default: <models>/anchors if it exists)."}
+    )
+    task: str | None = field(default=None, metadata={"help": "Task (default: from <models>/generation.json)."})
+    task_seed: int | None = field(default=None, metadata={"help": "Task split seed (default: from generation.json)."})
+    output_dir: str | None = field(default=None, metadata={"help": "Folder for the reports (default: --models)."})
+    bn_condition: bool = field(default=True, metadata={"help": "BatchNorm-condition noise-control/scratch models."})
+    bn_split: str = field(default="train", metadata={"help": "Task split of the conditioning passes: train or val."})
+    bn_iterations: int = field(default=20, metadata={"help": "Forward passes of the BatchNorm conditioning."})
+    bn_batch_size: int = field(default=64, metadata={"help": "Images per BatchNorm conditioning pass."})
+    plot: bool = field(default=True, metadata={"help": "Write evaluation.png (needs matplotlib)."})
+    num_threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's)."})
+
+    def __post_init__(self):
+        owner = type(self).__name__
+        if not self.models:
+            raise ValueError(f"{owner}: `models` is required: a folder of generated models.")
+        _check_choice(owner, "bn_split", self.bn_split, BN_SPLITS)
+        _check_int(owner, "bn_iterations", self.bn_iterations, 1)
+        _check_int(owner, "bn_batch_size", self.bn_batch_size, 1)
+        _check_int(owner, "task_seed", self.task_seed, 0, optional=True)
+        _check_int(owner, "num_threads", self.num_threads, 0, optional=True)
+        self._check_finetune()
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))

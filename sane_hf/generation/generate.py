@@ -1,0 +1,601 @@
+"""Generate networks with a pretrained SANE: anchors → sampling → decoding → BN conditioning → evaluation → Hub.
+
+The whole of SANE_METHOD §6 behind one call, `generate(GenerateConfig(...))` (`sane-generate`):
+
+1. Load the SANE (`SaneModel.from_pretrained`, with its `sane_layout.json` / `sane_normalization.json`) and the
+   tokenized zoo; choose anchors (best models by a property at one epoch) and embed them with haloed windows.
+2. Sample latents with the chosen sampler (`samplers.py`): KDE, subsampling (draw `num_candidates`, keep the best `n`
+   by accuracy on train/validation images), bootstrapping, or a Gaussian.
+3. Decode them (`decode.py`), rebuild each network with its anchor's architecture arguments, load strictly, and
+   condition BatchNorm statistics (`bn_conditioning.py`).
+4. Optionally fine-tune and compare with scratch, fine-tuned anchors and the noise control (`evaluate.py`).
+5. Save each network with its zoo class's `save_pretrained` into `<output_dir>/model_000/`, ... with a card rendered
+   from `sane_hf/hub/templates/generated_model_card.md`, and optionally push the folder as ONE Hub repo.
+
+One repo with subfolders (rather than one repo per network) because the networks of a run are one artifact: they
+share a SANE, anchors, a sampler and an evaluation, and are compared and ensembled together; one repo keeps the
+`generation.json` and the evaluation report next to them and costs one commit. Each subfolder is a complete
+`PyTorchModelHubMixin` folder (`config.json` + `model.safetensors` + `README.md`) that `load_zoo_model` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..tasks import evaluate as evaluate_split
+from .bn_conditioning import condition_batchnorm, has_batchnorm
+from .configs import GenerateConfig
+from .decode import ModelDecoder
+from .evaluate import (
+    EvaluationReport,
+    classifier_parameter_names,
+    compare_with_baselines,
+    weight_distances,
+    write_evaluation_report,
+)
+from .samplers import (
+    AnchorSet,
+    LatentSamples,
+    bootstrap,
+    embed_anchors,
+    load_anchors,
+    sample_gaussian,
+    sample_kde,
+    subsample,
+)
+
+
+logger = logging.getLogger(__name__)
+
+GENERATION_JSON = "generation.json"
+MODEL_FOLDER = "model_{:03d}"
+ANCHOR_FOLDER = "anchor_{:03d}"
+ANCHORS_DIR = "anchors"
+# Candidates decoded, built and scored at once while subsampling/bootstrapping (bounds memory for large networks).
+_SCORE_CHUNK = 64
+
+
+@dataclass
+class GenerationResult:
+    """What `generate_models` / `generate` produced.
+
+    Args:
+        models (`list[nn.Module]`): the generated networks (BN-conditioned, eval mode), best first when scored.
+        samples (`LatentSamples`): their latents, anchor indices and selection scores.
+        anchors (`AnchorSet`): the anchors (tokens, latents, ids, architecture arguments).
+        anchor_models (`list[nn.Module]`): the anchors as networks of the target architecture (real zoo weights).
+        config (`GenerateConfig`): the run configuration.
+        task (`TaskData`): the task the networks were conditioned/scored/evaluated on.
+        timings (`dict[str, float]`): wall times in seconds (`load`, `anchors`, `sampling`, `evaluation`, ...).
+        distances (`list[float]`): weight-space L2 distance of each network to its nearest anchor.
+        zero_shot (`list[dict]`): zero-shot train/val/test loss and accuracy of each network.
+        bootstrap_history (`list[dict]`, *optional*): per-round score statistics of bootstrapping.
+        report (`EvaluationReport`, *optional*): the comparison with baselines, when evaluated.
+        output_dir (`Path`, *optional*), url (`str`, *optional*): where it was saved / pushed.
+    """
+
+    models: list[nn.Module]
+    samples: LatentSamples
+    anchors: AnchorSet
+    anchor_models: list[nn.Module]
+    config: GenerateConfig
+    task: Any
+    timings: dict[str, float] = field(default_factory=dict)
+    distances: list[float] = field(default_factory=list)
+    zero_shot: list[dict[str, float]] = field(default_factory=list)
+    bootstrap_history: list[dict[str, float]] | None = None
+    report: EvaluationReport | None = None
+    output_dir: Path | None = None
+    url: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `generation.json` content (JSON-serializable)."""
+        scores = None if self.samples.scores is None else [float(s) for s in self.samples.scores]
+        return {
+            "sampler": self.config.sampler,
+            "sane_model": self.config.model,
+            "dataset": self.config.dataset,
+            "config": self.config.to_dict(),
+            "task": self.task.info(),
+            "anchors": self.anchors.to_dict(),
+            "models": [
+                {
+                    "folder": MODEL_FOLDER.format(index),
+                    "anchor_index": int(anchor),
+                    "anchor_model_id": self.anchors.model_ids[int(anchor)],
+                    "selection_score": None if scores is None else scores[index],
+                    "distance_to_nearest_anchor": self.distances[index] if self.distances else None,
+                    "zero_shot": self.zero_shot[index] if self.zero_shot else None,
+                }
+                for index, anchor in enumerate(self.samples.anchor_index.tolist())
+            ],
+            "bootstrap_history": self.bootstrap_history,
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+
+
+class SaneGenerator:
+    """Sampling, decoding and BN conditioning of networks from one SANE and one anchor set (SANE_METHOD §6).
+
+    Args:
+        sane (`SaneModel`): the pretrained SANE.
+        zoo (`SaneZooDataset`): the tokenized zoo (anchors, layout, normalization, architecture).
+        config (`GenerateConfig`): sampler, anchors, target and conditioning settings.
+        task (`TaskData`, *optional*): the task; by default `config.task` or the zoo's task.
+
+    Example:
+
+    ```python
+    >>> generator = SaneGenerator(sane, zoo, GenerateConfig(model="runs/sane", dataset="runs/zoo_ds"))
+    >>> samples, history = generator.sample(torch.Generator().manual_seed(0))
+    >>> models = generator.build(samples)
+    ```
+    """
+
+    def __init__(self, sane: Any, zoo: Any, config: GenerateConfig, task: Any | None = None):
+        from ..tasks import load_task
+        from ..tokenization import TokenLayout, TokenNormalization
+
+        self.sane = sane.eval()
+        self.zoo = zoo
+        self.config = config
+        self.layout = zoo.layout
+        if getattr(sane, "sane_layout", None) is not None and TokenLayout.from_dict(sane.sane_layout) != zoo.layout:
+            raise ValueError(
+                f"The SANE {config.model} was trained on another token layout than the zoo {config.dataset} uses; "
+                "anchors must come from a zoo tokenized like the SANE's training data."
+            )
+        self.normalization = None
+        if zoo.info.tokens_normalized:
+            sidecar = getattr(sane, "sane_normalization", None)
+            self.normalization = TokenNormalization.from_dict(sidecar) if sidecar else zoo.normalization
+        if task is None:
+            source_task = (zoo.info.source or {}).get("task") or {}
+            name = config.task or (source_task.get("name") if isinstance(source_task, dict) else source_task)
+            if not name:
+                raise ValueError(f"The zoo {config.dataset} does not record its task; pass --task (e.g. digits).")
+            seed = (
+                config.task_seed
+                if config.task_seed is not None
+                else (source_task.get("seed", 0) if isinstance(source_task, dict) else 0)
+            )
+            task = load_task(name, seed=seed)
+        self.task = task
+        self.architecture = zoo.info.architecture
+        self.anchors = load_anchors(
+            zoo,
+            split=config.anchor_split,
+            num_anchors=config.num_anchors,
+            property_name=config.anchor_property,
+            epoch=config.anchor_epoch,
+            filters=config.anchor_filter,
+        )
+        embed_anchors(sane, self.anchors, self.layout.positions, batch_size=config.decode_batch_size)
+        target_kwargs = dict(config.target_model_kwargs or {})
+        if config.num_classes is not None:
+            target_kwargs["num_classes"] = config.num_classes
+        self.decoder = ModelDecoder(
+            sane,
+            self.layout,
+            self.normalization,
+            self.architecture,
+            self.anchors.model_kwargs,
+            target_model_kwargs=target_kwargs,
+            reset_classifier=config.reset_classifier,
+            batch_size=config.decode_batch_size,
+            init_seed=config.seed * 100_003,
+        )
+        score_images, score_labels = task.split(config.score_split)
+        if config.score_max_samples is not None:
+            score_images, score_labels = (
+                score_images[: config.score_max_samples],
+                score_labels[: config.score_max_samples],
+            )
+        self.score_data = (score_images, score_labels)
+        self.bn_images = task.split(config.bn_split).images
+        logger.info(
+            "Anchors: %d %s models of %r (epoch %s, %s %.4f-%.4f).",
+            len(self.anchors),
+            self.architecture,
+            config.anchor_split,
+            sorted(set(self.anchors.epochs)),
+            config.anchor_property,
+            min(self.anchors.values),
+            max(self.anchors.values),
+        )
+
+    # ---------------------------------------------------------------------------------------------------- networks
+    def condition(self, model: nn.Module) -> nn.Module:
+        """BN conditioning on `config.bn_split` images (SANE_METHOD §6.7); the batch order is fixed per call."""
+        if not self.config.bn_condition or not has_batchnorm(model):
+            return model
+        generator = torch.Generator().manual_seed(self.config.seed)
+        return condition_batchnorm(
+            model, self.bn_images, self.config.bn_iterations, self.config.bn_batch_size, generator=generator
+        )
+
+    def build(self, samples: LatentSamples) -> list[nn.Module]:
+        """Decode, rebuild and BN-condition the networks of `samples` (the same sample always gives the same network)."""
+        models = []
+        for start in range(0, len(samples), _SCORE_CHUNK):
+            chunk = samples.select(range(start, min(start + _SCORE_CHUNK, len(samples))))
+            models.extend(self.condition(model) for model in self.decoder(chunk.latents, chunk.anchor_index))
+        return models
+
+    def build_from_tokens(self, tokens: torch.Tensor, anchor_index: torch.Tensor) -> list[nn.Module]:
+        """Networks from zoo tokens (no SANE involved), e.g. the anchors themselves, BN statistics kept as stored."""
+        return self.decoder.build(tokens, anchor_index)
+
+    def anchor_models(self) -> list[nn.Module]:
+        """The anchors as networks of the target architecture: their real zoo weights and BatchNorm statistics (a
+        reset classifier is fresh), the baseline of fine-tuning pretrained models (PAPER_RESULTS §1.7)."""
+        return self.build_from_tokens(self.anchors.tokens, torch.arange(len(self.anchors)))
+
+    def reconstructed_anchors(self) -> list[nn.Module]:
+        """The anchors encoded and decoded without noise (KDE with bandwidth 0): the decoding error alone."""
+        samples = LatentSamples(latents=self.anchors.latents, anchor_index=torch.arange(len(self.anchors)))
+        return self.build(samples)
+
+    def score(self, samples: LatentSamples) -> torch.Tensor:
+        """Accuracy of each sample's network on the score split (train or validation images, never test)."""
+        images, labels = self.score_data
+        scores = []
+        for start in range(0, len(samples), _SCORE_CHUNK):
+            chunk = samples.select(range(start, min(start + _SCORE_CHUNK, len(samples))))
+            # Built one chunk at a time and dropped after scoring: only the kept samples are rebuilt at the end.
+            scores.extend(evaluate_split(model, images, labels)["acc"] for model in self.build(chunk))
+        return torch.tensor(scores, dtype=torch.float64)
+
+    # ---------------------------------------------------------------------------------------------------- sampling
+    def sample(self, generator: torch.Generator | None = None) -> tuple[LatentSamples, list[dict] | None]:
+        """Draw the final `config.n` latent samples with `config.sampler` (seeded by `generator`).
+
+        Returns:
+            `(samples, bootstrap_history)`; samples are best first for the scoring samplers.
+        """
+        config = self.config
+        anchors = self.anchors.latents
+        if config.sampler == "kde":
+            return sample_kde(anchors, config.n, config.bandwidth, mode=config.kde_mode, generator=generator), None
+        if config.sampler == "gaussian":
+            return sample_gaussian(anchors, config.n, generator=generator), None
+        if config.sampler == "subsample":
+            candidates = sample_kde(
+                anchors, config.num_candidates, config.bandwidth, mode=config.kde_mode, generator=generator
+            )
+            return subsample(candidates, self.score, config.n), None
+        result = bootstrap(
+            anchors,
+            self.score,
+            num_models=config.n,
+            iterations=config.bootstrap_iterations,
+            samples_per_iteration=config.bootstrap_samples,
+            keep_top=config.bootstrap_keep,
+            bandwidth=config.bandwidth,
+            mode=config.kde_mode,
+            generator=generator,
+            pool=config.bootstrap_pool,
+        )
+        return result.samples, result.history
+
+    def distance_exclude(self, model: nn.Module) -> list[str]:
+        """Parameters left out of weight-space distances: a re-initialized classifier."""
+        return classifier_parameter_names(model) if self.config.reset_classifier else []
+
+
+def _zero_shot(model: nn.Module, task: Any) -> dict[str, float]:
+    row = {}
+    for split in ("train", "val", "test"):
+        metrics = evaluate_split(model, *task.split(split))
+        row[f"{split}_loss"], row[f"{split}_acc"] = metrics["loss"], metrics["acc"]
+    return row
+
+
+def generate_models(
+    sane: Any, zoo: Any, config: GenerateConfig, task: Any | None = None, generator: torch.Generator | None = None
+) -> GenerationResult:
+    """Generate `config.n` networks (no files written): anchors, sampling, decoding, conditioning, optional evaluation.
+
+    Args:
+        sane (`SaneModel`): the pretrained SANE.
+        zoo (`SaneZooDataset`): the tokenized zoo of the anchors.
+        config (`GenerateConfig`): the run configuration.
+        task (`TaskData`, *optional*): the task; defaults to `config.task` or the zoo's.
+        generator (`torch.Generator`, *optional*): source of the sampling randomness; defaults to one seeded with
+            `config.seed`.
+    """
+    timings = {}
+    start = time.perf_counter()
+    engine = SaneGenerator(sane, zoo, config, task=task)
+    timings["anchors"] = time.perf_counter() - start
+    generator = generator if generator is not None else torch.Generator().manual_seed(config.seed)
+
+    start = time.perf_counter()
+    samples, history = engine.sample(generator)
+    models = engine.build(samples)
+    timings["sampling"] = time.perf_counter() - start
+    logger.info("Generated %d networks with %s in %.1f s.", len(models), config.sampler, timings["sampling"])
+
+    anchor_models = engine.anchor_models()
+    exclude = engine.distance_exclude(models[0])
+    distances, _ = weight_distances(models, anchor_models, exclude)
+    zero_shot = [_zero_shot(model, engine.task) for model in models]
+    result = GenerationResult(
+        models=models,
+        samples=samples,
+        anchors=engine.anchors,
+        anchor_models=anchor_models,
+        config=config,
+        task=engine.task,
+        timings=timings,
+        distances=distances.tolist(),
+        zero_shot=zero_shot,
+        bootstrap_history=history,
+    )
+    if config.evaluate:
+        start = time.perf_counter()
+        result.report = compare_with_baselines(
+            models,
+            anchor_models,
+            engine.task,
+            config,
+            engine.architecture,
+            [engine.decoder.model_kwargs(a) for a in samples.anchor_index.tolist()],
+            condition=engine.condition,
+            exclude=exclude,
+            extra_populations=(
+                {"anchors_reconstructed": engine.reconstructed_anchors()} if config.evaluate_reconstructions else None
+            ),
+            generation_seconds=timings["sampling"],
+        )
+        timings["evaluation"] = time.perf_counter() - start
+        result.report.extra["generation"] = {
+            "sampler": config.sampler,
+            "bandwidth": config.bandwidth,
+            "kde_mode": config.kde_mode,
+            "n": config.n,
+            "num_candidates": config.num_candidates if config.sampler == "subsample" else None,
+            "anchors": len(engine.anchors),
+            "anchor_mean": sum(engine.anchors.values) / len(engine.anchors),
+            "sampling_seconds": round(timings["sampling"], 3),
+        }
+    return result
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# Saving and pushing
+# -------------------------------------------------------------------------------------------------------------------
+
+
+def _is_local(path: str | None) -> bool:
+    return bool(path) and (Path(path).exists() or str(path).startswith((".", "/", "~")))
+
+
+def _model_results(result: GenerationResult, index: int) -> dict[str, float]:
+    results = {"zero-shot test accuracy": result.zero_shot[index]["test_acc"]} if result.zero_shot else {}
+    if result.report is not None and "generated" in result.report.populations:
+        history = result.report.populations["generated"].histories[index]
+        last = history[-1]
+        if last["epoch"] > 0:
+            results[f"test accuracy after {last['epoch']} fine-tuning epochs"] = last["test_acc"]
+    return results
+
+
+def _card_context(result: GenerationResult) -> dict[str, Any]:
+    config = result.config
+    anchors = result.anchors
+    base_model = config.base_model or (None if _is_local(config.model) else config.model)
+    bn = None
+    if result.models and has_batchnorm(result.models[0]):
+        bn = (
+            f"{config.bn_iterations} forward passes of {config.bn_batch_size} `{config.bn_split}` images, BatchNorm "
+            "layers in train mode, statistics re-estimated as a cumulative average"
+            if config.bn_condition
+            else "disabled"
+        )
+    generation = {
+        "sampler": config.sampler,
+        "kde_mode": config.kde_mode,
+        "bandwidth": config.bandwidth,
+        "seed": config.seed,
+        "num_candidates": config.num_candidates if config.sampler == "subsample" else None,
+        "score_split": config.score_split if config.sampler in ("subsample", "bootstrap") else None,
+        "anchor_split": anchors.split,
+        "anchor_property": anchors.property_name,
+        "anchors": anchors.model_ids,
+        "sane_model": config.model,
+        "dataset": config.dataset,
+    }
+    return {
+        "architecture": getattr(result.models[0], "zoo_name", None) or type(result.models[0]).__name__,
+        "sampler": config.sampler,
+        "sane_model": config.model,
+        "base_model": base_model,
+        "zoo_dataset": config.dataset,
+        "task_name": result.task.name,
+        "generation": {k: v for k, v in generation.items() if v is not None},
+        "anchor_summary": (
+            f"{len(anchors)} anchors: the best models of the `{anchors.split}` split by `{anchors.property_name}` "
+            f"at epoch {sorted(set(anchors.epochs))[0] if len(set(anchors.epochs)) == 1 else sorted(set(anchors.epochs))}"
+            f", {anchors.property_name} {min(anchors.values):.4f}-{max(anchors.values):.4f}"
+        ),
+        "bn_description": bn,
+        "reset_classifier": config.reset_classifier,
+        "num_classes": getattr(result.models[0], "num_classes", None),
+        "score_split": config.score_split,
+    }
+
+
+def save_generated_models(
+    result: GenerationResult, output_dir: str | os.PathLike, overwrite: bool = False, plot: bool = True
+) -> Path:
+    """Write a generation run atomically: `model_000/`, ... (`config.json` + `model.safetensors` + `README.md`),
+    `anchors/anchor_000/`, ..., `generation.json`, the evaluation report and a repo-level `README.md`.
+
+    Everything is written into a temporary sibling folder that is renamed into place at the end, so `output_dir`
+    never holds a half-written run.
+
+    Raises:
+        `FileExistsError`: `output_dir` exists and is not empty, and `overwrite` is `False`.
+    """
+    from ..hub.generated_cards import build_generated_model_card
+
+    output_dir = Path(output_dir)
+    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{output_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it."
+        )
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output_dir.parent / f".{output_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        context = _card_context(result)
+        repo_id = result.config.push_to_hub
+        scores = None if result.samples.scores is None else result.samples.scores.tolist()
+        members = []
+        for index, model in enumerate(result.models):
+            folder = tmp / MODEL_FOLDER.format(index)
+            folder.mkdir()
+            anchor = int(result.samples.anchor_index[index])
+            card = build_generated_model_card(
+                **context,
+                model_name=f"SANE-generated {context['architecture']} #{index:03d}",
+                repo_id=repo_id,
+                subfolder=folder.name,
+                num_parameters=model.num_parameters() if hasattr(model, "num_parameters") else None,
+                anchor_model_id=result.anchors.model_ids[anchor],
+                distance=result.distances[index] if result.distances else None,
+                selection_score=None if scores is None else scores[index],
+                results=_model_results(result, index),
+            )
+            # The mixin writes README.md only if absent, so the generated card written first is kept.
+            card.save(folder / "README.md")
+            model.save_pretrained(folder)
+            members.append(
+                {
+                    "folder": folder.name,
+                    "anchor": result.anchors.model_ids[anchor],
+                    "score": "" if scores is None else f"{scores[index]:.4f}",
+                    "zero_shot": f"{result.zero_shot[index]['test_acc']:.4f}" if result.zero_shot else "",
+                }
+            )
+        anchors_dir = tmp / ANCHORS_DIR
+        anchors_dir.mkdir()
+        for index, model in enumerate(result.anchor_models):
+            model.save_pretrained(anchors_dir / ANCHOR_FOLDER.format(index))
+        results = {}
+        if result.zero_shot:
+            values = [row["test_acc"] for row in result.zero_shot]
+            results["mean zero-shot test accuracy"] = sum(values) / len(values)
+        if result.report is not None:
+            mean, _ = result.report.populations["generated"].curve("test_acc")
+            epochs = result.report.populations["generated"].epochs
+            if epochs[-1] > 0:
+                results[f"mean test accuracy after {epochs[-1]} fine-tuning epochs"] = mean[-1]
+            ensemble = result.report.populations["generated"].ensemble.get(f"epoch_{epochs[-1]}", {})
+            if "test_acc" in ensemble:
+                results[f"ensemble test accuracy after {epochs[-1]} fine-tuning epochs"] = ensemble["test_acc"]
+        build_generated_model_card(
+            **context,
+            model_name=f"SANE-generated {context['architecture']} networks ({len(result.models)})",
+            repo_id=repo_id,
+            results=results,
+            members=members,
+        ).save(tmp / "README.md")
+        (tmp / GENERATION_JSON).write_text(json.dumps(result.to_dict(), indent=1, default=str) + "\n")
+        if result.report is not None:
+            write_evaluation_report(result.report, tmp, plot=plot)
+        if output_dir.exists():
+            old = output_dir.parent / f".{output_dir.name}.old-{os.getpid()}"
+            os.replace(output_dir, old)
+            os.replace(tmp, output_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, output_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    result.output_dir = output_dir
+    logger.info("Saved %d generated networks to %s.", len(result.models), output_dir)
+    return output_dir
+
+
+def push_generated_models(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str | None = None,
+    include_anchors: bool = False,
+) -> str:
+    """Upload a folder written by `save_generated_models` as ONE Hub model repo, in one commit.
+
+    The repo holds the repo-level `README.md`, `generation.json`, the evaluation report and the subfolders
+    `model_000/`, ... . The `anchors/` folder (copies of zoo checkpoints, which live in the source dataset) is left out
+    unless `include_anchors=True`. Stale `model_*` folders of an earlier upload are deleted in the same commit.
+
+    Returns:
+        `str`: the commit URL.
+    """
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    if not (folder / GENERATION_JSON).is_file():
+        raise FileNotFoundError(
+            f"{folder / GENERATION_JSON}: missing; push_generated_models uploads sane-generate output."
+        )
+    api = HfApi(token=token)
+    api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
+    commit = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=folder,
+        repo_type="model",
+        commit_message=commit_message or "Upload SANE-generated models (sane_hf)",
+        ignore_patterns=None if include_anchors else [f"{ANCHORS_DIR}/*"],
+        delete_patterns=["model_*/*"],
+    )
+    url = getattr(commit, "commit_url", None) or str(commit)
+    logger.info("Pushed %s to the Hub model repo %s (%s).", folder, repo_id, url)
+    return url
+
+
+def generate(config: GenerateConfig) -> GenerationResult:
+    """`sane-generate`: load the SANE and the zoo, generate, evaluate, save to `config.output_dir`, optionally push.
+
+    Returns:
+        `GenerationResult` (with `output_dir`, `url` and `report` set).
+    """
+    from ..data.hub_dataset import load_zoo_dataset
+    from ..models.sane import SaneModel
+
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    output_dir = Path(config.output_dir)
+    if output_dir.exists() and any(output_dir.iterdir()) and not config.overwrite:
+        # Fail before hours of work, not after.
+        raise FileExistsError(f"{output_dir} exists and is not empty; pass --overwrite to replace it.")
+    start = time.perf_counter()
+    sane = SaneModel.from_pretrained(config.model).eval()
+    zoo = load_zoo_dataset(config.dataset)
+    load_seconds = time.perf_counter() - start
+    result = generate_models(sane, zoo, config)
+    result.timings["load"] = load_seconds
+    save_generated_models(result, output_dir, overwrite=config.overwrite, plot=config.plot and config.evaluate)
+    if config.push_to_hub:
+        result.url = push_generated_models(output_dir, config.push_to_hub, private=config.hub_private)
+    if not math.isfinite(sum(result.distances or [0.0])):
+        logger.warning("Some generated networks have non-finite weights.")
+    return result

@@ -1,0 +1,257 @@
+"""Embed every checkpoint of a tokenized zoo with a pretrained SANE (SANE_METHOD §5.1).
+
+Upstream encodes each whole token sequence in one full-attention pass and takes the mean over tokens (`[N, L]`).
+Here the sequence goes through `SaneModel.embed` (haloed windows, SANE_METHOD §6.4, robust to every length; identical
+to one full-attention pass when the sequence fits into one window), and one encoder pass yields every pooling:
+
+* `"mean"`: the mean over all tokens, `[N, L]` (upstream's embedding);
+* `"layers"`: the mean over each layer's tokens, flattened, `[N, num_layers * L]`;
+* `"mean+layers"`: both, concatenated, `[N, (1 + num_layers) * L]` (a cheap way to keep where in the model a latent
+  came from, which the global mean throws away);
+* `"concat"`: every token latent, flattened, `[N, S * L]` (MZ-SANE's `aggregate_embeddings="flatten"`; the best SANE
+  number of CALIBRATION.md; only sensible for short sequences).
+
+Tokens are read in batches straight from the memory-mapped Arrow split (`ArrowTokenStore`), so a zoo never has to fit
+in memory, and the encoder runs without gradients, optionally under bf16 autocast.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.windows import ArrowTokenStore
+from ..tokenization import TokenLayout, TokenPermuter
+
+
+logger = logging.getLogger(__name__)
+
+POOLINGS = ("mean", "layers", "mean+layers", "concat")
+# Above this many features per checkpoint, "concat" logs a warning (the probe solves an n x n or F x F system).
+_CONCAT_WARN_FEATURES = 50_000
+
+
+def read_columns(split_dataset, names: Sequence[str], rows: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+    """Small columns of a split as numpy arrays: numbers as float64 (null -> NaN), strings/bools as object arrays.
+
+    Args:
+        split_dataset (`datasets.Dataset`): one split of a tokenized zoo (any format, with or without indices).
+        names (`Sequence[str]`): column names.
+        rows (`Sequence[int]`, *optional*): only these rows, in this order.
+    """
+    import pyarrow as pa
+
+    missing = [n for n in names if n not in split_dataset.column_names]
+    if missing:
+        raise ValueError(f"Unknown column(s) {missing}; the split has {split_dataset.column_names}.")
+    table = split_dataset.select_columns(list(names)).with_format("arrow")[:]
+    values = {}
+    for name in names:
+        column = table.column(name)
+        if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+            array = column.to_numpy().astype(np.float64) if column.null_count == 0 else None
+            if array is None:
+                array = np.array([np.nan if v is None else float(v) for v in column.to_pylist()], dtype=np.float64)
+        else:
+            array = np.array(column.to_pylist(), dtype=object)
+        values[name] = array if rows is None else array[np.asarray(rows, dtype=np.int64)]
+    return values
+
+
+def iter_token_batches(
+    split_dataset, batch_size: int = 256, rows: Sequence[int] | None = None
+) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """Full token sequences `[b, S, T]` of a split, `batch_size` checkpoints at a time, from the Arrow data.
+
+    Args:
+        split_dataset (`datasets.Dataset`): one split of a tokenized zoo.
+        batch_size (`int`, *optional*, defaults to 256): checkpoints per batch.
+        rows (`Sequence[int]`, *optional*): only these rows, in this order (default: all).
+
+    Yields:
+        `(rows, tokens)`: the row indices of the batch and a float tensor of their tokens (a copy).
+    """
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
+    store = ArrowTokenStore(split_dataset)
+    order = np.arange(store.num_rows) if rows is None else np.asarray(rows, dtype=np.int64)
+    for start in range(0, len(order), batch_size):
+        batch_rows = order[start : start + batch_size]
+        yield batch_rows, store.rows(torch.from_numpy(batch_rows)).float()
+
+
+def layer_pooling_matrix(token_layer: torch.Tensor, num_layers: int | None = None) -> torch.Tensor:
+    """`[num_layers, S]` matrix whose rows average the tokens of each layer (`A @ latents` = per-layer means)."""
+    token_layer = torch.as_tensor(token_layer, dtype=torch.long)
+    num_layers = int(token_layer.max()) + 1 if num_layers is None else num_layers
+    one_hot = torch.nn.functional.one_hot(token_layer, num_layers).T.float()  # [num_layers, S]
+    return one_hot / one_hot.sum(dim=1, keepdim=True).clamp(min=1.0)
+
+
+def pool_token_latents(token_latents: torch.Tensor, pooling_matrix: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Features `[B, F]` from token latents `[B, S, L]` for one of `POOLINGS` (see the module docstring)."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"`pooling` must be one of {POOLINGS}, got {pooling!r}.")
+    batch_size = token_latents.shape[0]
+    if pooling == "concat":
+        return token_latents.reshape(batch_size, -1)
+    mean = token_latents.mean(dim=1)
+    if pooling == "mean":
+        return mean
+    layers = torch.einsum("ls,bsd->bld", pooling_matrix.to(token_latents), token_latents).reshape(batch_size, -1)
+    return layers if pooling == "layers" else torch.cat([mean, layers], dim=1)
+
+
+def check_model_matches_layout(model, layout: TokenLayout) -> None:
+    """Raise a `ValueError` naming both numbers if the SANE's token size or position tables do not fit `layout`."""
+    config = model.config
+    if config.token_size != layout.token_size:
+        raise ValueError(
+            f"The SANE model has token_size {config.token_size}, but the dataset's tokens have token_size "
+            f"{layout.token_size}; retokenize the zoo with --token_size {config.token_size} or use a SANE trained "
+            "on this tokenization."
+        )
+    for coordinate, (needed, have) in enumerate(zip(layout.max_positions, config.max_positions)):
+        if have < needed:
+            raise ValueError(
+                f"The SANE model has max_positions[{coordinate}]={have}, but the dataset's layout needs {needed} "
+                f"(positions {layout.max_positions}); this SANE cannot embed these models."
+            )
+
+
+def embed_zoo(
+    model,
+    split_dataset,
+    layout: TokenLayout,
+    batch_size: int = 64,
+    dtype: torch.dtype | str | None = None,
+    pooling: str | Sequence[str] = "mean",
+    properties: Sequence[str] | None = None,
+    rows: Sequence[int] | None = None,
+    token_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    permuter: TokenPermuter | None = None,
+    num_permutations: int = 8,
+    generator: torch.Generator | None = None,
+) -> dict[str, Any]:
+    """Embed every checkpoint of one split with a SANE encoder (SANE_METHOD §5.1), without gradients.
+
+    Args:
+        model (`SaneModel`): the pretrained SANE; put in eval mode here (dropout off) and restored afterwards.
+        split_dataset (`datasets.Dataset`): one split of a tokenized zoo (`load_zoo_dataset(...).splits[split]`).
+        layout (`TokenLayout`): the zoo's layout (positions and the token -> layer map).
+        batch_size (`int`, *optional*, defaults to 64): checkpoints read and encoded per step.
+        dtype (`torch.dtype` or `str`, *optional*): `torch.bfloat16` / `"bf16"` runs the encoder under bf16 autocast;
+            default full precision. Outputs are float32 either way.
+        pooling (`str` or `Sequence[str]`, *optional*, defaults to `"mean"`): one or more of `POOLINGS`; each gives
+            an entry of `features`.
+        properties (`Sequence[str]`, *optional*): property columns to return as `targets` (default: none).
+        rows (`Sequence[int]`, *optional*): embed only these rows, in this order.
+        token_transform (`Callable`, *optional*): applied to each `[b, S, T]` token batch before encoding (e.g. to
+            re-normalize tokens with the model's own statistics).
+        permuter (`TokenPermuter`, *optional*): average every output over `num_permutations` random
+            function-preserving permutations of each checkpoint (test-time augmentation). A network and its
+            permutations are the same function (SANE_METHOD §2.5, §4.2), but SANE's latents are not invariant to
+            them; the average is an embedding of the function rather than of one arbitrary ordering of its units.
+        num_permutations (`int`, *optional*, defaults to 8): permutations per checkpoint when `permuter` is set.
+        generator (`torch.Generator`, *optional*): draws the permutations (reproducible runs).
+
+    Returns:
+        `dict` with `embeddings` (`[N, L]`, mean over tokens), `layer_embeddings` (`[N, num_layers, L]`, mean over
+        each layer's tokens), `features` (`{pooling: [N, F]}`), `targets` (`{property: np.ndarray}`) and `rows`.
+
+    Example:
+
+    ```python
+    >>> zoo = load_zoo_dataset("runs/zoo_ds")
+    >>> model = SaneModel.from_pretrained("runs/sane")
+    >>> out = embed_zoo(model, zoo.splits["test"], zoo.layout, pooling=["mean", "mean+layers"], properties=["test_acc"])
+    >>> out["embeddings"].shape, out["features"]["mean+layers"].shape
+    (torch.Size([598, 32]), torch.Size([598, 192]))
+    ```
+    """
+    poolings = [pooling] if isinstance(pooling, str) else list(pooling)
+    for name in poolings:
+        if name not in POOLINGS:
+            raise ValueError(f"`pooling` must be among {POOLINGS}, got {name!r}.")
+    if isinstance(dtype, str):
+        if dtype not in ("bf16", "bfloat16", "fp32", "float32"):
+            raise ValueError(f"`dtype` must be None, 'bf16' or 'float32', got {dtype!r}.")
+        dtype = torch.bfloat16 if dtype in ("bf16", "bfloat16") else None
+    if dtype not in (None, torch.float32, torch.bfloat16):
+        raise ValueError(f"`dtype` must be None, torch.float32 or torch.bfloat16, got {dtype!r}.")
+    if permuter is not None and (not isinstance(num_permutations, int) or num_permutations < 1):
+        raise ValueError(f"`num_permutations` must be a positive int, got {num_permutations!r}.")
+    check_model_matches_layout(model, layout)
+    device = next(model.parameters()).device
+    positions = layout.positions
+    pooling_matrix = layer_pooling_matrix(layout.token_layer, layout.num_layers)
+    if "concat" in poolings and layout.num_tokens * model.config.latent_dim > _CONCAT_WARN_FEATURES:
+        logger.warning(
+            "pooling='concat' gives %d features per checkpoint (%d tokens x %d); the probe will be slow.",
+            layout.num_tokens * model.config.latent_dim,
+            layout.num_tokens,
+            model.config.latent_dim,
+        )
+
+    was_training = model.training
+    model.eval()
+    embeddings, layer_embeddings = [], []
+    features: dict[str, list[torch.Tensor]] = {name: [] for name in poolings}
+    order = []
+    try:
+        for batch_rows, batch_tokens in iter_token_batches(split_dataset, batch_size, rows):
+            draws = num_permutations if permuter is not None else 1
+            sums: dict[str, torch.Tensor] = {}
+            for _ in range(draws):
+                tokens = batch_tokens
+                if permuter is not None:
+                    permutations = permuter.sample_permutations(generator, batch_size=len(tokens))
+                    start = torch.zeros(len(tokens), dtype=torch.long)
+                    tokens = permuter.apply(tokens, permutations, start=start, window_size=layout.num_tokens)
+                if token_transform is not None:
+                    tokens = token_transform(tokens)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                    _, token_latents = model.embed(
+                        tokens.to(device), positions.to(device), batch_size=batch_size, return_token_latents=True
+                    )
+                token_latents = token_latents.float().cpu()
+                outputs = {
+                    "embeddings": token_latents.mean(dim=1),
+                    "layer_embeddings": torch.einsum("ls,bsd->bld", pooling_matrix, token_latents),
+                }
+                outputs.update({name: pool_token_latents(token_latents, pooling_matrix, name) for name in poolings})
+                for key, value in outputs.items():
+                    sums[key] = sums[key] + value if key in sums else value
+            embeddings.append(sums["embeddings"] / draws)
+            layer_embeddings.append(sums["layer_embeddings"] / draws)
+            for name in poolings:
+                features[name].append(sums[name] / draws)
+            order.append(batch_rows)
+    finally:
+        model.train(was_training)
+    latent_dim = model.config.latent_dim
+    order = np.concatenate(order) if order else np.zeros(0, dtype=np.int64)
+    return {
+        "embeddings": torch.cat(embeddings) if embeddings else torch.zeros(0, latent_dim),
+        "layer_embeddings": (
+            torch.cat(layer_embeddings) if layer_embeddings else torch.zeros(0, layout.num_layers, latent_dim)
+        ),
+        "features": {name: torch.cat(values) if values else torch.zeros(0, 0) for name, values in features.items()},
+        "targets": read_columns(split_dataset, list(properties or []), order) if properties else {},
+        "rows": order,
+    }
+
+
+__all__ = [
+    "POOLINGS",
+    "check_model_matches_layout",
+    "embed_zoo",
+    "iter_token_batches",
+    "layer_pooling_matrix",
+    "pool_token_latents",
+    "read_columns",
+]

@@ -1,0 +1,668 @@
+"""Property prediction end to end: features, probes, fine-tuning, and the report (`results.json`, `results.md`, plots).
+
+`predict_properties(PredictConfig)` reproduces SANE's downstream evaluation (SANE_METHOD §5) on a tokenized zoo:
+
+1. embed every checkpoint of every split with the SANE encoder (`embed_zoo`; mean pooling as upstream, plus the
+   per-layer and concatenated variants);
+2. compute the baselines on the same rows from the same normalized tokens: raw weights W and layer statistics s(W)
+   (`baselines.py`, SANE_METHOD §5.4);
+3. fit the linear probe of each property on each feature set (ridge R² with alpha chosen on val, or the classifier's
+   accuracy; `probe.py`, SANE_METHOD §5.2-5.3), with features as upstream and/or standardized on train;
+4. optionally fine-tune the encoder end to end (`SaneForPropertyPrediction`) and gradient boosting as extra rows;
+5. write `results.json` (one record per property x method x feature scaling: scores on train/val/test, the chosen
+   alpha), `results.md` (the comparison tables) and PNG plots (predicted vs. true per property for SANE, a 2-D PCA of
+   the SANE embeddings coloured by test accuracy), each file atomically (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.hub_dataset import SaneZooDataset, load_zoo_dataset
+from ..models.sane import SaneModel
+from ..tokenization import TokenLayout, TokenNormalization, TokenPermuter
+from .baselines import raw_weights, weight_statistics
+from .configs import PredictConfig
+from .embed import check_model_matches_layout, embed_zoo, iter_token_batches, read_columns
+from .finetune import finetune_property_predictor
+from .probe import fit_gradient_boosting, fit_probe, infer_task
+
+
+logger = logging.getLogger(__name__)
+
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+PCA_PLOT = "pca_sane_embeddings.png"
+# The checkpoint's epoch is an id column of the dataset, not in `info.properties`, but a property to predict.
+EPOCH_COLUMN = "epoch"
+SPLITS = ("train", "val", "test")
+METHOD_W, METHOD_SW = "W", "s(W)"
+METHOD_FINETUNED = "SANE fine-tuned"
+# Column order of the main table (SANE_METHOD §5: W, s(W), SANE); the rest follow in the detailed table.
+MAIN_METHODS = (METHOD_W, METHOD_SW, "SANE mean", METHOD_FINETUNED)
+_MAIN_HEADERS = {"SANE mean": "SANE linear probe (mean)"}
+
+
+def sane_method_name(pooling: str) -> str:
+    """Row name of the linear probe on a SANE pooling (`"SANE mean"`, `"SANE concat"`, ...)."""
+    return f"SANE {pooling}"
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# Inputs
+# -------------------------------------------------------------------------------------------------------------------
+
+
+def _looks_like_path(value: str) -> bool:
+    """A string that cannot be a Hub repo id (`name` or `org/name`) is meant as a local path."""
+    return value.startswith(("/", ".", "~")) or value.count("/") > 1 or "\\" in value or value.endswith("/")
+
+
+def _load_source(value: str, what: str, flag: str, loader: Callable[[str], Any]) -> Any:
+    path = Path(value).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"--{flag} {value}: expected a {what} folder or a Hub id, found a file.")
+        return loader(str(path))
+    if _looks_like_path(value):
+        raise FileNotFoundError(f"--{flag} {value}: no such {what} folder.")
+    try:
+        return loader(value)
+    except OSError as err:  # includes the Hub's connection and not-found errors
+        raise FileNotFoundError(
+            f"--{flag} {value}: not a local {what} folder, and loading it as a Hub repo failed ({err})."
+        ) from None
+
+
+def load_sane(value: str, device: str | torch.device = "cpu") -> SaneModel:
+    """A pretrained `SaneModel` from a folder or Hub id, with clear errors for missing folders/repos."""
+
+    def loader(source: str) -> SaneModel:
+        if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
+            raise FileNotFoundError(f"--model {source}: the folder has no config.json; is it a saved SANE?")
+        return SaneModel.from_pretrained(source)
+
+    model = _load_source(value, "SANE model", "model", loader)
+    return model.to(device).eval()
+
+
+def load_zoo(value: str, revision: str | None = None) -> SaneZooDataset:
+    """A tokenized zoo from a folder or Hub dataset id, with clear errors for missing folders/repos."""
+    return _load_source(value, "tokenized zoo dataset", "dataset", lambda s: load_zoo_dataset(s, revision=revision))
+
+
+def available_properties(zoo: SaneZooDataset) -> list[str]:
+    """Properties of a zoo that can be predicted: `epoch` and every property column."""
+    return [EPOCH_COLUMN, *[name for name in zoo.info.properties if name != EPOCH_COLUMN]]
+
+
+def check_properties(zoo: SaneZooDataset, properties: Sequence[str]) -> None:
+    """Raise a `ValueError` listing the available properties if one of `properties` is not in the zoo."""
+    available = available_properties(zoo)
+    unknown = [name for name in properties if name not in available]
+    if unknown:
+        raise ValueError(f"Unknown propert{'y' if len(unknown) == 1 else 'ies'} {unknown}; this zoo has {available}.")
+
+
+def token_transform_for(model: SaneModel, zoo: SaneZooDataset) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """Map the zoo's tokens into the normalization SANE was trained with, when the two differ (else None).
+
+    A SANE carries the normalization of its pretraining zoo (`sane_normalization.json`); embedding another zoo's
+    checkpoints with it must use those statistics, not the zoo's own.
+    """
+    layout = zoo.layout
+    if model.sane_layout is not None:
+        try:
+            same_layout = TokenLayout.from_dict(model.sane_layout) == layout
+        except (ValueError, KeyError, TypeError):
+            same_layout = False
+        if not same_layout:
+            logger.warning("The SANE model was pretrained on another token layout than this dataset's.")
+    if model.sane_normalization is None:
+        return None
+    model_norm = TokenNormalization.from_dict(model.sane_normalization)
+    zoo_norm = zoo.normalization if zoo.info.tokens_normalized else None
+    if zoo_norm is not None and (
+        model_norm.mode == zoo_norm.mode
+        and np.allclose(model_norm.mean, zoo_norm.mean, rtol=1e-6, atol=0)
+        and np.allclose(model_norm.std, zoo_norm.std, rtol=1e-6, atol=0)
+    ):
+        return None
+    if model_norm.layer_names != [layer.name for layer in layout.layers]:
+        logger.warning("The SANE normalization does not match the dataset's layers; using the dataset's tokens as is.")
+        return None
+    logger.info("Re-normalizing the dataset's tokens with the SANE model's normalization statistics for embedding.")
+
+    def transform(tokens: torch.Tensor) -> torch.Tensor:
+        if zoo_norm is not None:
+            tokens = zoo_norm.denormalize(tokens, layout)
+        return model_norm.normalize(tokens, layout)
+
+    return transform
+
+
+def select_rows(split_dataset, epochs: Sequence[int] | None) -> np.ndarray:
+    """Row indices of a split, restricted to checkpoints of `epochs` when given."""
+    if epochs is None:
+        return np.arange(split_dataset.num_rows, dtype=np.int64)
+    epoch = read_columns(split_dataset, [EPOCH_COLUMN])[EPOCH_COLUMN]
+    return np.flatnonzero(np.isin(epoch, np.asarray(list(epochs), dtype=np.float64))).astype(np.int64)
+
+
+def _permuter_or_none(zoo: SaneZooDataset) -> TokenPermuter | None:
+    """The zoo architecture's permutation augmentation, or None (with a warning) when it cannot be derived."""
+    from ..training.pretrain import build_permuter
+
+    try:
+        return build_permuter(zoo)
+    except (ValueError, KeyError) as err:
+        logger.warning("No permutation augmentation for this zoo (%s); permutation options are ignored.", err)
+        return None
+
+
+def baseline_features(
+    split_dataset,
+    layout: TokenLayout,
+    rows: Sequence[int] | None = None,
+    batch_size: int = 256,
+    include_padding: bool = False,
+    raw: bool = True,
+) -> dict[str, torch.Tensor]:
+    """W (`raw=True`) and s(W) features of one split, from its normalized tokens, in batches (SANE_METHOD §5.4)."""
+    mask = layout.mask
+    outputs: dict[str, list[torch.Tensor]] = {METHOD_W: []} if raw else {}
+    outputs[METHOD_SW] = []
+    for _, tokens in iter_token_batches(split_dataset, batch_size, rows):
+        outputs[METHOD_SW].append(weight_statistics(tokens, layout, include_padding=include_padding))
+        if raw:
+            outputs[METHOD_W].append(raw_weights(tokens, mask))
+    return {name: torch.cat(values) for name, values in outputs.items() if values}
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# The run
+# -------------------------------------------------------------------------------------------------------------------
+
+
+def _record(
+    property_name: str, method: str, scaling: str, result: Mapping[str, Any], num_features: int, seconds: float
+) -> dict[str, Any]:
+    record = {
+        "property": property_name,
+        "method": method,
+        "task": result["task"],
+        "metric": result["metric"],
+        "scaling": scaling,
+        "scores": {split: result["scores"].get(split) for split in SPLITS if split in result["scores"]},
+        "num_features": num_features,
+        "num_samples": result.get("num_samples"),
+        "seconds": round(seconds, 3),
+    }
+    for key in ("alpha", "C", "learning_rate", "selected_on", "classes", "best_epoch", "epochs_run"):
+        if key in result:
+            record[key] = result[key]
+    return record
+
+
+def predict_properties(cfg: PredictConfig) -> dict[str, Any]:
+    """Run property prediction as configured and write the report into `cfg.output_dir`.
+
+    Returns:
+        `dict`: the content of `results.json` (`config`, `dataset`, `model`, `records`, `timings`, `files`).
+
+    Raises:
+        `FileNotFoundError`: the model or dataset folder does not exist (or the Hub id cannot be loaded).
+        `ValueError`: the SANE's token size (or position tables) do not fit the dataset, or a property is unknown.
+    """
+    start = time.perf_counter()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    torch.manual_seed(cfg.seed)
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    zoo = load_zoo(cfg.dataset, cfg.dataset_revision)
+    check_properties(zoo, cfg.properties)
+    model = load_sane(cfg.model, device)
+    layout = zoo.layout
+    check_model_matches_layout(model, layout)
+    transform = token_transform_for(model, zoo)
+    splits = {name: zoo.splits[name] for name in SPLITS if name in zoo.splits}
+    rows = {name: select_rows(dataset, cfg.checkpoint_epochs) for name, dataset in splits.items()}
+    if len(rows.get("train", [])) == 0:
+        raise ValueError(f"No train checkpoints to fit probes on (checkpoint_epochs filter: {cfg.checkpoint_epochs}).")
+    rows = {name: r for name, r in rows.items() if len(r)}
+    splits = {name: splits[name] for name in rows}
+    dtypes = {EPOCH_COLUMN: "int64", **zoo.info.properties}
+    targets = {name: read_columns(splits[name], list(cfg.properties), rows[name]) for name in splits}
+    tasks = {p: infer_task(p, targets["train"][p], dtypes.get(p)) for p in cfg.properties}
+    logger.info("Predicting %s on splits %s.", tasks, {name: len(r) for name, r in rows.items()})
+    timings: dict[str, float] = {}
+
+    # 1. SANE embeddings: one encoder pass per split gives every pooling.
+    t0 = time.perf_counter()
+    embedded = {
+        name: embed_zoo(
+            model,
+            dataset,
+            layout,
+            batch_size=cfg.embed_batch_size,
+            dtype=cfg.embed_dtype,
+            pooling=cfg.poolings,
+            rows=rows[name],
+            token_transform=transform,
+        )
+        for name, dataset in splits.items()
+    }
+    needs_permuter = cfg.embed_permutations > 0 or (cfg.finetune_epochs > 0 and cfg.finetune_permutations)
+    permuter = _permuter_or_none(zoo) if needs_permuter else None
+    averaged = {}
+    if cfg.embed_permutations and permuter is not None:
+        generator = torch.Generator().manual_seed(cfg.seed)
+        averaged = {
+            name: embed_zoo(
+                model,
+                dataset,
+                layout,
+                batch_size=cfg.embed_batch_size,
+                dtype=cfg.embed_dtype,
+                pooling=cfg.poolings,
+                rows=rows[name],
+                token_transform=transform,
+                permuter=permuter,
+                num_permutations=cfg.embed_permutations,
+                generator=generator,
+            )
+            for name, dataset in splits.items()
+        }
+    timings["embed"] = round(time.perf_counter() - t0, 2)
+    feature_sets: dict[str, dict[str, torch.Tensor]] = {}
+
+    # 2. Baselines on the same rows.
+    if cfg.baselines:
+        t0 = time.perf_counter()
+        num_real = int(layout.mask.sum())
+        raw = num_real <= cfg.max_raw_features
+        if not raw:
+            logger.info("Skipping the W baseline: %d values per checkpoint > max_raw_features.", num_real)
+        per_split = {
+            name: baseline_features(dataset, layout, rows[name], include_padding=cfg.include_padding, raw=raw)
+            for name, dataset in splits.items()
+        }
+        for method in per_split["train"]:
+            feature_sets[method] = {name: features[method] for name, features in per_split.items()}
+        timings["baselines"] = round(time.perf_counter() - t0, 2)
+    for pooling in cfg.poolings:
+        feature_sets[sane_method_name(pooling)] = {name: out["features"][pooling] for name, out in embedded.items()}
+    for pooling in cfg.poolings if averaged else []:
+        feature_sets[f"{sane_method_name(pooling)} (perm-avg)"] = {
+            name: out["features"][pooling] for name, out in averaged.items()
+        }
+
+    # 3. Linear probes.
+    t0 = time.perf_counter()
+    scalings = ["none", "standardize"] if cfg.feature_scaling == "both" else [cfg.feature_scaling]
+    records: list[dict[str, Any]] = []
+    plot_data: dict[str, dict[str, Any]] = {p: {} for p in cfg.properties}
+    skipped: dict[str, str] = {}
+    solver_caches: dict[str, dict] = {}  # one ridge decomposition per feature set and scaling, shared by properties
+    for prop in cfg.properties:
+        prop_targets = {name: targets[name][prop] for name in splits}
+        train_values = {str(v) for v in prop_targets["train"] if not (isinstance(v, float) and math.isnan(v))}
+        if tasks[prop] == "classification" and len(train_values) < 2:
+            skipped[prop] = f"categorical with {len(train_values)} class(es) in train: nothing to classify"
+            logger.warning("Skipping %s: %s.", prop, skipped[prop])
+            continue
+        for method, features in feature_sets.items():
+            for scaling in scalings if tasks[prop] == "regression" else ["standardize"]:
+                t1 = time.perf_counter()
+                result = fit_probe(
+                    features,
+                    prop_targets,
+                    task=tasks[prop],
+                    name=prop,
+                    standardize=scaling == "standardize",
+                    seed=cfg.seed,
+                    solver_cache=solver_caches.setdefault(method, {}),
+                )
+                records.append(
+                    _record(prop, method, scaling, result, features["train"].shape[1], time.perf_counter() - t1)
+                )
+                if method == sane_method_name(cfg.poolings[0]) and scaling == scalings[0]:
+                    plot_data[prop][f"SANE linear probe ({cfg.poolings[0]})"] = result
+        logger.info("Probed %s (%s).", prop, tasks[prop])
+    timings["probes"] = round(time.perf_counter() - t0, 2)
+
+    # 4. Extras: gradient boosting (non-linear), fine-tuning.
+    regression = [p for p in cfg.properties if tasks[p] == "regression"]
+    if cfg.gradient_boosting and regression:
+        t0 = time.perf_counter()
+        for method in (METHOD_SW, sane_method_name("mean")):
+            if method not in feature_sets:
+                continue
+            for prop in regression:
+                t1 = time.perf_counter()
+                result = fit_gradient_boosting(
+                    feature_sets[method], {name: targets[name][prop] for name in splits}, seed=cfg.seed
+                )
+                records.append(
+                    _record(
+                        prop,
+                        f"{method} + gradient boosting",
+                        "none",
+                        result,
+                        feature_sets[method]["train"].shape[1],
+                        time.perf_counter() - t1,
+                    )
+                )
+        timings["gradient_boosting"] = round(time.perf_counter() - t0, 2)
+    finetune_info = None
+    if cfg.finetune_epochs and regression:
+        t0 = time.perf_counter()
+        tuned = finetune_property_predictor(
+            model,
+            splits,
+            layout,
+            regression,
+            rows_by_split=rows,
+            epochs=cfg.finetune_epochs,
+            batch_size=cfg.finetune_batch_size,
+            lr=cfg.finetune_lr,
+            weight_decay=cfg.finetune_weight_decay,
+            patience=cfg.finetune_patience,
+            hidden_size=cfg.finetune_hidden_size,
+            seed=cfg.seed,
+            token_transform=transform,
+            permuter=permuter if cfg.finetune_permutations else None,
+        )
+        for prop in regression:
+            result = {
+                "task": "regression",
+                "metric": "r2",
+                "scores": tuned["scores"][prop],
+                "num_samples": {split: len(y) for split, y in tuned["targets"][prop].items()},
+                "best_epoch": tuned["best_epoch"],
+                "epochs_run": tuned["epochs_run"],
+            }
+            latent_dim = model.config.latent_dim
+            records.append(_record(prop, METHOD_FINETUNED, "end-to-end", result, latent_dim, tuned["seconds"]))
+            plot_data[prop][METHOD_FINETUNED] = {
+                "predictions": tuned["predictions"][prop],
+                "targets": tuned["targets"][prop],
+                "scores": tuned["scores"][prop],
+            }
+        finetune_info = {"history": tuned["history"], "best_epoch": tuned["best_epoch"], "seconds": tuned["seconds"]}
+        timings["finetune"] = round(time.perf_counter() - t0, 2)
+
+    # 5. Report.
+    output_dir = Path(cfg.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    files = [RESULTS_JSON, RESULTS_MD]
+    if cfg.plots:
+        t0 = time.perf_counter()
+        files += write_plots(output_dir, plot_data, tasks, embedded, targets)
+        timings["plots"] = round(time.perf_counter() - t0, 2)
+    timings["total"] = round(time.perf_counter() - start, 2)
+    results = {
+        "config": cfg.to_dict(),
+        "dataset": {
+            "source": cfg.dataset,
+            "num_checkpoints": {name: len(r) for name, r in rows.items()},
+            "num_tokens": layout.num_tokens,
+            "token_size": layout.token_size,
+            "num_layers": layout.num_layers,
+            "num_real_values": int(layout.mask.sum()),
+        },
+        "model": {
+            "source": cfg.model,
+            "latent_dim": model.config.latent_dim,
+            "window_size": model.config.window_size,
+            "num_parameters": int(model.num_parameters()),
+        },
+        "tasks": tasks,
+        "skipped": skipped,
+        "records": records,
+        "finetune": finetune_info,
+        "timings": timings,
+        "files": files,
+    }
+    write_text_atomic(output_dir / RESULTS_JSON, json.dumps(_json_safe(results), indent=2) + "\n")
+    write_text_atomic(output_dir / RESULTS_MD, results_markdown(results))
+    logger.info("Wrote %s to %s in %.1f s.", ", ".join(files), output_dir, timings["total"])
+    return results
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# Writers
+# -------------------------------------------------------------------------------------------------------------------
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf -> None (strict JSON), numpy scalars -> Python numbers."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to a temporary file in the same folder, then rename it over `path`."""
+    path = Path(path)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _format(value: float | None) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def _find(records: Sequence[Mapping[str, Any]], prop: str, method: str, scaling: str | None) -> Mapping | None:
+    for record in records:
+        if (
+            record["property"] == prop
+            and record["method"] == method
+            and (scaling is None or record["scaling"] == scaling)
+        ):
+            return record
+    return None
+
+
+def results_markdown(results: Mapping[str, Any]) -> str:
+    """The Markdown report: the main comparison (test scores), all probes by feature scaling, and every record."""
+    records = results["records"]
+    properties = list(dict.fromkeys(r["property"] for r in records))
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    scaling_main = "none" if any(r["scaling"] == "none" for r in records) else "standardize"
+    config = results.get("config", {})
+    lines = [
+        "# Property prediction from SANE embeddings",
+        "",
+        f"Model: `{config.get('model')}`. Dataset: `{config.get('dataset')}` "
+        f"({', '.join(f'{k} {v}' for k, v in results['dataset']['num_checkpoints'].items())} checkpoints).",
+        "",
+        "Test R² (numeric properties: ridge probe, alpha chosen on val, SANE_METHOD §5.2) or test accuracy "
+        "(categorical properties: linear classifier, §5.3). Linear probes use "
+        + ("features as upstream (not standardized)." if scaling_main == "none" else "train-standardized features.")
+        + " The fine-tuned SANE trains the encoder and a head end to end.",
+        "",
+    ]
+    main = [m for m in MAIN_METHODS if m in methods]
+    headers = [_MAIN_HEADERS.get(m, m) for m in main]
+    lines += ["| property | metric | " + " | ".join(headers) + " |", "|---|---|" + "---|" * len(main)]
+    for prop in properties:
+        cells = []
+        for method in main:
+            record = _find(records, prop, method, scaling_main if method != METHOD_FINETUNED else None)
+            record = record or _find(records, prop, method, None)
+            cells.append(_format(record["scores"].get("test")) if record else "")
+        metric = next(r["metric"] for r in records if r["property"] == prop)
+        lines.append(f"| {prop} | {metric} | " + " | ".join(cells) + " |")
+
+    lines += ["", "## Every method, test score by feature scaling", ""]
+    header = ["method", "scaling", *properties]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method in methods:
+        for scaling in dict.fromkeys(r["scaling"] for r in records if r["method"] == method):
+            row = [_find(records, prop, method, scaling) for prop in properties]
+            cells = [_format(r["scores"].get("test")) if r else "" for r in row]
+            lines.append(f"| {method} | {scaling} | " + " | ".join(cells) + " |")
+
+    lines += ["", "## All records", ""]
+    lines += [
+        "| property | method | scaling | train | val | test | selected | features | seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        scores = r["scores"]
+        chosen = next(
+            (f"{key}={r[key]:g}" for key in ("alpha", "C", "learning_rate", "best_epoch") if r.get(key) is not None),
+            "",
+        )
+        lines.append(
+            f"| {r['property']} | {r['method']} | {r['scaling']} | {_format(scores.get('train'))} | "
+            f"{_format(scores.get('val'))} | {_format(scores.get('test'))} | {chosen} | {r['num_features']} | "
+            f"{r['seconds']} |"
+        )
+    for prop, reason in results.get("skipped", {}).items():
+        lines.append(f"\nSkipped `{prop}`: {reason}.")
+    timings = results.get("timings", {})
+    if timings:
+        lines += ["", "Wall time (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def _matplotlib_available() -> bool:
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def _save_figure_atomic(figure, path: Path) -> None:
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(handle)
+    try:
+        figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def pca_2d(features: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Project `[N, F]` features onto their first two principal components (centred SVD), `[N, 2]`."""
+    x = np.asarray(features, dtype=np.float64)
+    x = x - x.mean(axis=0, keepdims=True)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    components = vt[:2]
+    projected = x @ components.T
+    if projected.shape[1] < 2:
+        projected = np.pad(projected, ((0, 0), (0, 2 - projected.shape[1])))
+    return projected
+
+
+def write_plots(
+    output_dir: str | os.PathLike,
+    plot_data: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    tasks: Mapping[str, str],
+    embedded: Mapping[str, Mapping[str, Any]],
+    targets: Mapping[str, Mapping[str, np.ndarray]],
+) -> list[str]:
+    """Predicted-vs-true scatter per numeric property (SANE linear probe, and fine-tuned if run) and a PCA of the
+    mean SANE embeddings coloured by test accuracy. Returns the file names written ([] without matplotlib)."""
+    if not _matplotlib_available():
+        logger.warning("matplotlib is not installed: skipping the PNG plots (pip install matplotlib to get them).")
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    output_dir = Path(output_dir)
+    written = []
+    colors = {"train": "#c7c7c7", "val": "#ff7f0e", "test": "#1f77b4"}
+    for prop, panels in plot_data.items():
+        if tasks.get(prop) != "regression" or not panels:
+            continue
+        figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
+        for axis, (title, result) in zip(axes[0], panels.items()):
+            low, high = math.inf, -math.inf
+            for split in ("train", "val", "test"):
+                if split not in result["predictions"]:
+                    continue
+                y, y_hat = result["targets"][split], result["predictions"][split]
+                r2 = result["scores"].get(split)
+                axis.scatter(y, y_hat, s=6, alpha=0.5, color=colors[split], label=f"{split} R² {_format(r2)}")
+                if len(y):
+                    low, high = min(low, y.min(), y_hat.min()), max(high, y.max(), y_hat.max())
+            if math.isfinite(low):
+                axis.plot([low, high], [low, high], color="black", linewidth=0.8)
+            axis.set_xlabel(f"true {prop}")
+            axis.set_ylabel(f"predicted {prop}")
+            axis.set_title(title)
+            axis.legend(fontsize=8)
+        name = f"scatter_{_safe_name(prop)}.png"
+        _save_figure_atomic(figure, output_dir / name)
+        plt.close(figure)
+        written.append(name)
+
+    split_names = [s for s in SPLITS if s in embedded]
+    features = np.concatenate([embedded[s]["embeddings"].numpy() for s in split_names])
+    if len(features) >= 2:
+        color_key = next(
+            (k for k in ("test_acc", *targets.get("train", {})) if all(k in targets[s] for s in split_names)), None
+        )
+        projected = pca_2d(features)
+        figure, axis = plt.subplots(figsize=(5.5, 4.5))
+        if color_key is not None and tasks.get(color_key) == "regression":
+            values = np.concatenate([np.asarray(targets[s][color_key], dtype=np.float64) for s in split_names])
+            points = axis.scatter(projected[:, 0], projected[:, 1], c=values, s=6, cmap="viridis")
+            figure.colorbar(points, ax=axis, label=color_key)
+        else:
+            axis.scatter(projected[:, 0], projected[:, 1], s=6)
+        axis.set_xlabel("PC 1")
+        axis.set_ylabel("PC 2")
+        axis.set_title("SANE embeddings (mean over tokens), all splits")
+        _save_figure_atomic(figure, output_dir / PCA_PLOT)
+        plt.close(figure)
+        written.append(PCA_PLOT)
+    return written
+
+
+__all__ = [
+    "available_properties",
+    "baseline_features",
+    "check_properties",
+    "load_sane",
+    "load_zoo",
+    "pca_2d",
+    "predict_properties",
+    "results_markdown",
+    "select_rows",
+    "token_transform_for",
+    "write_plots",
+    "write_text_atomic",
+]

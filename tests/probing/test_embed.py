@@ -1,0 +1,198 @@
+"""SANE embeddings of whole models (SANE_METHOD §5.1): haloed windows vs. full attention, every length, poolings."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from sane_hf.data.hub_dataset import ConvertConfig, convert_zoo, load_zoo_dataset
+from sane_hf.models.sane import SaneConfig, SaneModel
+from sane_hf.probing.embed import POOLINGS, embed_zoo, layer_pooling_matrix, pool_token_latents, read_columns
+from sane_hf.probing.finetune import SaneForPropertyPrediction
+from sane_hf.zoo_models import build_zoo_model
+
+
+MLP_KWARGS = {"in_features": 6, "hidden_sizes": [5], "num_classes": 3}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _tiny_sane(token_size=7, window_size=8, halo_size=2, latent_dim=4, max_tokens=64) -> SaneModel:
+    torch.manual_seed(0)
+    config = SaneConfig(
+        token_size=token_size,
+        d_model=16,
+        n_heads=2,
+        n_layers=2,
+        latent_dim=latent_dim,
+        window_size=window_size,
+        halo_size=halo_size,
+        max_positions=[max_tokens, 8, 16],
+    )
+    return SaneModel(config).eval()
+
+
+def _positions(seq_len: int) -> torch.Tensor:
+    index = torch.arange(seq_len)
+    return torch.stack([index, index // 5, index % 5], dim=-1)
+
+
+def test_embed_equals_full_attention_when_the_window_covers_the_sequence():
+    model = _tiny_sane()
+    for seq_len in (1, 5, 8):  # S <= window_size: one pass over the whole sequence
+        tokens = torch.randn(3, seq_len, 7)
+        positions = _positions(seq_len)
+        full = model.encode(tokens, positions.expand(3, -1, -1)).mean(dim=1)
+        torch.testing.assert_close(model.embed(tokens, positions), full, rtol=0, atol=1e-6)
+
+
+def test_every_length_from_one_to_three_windows():
+    model = _tiny_sane()
+    head = SaneForPropertyPrediction(model, num_targets=2).eval()
+    for seq_len in range(1, 3 * model.config.window_size + 1):
+        tokens = torch.randn(2, seq_len, 7)
+        positions = _positions(seq_len)
+        embedding, token_latents = model.embed(tokens, positions, batch_size=3, return_token_latents=True)
+        assert embedding.shape == (2, 4) and token_latents.shape == (2, seq_len, 4)
+        assert torch.isfinite(token_latents).all()
+        torch.testing.assert_close(embedding, token_latents.mean(dim=1))
+        # The differentiable haloed pooling of the fine-tuning model gives the same embedding.
+        torch.testing.assert_close(head.pooled_latents(tokens, positions), embedding, rtol=1e-5, atol=1e-6)
+
+
+def test_pooling_variants():
+    token_latents = torch.randn(2, 5, 3)
+    token_layer = torch.tensor([0, 0, 0, 1, 1])
+    matrix = layer_pooling_matrix(token_layer)
+    layers = pool_token_latents(token_latents, matrix, "layers").reshape(2, 2, 3)
+    torch.testing.assert_close(layers[:, 0], token_latents[:, :3].mean(dim=1))
+    torch.testing.assert_close(layers[:, 1], token_latents[:, 3:].mean(dim=1))
+    assert pool_token_latents(token_latents, matrix, "mean+layers").shape == (2, 9)
+    torch.testing.assert_close(pool_token_latents(token_latents, matrix, "concat"), token_latents.reshape(2, 15))
+    with pytest.raises(ValueError, match="`pooling` must be one of"):
+        pool_token_latents(token_latents, matrix, "max")
+
+
+def _write_zoo(root: Path, num_models: int = 8, num_epochs: int = 2) -> Path:
+    """A tiny zoo in sane_hf's own format: MLPs whose weights drift with the epoch."""
+    (root / "models").mkdir(parents=True)
+    task = {"name": "synthetic", "num_classes": 3}
+    (root / "zoo_config.json").write_text(json.dumps({"format": "sane_hf-zoo", "format_version": 1, "task": task}))
+    for index in range(num_models):
+        folder = root / "models" / f"model_{index:04d}"
+        (folder / "checkpoints").mkdir(parents=True)
+        torch.manual_seed(index)
+        base = build_zoo_model("mlp", **MLP_KWARGS).state_dict()
+        params = {"model_id": folder.name, "architecture": "mlp", "model_kwargs": MLP_KWARGS, "seed": index}
+        (folder / "params.json").write_text(json.dumps(params))
+        lines = []
+        for epoch in range(num_epochs + 1):
+            state = {k: (v * (1 + 0.3 * epoch)).contiguous() for k, v in base.items()}
+            save_file(state, str(folder / "checkpoints" / f"epoch_{epoch:04d}.safetensors"))
+            accuracy = 0.3 + 0.1 * epoch + 0.02 * index
+            lines.append(json.dumps({"epoch": epoch, "test_acc": accuracy, "train_acc": accuracy + 0.01}))
+        (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+        (folder / "DONE").write_text("{}")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_zoo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("embed")
+    output = root / "zoo_ds"
+    convert_zoo(
+        ConvertConfig(zoo_dir=str(_write_zoo(root / "zoo")), output_dir=str(output), token_size=7, seed=0),
+        show_progress=False,
+    )
+    return load_zoo_dataset(output)
+
+
+def test_embed_zoo_gives_every_pooling_from_one_pass(tiny_zoo):
+    layout = tiny_zoo.layout
+    model = _tiny_sane(token_size=layout.token_size, max_tokens=layout.num_tokens)
+    split = tiny_zoo.splits["train"]
+    out = embed_zoo(model, split, layout, batch_size=5, pooling=list(POOLINGS), properties=["test_acc", "epoch"])
+    n, latent = split.num_rows, model.config.latent_dim
+    assert out["embeddings"].shape == (n, latent)
+    assert out["layer_embeddings"].shape == (n, layout.num_layers, latent)
+    assert out["features"]["mean"].shape == (n, latent)
+    assert out["features"]["layers"].shape == (n, layout.num_layers * latent)
+    assert out["features"]["mean+layers"].shape == (n, (1 + layout.num_layers) * latent)
+    assert out["features"]["concat"].shape == (n, layout.num_tokens * latent)
+    # Against the model applied to the whole split at once.
+    tokens = torch.stack([split[i]["tokens"] for i in range(n)])
+    expected, token_latents = model.embed(tokens, layout.positions, return_token_latents=True)
+    torch.testing.assert_close(out["embeddings"], expected)
+    torch.testing.assert_close(out["features"]["concat"], token_latents.reshape(n, -1))
+    counts = torch.bincount(layout.token_layer).float()
+    weighted = (out["layer_embeddings"] * counts[None, :, None]).sum(dim=1) / counts.sum()
+    torch.testing.assert_close(weighted, out["embeddings"], rtol=1e-5, atol=1e-6)
+    columns = read_columns(split, ["test_acc", "epoch"])
+    assert out["targets"]["epoch"].tolist() == columns["epoch"].tolist()
+    # A subset of rows, in the given order.
+    subset = embed_zoo(model, split, layout, rows=[3, 0], properties=["epoch"])
+    torch.testing.assert_close(subset["embeddings"], expected[[3, 0]])
+    assert subset["targets"]["epoch"].tolist() == columns["epoch"][[3, 0]].tolist()
+
+
+def test_embed_zoo_bf16_and_errors(tiny_zoo):
+    layout = tiny_zoo.layout
+    model = _tiny_sane(token_size=layout.token_size, max_tokens=layout.num_tokens)
+    split = tiny_zoo.splits["test"]
+    full = embed_zoo(model, split, layout)["embeddings"]
+    half = embed_zoo(model, split, layout, dtype="bf16")["embeddings"]
+    assert half.dtype == torch.float32
+    torch.testing.assert_close(half, full, rtol=0.1, atol=0.1)
+    wrong = _tiny_sane(token_size=layout.token_size + 1, max_tokens=layout.num_tokens)
+    with pytest.raises(ValueError, match=f"token_size {layout.token_size + 1}.*token_size {layout.token_size}"):
+        embed_zoo(wrong, split, layout)
+    short = _tiny_sane(token_size=layout.token_size, window_size=4, halo_size=1, max_tokens=layout.num_tokens - 1)
+    with pytest.raises(ValueError, match=r"max_positions\[0\]"):
+        embed_zoo(short, split, layout)
+    with pytest.raises(ValueError, match="`pooling` must be among"):
+        embed_zoo(model, split, layout, pooling="max")
+
+
+def test_embed_zoo_permutation_average(tiny_zoo):
+    from sane_hf.training.pretrain import build_permuter
+
+    layout = tiny_zoo.layout
+    model = _tiny_sane(token_size=layout.token_size, max_tokens=layout.num_tokens)
+    split = tiny_zoo.splits["val"]
+    permuter = build_permuter(tiny_zoo)
+
+    def run(num_permutations):
+        generator = torch.Generator().manual_seed(3)
+        return embed_zoo(
+            model,
+            split,
+            layout,
+            pooling=["mean", "layers"],
+            permuter=permuter,
+            num_permutations=num_permutations,
+            generator=generator,
+        )
+
+    averaged = run(4)
+    assert averaged["embeddings"].shape == (split.num_rows, 4)
+    assert averaged["features"]["layers"].shape == (split.num_rows, layout.num_layers * 4)
+    torch.testing.assert_close(run(4)["embeddings"], averaged["embeddings"])  # reproducible
+    # One draw is the embedding of the permuted checkpoints.
+    tokens = torch.stack([split[i]["tokens"] for i in range(split.num_rows)])
+    generator = torch.Generator().manual_seed(3)
+    permutations = permuter.sample_permutations(generator, batch_size=len(tokens))
+    permuted = permuter.apply(
+        tokens, permutations, start=torch.zeros(len(tokens), dtype=torch.long), window_size=layout.num_tokens
+    )
+    torch.testing.assert_close(run(1)["embeddings"], model.embed(permuted, layout.positions))
+    assert not torch.allclose(permuted, tokens)
+    with pytest.raises(ValueError, match="`num_permutations` must be a positive int"):
+        run(0)
