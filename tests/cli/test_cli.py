@@ -41,7 +41,9 @@ def test_parse_config_yaml_flags_and_errors(tmp_path):
         parse_config((_Options,), ["--unknown", "1"])
 
 
-@pytest.mark.parametrize("script", ["quickstart", "make_zoo", "convert_zoo", "pretrain"])
+@pytest.mark.parametrize(
+    "script", ["quickstart", "make_zoo", "convert_zoo", "pretrain", "predict_properties", "generate", "evaluate"]
+)
 def test_every_script_explains_its_options(script):
     result = subprocess.run(
         [sys.executable, str(REPO / "scripts" / f"{script}.py"), "--help"], capture_output=True, text=True, timeout=300
