@@ -18,7 +18,7 @@ from transformers import AutoModel
 
 from .models.sane import SaneConfig, SaneModel
 from .tokenization import TokenLayout, TokenNormalization
-from .tokenization.layout import write_json_atomic
+from .utils.io import write_json_atomic
 from .zoo_models import build_zoo_model
 
 

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from ..tokenization import TokenLayout, TokenNormalization, detect_batchnorm_modules
-from ..tokenization.layout import write_json_atomic
+from ..utils.io import write_json_atomic
 from .info import (
     DATA_DIR,
     DATA_PATH_TEMPLATE,

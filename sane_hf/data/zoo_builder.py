@@ -50,7 +50,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -65,7 +64,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..tasks import OPTIMIZERS, TaskData, TaskSplit, evaluate, load_task, make_optimizer, train_epoch
-from ..tokenization.layout import write_json_atomic
+from ..utils.io import write_bytes_atomic, write_json_atomic, write_text_atomic
 from ..zoo_models import ACTIVATIONS, CNN3, INITS, MLP, CNNSmall, ZooModel, build_zoo_model, get_zoo_architecture
 
 
@@ -426,17 +425,6 @@ def _build_model(config: ZooConfig, plan: ModelPlan) -> ZooModel:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
     """`safetensors.torch.save(tensors, metadata)` with a canonical header, so equal checkpoints are equal files.
 
@@ -451,17 +439,6 @@ def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
     if len(canonical) > length:  # never seen; keep safetensors' own bytes rather than produce a broken file
         return data
     return data[:8] + canonical.ljust(length, b" ") + data[8 + length :]
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _json_number(value: float) -> float | None:
@@ -501,9 +478,9 @@ class _ModelWriter:
     def write_epoch(self, epoch: int, state_dict: dict[str, torch.Tensor], line: dict[str, Any]) -> None:
         metadata = {"epoch": str(epoch), "model_id": self.model_id, "format": "pt"}
         path = self.folder / CHECKPOINTS_DIR / checkpoint_name(epoch)
-        _write_bytes_atomic(path, safetensors_bytes(state_dict, metadata))
+        write_bytes_atomic(path, safetensors_bytes(state_dict, metadata))
         self.lines.append(line)
-        _write_text_atomic(self.folder / METRICS_NAME, "".join(json.dumps(item) + "\n" for item in self.lines))
+        write_text_atomic(self.folder / METRICS_NAME, "".join(json.dumps(item) + "\n" for item in self.lines))
 
     def finish(self, summary: dict[str, Any]) -> None:
         write_json_atomic(self.folder / DONE_NAME, summary)

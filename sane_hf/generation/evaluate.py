@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from torch import nn
 
 from ..tasks import evaluate as evaluate_split
 from ..tasks import make_optimizer, train_epoch
+from ..utils.io import write_text_atomic
 from .configs import EvaluateConfig, FinetuneConfig
 
 
@@ -504,17 +504,6 @@ def plot_accuracy_curves(report: EvaluationReport, path: str | os.PathLike, metr
     return path
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_evaluation_report(
     report: EvaluationReport, output_dir: str | os.PathLike, plot: bool = True
 ) -> dict[str, Path]:
@@ -522,8 +511,8 @@ def write_evaluation_report(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": output_dir / EVALUATION_JSON, "markdown": output_dir / EVALUATION_MD}
-    _write_text_atomic(paths["json"], json.dumps(report.to_dict(), indent=1, default=_json_default) + "\n")
-    _write_text_atomic(paths["markdown"], report.to_markdown())
+    write_text_atomic(paths["json"], json.dumps(report.to_dict(), indent=1, default=_json_default) + "\n")
+    write_text_atomic(paths["markdown"], report.to_markdown())
     if plot:
         paths["plot"] = plot_accuracy_curves(report, output_dir / EVALUATION_PNG)
     return paths

@@ -34,6 +34,7 @@ import torch
 from ..data.hub_dataset import SaneZooDataset, load_zoo_dataset
 from ..models.sane import SaneModel
 from ..tokenization import TokenLayout, TokenNormalization, TokenPermuter
+from ..utils.io import write_text_atomic
 from .baselines import raw_weights, weight_statistics
 from .configs import PredictConfig
 from .embed import check_model_matches_layout, embed_zoo, iter_token_batches, read_columns
@@ -459,19 +460,6 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, np.integer):
         return int(value)
     return value
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to a temporary file in the same folder, then rename it over `path`."""
-    path = Path(path)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _format(value: float | None) -> str:

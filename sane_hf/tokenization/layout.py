@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 
 from ..constants import LAYOUT_FORMAT_VERSION, SANE_LAYOUT_NAME
+from ..utils.io import write_json_atomic
 from ..utils.memory import empty_hugepage
 
 
@@ -801,17 +801,3 @@ class TokenLayout:
         except json.JSONDecodeError as err:
             raise ValueError(f"Token layout {file} is not valid JSON: {err}.") from None
         return cls.from_dict(data)
-
-
-def write_json_atomic(path: str | os.PathLike, data: object) -> None:
-    """Write JSON to `path` through a temporary file in the same folder, so readers never see half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from ..constants import NORMALIZATION_FORMAT_VERSION, SANE_NORMALIZATION_NAME
-from .layout import TokenLayout, write_json_atomic
+from ..utils.io import write_json_atomic
+from .layout import TokenLayout
 
 
 logger = logging.getLogger(__name__)

@@ -29,8 +29,9 @@ from tqdm.auto import tqdm
 from ..data.hub_dataset import SaneZooDataset, load_zoo_dataset
 from ..data.windows import ZooCheckpointDataset, sample_windows
 from ..models.sane import SaneConfig, SaneModel, SaneModelOutput
-from ..tokenization.layout import TokenLayout, write_json_atomic
+from ..tokenization.layout import TokenLayout
 from ..tokenization.permutations import TokenPermuter, permutation_spec_from_module
+from ..utils.io import write_json_atomic
 from .augmentations import make_two_views
 from .configs import PretrainConfig
 from .losses import sane_loss
