@@ -1,124 +1,398 @@
-"""The end-to-end smoke job on the embedded default (sklearn digits-sized CNN): what `scripts/quickstart.py` runs.
+"""The whole SANE pipeline on the embedded default task (scikit-learn digits), as `scripts/quickstart.py` runs it.
 
-It exercises the core path a newcomer needs to trust before anything else: tokenize a zoo model, round-trip it bit
-for bit, encode/decode it with a fresh SANE (haloed windows over the whole sequence), and save/reload SANE through
-`AutoModel` with the layout and normalization next to the weights. Later stages (zoo, pretraining, probing,
-generation) hook in here as they land.
+Stages, each a library call with its own config, outputs under `output_dir`:
+
+1. `zoo/`       `build_zoo`: a population of small CNNs trained on digits, checkpointed every epoch.
+2. `zoo_ds/`    `convert_zoo`: tokenized, canonicalized (SANE_METHOD §2.5) and normalized Hub-layout dataset.
+3. `sane/`      `pretrain`: SANE pretrained on windows of the zoo's tokens (SANE §4).
+4. `predict/`   `predict_properties`: ridge probes on SANE embeddings next to the W and s(W) baselines (SANE §5).
+5. `generated/` `generate`: subsampled models (SANE_SUB, SANE §6) with zero-shot and fine-tuning evaluation
+   against training from scratch, the fine-tuned anchors and the anchors-plus-noise memorization control.
+6. `REPORT.md`  the tables and plots of stages 4-5, the zoo's accuracy spread and the wall time of every stage.
+
+Presets size the run: `default` is the README's main job (under 15 minutes on 2 CPU cores), `smoke` is a
+one-minute version the tests run. The longer documented configs are `scripts/configs/*_digits_cnn.yaml`.
+A rerun into the same `output_dir` skips every stage whose output is complete and whose options are unchanged
+(`quickstart_state.json` records them); the zoo and the pretraining also resume from partial work.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
-from transformers import AutoModel
 
-from .models.sane import SaneConfig, SaneModel
-from .tokenization import TokenLayout, TokenNormalization
-from .utils.io import write_json_atomic
-from .zoo_models import build_zoo_model
+from .utils.io import write_json_atomic, write_text_atomic
 
 
 logger = logging.getLogger(__name__)
 
+STATE_FILE = "quickstart_state.json"
+REPORT_FILE = "REPORT.md"
+STAGES = ("zoo", "convert", "pretrain", "predict", "generate")
+STAGE_DIRS = {"zoo": "zoo", "convert": "zoo_ds", "pretrain": "sane", "predict": "predict", "generate": "generated"}
+
+# Options of each stage's config (ZooConfig, ConvertConfig, PretrainConfig, PredictConfig, GenerateConfig) that
+# differ from the library defaults. Paths are filled in by `stage_configs`.
+# The default zoo is `ZooConfig`'s defaults, which are scripts/configs/zoo_digits_cnn.yaml (tests keep them equal).
+_ZOO_DEFAULT: dict[str, Any] = {}
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "default": {
+        "zoo": _ZOO_DEFAULT,
+        "convert": {"token_size": 64, "canonicalize": True},
+        "pretrain": {
+            "d_model": 64,
+            "n_heads": 4,
+            "n_layers": 2,
+            "latent_dim": 32,
+            "window_size": 128,
+            "epochs": 20,
+            "batch_size": 64,
+            "lr": 3e-3,
+            "save_steps": 200,
+            "logging_steps": 20,
+        },
+        "predict": {
+            "properties": ["test_acc", "epoch", "ggap", "activation", "optimizer"],
+            "poolings": ["mean", "mean+layers"],
+            "gradient_boosting": False,
+            "finetune_epochs": 4,
+            "embed_batch_size": 128,
+        },
+        "generate": {
+            "num_anchors": 20,
+            "sampler": "subsample",
+            "n": 10,
+            "bandwidth": 0.01,
+            "num_candidates": 200,
+            "score_split": "val",
+            "finetune_epochs": 5,
+            "finetune_optimizer": "adam",
+            "finetune_lr": 1e-3,
+        },
+    },
+    "smoke": {
+        "zoo": {**_ZOO_DEFAULT, "num_models": 12, "epochs": 3},
+        "convert": {"token_size": 64, "canonicalize": True},
+        "pretrain": {
+            "d_model": 32,
+            "n_heads": 2,
+            "n_layers": 1,
+            "latent_dim": 8,
+            "window_size": 32,
+            "epochs": 1,
+            "batch_size": 16,
+            "save_steps": 1000,
+            "logging_steps": 5,
+        },
+        "predict": {
+            "properties": ["test_acc", "epoch", "activation"],
+            "poolings": ["mean"],
+            "gradient_boosting": False,
+            "finetune_epochs": 1,
+            "plots": True,
+        },
+        "generate": {
+            "num_anchors": 3,
+            "sampler": "subsample",
+            "n": 2,
+            "bandwidth": 0.01,
+            "num_candidates": 4,
+            "score_split": "val",
+            "finetune_epochs": 1,
+        },
+    },
+}
+
 
 @dataclass
 class QuickstartConfig:
-    """Options of the quickstart job.
+    """Options of the quickstart pipeline.
 
     Args:
-        output_dir (`str`, *optional*, defaults to `"outputs/quickstart"`): where the SANE folder and summary go.
-        architecture (`str`, *optional*, defaults to `"cnn_s"`): zoo architecture (a registry name).
-        token_size (`int`, *optional*, defaults to 64): token width `T`.
-        seed (`int`, *optional*, defaults to 0): seed of the zoo model and SANE initialization.
+        output_dir (`str`, *optional*, defaults to `"outputs/quickstart"`): where every stage writes (see the module
+            docstring) and where `REPORT.md` goes.
+        preset (`str`, *optional*, defaults to `"default"`): `default` (the README's run, < 15 min on 2 CPU cores)
+            or `smoke` (about a minute; what the tests run).
+        seed (`int`, *optional*, defaults to 0): seed of the zoo, the pretraining, the probes and the sampler.
+        num_threads (`int`, *optional*, defaults to 1): torch CPU threads; on the project's shared 2-core machines
+            one thread was fastest for these small models (BENCHMARKS.md).
+        zoo_models (`int`, *optional*): override the preset's number of zoo models.
+        zoo_epochs (`int`, *optional*): override the preset's zoo training epochs.
+        pretrain_epochs (`int`, *optional*): override the preset's SANE pretraining epochs.
+        rerun (`bool`, *optional*, defaults to `False`): run every stage again even when its output is complete.
     """
 
-    output_dir: str = field(default="outputs/quickstart", metadata={"help": "Output folder."})
-    architecture: str = field(default="cnn_s", metadata={"help": "Zoo architecture of the model to tokenize."})
-    token_size: int = field(default=64, metadata={"help": "Token width T."})
-    seed: int = field(default=0, metadata={"help": "Seed of the zoo model and of SANE's initialization."})
-
-
-def run_quickstart(config: QuickstartConfig) -> dict:
-    """Run the smoke job and return (and write to `<output_dir>/quickstart.json`) a summary of what was checked."""
-    start = time.perf_counter()
-    output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.seed)
-
-    # 1. A zoo member for the embedded default task: 8x8x1 digits, 10 classes.
-    zoo_model = build_zoo_model(config.architecture, in_channels=1, input_size=8, num_classes=10, padding="auto")
-    state_dict = zoo_model.state_dict()
-    layout = TokenLayout.from_module(zoo_model, token_size=config.token_size)
-    tokens, mask, positions = layout.tokenize(state_dict)
-    restored = layout.detokenize(tokens)
-    exact = all(torch.equal(restored[k], v) for k, v in state_dict.items())
-    if not exact:
-        raise RuntimeError("Tokenize -> detokenize did not reproduce the checkpoint bit for bit.")
-    logger.info("Tokenized %s: %s (round trip exact)", config.architecture, layout)
-
-    # 2. A fresh SANE sized for this layout; whole-model encode/decode through haloed windows.
-    normalization = TokenNormalization.fit(tokens[None], layout)
-    window = min(32, layout.num_tokens)
-    sane_config = SaneConfig(
-        token_size=layout.token_size,
-        d_model=64,
-        n_heads=4,
-        n_layers=2,
-        latent_dim=16,
-        window_size=window,
-        halo_size=window // 4,
-        max_positions=[max(p, window) for p in layout.max_positions],
+    output_dir: str = field(default="outputs/quickstart", metadata={"help": "Output folder of all stages."})
+    preset: str = field(
+        default="default", metadata={"help": f"Run size: one of {list(PRESETS)} (smoke: ~1 minute, for tests)."}
     )
-    sane = SaneModel(sane_config).eval()
-    sane.sane_layout = layout.to_dict()
-    sane.sane_normalization = normalization.to_dict()
-    inputs = normalization.normalize(tokens, layout)[None]
-    with torch.no_grad():
-        latents = sane.haloed_encode(inputs, positions)
-        reconstruction = sane.haloed_decode(latents, positions)
-        embedding = sane.embed(inputs, positions)
-    decoded_state_dict = layout.detokenize(normalization.denormalize(reconstruction[0], layout))
-    zoo_model.load_state_dict(decoded_state_dict)
-    logits = zoo_model(torch.randn(4, 1, 8, 8))
-    reconstruction_mse = float(((reconstruction[0] - inputs[0])[mask] ** 2).mean())
-    logger.info(
-        "Encoded %d tokens to latents %s; embedding %s",
-        layout.num_tokens,
-        tuple(latents.shape),
-        tuple(embedding.shape),
-    )
+    seed: int = field(default=0, metadata={"help": "Seed of the zoo, the pretraining, the probes and the sampler."})
+    num_threads: int = field(default=1, metadata={"help": "torch CPU threads (1 was fastest on 2 shared cores)."})
+    zoo_models: int | None = field(default=None, metadata={"help": "Override the preset's number of zoo models."})
+    zoo_epochs: int | None = field(default=None, metadata={"help": "Override the preset's zoo training epochs."})
+    pretrain_epochs: int | None = field(default=None, metadata={"help": "Override the preset's pretraining epochs."})
+    rerun: bool = field(default=False, metadata={"help": "Run every stage again even if its output is complete."})
 
-    # 3. Save and reload with AutoModel; the layout and normalization travel with the weights.
-    sane_dir = output_dir / "sane"
-    sane.save_pretrained(sane_dir)
-    reloaded = AutoModel.from_pretrained(sane_dir)
-    with torch.no_grad():
-        same_embedding = torch.equal(reloaded.embed(inputs, positions), embedding)
-    same_layout = TokenLayout.from_dict(reloaded.sane_layout) == layout
-    if not (same_embedding and same_layout):
-        raise RuntimeError("The reloaded SANE differs from the saved one.")
+    def __post_init__(self):
+        if self.preset not in PRESETS:
+            raise ValueError(f"`preset` must be one of {list(PRESETS)}, got {self.preset!r}.")
+        for name in ("zoo_models", "zoo_epochs", "pretrain_epochs"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"`{name}` must be a positive int or None, got {value!r}.")
+        if not isinstance(self.num_threads, int) or self.num_threads < 1:
+            raise ValueError(f"`num_threads` must be an int >= 1, got {self.num_threads!r}.")
 
-    summary = {
-        "config": asdict(config),
-        "zoo_model": {
-            "architecture": config.architecture,
-            "parameters": sum(p.numel() for p in zoo_model.parameters()),
-        },
-        "layout": {"num_tokens": layout.num_tokens, "num_layers": layout.num_layers, "token_size": layout.token_size},
-        "round_trip_exact": exact,
-        "sane_parameters": sane.num_parameters(),
-        "latents_shape": list(latents.shape),
-        "embedding_shape": list(embedding.shape),
-        "untrained_reconstruction_mse": reconstruction_mse,
-        "decoded_model_logits_shape": list(logits.shape),
-        "reloaded_with_automodel": type(reloaded).__name__,
-        "reload_exact": same_embedding and same_layout,
-        "sane_dir": str(sane_dir),
-        "seconds": round(time.perf_counter() - start, 2),
+
+def stage_configs(config: QuickstartConfig) -> dict[str, Any]:
+    """The config object of every stage for `config`: `{"zoo": ZooConfig, "convert": ConvertConfig, ...}`."""
+    from .data.hub_dataset import ConvertConfig
+    from .data.zoo_builder import ZooConfig
+    from .generation import GenerateConfig
+    from .probing.configs import PredictConfig
+    from .training.configs import PretrainConfig
+
+    preset = PRESETS[config.preset]
+    root = Path(config.output_dir)
+    dirs = {stage: str(root / name) for stage, name in STAGE_DIRS.items()}
+    zoo = dict(preset["zoo"])
+    if config.zoo_models is not None:
+        zoo["num_models"] = config.zoo_models
+    if config.zoo_epochs is not None:
+        zoo["epochs"] = config.zoo_epochs
+    pretrain = dict(preset["pretrain"])
+    if config.pretrain_epochs is not None:
+        pretrain["epochs"] = config.pretrain_epochs
+    threads = config.num_threads
+    return {
+        "zoo": ZooConfig(output_dir=dirs["zoo"], seed=config.seed, num_threads=threads, **zoo),
+        "convert": ConvertConfig(
+            zoo_dir=dirs["zoo"], output_dir=dirs["convert"], overwrite=True, num_threads=threads, **preset["convert"]
+        ),
+        "pretrain": PretrainConfig(
+            dataset=dirs["convert"],
+            output_dir=dirs["pretrain"],
+            seed=config.seed,
+            num_threads=threads,
+            resume_from_checkpoint="auto",
+            **pretrain,
+        ),
+        "predict": PredictConfig(
+            model=dirs["pretrain"],
+            dataset=dirs["convert"],
+            output_dir=dirs["predict"],
+            seed=config.seed,
+            num_threads=threads,
+            **preset["predict"],
+        ),
+        "generate": GenerateConfig(
+            model=dirs["pretrain"],
+            dataset=dirs["convert"],
+            output_dir=dirs["generate"],
+            overwrite=True,
+            seed=config.seed,
+            num_threads=threads,
+            **preset["generate"],
+        ),
     }
-    write_json_atomic(output_dir / "quickstart.json", summary)
+
+
+def _complete(stage: str, folder: Path, stage_config: Any) -> bool:
+    """Whether a stage's output folder holds a finished result (every stage writes its marker file last)."""
+    if stage == "zoo":
+        return len(list(folder.glob("models/*/DONE"))) == stage_config.num_models
+    markers = {
+        "convert": "meta/info.json",
+        "pretrain": "model.safetensors",
+        "predict": "results.json",
+        "generate": "evaluation.json",
+    }
+    return (folder / markers[stage]).is_file()
+
+
+def _config_dict(stage_config: Any) -> dict[str, Any]:
+    return json.loads(json.dumps(asdict(stage_config), default=str))
+
+
+def _run_stage(stage: str, stage_config: Any) -> dict[str, Any]:
+    """Run one stage; returns what REPORT.md needs of it."""
+    if stage == "zoo":
+        from .data.zoo_builder import build_zoo
+
+        summary = build_zoo(stage_config)
+        return {"num_models": summary["num_models"], "final_test_acc": summary["final_test_acc"]}
+    if stage == "convert":
+        from .data.hub_dataset import convert_zoo
+
+        result = convert_zoo(stage_config)
+        info = result.info
+        return {
+            "num_checkpoints": info.num_checkpoints,
+            "num_tokens": info.num_tokens,
+            "token_size": info.token_size,
+            "splits": {name: split.num_models for name, split in info.splits.items()},
+        }
+    if stage == "pretrain":
+        from .training.pretrain import pretrain, read_trainer_state
+
+        folder = pretrain(stage_config)
+        state = read_trainer_state(folder)
+        evaluations = [entry for entry in state.get("log_history", []) if "val/r2" in entry]
+        return {
+            "optimizer_steps": state.get("optimizer_steps"),
+            "epochs": state.get("epoch"),
+            "val_reconstruction_r2": evaluations[-1]["val/r2"] if evaluations else None,
+        }
+    if stage == "predict":
+        from .probing.report import predict_properties
+
+        results = predict_properties(stage_config)
+        return {"files": results["files"]}
+    if stage == "generate":
+        from .generation import generate
+
+        result = generate(stage_config)
+        zero_shot = [row["test_acc"] for row in result.zero_shot]
+        return {"zero_shot_mean": sum(zero_shot) / len(zero_shot)}
+    raise ValueError(f"Unknown stage {stage!r}; expected one of {STAGES}.")
+
+
+def run_quickstart(config: QuickstartConfig, stage_callback: Callable[[str, str], None] | None = None) -> dict:
+    """Run (or resume) the whole pipeline and write `REPORT.md`; returns the summary written to the state file.
+
+    Args:
+        config (`QuickstartConfig`): the run.
+        stage_callback (`Callable[[str, str], None]`, *optional*): called with `(stage, "start" | "skip" | "done")`,
+            e.g. to show progress on a console (library code only logs).
+    """
+    start = time.perf_counter()
+    root = Path(config.output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    state_path = root / STATE_FILE
+    state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else {}
+    stages_state: dict[str, Any] = state.get("stages", {})
+    configs = stage_configs(config)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(config.num_threads)
+    changed = config.rerun
+    try:
+        for index, stage in enumerate(STAGES, 1):
+            stage_config = configs[stage]
+            options = _config_dict(stage_config)
+            folder = root / STAGE_DIRS[stage]
+            recorded = stages_state.get(stage, {})
+            # A changed stage invalidates everything downstream of it.
+            changed = changed or recorded.get("options") != options
+            if not changed and _complete(stage, folder, stage_config):
+                logger.info("Stage %d/%d %s: complete in %s, skipped.", index, len(STAGES), stage, folder)
+                if stage_callback:
+                    stage_callback(stage, "skip")
+                continue
+            logger.info("Stage %d/%d %s: running into %s.", index, len(STAGES), stage, folder)
+            if stage_callback:
+                stage_callback(stage, "start")
+            stage_start = time.perf_counter()
+            outcome = _run_stage(stage, stage_config)
+            stages_state[stage] = {
+                "options": options,
+                "seconds": round(time.perf_counter() - stage_start, 1),
+                "outcome": outcome,
+            }
+            # Record each finished stage at once, so an interrupted run resumes after it.
+            write_json_atomic(state_path, {"config": asdict(config), "stages": stages_state})
+            if stage_callback:
+                stage_callback(stage, "done")
+    finally:
+        torch.set_num_threads(previous_threads)
+    seconds = round(time.perf_counter() - start, 1)
+    summary = {"config": asdict(config), "stages": stages_state, "seconds_this_run": seconds}
+    write_json_atomic(state_path, summary)
+    report = build_report(root, stages_state, seconds)
+    write_text_atomic(root / REPORT_FILE, report)
+    summary["report"] = str(root / REPORT_FILE)
     return summary
+
+
+def _section_of(markdown: str, start: str) -> str:
+    """The lines of `markdown` from the first line starting with `start` to the next blank line after a table."""
+    lines = markdown.splitlines()
+    begin = next((i for i, line in enumerate(lines) if line.startswith(start)), None)
+    if begin is None:
+        return ""
+    end = begin
+    while end < len(lines) and lines[end].strip():
+        end += 1
+    return "\n".join(lines[begin:end])
+
+
+def build_report(root: Path, stages_state: Mapping[str, Any], seconds_this_run: float) -> str:
+    """`REPORT.md`: timings, the zoo, the property-prediction table and the generation table, with their plots."""
+    lines = ["# SANE quickstart report", ""]
+    lines.append(
+        "The whole SANE pipeline on the embedded default task (scikit-learn digits, 8x8 images, 10 classes): a zoo "
+        "of small CNNs, its tokenized dataset, a pretrained SANE, property prediction from SANE embeddings and "
+        "model generation. Every folder named below is under this report's folder."
+    )
+    lines += ["", "## Stages", "", "| stage | folder | seconds (last run of the stage) |", "|---|---|---|"]
+    total = 0.0
+    for stage in STAGES:
+        entry = stages_state.get(stage, {})
+        total += entry.get("seconds", 0.0)
+        lines.append(f"| {stage} | `{STAGE_DIRS[stage]}/` | {entry.get('seconds', '-')} |")
+    lines += ["", f"Sum of the stages: {total:.0f} s; this invocation: {seconds_this_run:.0f} s.", ""]
+
+    zoo = stages_state.get("zoo", {}).get("outcome", {})
+    convert = stages_state.get("convert", {}).get("outcome", {})
+    if zoo:
+        spread = zoo.get("final_test_acc") or {}
+        lines += ["## The zoo", ""]
+        lines.append(
+            f"{zoo.get('num_models')} models; final-epoch test accuracy: "
+            + ", ".join(f"{key} {value:.3f}" for key, value in spread.items())
+            + "."
+        )
+        if convert:
+            lines.append(
+                f"Dataset: {convert.get('num_checkpoints')} checkpoints, {convert.get('num_tokens')} tokens of width "
+                f"{convert.get('token_size')} each; models per split {convert.get('splits')}."
+            )
+        pretrain = stages_state.get("pretrain", {}).get("outcome", {})
+        if pretrain:
+            r2 = pretrain.get("val_reconstruction_r2")
+            lines.append(
+                f"SANE: {pretrain.get('epochs')} epochs, {pretrain.get('optimizer_steps')} optimizer steps; validation "
+                "reconstruction R² " + (f"{r2:.3f}." if r2 is not None else "not measured.")
+            )
+        lines.append("")
+
+    predict_md = root / STAGE_DIRS["predict"] / "results.md"
+    if predict_md.is_file():
+        text = predict_md.read_text(encoding="utf-8")
+        lines += ["## Property prediction (SANE §5)", ""]
+        table = _section_of(text, "|")
+        lines += [table, ""] if table else ["(no table)", ""]
+        plots = sorted((root / STAGE_DIRS["predict"]).glob("*.png"))
+        for plot in plots:
+            relative = plot.relative_to(root).as_posix()
+            lines.append(f"![{plot.stem}]({relative})")
+        lines += ["", f"Full results: `{STAGE_DIRS['predict']}/results.md`, `results.json`.", ""]
+
+    generated = root / STAGE_DIRS["generate"]
+    evaluation_md = generated / "evaluation.md"
+    if evaluation_md.is_file():
+        text = evaluation_md.read_text(encoding="utf-8")
+        lines += ["## Generated models (SANE §6)", ""]
+        description = _section_of(text, "`test_acc`")
+        table = _section_of(text, "| population")
+        lines += [description, "", table, ""] if table else ["(no table)", ""]
+        if (generated / "evaluation.png").is_file():
+            lines.append(f"![accuracy vs fine-tuning epoch]({STAGE_DIRS['generate']}/evaluation.png)")
+        lines += ["", f"Full evaluation: `{STAGE_DIRS['generate']}/evaluation.md`; models: `model_000/`, ...", ""]
+    return "\n".join(lines).rstrip() + "\n"

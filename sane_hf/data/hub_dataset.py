@@ -26,6 +26,7 @@ the end and removed on any error, so no half-written dataset is ever left behind
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -33,7 +34,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -45,8 +45,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..tokenization import TokenLayout, TokenNormalization, detect_batchnorm_modules
-from ..utils.io import write_json_atomic
+from ..tokenization import (
+    TokenLayout,
+    TokenNormalization,
+    detect_batchnorm_modules,
+    permute_state_dict,
+    weight_matching,
+)
+from ..utils.io import make_temporary_dir, write_json_atomic
 from .info import (
     DATA_DIR,
     DATA_PATH_TEMPLATE,
@@ -67,8 +73,11 @@ TOKENS_COLUMN = "tokens"
 # Properties first in this order (the original's result keys, SANE_METHOD §2.4), then the rest sorted.
 _PROPERTY_ORDER = ("test_acc", "train_acc", "val_acc", "test_loss", "train_loss", "val_loss", "ggap")
 # Tokenize this many checkpoints per call (bounded by bytes too): one batched gather instead of many small ones.
+# The byte bound caps peak memory for large checkpoints: a batch lives as weights, raw tokens, normalized tokens and
+# a float64 copy for the statistics at once, so 64 MB of ResNet-18 weights (2 checkpoints) costs ~0.7 GB; larger
+# batches only add memory, since one ResNet-18 is already a large copy (benchmarks/bench_scale.py).
 _TOKENIZE_BATCH = 64
-_TOKENIZE_BATCH_BYTES = 256 << 20
+_TOKENIZE_BATCH_BYTES = 64 << 20
 
 
 # -------------------------------------------------------------------------------------------------------------------
@@ -91,6 +100,10 @@ class ConvertConfig:
         tokenize_bn_stats (`bool`, *optional*, defaults to `True`): tokenize BatchNorm running statistics.
         ignore_bn (`bool`, *optional*, defaults to `False`): leave BatchNorm layers out of the tokens.
         normalization (`str`, *optional*, defaults to `"standardize"`): `standardize` (SANE §1.8) or `none`.
+        canonicalize (`bool`, *optional*, defaults to `False`): map every model onto the reference model with git
+            re-basin weight matching before normalization (SANE_METHOD §2.5, the original's `map_to_canonical`):
+            one permutation per model, found on its last converted epoch and applied to all its epochs. Removes the
+            permutation symmetry from the stored tokens, so checkpoints with equal function look alike.
 
         epochs (`list[str]`, *optional*, defaults to `["all"]`): epochs to convert: `all`, or numbers / ranges
             such as `21-25`.
@@ -128,6 +141,13 @@ class ConvertConfig:
     normalization: str = field(
         default="standardize",
         metadata={"help": "Per-layer normalization fitted on the train split: standardize (SANE §1.8) or none."},
+    )
+    canonicalize: bool = field(
+        default=False,
+        metadata={
+            "help": "Map every model onto the reference model with weight matching before normalization "
+            "(SANE_METHOD §2.5 map_to_canonical)."
+        },
     )
     epochs: list[str] = field(
         default_factory=lambda: ["all"],
@@ -446,6 +466,63 @@ def _token_batches(records: Iterable[CheckpointRecord], layout: TokenLayout, bar
         yield tokenize(batch)
 
 
+class _Canonicalizer:
+    """Per-model weight-matching permutations onto the reference model (SANE_METHOD §2.5).
+
+    The target is the reference model's last converted epoch (a trained network; matching onto an initialization
+    would align models by random init weights). Each model's permutation is found once, on its last converted
+    finite epoch, cached (a few small index tensors per model), and applied to every epoch of that model, in both
+    passes of the conversion (normalization fit and writing). Every model's matching starts from the same seeded
+    generator, so the result does not depend on the order in which models are visited.
+    """
+
+    def __init__(self, reader: ZooReader, reference_model_id: str, architecture: str | None, model_kwargs, seed: int):
+        from ..tokenization import permutation_spec_from_module
+        from ..zoo_models import build_zoo_model
+
+        if architecture is None or model_kwargs is None:
+            raise ValueError(
+                f"{reader.path}: canonicalize=True needs the zoo's architecture to derive its permutation spec; "
+                "this zoo does not name a registered architecture (convert with canonicalize=False)."
+            )
+        self.reader = reader
+        self.seed = seed
+        module = build_zoo_model(architecture, **model_kwargs)
+        self.spec = permutation_spec_from_module(module)
+        self.keys = list(module.state_dict())
+        self.reference = self._last_finite(reference_model_id)
+        self.spec.validate(self.reference)
+        self.permutations: dict[str, dict[str, torch.Tensor]] = {}
+
+    def _by_position(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # Members may name their keys differently (see `_BatchTokenizer`); the spec uses the architecture's names.
+        if list(state_dict) == self.keys:
+            return dict(state_dict)
+        return dict(zip(self.keys, state_dict.values()))
+
+    def _last_finite(self, model_id: str) -> dict[str, torch.Tensor]:
+        member = self.reader.member(model_id)
+        for epoch in reversed(self.reader.selected_epochs(member)):
+            state_dict = self.reader.load_state_dict(member, epoch)
+            if all(torch.isfinite(t).all() for t in state_dict.values() if t.is_floating_point()):
+                return self._by_position(state_dict)
+        raise ValueError(f"{member.path}: no finite checkpoint to canonicalize model {model_id!r} with.")
+
+    def permutations_of(self, model_id: str) -> dict[str, torch.Tensor]:
+        if model_id not in self.permutations:
+            generator = torch.Generator().manual_seed(self.seed)
+            self.permutations[model_id] = weight_matching(
+                self.spec, self.reference, self._last_finite(model_id), generator=generator
+            )
+        return self.permutations[model_id]
+
+    def __call__(self, records: Iterable[CheckpointRecord]) -> Iterator[CheckpointRecord]:
+        for record in records:
+            state_dict = self._by_position(record.state_dict)
+            permuted = permute_state_dict(state_dict, self.spec, self.permutations_of(record.model_id))
+            yield dataclasses.replace(record, state_dict=permuted)
+
+
 def build_layout(
     record: CheckpointRecord, token_size: int = 0, tokenize_bn_stats: bool = True, ignore_bn: bool = False
 ) -> TokenLayout:
@@ -519,6 +596,7 @@ def write_zoo_dataset(
     tokenize_bn_stats: bool = True,
     ignore_bn: bool = False,
     normalization: str = "standardize",
+    canonicalize: bool = False,
     split_fractions: Sequence[float] = (0.7, 0.15, 0.15),
     seed: int = 42,
     max_models: int | None = None,
@@ -562,19 +640,29 @@ def write_zoo_dataset(
     selected = [model_id for ids in splits.values() for model_id in ids]
     properties = infer_property_dtypes(reader, selected)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    tmp = make_temporary_dir(output_dir)  # also removes the leftovers of a killed conversion
     try:
         # 1. Reference checkpoint and layout: the first kept train checkpoint (train is in the reference's split,
         #    as in the original, SANE §2.3 item 5). The train records are streamed once here for the statistics.
         train_records = reader.iter_checkpoints(splits["train"], record=False)
         first = next(train_records, None)
         if first is None:
-            raise ValueError(f"{reader.path}: no checkpoint of the train split survived filtering; nothing to fit on.")
+            threshold = "inf" if math.isinf(reader.weight_threshold) else reader.weight_threshold
+            raise ValueError(
+                f"{reader.path}: no checkpoint of the train split survived filtering: each of its "
+                f"{sum(len(reader.selected_epochs(reader.member(m))) for m in splits['train'])} checkpoints has "
+                f"NaN/Inf weights or |w| > weight_threshold={threshold}; expected at least one finite checkpoint "
+                "to fit the layout and normalization on."
+            )
         layout = build_layout(first, token_size, tokenize_bn_stats, ignore_bn)
         logger.info("Layout of %s (from %s epoch %d): %s", first.architecture, first.model_id, first.epoch, layout)
         # Hyper-parameter kwargs (activation, dropout, ...) vary between members; the dataset records the reference's.
         reference = {"model_id": first.model_id, "epoch": first.epoch, "source": first.source}
         architecture, model_kwargs = first.architecture, first.model_kwargs
+        canonical = _Canonicalizer(reader, first.model_id, architecture, model_kwargs, seed) if canonicalize else None
+        if canonical is not None:
+            reference["canonical_epoch"] = reader.selected_epochs(reader.member(first.model_id))[-1]
+            first, train_records = next(canonical([first])), canonical(train_records)
         n_train = sum(len(reader.selected_epochs(reader.member(m))) for m in splits["train"])
         if normalization == "standardize":
             with _progress(n_train, "fit normalization (train)", show_progress) as bar:
@@ -593,7 +681,8 @@ def write_zoo_dataset(
             total = sum(len(reader.selected_epochs(reader.member(m))) for m in model_ids)
             tokenize = _BatchTokenizer(layout)
             with _progress(total, f"write {split}", show_progress) as bar:
-                for batch in _batched(reader.iter_checkpoints(model_ids)):
+                records = reader.iter_checkpoints(model_ids)
+                for batch in _batched(canonical(records) if canonical is not None else records):
                     tokens = norm.normalize(tokenize(batch), layout).to(torch.float32)
                     writer.add(tokens.numpy(), batch)
                     kept.update(r.model_id for r in batch)
@@ -623,6 +712,7 @@ def write_zoo_dataset(
             reference=reference,
             max_positions=layout.max_positions,
             tokens_normalized=normalization != "none",
+            canonicalized=canonicalize,
             normalization_mode=norm.mode,
             tokenize_bn_stats=layout.tokenize_bn_stats,
             ignore_bn=layout.ignore_bn,
@@ -642,7 +732,7 @@ def write_zoo_dataset(
         write_json_atomic(tmp / NORMALIZATION_PATH, norm.to_dict())
         from ..hub.cards import build_dataset_card
 
-        build_dataset_card(info, repo_id=repo_id).save(tmp / "README.md")
+        build_dataset_card(info, repo_id=repo_id, root=tmp).save(tmp / "README.md")
         _move_into_place(tmp, output_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -700,6 +790,7 @@ def convert_zoo(config: ConvertConfig, *, show_progress: bool = True) -> Convert
             tokenize_bn_stats=config.tokenize_bn_stats,
             ignore_bn=config.ignore_bn,
             normalization=config.normalization,
+            canonicalize=config.canonicalize,
             split_fractions=config.split_fractions,
             seed=config.seed,
             max_models=config.max_models,

@@ -86,6 +86,8 @@ class SaneDatasetInfo:
         normalization_mode (`str`, *optional*, defaults to `"standardize"`).
         tokenize_bn_stats (`bool`, *optional*, defaults to `True`), ignore_bn (`bool`, *optional*, defaults to
             `False`): the tokenization options.
+        canonicalized (`bool`, *optional*, defaults to `False`): every model was mapped onto the reference model
+            (its `canonical_epoch`) with weight matching before normalization (SANE_METHOD §2.5).
         epochs (`list[int]`, *optional*): the epochs that were requested (`None`: all available).
         split_fractions (`list[float]`), split_seed (`int`), max_models (`int`, *optional*): how splits were drawn.
         weight_threshold (`float`): checkpoints with any |w| above it were dropped (SANE_METHOD §2.2).
@@ -106,6 +108,7 @@ class SaneDatasetInfo:
     reference: dict[str, Any] | None = None
     max_positions: list[int] | None = None
     tokens_normalized: bool = True
+    canonicalized: bool = False
     normalization_mode: str = "standardize"
     tokenize_bn_stats: bool = True
     ignore_bn: bool = False

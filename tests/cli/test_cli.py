@@ -14,13 +14,37 @@ from sane_hf.cli import main_quickstart, parse_config
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_quickstart_runs_end_to_end(tmp_path, capsys):
-    main_quickstart(["--output_dir", str(tmp_path)])
-    summary = json.loads((tmp_path / "quickstart.json").read_text())
-    assert summary["round_trip_exact"] and summary["reload_exact"]
-    assert summary["reloaded_with_automodel"] == "SaneModel"
-    assert (tmp_path / "sane" / "sane_layout.json").is_file()
-    assert "Quickstart finished" in capsys.readouterr().out
+def test_quickstart_runs_the_whole_pipeline_and_resumes(tmp_path, capsys):
+    """The README's main job at its smoke size: every stage runs, REPORT.md holds both tables, a rerun skips all."""
+    main_quickstart(["--output_dir", str(tmp_path), "--preset", "smoke"])
+    out = capsys.readouterr().out
+    assert "[5/5] generate: done" in out and "REPORT.md" in out
+    report = (tmp_path / "REPORT.md").read_text()
+    for fragment in ("## Property prediction", "| test_acc | r2 |", "## Generated models", "| generated (SANE) |"):
+        assert fragment in report, fragment
+    for image in ("predict/scatter_test_acc.png", "generated/evaluation.png"):
+        assert f"]({image})" in report and (tmp_path / image).is_file()
+    assert (tmp_path / "sane" / "model.safetensors").is_file()
+    assert len(list((tmp_path / "generated").glob("model_*/model.safetensors"))) == 2
+    assert json.loads((tmp_path / "zoo_ds" / "meta" / "info.json").read_text())["canonicalized"]
+    state = json.loads((tmp_path / "quickstart_state.json").read_text())
+    assert list(state["stages"]) == ["zoo", "convert", "pretrain", "predict", "generate"]
+
+    main_quickstart(["--output_dir", str(tmp_path), "--preset", "smoke"])
+    assert capsys.readouterr().out.count("already complete, skipped") == 5
+    # A changed option reruns its stage and everything after it, not the stages before.
+    main_quickstart(["--output_dir", str(tmp_path), "--preset", "smoke", "--pretrain_epochs", "2"])
+    out = capsys.readouterr().out
+    assert out.count("already complete, skipped") == 2 and "[3/5] pretrain: done" in out
+
+
+def test_quickstart_config_rejects_bad_values():
+    from sane_hf.quickstart import QuickstartConfig
+
+    with pytest.raises(ValueError, match="preset"):
+        QuickstartConfig(preset="huge")
+    with pytest.raises(ValueError, match="zoo_models"):
+        QuickstartConfig(zoo_models=0)
 
 
 @dataclass
@@ -50,3 +74,17 @@ def test_every_script_explains_its_options(script):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "--config" in result.stdout and "--output_dir" in result.stdout
+
+
+def test_quickstart_zoo_is_the_documented_default_zoo():
+    """The README's main job builds the zoo that scripts/configs/zoo_digits_cnn.yaml documents (same factors)."""
+    import yaml
+
+    from sane_hf.quickstart import PRESETS, QuickstartConfig, stage_configs
+
+    documented = yaml.safe_load((REPO / "scripts" / "configs" / "zoo_digits_cnn.yaml").read_text())
+    quickstart = stage_configs(QuickstartConfig())["zoo"]
+    for key, value in documented.items():
+        if key != "output_dir":
+            assert getattr(quickstart, key) == value, key
+    assert set(PRESETS["default"]["zoo"]) <= set(documented)

@@ -354,3 +354,51 @@ def test_reloading_a_rewritten_folder_is_not_stale(sane_zoo, tmp_path):
     assert load_zoo_dataset(output).splits["train"].num_rows == 5
     _convert(sane_zoo, output, epochs=["0-1"], overwrite=True)
     assert load_zoo_dataset(output).splits["train"].num_rows == 10
+
+
+def test_canonicalize_maps_permuted_copies_onto_one_token_sequence(tmp_path, zoo_tools):
+    """SANE_METHOD §2.5: models that are function-preserving permutations of one network become identical tokens."""
+    from sane_hf.tokenization import permutation_spec_from_module, permute_state_dict
+
+    zoo = zoo_tools.write_sane_hf_zoo(tmp_path / "zoo", num_models=6, num_epochs=2)
+    # Every model: the same drifting network as model 0, under its own random permutation of the hidden units.
+    # (Odd models have Dropout modules, so their key names differ; keys correspond by position in module order.)
+    module = build_zoo_model("cnn_s", input_size=8, padding="auto", in_channels=1)
+    spec = permutation_spec_from_module(module)
+    model_keys = list(module.state_dict())
+    checkpoints = zoo / "models/model_0000/checkpoints"
+    base = {e: load_file(checkpoints / f"epoch_{e:04d}.safetensors") for e in range(3)}
+    base = {e: {k: sd[k] for k in model_keys} for e, sd in base.items()}
+    for index in range(1, 6):
+        params = json.loads((zoo / "models" / f"model_{index:04d}" / "params.json").read_text())
+        keys = list(build_zoo_model("cnn_s", **params["model_kwargs"]).state_dict())
+        g = torch.Generator().manual_seed(index)
+        perms = {name: torch.randperm(size, generator=g) for name, size in spec.groups.items()}
+        for epoch, state_dict in base.items():
+            permuted = permute_state_dict(state_dict, spec, perms)
+            path = zoo / "models" / f"model_{index:04d}" / "checkpoints" / f"epoch_{epoch:04d}.safetensors"
+            save_file(dict(zip(keys, permuted.values())), path)
+
+    plain = load_zoo_dataset(_convert(zoo, tmp_path / "plain", normalization="none").output_dir)
+    result = _convert(zoo, tmp_path / "canon", normalization="none", canonicalize=True)
+    canon = load_zoo_dataset(result.output_dir)
+    assert result.info.canonicalized and not plain.info.canonicalized
+    assert result.info.reference["canonical_epoch"] == 2
+
+    def tokens_by_epoch(zoo_ds):
+        rows = {}
+        for split in zoo_ds.splits.values():
+            for row in split.with_format("torch"):
+                rows.setdefault(int(row["epoch"]), []).append(row["tokens"])
+        return rows
+
+    for epoch, rows in tokens_by_epoch(canon).items():
+        assert all(torch.allclose(rows[0], other, atol=1e-6) for other in rows[1:]), epoch
+    assert not all(torch.allclose(r[0], r[1]) for r in tokens_by_epoch(plain).values())
+    # Canonical tokens decode to a network that computes the same function as the original one.
+    restored = canon.layout.detokenize(tokens_by_epoch(canon)[2][0])
+    original, decoded = build_zoo_model("cnn_s", input_size=8, padding="auto", in_channels=1), module
+    original.load_state_dict(base[2])
+    decoded.load_state_dict(dict(zip(model_keys, restored.values())))
+    images = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(decoded.eval()(images), original.eval()(images), atol=1e-5, rtol=1e-5)
