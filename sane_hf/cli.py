@@ -2,11 +2,45 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from transformers import HfArgumentParser
+
+
+logger = logging.getLogger(__name__)
+
+# Errors of input a user can fix (paths, files, formats, values; the library raises `ValueError` subclasses and
+# `OSError`s naming the file/field, what was expected and what was found; the Hub's errors are `OSError`s too). A
+# command reports them as one line and exits with status 1; any other exception is a bug and keeps its traceback.
+# `SANE_HF_TRACEBACK=1` shows the traceback of a user error too.
+USER_ERRORS = (ValueError, OSError)
+EXIT_USER_ERROR = 1
+
+
+def one_line_errors(command: str) -> Callable:
+    """Decorate a `main_*` entry point: user errors (`USER_ERRORS`) become `"<command>: error: <message>"` on stderr
+    and exit status 1, with no traceback."""
+
+    def decorate(main: Callable) -> Callable:
+        @functools.wraps(main)
+        def wrapper(*args, **kwargs):
+            try:
+                return main(*args, **kwargs)
+            except USER_ERRORS as error:
+                if os.environ.get("SANE_HF_TRACEBACK", "") not in ("", "0"):
+                    raise
+                logger.debug("%s failed", command, exc_info=True)
+                message = " ".join(str(error).split()) or type(error).__name__
+                print(f"{command}: error: {message}", file=sys.stderr, flush=True)
+                raise SystemExit(EXIT_USER_ERROR) from None
+
+        return wrapper
+
+    return decorate
 
 
 def parse_config(config_classes: tuple[type, ...], args: Sequence[str] | None = None) -> tuple:
@@ -24,20 +58,35 @@ def parse_config(config_classes: tuple[type, ...], args: Sequence[str] | None = 
     if namespace.config is not None:
         import yaml
 
-        with open(namespace.config, encoding="utf-8") as f:
-            yaml_values = yaml.safe_load(f) or {}
+        try:
+            with open(namespace.config, encoding="utf-8") as f:
+                yaml_values = yaml.safe_load(f) or {}
+        except OSError as error:
+            parser.error(f"--config {namespace.config}: cannot read the file ({error.strerror or error}).")
+        except yaml.YAMLError as error:
+            parser.error(f"--config {namespace.config}: invalid YAML ({' '.join(str(error).split())}).")
         if not isinstance(yaml_values, dict):
-            parser.error(f"{namespace.config} must hold a mapping of option names to values.")
+            parser.error(
+                f"{namespace.config} must hold a mapping of option names to values, found a "
+                f"{type(yaml_values).__name__}."
+            )
         known = {f for cls in config_classes for f in cls.__dataclass_fields__}
         unknown = sorted(set(yaml_values) - known)
         if unknown:
             parser.error(f"unknown key(s) {unknown} in {namespace.config}; valid keys: {sorted(known)}")
+        # A value of the wrong type in the file fails in argparse's conversion or in the config's validation; say
+        # where the values came from, since the message names only the option.
+        report = parser.error
+        parser.error = lambda message: report(f"{message} (options from {namespace.config} and the command line)")
     parser.set_defaults(**yaml_values)
     parsed = parser.parse_args(args)
     outputs = []
     for cls in config_classes:
         values = {name: getattr(parsed, name) for name in cls.__dataclass_fields__}
-        outputs.append(cls(**values))
+        try:
+            outputs.append(cls(**values))
+        except (ValueError, TypeError) as error:
+            parser.error(" ".join(str(error).split()))
     return tuple(outputs)
 
 
@@ -45,18 +94,32 @@ def _setup_logging() -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
 
+@one_line_errors("sane-quickstart")
 def main_quickstart(args: Sequence[str] | None = None) -> None:
-    """`sane-quickstart`: tokenize, round-trip, encode/decode and save/reload on the embedded default."""
-    from .quickstart import QuickstartConfig, run_quickstart
+    """`sane-quickstart`: the whole pipeline on the embedded default (zoo, dataset, SANE, probes, generation)."""
+    import time
+
+    from .quickstart import STAGES, QuickstartConfig, run_quickstart
 
     _setup_logging()
     (config,) = parse_config((QuickstartConfig,), args)
-    summary = run_quickstart(config)
-    print(f"Quickstart finished in {summary['seconds']} s. Summary: {config.output_dir}/quickstart.json")
-    for key in ("layout", "round_trip_exact", "sane_parameters", "embedding_shape", "reload_exact"):
-        print(f"  {key}: {summary[key]}")
+    started: dict[str, float] = {}
+
+    def show(stage: str, event: str) -> None:
+        number = f"[{STAGES.index(stage) + 1}/{len(STAGES)}]"
+        if event == "start":
+            started[stage] = time.perf_counter()
+            print(f"{number} {stage}: running ...", flush=True)
+        elif event == "skip":
+            print(f"{number} {stage}: already complete, skipped", flush=True)
+        else:
+            print(f"{number} {stage}: done in {time.perf_counter() - started[stage]:.0f} s", flush=True)
+
+    summary = run_quickstart(config, stage_callback=show)
+    print(f"Quickstart finished in {summary['seconds_this_run']:.0f} s. Report: {summary['report']}")
 
 
+@one_line_errors("sane-convert-zoo")
 def main_convert_zoo(args: Sequence[str] | None = None) -> None:
     """`sane-convert-zoo`: tokenize a model zoo into a Hub-style dataset folder (and optionally push it)."""
     from .data.hub_dataset import ConvertConfig, convert_zoo
@@ -77,6 +140,7 @@ def main_convert_zoo(args: Sequence[str] | None = None) -> None:
         print(f"  pushed: {result.url}")
 
 
+@one_line_errors("sane-pretrain")
 def main_pretrain(args: Sequence[str] | None = None) -> None:
     """`sane-pretrain`: pretrain SANE on a tokenized zoo (one process, or many under `accelerate launch`/torchrun)."""
     import os
@@ -97,6 +161,7 @@ def main_pretrain(args: Sequence[str] | None = None) -> None:
         os._exit(0)
 
 
+@one_line_errors("sane-make-zoo")
 def main_make_zoo(args: Sequence[str] | None = None) -> None:
     """`sane-make-zoo`: train a model zoo (a population of seeded models, checkpointed every epoch); resumable."""
     from .data.zoo_builder import ZooConfig, build_zoo
@@ -114,6 +179,7 @@ def main_make_zoo(args: Sequence[str] | None = None) -> None:
         print("  final test accuracy: " + ", ".join(f"{key} {value:.3f}" for key, value in spread.items()))
 
 
+@one_line_errors("sane-predict")
 def main_predict(args: Sequence[str] | None = None) -> None:
     """`sane-predict`: predict model properties from SANE embeddings, with the W and s(W) baselines (SANE §5)."""
     from .probing.configs import PredictConfig
@@ -129,6 +195,7 @@ def main_predict(args: Sequence[str] | None = None) -> None:
     print(table.rstrip())
 
 
+@one_line_errors("sane-generate")
 def main_generate(args: Sequence[str] | None = None) -> None:
     """`sane-generate`: sample networks from a pretrained SANE, evaluate, save `model_000/`, ... (and push)."""
     from .generation import GenerateConfig, generate
@@ -148,6 +215,7 @@ def main_generate(args: Sequence[str] | None = None) -> None:
         print(f"  pushed: {result.url}")
 
 
+@one_line_errors("sane-evaluate")
 def main_evaluate(args: Sequence[str] | None = None) -> None:
     """`sane-evaluate`: fine-tune saved generated networks next to scratch, anchors and the noise control."""
     from .generation import EvaluateConfig, evaluate_models

@@ -246,7 +246,9 @@ def load_safetensors_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         state_dict = load_file(path, device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
-        raise ZooFormatError(f"{path}: corrupt or truncated safetensors checkpoint ({err}).") from None
+        raise ZooFormatError(
+            f"{path}: corrupt or truncated safetensors checkpoint; expected a complete safetensors file ({err})."
+        ) from None
     return _check_state_dict(state_dict, path)
 
 
@@ -277,7 +279,10 @@ def load_pickle_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
             "with weights_only=False: re-save it as a plain state_dict or as safetensors from a trusted environment."
         ) from None
     except (RuntimeError, EOFError, IndexError, OSError, ValueError) as err:
-        raise ZooFormatError(f"{path}: corrupt or truncated checkpoint ({type(err).__name__}: {err}).") from None
+        raise ZooFormatError(
+            f"{path}: corrupt or truncated checkpoint; expected a complete torch.save'd state_dict "
+            f"({type(err).__name__}: {err})."
+        ) from None
     return _check_state_dict(state_dict, path)
 
 

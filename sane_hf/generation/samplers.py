@@ -162,7 +162,7 @@ def select_anchor_rows(
         split_dataset (`datasets.Dataset`):
             One split of a tokenized zoo (`SaneZooDataset.splits[split]`), with `model_id` and `epoch` columns.
         num_anchors (`int`):
-            How many anchors; fewer are returned (with a warning) when fewer models qualify.
+            How many anchors; a `ValueError` names the number available when fewer checkpoints qualify.
         property_name (`str`, *optional*, defaults to `"test_acc"`):
             Column ranking the models.
         epoch (`int`, *optional*):
@@ -177,7 +177,7 @@ def select_anchor_rows(
         deterministic).
 
     Raises:
-        `ValueError`: a column is missing, or no checkpoint matches.
+        `ValueError`: a column is missing, or fewer than `num_anchors` checkpoints match.
     """
     if not isinstance(num_anchors, int) or num_anchors < 1:
         raise ValueError(f"`num_anchors` must be a positive int, got {num_anchors!r}.")
@@ -212,7 +212,12 @@ def select_anchor_rows(
         )
     candidates.sort()
     if len(candidates) < num_anchors:
-        logger.warning("Only %d checkpoints qualify as anchors (asked for %d).", len(candidates), num_anchors)
+        # An error, not fewer anchors: a silently smaller anchor set changes what every sampler draws from.
+        raise ValueError(
+            f"`num_anchors`={num_anchors}, but only {len(candidates)} checkpoint(s) of the split qualify as anchors "
+            f"(epoch {target_epoch}, filters {filters}, finite {property_name!r}); use --num_anchors "
+            f"{len(candidates)} or fewer, or another split/epoch."
+        )
     return [row for _, _, row in candidates[:num_anchors]]
 
 

@@ -106,19 +106,24 @@ def pool_token_latents(token_latents: torch.Tensor, pooling_matrix: torch.Tensor
     return layers if pooling == "layers" else torch.cat([mean, layers], dim=1)
 
 
-def check_model_matches_layout(model, layout: TokenLayout) -> None:
-    """Raise a `ValueError` naming both numbers if the SANE's token size or position tables do not fit `layout`."""
+def check_model_matches_layout(
+    model, layout: TokenLayout, model_source: str | None = None, dataset_source: str | None = None
+) -> None:
+    """Raise a `ValueError` naming both numbers (and the model / dataset, when given) if the SANE's token size or
+    position tables do not fit `layout`."""
     config = model.config
+    sane = f"The SANE model {model_source}" if model_source else "The SANE model"
+    dataset = f"the dataset {dataset_source}" if dataset_source else "the dataset"
     if config.token_size != layout.token_size:
         raise ValueError(
-            f"The SANE model has token_size {config.token_size}, but the dataset's tokens have token_size "
-            f"{layout.token_size}; retokenize the zoo with --token_size {config.token_size} or use a SANE trained "
-            "on this tokenization."
+            f"{sane} has token_size {config.token_size} (config.json), but {dataset} has token_size "
+            f"{layout.token_size} (meta/layout.json); retokenize the zoo with --token_size {config.token_size} or "
+            "use a SANE trained on this tokenization."
         )
     for coordinate, (needed, have) in enumerate(zip(layout.max_positions, config.max_positions)):
         if have < needed:
             raise ValueError(
-                f"The SANE model has max_positions[{coordinate}]={have}, but the dataset's layout needs {needed} "
+                f"{sane} has max_positions[{coordinate}]={have}, but the layout of {dataset} needs {needed} "
                 f"(positions {layout.max_positions}); this SANE cannot embed these models."
             )
 

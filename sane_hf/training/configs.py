@@ -86,7 +86,11 @@ class PretrainConfig:
     save_steps: int = field(default=0, metadata={"help": "Save a resumable checkpoint every N steps (0: off)."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many step checkpoints."})
     resume_from_checkpoint: str | None = field(
-        default=None, metadata={"help": "A step checkpoint folder to resume from, or 'latest'."}
+        default=None,
+        metadata={
+            "help": "A step checkpoint folder to resume from, 'latest' (error if none), or 'auto' (the latest if "
+            "any, else start from scratch: rerunning the same command continues an interrupted run)."
+        },
     )
     log_with: str | None = field(default=None, metadata={"help": "Accelerate tracker: tensorboard, trackio, wandb."})
     logging_steps: int = field(default=10, metadata={"help": "Log training metrics every N steps."})

@@ -28,10 +28,12 @@ from tqdm.auto import tqdm
 
 from ..data.hub_dataset import SaneZooDataset, load_zoo_dataset
 from ..data.windows import ZooCheckpointDataset, sample_windows
+from ..hub.sane_cards import TRAINER_STATE_ZOO_KEY, write_sane_card, zoo_summary
 from ..models.sane import SaneConfig, SaneModel, SaneModelOutput
 from ..tokenization.layout import TokenLayout
 from ..tokenization.permutations import TokenPermuter, permutation_spec_from_module
-from ..utils.io import write_json_atomic
+from ..utils.checks import check_finite_weights
+from ..utils.io import remove_temporary_files, write_json_atomic
 from .augmentations import make_two_views
 from .configs import PretrainConfig
 from .losses import sane_loss
@@ -43,6 +45,8 @@ logger = logging.getLogger(__name__)
 TRAIN_CONFIG_NAME = "train_config.json"
 TRAINER_STATE_NAME = "trainer_state.json"
 CHECKPOINTS_DIR = "checkpoints"
+# Where the final `save_pretrained` writes before its files are moved into the output folder.
+_FINAL_TMP = ".save_pretrained.tmp"
 
 
 # ------------------------------------------------------------------------------------------------------------- data
@@ -106,6 +110,9 @@ def get_dataloaders(
         sampler=_EpochSampler(len(train_set), cfg.seed),
         drop_last=True,  # NT-Xent compares full batches (SANE_METHOD §4.1)
         collate_fn=_collate_full_tokens,
+        # Own generators: a DataLoader without one draws a seed from the global RNG at every `iter()`, and a run
+        # resumed mid-epoch calls `iter()` once more than an uninterrupted one, which would shift dropout masks.
+        generator=torch.Generator().manual_seed(cfg.seed),
     )
     val_loader = None
     if "val" in zoo.splits and len(zoo.splits["val"]) > 0:
@@ -116,6 +123,7 @@ def get_dataloaders(
             shuffle=False,
             drop_last=True,
             collate_fn=_collate_full_tokens,
+            generator=torch.Generator().manual_seed(cfg.seed),
         )
     return train_loader, val_loader
 
@@ -124,6 +132,14 @@ def get_dataloaders(
 def build_sane_config(cfg: PretrainConfig, layout: TokenLayout) -> SaneConfig:
     """The architecture for a zoo: token size and position tables from the layout, the rest from the run config."""
     window = min(cfg.window_size, layout.num_tokens)
+    if window < cfg.window_size:
+        logger.warning(
+            "`window_size`=%d is larger than the dataset's sequence (%d tokens); training on whole sequences, "
+            "window_size=%d.",
+            cfg.window_size,
+            layout.num_tokens,
+            window,
+        )
     max_positions = cfg.max_positions or [max(bound, window) for bound in layout.max_positions]
     for coordinate, (needed, have) in enumerate(zip(layout.max_positions, max_positions)):
         if have < needed:
@@ -157,6 +173,7 @@ def load_or_build_model(cfg: PretrainConfig, zoo: SaneZooDataset) -> SaneModel:
         model = SaneModel(build_sane_config(cfg, layout))
     else:
         model = SaneModel.from_pretrained(cfg.init_from)
+        check_finite_weights(model, f"`init_from` {cfg.init_from}")
         config = model.config
         if config.token_size != layout.token_size:
             raise ValueError(
@@ -265,6 +282,57 @@ class _Counters:
             setattr(self, key, int(value))
 
 
+class _LogState:
+    """The log so far and the running sums since its last line, saved with `save_state` next to `_Counters`, so
+    that a resumed run's `trainer_state.json` holds the whole log, equal to an uninterrupted run's."""
+
+    def __init__(self):
+        self.history: list[dict[str, Any]] = []
+        self.running: dict[str, float] = {}
+        self.running_count = 0
+        self.seconds = 0.0  # training wall time up to the checkpoint, so a resumed run reports the whole run's
+
+    def state_dict(self) -> dict[str, str | float]:
+        # JSON text: floats round-trip exactly, and the pickle accelerate writes holds only a string and a float.
+        return {"log": json.dumps([self.history, self.running, self.running_count]), "seconds": self.seconds}
+
+    def load_state_dict(self, state: Mapping[str, str | float]) -> None:
+        history, running, running_count = json.loads(state["log"])
+        self.history[:] = history
+        self.running = running
+        self.running_count = int(running_count)
+        self.seconds = float(state["seconds"])
+
+
+def _resume_path(cfg: PretrainConfig, output_dir: Path) -> Path | None:
+    """The step checkpoint `cfg.resume_from_checkpoint` names: a folder, `"latest"`, or `"auto"` (latest if any)."""
+    if not cfg.resume_from_checkpoint:
+        return None
+    if cfg.resume_from_checkpoint in ("latest", "auto"):
+        path = _latest_checkpoint(output_dir)
+        if path is None and cfg.resume_from_checkpoint == "auto":
+            logger.info("No step checkpoint in %s: starting from scratch.", output_dir / CHECKPOINTS_DIR)
+            return None
+    else:
+        path = Path(cfg.resume_from_checkpoint)
+    if path is None or not path.is_dir():
+        raise FileNotFoundError(
+            f"No checkpoint to resume from at {cfg.resume_from_checkpoint!r} (in {output_dir}); expected a step "
+            f"checkpoint folder, or 'latest' with {output_dir / CHECKPOINTS_DIR}/step_<N>/ present ('auto' starts "
+            "from scratch when there is none)."
+        )
+    return path
+
+
+def _remove_stale_temporaries(output_dir: Path) -> None:
+    """Remove what a run killed mid-write left: half-saved step checkpoints, a half-saved final model, temp files."""
+    for stale in [*(output_dir / CHECKPOINTS_DIR).glob(".step_*.tmp"), output_dir / _FINAL_TMP]:
+        if stale.is_dir():
+            logger.info("Removing %s, left by an interrupted run.", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+    remove_temporary_files(output_dir)
+
+
 def _latest_checkpoint(output_dir: Path) -> Path | None:
     folders = [p for p in (output_dir / CHECKPOINTS_DIR).glob("step_*") if p.is_dir() and p.name[5:].isdigit()]
     return max(folders, key=lambda p: int(p.name[5:]), default=None)
@@ -329,7 +397,7 @@ def pretrain(cfg: PretrainConfig, dataloaders: tuple | None = None, zoo: SaneZoo
 
     Returns:
         `Path`: the output folder (config.json, model.safetensors, sane_layout.json, sane_normalization.json,
-        train_config.json, trainer_state.json).
+        train_config.json, trainer_state.json, and the model card README.md).
     """
     output_dir = Path(cfg.output_dir)
     accelerator = Accelerator(
@@ -361,23 +429,19 @@ def pretrain(cfg: PretrainConfig, dataloaders: tuple | None = None, zoo: SaneZoo
     scheduler = make_one_cycle_scheduler(optimizer, cfg.lr, total_steps * accelerator.num_processes)
     scheduler = accelerator.prepare(scheduler)
     counters = _Counters()
+    log_state = _LogState()
     accelerator.register_for_checkpointing(counters)
+    accelerator.register_for_checkpointing(log_state)
 
-    if cfg.resume_from_checkpoint:
-        path = (
-            _latest_checkpoint(output_dir)
-            if cfg.resume_from_checkpoint == "latest"
-            else Path(cfg.resume_from_checkpoint)
-        )
-        if path is None or not path.is_dir():
-            raise FileNotFoundError(
-                f"No checkpoint to resume from at {cfg.resume_from_checkpoint!r} (in {output_dir})."
-            )
+    path = _resume_path(cfg, output_dir)
+    if path is not None:
         accelerator.load_state(str(path))
         logger.info("Resumed from %s at epoch %d, step %d.", path, counters.epoch, counters.optimizer_steps)
+    first_step = counters.optimizer_steps
 
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(output_dir)
         write_json_atomic(output_dir / TRAIN_CONFIG_NAME, cfg.to_dict())
     if cfg.log_with:
         accelerator.init_trackers("sane_pretrain", config={k: v for k, v in cfg.to_dict().items() if v is not None})
@@ -392,16 +456,21 @@ def pretrain(cfg: PretrainConfig, dataloaders: tuple | None = None, zoo: SaneZoo
         accelerator.num_processes,
         cfg.mixed_precision,
     )
-    history: list[dict[str, Any]] = []
+    history = log_state.history
     progress = tqdm(
         total=total_steps,
         initial=counters.optimizer_steps,
         desc="pretrain",
         disable=not accelerator.is_local_main_process,
     )
-    start_time = time.perf_counter()
-    running: dict[str, float] = {}
-    running_count = 0
+    start_time = time.perf_counter() - log_state.seconds
+
+    def checkpoint() -> None:
+        log_state.running, log_state.running_count = running, running_count
+        log_state.seconds = time.perf_counter() - start_time
+        _save_checkpoint(accelerator, output_dir, counters.optimizer_steps, cfg.save_total_limit)
+
+    running, running_count = log_state.running, log_state.running_count
     done = counters.optimizer_steps >= total_steps
     model.train()
     while not done and counters.epoch < cfg.epochs:
@@ -446,8 +515,13 @@ def pretrain(cfg: PretrainConfig, dataloaders: tuple | None = None, zoo: SaneZoo
                     loss=f"{metrics['train/loss']:.4f}", r2=f"{metrics.get('train/r2', float('nan')):.3f}"
                 )
                 running, running_count = {}, 0
-            if cfg.save_steps and counters.optimizer_steps % cfg.save_steps == 0:
-                _save_checkpoint(accelerator, output_dir, counters.optimizer_steps, cfg.save_total_limit)
+            # The last step's checkpoint waits for the epoch's end (validation), so it holds the complete log.
+            if (
+                cfg.save_steps
+                and counters.optimizer_steps % cfg.save_steps == 0
+                and counters.optimizer_steps < total_steps
+            ):
+                checkpoint()
             if counters.optimizer_steps >= total_steps:
                 done = True
                 break
@@ -460,6 +534,8 @@ def pretrain(cfg: PretrainConfig, dataloaders: tuple | None = None, zoo: SaneZoo
             history.append({"step": counters.optimizer_steps, "epoch": counters.epoch, **metrics})
             logger.info("epoch %d step %d: %s", counters.epoch, counters.optimizer_steps, metrics)
     progress.close()
+    if cfg.save_steps and counters.optimizer_steps % cfg.save_steps == 0 and counters.optimizer_steps > first_step:
+        checkpoint()
 
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
@@ -468,7 +544,18 @@ def pretrain(cfg: PretrainConfig, dataloaders: tuple | None = None, zoo: SaneZoo
     if not in_sync:
         # e.g. `torchrun` without ACCELERATE_USE_CPU=1 on CPU runs unsynchronized copies (ENVIRONMENT.md).
         logger.error("Parameters differ across the %d processes: %s", accelerator.num_processes, checksums.tolist())
-    unwrapped.save_pretrained(output_dir, is_main_process=accelerator.is_main_process, save_function=accelerator.save)
+    # Saved into a temporary folder, then moved file by file (each `os.replace` is atomic): a kill while saving never
+    # leaves a truncated model.safetensors in output_dir.
+    final_tmp = output_dir / _FINAL_TMP
+    if accelerator.is_main_process:
+        shutil.rmtree(final_tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    unwrapped.save_pretrained(final_tmp, is_main_process=accelerator.is_main_process, save_function=accelerator.save)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        for file in sorted(final_tmp.iterdir()):
+            os.replace(file, output_dir / file.name)
+        shutil.rmtree(final_tmp, ignore_errors=True)
     if accelerator.is_main_process:
         write_json_atomic(
             output_dir / TRAINER_STATE_NAME,
@@ -480,8 +567,10 @@ def pretrain(cfg: PretrainConfig, dataloaders: tuple | None = None, zoo: SaneZoo
                 "parameter_checksums": checksums.tolist(),
                 "seconds": round(time.perf_counter() - start_time, 2),
                 "log_history": history,
+                TRAINER_STATE_ZOO_KEY: zoo_summary(zoo.info, cfg.dataset, cfg.dataset_revision),
             },
         )
+        write_sane_card(output_dir, repo_id=cfg.push_to_hub)
         if cfg.push_to_hub:
             push_pretrained_folder(output_dir, cfg.push_to_hub, private=cfg.hub_private)
     accelerator.end_training()
@@ -495,10 +584,21 @@ def _parameter_checksums(model: torch.nn.Module, accelerator: Accelerator) -> to
     return accelerator.gather(local).cpu()
 
 
-def push_pretrained_folder(folder: str | os.PathLike, repo_id: str, private: bool = False) -> str:
-    """Upload a saved SANE folder (without the resumable step checkpoints) as one commit; returns the commit url."""
+def push_pretrained_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    private: bool = False,
+    probe_results: str | os.PathLike | Mapping | None = None,
+) -> str:
+    """Upload a saved SANE folder (without the resumable step checkpoints) as one commit; returns the commit url.
+
+    The folder's card is rebuilt first so that its snippets name `repo_id` (and, with `probe_results`, a
+    `results.json` of `sane-predict`, its `model-index` holds the probe results); a hand-written `README.md` is
+    uploaded as it is.
+    """
     from huggingface_hub import HfApi
 
+    write_sane_card(folder, repo_id=repo_id, probe_results=probe_results)
     api = HfApi()
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     info = api.upload_folder(

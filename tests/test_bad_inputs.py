@@ -1,0 +1,616 @@
+"""Bad input, table-driven: every case ends in one clear line naming the file/key/field, what was expected and what
+was found, and changes nothing on disk (no partial output, no touched inputs).
+
+Scripts are exercised through their `main_*` entry points in-process (the wrapper that turns user errors into
+`"<command>: error: <message>"` and a non-zero exit is the same code the console scripts run); one case runs a
+real script in a fresh interpreter to check the exit status and that stderr is that one line. Library loaders are
+called directly. Every case prints its message (run with `-s` to list them).
+"""
+
+import hashlib
+import json
+import math
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# Shared, read-only inputs: a tiny zoo, two tokenizations of it and a SANE pretrained a few steps on one of them
+# -------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory, zoo_tools):
+    from sane_hf.data.hub_dataset import ConvertConfig, convert_zoo
+    from sane_hf.training.configs import PretrainConfig
+    from sane_hf.training.pretrain import pretrain
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("bad_inputs_shared")
+    zoo = zoo_tools.write_sane_hf_zoo(root / "zoo", num_models=6, num_epochs=1)
+    datasets = {}
+    for token_size in (16, 32):
+        datasets[token_size] = root / f"zoo_ds_t{token_size}"
+        config = ConvertConfig(zoo_dir=str(zoo), output_dir=str(datasets[token_size]), token_size=token_size, seed=0)
+        convert_zoo(config, show_progress=False)
+    sane = pretrain(
+        PretrainConfig(
+            dataset=str(datasets[16]),
+            output_dir=str(root / "sane_t16"),
+            d_model=16,
+            n_heads=2,
+            n_layers=1,
+            latent_dim=4,
+            window_size=8,
+            batch_size=4,
+            max_steps=2,
+            num_threads=1,
+        )
+    )
+    return {"zoo": zoo, "ds16": datasets[16], "ds32": datasets[32], "sane16": sane, "tools": zoo_tools}
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# How a case runs
+# -------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    """One bad input.
+
+    Args:
+        id: the case name.
+        build: `build(good, case_dir) -> run`, writing the bad input under `case_dir` and returning a no-argument
+            callable that runs the command or loader on it (outputs also go under `case_dir`).
+        expect: fragments the message must contain (the file/key/field, what was expected, what was found).
+        command: `"library"` (the callable raises) or the console command whose `main_*` the callable runs.
+        exit_code: the exit status of a command (1: user error reported by `one_line_errors`; 2: argparse).
+    """
+
+    id: str
+    build: Callable
+    expect: tuple[str, ...]
+    command: str = "library"
+    exit_code: int = 1
+
+
+def _cli(main_name: str, *args) -> Callable:
+    def run():
+        from sane_hf import cli
+
+        getattr(cli, main_name)([str(a) for a in args])
+
+    return run
+
+
+def _copy(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
+
+
+def _edit_json(path: Path, **changes) -> None:
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def _first_checkpoint(zoo: Path) -> Path:
+    return sorted((zoo / "models").glob("model_*/checkpoints/epoch_0001.safetensors"))[0]
+
+
+# --- builders (one per case; each returns the callable to run) -----------------------------------------------------
+
+
+def missing_zoo(good, d):
+    return _cli("main_convert_zoo", "--zoo_dir", d / "no_such_zoo", "--output_dir", d / "out")
+
+
+def empty_zoo(good, d):
+    (d / "empty_zoo").mkdir()
+    return _cli("main_convert_zoo", "--zoo_dir", d / "empty_zoo", "--output_dir", d / "out")
+
+
+def truncated_safetensors(good, d):
+    zoo = _copy(good["zoo"], d / "zoo")
+    file = _first_checkpoint(zoo)
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+    return _cli("main_convert_zoo", "--zoo_dir", zoo, "--output_dir", d / "out", "--token_size", 16)
+
+
+def garbage_safetensors(good, d):
+    zoo = _copy(good["zoo"], d / "zoo")
+    _first_checkpoint(zoo).write_bytes(b"\x00" * 64)
+    return _cli("main_convert_zoo", "--zoo_dir", zoo, "--output_dir", d / "out", "--token_size", 16)
+
+
+def truncated_pickle(good, d):
+    zoo = good["tools"].write_modelzoo(d / "mz", num_models=3, num_epochs=1)
+    file = sorted(zoo.glob("*/checkpoint_*1/checkpoints"))[0]
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+    return _cli("main_convert_zoo", "--zoo_dir", zoo, "--output_dir", d / "out", "--token_size", 16)
+
+
+def garbage_pickle(good, d):
+    zoo = good["tools"].write_modelzoo(d / "mz", num_models=3, num_epochs=1)
+    sorted(zoo.glob("*/checkpoint_*1/checkpoints"))[0].write_bytes(b"this is not a pickle\n" * 8)
+    return _cli("main_convert_zoo", "--zoo_dir", zoo, "--output_dir", d / "out", "--token_size", 16)
+
+
+def malicious_pickle(good, d):
+    zoo = good["tools"].write_modelzoo(d / "mz", num_models=3, num_epochs=1)
+    good["tools"].write_malicious_checkpoint(
+        sorted(zoo.glob("*/checkpoint_*1/checkpoints"))[1], d.parent / f"{d.name}.marker"
+    )
+
+    def run():
+        try:
+            _cli("main_convert_zoo", "--zoo_dir", zoo, "--output_dir", d / "out", "--token_size", 16)()
+        finally:
+            assert not (d.parent / f"{d.name}.marker").exists(), "the pickle's code ran"
+
+    return run
+
+
+def malicious_model_folder(good, d):
+    folder = good["tools"].write_model_folder(d / "models" / "m0", seed=0, pickle=True)
+    good["tools"].write_malicious_checkpoint(folder / "pytorch_model.bin", d.parent / f"{d.name}.marker")
+
+    def run():
+        from sane_hf.data.zoo import open_zoo
+
+        try:
+            list(open_zoo(d / "models", "models").iter_checkpoints())
+        finally:
+            assert not (d.parent / f"{d.name}.marker").exists(), "the pickle's code ran"
+
+    return run
+
+
+def other_architecture(good, d):
+    zoo = _copy(good["zoo"], d / "zoo")
+    state = good["tools"].model_state_dict(0, "mlp", in_features=64, hidden_sizes=[8], num_classes=10)
+    save_file(state, _first_checkpoint(zoo))
+    return _cli("main_convert_zoo", "--zoo_dir", zoo, "--output_dir", d / "out", "--token_size", 16)
+
+
+def all_weights_nan(good, d):
+    zoo = _copy(good["zoo"], d / "zoo")
+    for file in (zoo / "models").glob("*/checkpoints/*.safetensors"):
+        save_file({k: torch.full_like(v, math.nan) for k, v in load_file(file).items()}, file)
+    return _cli("main_convert_zoo", "--zoo_dir", zoo, "--output_dir", d / "out", "--token_size", 16)
+
+
+def inf_weights_tokenize(good, d):
+    def run():
+        from sane_hf import TokenLayout
+
+        state = good["tools"].model_state_dict(0)
+        layout = TokenLayout.from_state_dict(state, token_size=16)
+        state["module_list.3.weight"][0, 0, 0, 0] = math.inf
+        layout.tokenize(state)
+
+    return run
+
+
+def zoo_config_version(good, d):
+    zoo = _copy(good["zoo"], d / "zoo")
+    _edit_json(zoo / "zoo_config.json", format_version=7)
+    return _cli("main_convert_zoo", "--zoo_dir", zoo, "--output_dir", d / "out", "--token_size", 16)
+
+
+def output_exists(good, d):
+    (d / "out").mkdir()
+    (d / "out" / "keep.txt").write_text("mine")
+    return _cli("main_convert_zoo", "--zoo_dir", good["zoo"], "--output_dir", d / "out", "--token_size", 16)
+
+
+def empty_train_split(good, d):
+    args = ["--zoo_dir", good["zoo"], "--output_dir", d / "out", "--split_fractions", "0", "0.5", "0.5"]
+    return _cli("main_convert_zoo", *args)
+
+
+def missing_layout(good, d):
+    dataset = _copy(good["ds16"], d / "ds")
+    (dataset / "meta" / "layout.json").unlink()
+    return _cli("main_pretrain", "--dataset", dataset, "--output_dir", d / "sane", "--max_steps", 1)
+
+
+def dataset_format_version(good, d):
+    dataset = _copy(good["ds16"], d / "ds")
+    _edit_json(dataset / "meta" / "info.json", format_version=99)
+    return _cli("main_pretrain", "--dataset", dataset, "--output_dir", d / "sane", "--max_steps", 1)
+
+
+def missing_shard(good, d):
+    dataset = _copy(good["ds16"], d / "ds")
+    next((dataset / "data").glob("train-*.parquet")).unlink()
+    return _cli("main_pretrain", "--dataset", dataset, "--output_dir", d / "sane", "--max_steps", 1)
+
+
+def predict_token_size(good, d):
+    args = ["--model", good["sane16"], "--dataset", good["ds32"], "--output_dir", d / "predict", "--plots", "false"]
+    return _cli("main_predict", *args)
+
+
+def generate_token_size(good, d):
+    args = ["--model", good["sane16"], "--dataset", good["ds32"], "--output_dir", d / "gen", "--evaluate", "false"]
+    return _cli("main_generate", *args)
+
+
+def init_from_token_size(good, d):
+    args = ["--dataset", good["ds32"], "--init_from", good["sane16"], "--output_dir", d / "sane", "--max_steps", 1]
+    return _cli("main_pretrain", *args)
+
+
+def _nan_sane(good, d: Path) -> Path:
+    sane = _copy(good["sane16"], d / "sane_nan")
+    weights = load_file(sane / "model.safetensors")
+    name = sorted(weights)[0]
+    weights[name] = torch.full_like(weights[name], math.nan)
+    save_file(weights, sane / "model.safetensors", metadata={"format": "pt"})
+    return sane
+
+
+def nan_sane_predict(good, d):
+    args = ["--model", _nan_sane(good, d), "--dataset", good["ds16"], "--output_dir", d / "p", "--plots", "false"]
+    return _cli("main_predict", *args)
+
+
+def nan_sane_generate(good, d):
+    args = ["--model", _nan_sane(good, d), "--dataset", good["ds16"], "--output_dir", d / "gen", "--evaluate", "false"]
+    return _cli("main_generate", *args, "--num_anchors", 2)
+
+
+def missing_model(good, d):
+    return _cli("main_predict", "--model", d / "no_such_sane", "--dataset", good["ds16"], "--output_dir", d / "p")
+
+
+def too_many_anchors(good, d):
+    args = ["--model", good["sane16"], "--dataset", good["ds16"], "--output_dir", d / "gen", "--num_anchors", 50]
+    return _cli("main_generate", *args, "--evaluate", "false")
+
+
+def anchors_from_empty_split(good, d):
+    args = ["--model", good["sane16"], "--dataset", good["ds16"], "--output_dir", d / "gen", "--anchor_split", "val"]
+    # 6 models split 0.7/0.15/0.15 leave val without a model
+    return _cli("main_generate", *args, "--num_anchors", 1, "--evaluate", "false")
+
+
+def no_checkpoint_of_epochs(good, d):
+    args = ["--model", good["sane16"], "--dataset", good["ds16"], "--output_dir", d / "p", "--checkpoint_epochs", 9]
+    return _cli("main_predict", *args)
+
+
+def batch_larger_than_split(good, d):
+    return _cli("main_pretrain", "--dataset", good["ds16"], "--output_dir", d / "sane", "--batch_size", 500)
+
+
+def window_beyond_positions(good, d):
+    def run():
+        from sane_hf import SaneConfig
+
+        SaneConfig(token_size=16, d_model=16, n_heads=2, n_layers=1, window_size=128, max_positions=[64, 8, 16])
+
+    return run
+
+
+def window_start_beyond_sequence(good, d):
+    def run():
+        from sane_hf.data.hub_dataset import load_zoo_dataset
+        from sane_hf.data.windows import sample_windows
+
+        zoo = load_zoo_dataset(good["ds16"])
+        tokens = zoo.splits["train"][0:2]["tokens"]
+        S = tokens.shape[1]
+        positions, mask = zoo.layout.positions, zoo.layout.mask
+        sample_windows(tokens, 8, positions=positions, mask=mask, starts=torch.tensor([0, S - 4]))
+
+    return run
+
+
+def _yaml(d: Path, text: str) -> Path:
+    path = d / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def yaml_unknown_key(good, d):
+    config = _yaml(d, f"output_dir: {d / 'zoo'}\nnum_modles: 4\n")
+    return _cli("main_make_zoo", "--config", config)
+
+
+def yaml_wrong_type_string(good, d):
+    config = _yaml(d, f"output_dir: {d / 'zoo'}\nnum_models: four\n")
+    return _cli("main_make_zoo", "--config", config)
+
+
+def yaml_wrong_type_number(good, d):
+    config = _yaml(d, f"output_dir: {d / 'zoo'}\nepochs: 2.5\n")
+    return _cli("main_make_zoo", "--config", config)
+
+
+def yaml_not_a_mapping(good, d):
+    return _cli("main_make_zoo", "--config", _yaml(d, "- num_models\n- 4\n"))
+
+
+def yaml_syntax(good, d):
+    return _cli("main_make_zoo", "--config", _yaml(d, "num_models: [4\n"))
+
+
+def yaml_missing_file(good, d):
+    return _cli("main_make_zoo", "--config", d / "no_such.yaml")
+
+
+def make_zoo_other_config(good, d):
+    from sane_hf.data.zoo_builder import ZooConfig, _zoo_record
+    from sane_hf.tasks import load_task
+
+    # The zoo_config.json build_zoo writes for a 2-epoch zoo; the rerun asks for 3 epochs.
+    zoo = _copy(good["zoo"], d / "zoo")
+    record = _zoo_record(ZooConfig(output_dir=str(zoo), num_models=6, epochs=2), load_task("digits"))
+    (zoo / "zoo_config.json").write_text(json.dumps(record))
+    return _cli("main_make_zoo", "--output_dir", zoo, "--num_models", 6, "--epochs", 3)
+
+
+CASES = [
+    Case("zoo folder missing", missing_zoo, ("no_such_zoo", "zoo folder not found"), "sane-convert-zoo"),
+    Case("zoo folder empty", empty_zoo, ("empty_zoo", "zoo folder is empty"), "sane-convert-zoo"),
+    Case(
+        "truncated safetensors checkpoint",
+        truncated_safetensors,
+        ("epoch_0001.safetensors", "corrupt or truncated safetensors checkpoint"),
+        "sane-convert-zoo",
+    ),
+    Case(
+        "garbage safetensors checkpoint",
+        garbage_safetensors,
+        ("epoch_0001.safetensors", "corrupt or truncated safetensors checkpoint"),
+        "sane-convert-zoo",
+    ),
+    Case(
+        "truncated pickle checkpoint",
+        truncated_pickle,
+        ("checkpoints", "corrupt or truncated checkpoint"),
+        "sane-convert-zoo",
+    ),
+    Case(
+        "garbage pickle checkpoint",
+        garbage_pickle,
+        ("checkpoints", "corrupt or truncated checkpoint", "expected a complete torch.save'd state_dict"),
+        "sane-convert-zoo",
+    ),
+    Case(
+        "code-running pickle in an original-format zoo",
+        malicious_pickle,
+        ("checkpoints", "refused to load", "weights_only=True", "GLOBAL io.open"),
+        "sane-convert-zoo",
+    ),
+    Case(
+        "code-running pytorch_model.bin in a model folder",
+        malicious_model_folder,
+        ("pytorch_model.bin", "refused to load", "weights_only=True"),
+    ),
+    Case(
+        "checkpoint of another architecture in the zoo",
+        other_architecture,
+        ("epoch_0001.safetensors", "checkpoint of another architecture", "tensors instead of", "reference:"),
+        "sane-convert-zoo",
+    ),
+    Case(
+        "every checkpoint NaN",
+        all_weights_nan,
+        ("no checkpoint of the train split survived filtering", "8 checkpoints", "NaN/Inf"),
+        "sane-convert-zoo",
+    ),
+    Case(
+        "Inf weight in a state_dict to tokenize",
+        inf_weights_tokenize,
+        ("module_list.3.weight", "NaN/Inf", "expected finite weights"),
+    ),
+    Case(
+        "zoo_config.json of another format version",
+        zoo_config_version,
+        ("zoo_config.json", "expected format_version 1, found 7"),
+        "sane-convert-zoo",
+    ),
+    Case("output folder not empty", output_exists, ("out", "not empty", "--overwrite"), "sane-convert-zoo"),
+    Case(
+        "empty train split",
+        empty_train_split,
+        ("the train split is empty", "6 models", "fractions [0.0, 0.5, 0.5]"),
+        "sane-convert-zoo",
+    ),
+    Case("dataset without meta/layout.json", missing_layout, ("meta/layout.json", "missing"), "sane-pretrain"),
+    Case(
+        "dataset of another format version",
+        dataset_format_version,
+        ("meta/info.json", "format_version 99", "reads format_version 1"),
+        "sane-pretrain",
+    ),
+    Case(
+        "dataset missing a parquet shard", missing_shard, ("train-00000-of-00001.parquet", "missing"), "sane-pretrain"
+    ),
+    Case(
+        "SANE token size != dataset token size (predict)",
+        predict_token_size,
+        ("token_size 16", "token_size 32", "sane_t16", "zoo_ds_t32"),
+        "sane-predict",
+    ),
+    Case(
+        "SANE token size != dataset token size (generate)",
+        generate_token_size,
+        ("token_size 16 vs 32", "sane_layout.json", "sane_t16", "zoo_ds_t32"),
+        "sane-generate",
+    ),
+    Case(
+        "SANE token size != dataset token size (pretrain --init_from)",
+        init_from_token_size,
+        ("token_size 16", "has 32", "sane_t16", "zoo_ds_t32"),
+        "sane-pretrain",
+    ),
+    Case(
+        "SANE with NaN weights (predict)",
+        nan_sane_predict,
+        ("--model", "sane_nan", "NaN/Inf", "expected finite weights"),
+        "sane-predict",
+    ),
+    Case(
+        "SANE with NaN weights (generate)",
+        nan_sane_generate,
+        ("--model", "sane_nan", "NaN/Inf", "expected finite weights"),
+        "sane-generate",
+    ),
+    Case(
+        "SANE folder missing", missing_model, ("--model", "no_such_sane", "no such SANE model folder"), "sane-predict"
+    ),
+    Case(
+        "more anchors than the split has",
+        too_many_anchors,
+        ("`num_anchors`=50", "only 4 checkpoint(s)", "--num_anchors 4"),
+        "sane-generate",
+    ),
+    Case("anchors from an empty split", anchors_from_empty_split, ("no split 'val'", "'train'"), "sane-generate"),
+    Case(
+        "checkpoint_epochs selects nothing",
+        no_checkpoint_of_epochs,
+        ("No train checkpoints", "`checkpoint_epochs` [9]", "train epochs [0, 1]"),
+        "sane-predict",
+    ),
+    Case(
+        "batch larger than the train split",
+        batch_larger_than_split,
+        ("train split has 8 windows per epoch", "batch_size=500"),
+        "sane-pretrain",
+    ),
+    Case("window larger than the position table", window_beyond_positions, ("window_size", "128", "max_positions")),
+    Case(
+        "window start beyond the sequence",
+        window_start_beyond_sequence,
+        ("`starts`", "values in [0,", "window of 8 tokens inside a sequence of"),
+    ),
+    Case(
+        "YAML config: unknown key",
+        yaml_unknown_key,
+        ("unknown key(s) ['num_modles']", "config.yaml", "valid keys"),
+        "sane-make-zoo",
+        2,
+    ),
+    Case(
+        "YAML config: wrong type (string for int)",
+        yaml_wrong_type_string,
+        ("--num_models", "invalid int value: 'four'", "config.yaml"),
+        "sane-make-zoo",
+        2,
+    ),
+    Case(
+        "YAML config: wrong type (float for int)",
+        yaml_wrong_type_number,
+        ("`epochs` must be an int >= 0, got 2.5", "config.yaml"),
+        "sane-make-zoo",
+        2,
+    ),
+    Case(
+        "YAML config: not a mapping",
+        yaml_not_a_mapping,
+        ("config.yaml", "mapping", "found a list"),
+        "sane-make-zoo",
+        2,
+    ),
+    Case("YAML config: syntax error", yaml_syntax, ("config.yaml", "invalid YAML", "line"), "sane-make-zoo", 2),
+    Case("YAML config: file missing", yaml_missing_file, ("no_such.yaml", "cannot read"), "sane-make-zoo", 2),
+    Case(
+        "zoo folder built with another configuration",
+        make_zoo_other_config,
+        ("different configuration", "epochs: stored 2, requested 3"),
+        "sane-make-zoo",
+    ),
+]
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# The table
+# -------------------------------------------------------------------------------------------------------------------
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    """Every file and folder under `root` with a hash of its content: any write shows as a difference."""
+    snap = {}
+    for path in sorted(root.rglob("*")):
+        key = str(path.relative_to(root))
+        snap[key] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+    return snap
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_bad_input_fails_with_one_clear_line_and_leaves_nothing(case, good, tmp_path, capsys):
+    case_dir = tmp_path / "case"
+    case_dir.mkdir()
+    run = case.build(good, case_dir)
+    before = _snapshot(case_dir)
+    capsys.readouterr()
+    if case.command == "library":
+        with pytest.raises((ValueError, OSError)) as info:
+            run()
+        message = str(info.value)
+        assert "\n" not in message.strip(), message
+    else:
+        with pytest.raises(SystemExit) as info:
+            run()
+        assert info.value.code == case.exit_code
+        err = capsys.readouterr().err
+        assert "Traceback" not in err, err
+        message = [line for line in err.splitlines() if line.strip()][-1]
+        prefix = f"{case.command}: error: " if case.exit_code == 1 else ": error: "
+        assert prefix in message, err
+    print(f"\n- {case.id} [{case.command}]: {message}")  # the list of cases and messages (pytest -s)
+    for fragment in case.expect:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+    assert _snapshot(case_dir) == before, "the failing command changed files on disk"
+    assert not list(tmp_path.glob("*.marker"))
+
+
+def test_script_exits_non_zero_with_one_line_on_stderr(tmp_path):
+    """A real console script in a fresh interpreter: exit status 1, stderr exactly the error line, no output."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "convert_zoo.py"),
+            "--zoo_dir",
+            str(tmp_path / "no_such_zoo"),
+            "--output_dir",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"sane-convert-zoo: error: {tmp_path / 'no_such_zoo'}: zoo folder not found (for Hub model repo ids, pass "
+        "zoo_format='models' explicitly)."
+    ], result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_window_larger_than_the_sequence_is_clipped_with_a_warning(good, tmp_path, caplog):
+    """Pretraining clips a window longer than the sequence to the whole sequence (documented), and says so."""
+    from sane_hf.data.hub_dataset import load_zoo_dataset
+    from sane_hf.training.configs import PretrainConfig
+    from sane_hf.training.pretrain import build_sane_config
+
+    layout = load_zoo_dataset(good["ds16"]).layout
+    config = build_sane_config(PretrainConfig(dataset=str(good["ds16"]), window_size=10_000), layout)
+    assert config.window_size == layout.num_tokens
+    assert f"`window_size`=10000 is larger than the dataset's sequence ({layout.num_tokens} tokens)" in caplog.text
