@@ -34,6 +34,8 @@ import torch
 from torch import nn
 
 from ..tasks import evaluate as evaluate_split
+from ..utils.io import make_temporary_dir
+from ..utils.repo_ids import hub_id_or_none
 from .bn_conditioning import condition_batchnorm, has_batchnorm
 from .configs import GenerateConfig
 from .decode import ModelDecoder
@@ -151,9 +153,16 @@ class SaneGenerator:
         self.zoo = zoo
         self.config = config
         self.layout = zoo.layout
-        if getattr(sane, "sane_layout", None) is not None and TokenLayout.from_dict(sane.sane_layout) != zoo.layout:
+        sane_layout = TokenLayout.from_dict(sane.sane_layout) if getattr(sane, "sane_layout", None) else None
+        if sane_layout is not None and sane_layout != zoo.layout:
+            differences = [
+                f"{name} {getattr(sane_layout, name)} vs {getattr(zoo.layout, name)}"
+                for name in ("token_size", "num_tokens", "num_layers")
+                if getattr(sane_layout, name) != getattr(zoo.layout, name)
+            ]
             raise ValueError(
-                f"The SANE {config.model} was trained on another token layout than the zoo {config.dataset} uses; "
+                f"The SANE {config.model} was trained on another token layout (sane_layout.json) than the zoo "
+                f"{config.dataset} uses (meta/layout.json): {', '.join(differences) or 'same sizes, other layers'}; "
                 "anchors must come from a zoo tokenized like the SANE's training data."
             )
         self.normalization = None
@@ -378,10 +387,6 @@ def generate_models(
 # -------------------------------------------------------------------------------------------------------------------
 
 
-def _is_local(path: str | None) -> bool:
-    return bool(path) and (Path(path).exists() or str(path).startswith((".", "/", "~")))
-
-
 def _model_results(result: GenerationResult, index: int) -> dict[str, float]:
     results = {"zero-shot test accuracy": result.zero_shot[index]["test_acc"]} if result.zero_shot else {}
     if result.report is not None and "generated" in result.report.populations:
@@ -395,7 +400,7 @@ def _model_results(result: GenerationResult, index: int) -> dict[str, float]:
 def _card_context(result: GenerationResult) -> dict[str, Any]:
     config = result.config
     anchors = result.anchors
-    base_model = config.base_model or (None if _is_local(config.model) else config.model)
+    base_model = config.base_model or hub_id_or_none(config.model)
     bn = None
     if result.models and has_batchnorm(result.models[0]):
         bn = (
@@ -457,9 +462,7 @@ def save_generated_models(
             f"{output_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it."
         )
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output_dir.parent / f".{output_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = make_temporary_dir(output_dir)  # also removes the leftovers of a killed run
     try:
         context = _card_context(result)
         repo_id = result.config.push_to_hub
@@ -588,7 +591,10 @@ def generate(config: GenerateConfig) -> GenerationResult:
         # Fail before hours of work, not after.
         raise FileExistsError(f"{output_dir} exists and is not empty; pass --overwrite to replace it.")
     start = time.perf_counter()
+    from ..utils.checks import check_finite_weights
+
     sane = SaneModel.from_pretrained(config.model).eval()
+    check_finite_weights(sane, f"--model {config.model}")
     zoo = load_zoo_dataset(config.dataset)
     load_seconds = time.perf_counter() - start
     result = generate_models(sane, zoo, config)

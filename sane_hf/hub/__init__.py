@@ -2,6 +2,7 @@
 
 from .cards import DATASET_CARD_TAGS, build_dataset_card, load_template
 from .generated_cards import GENERATED_MODEL_TAGS, SAMPLER_DESCRIPTIONS, build_generated_model_card
+from .sane_cards import SANE_MODEL_TAGS, build_sane_card, probe_eval_results, write_sane_card, zoo_summary
 
 
 __all__ = [
@@ -11,4 +12,9 @@ __all__ = [
     "DATASET_CARD_TAGS",
     "build_dataset_card",
     "load_template",
+    "SANE_MODEL_TAGS",
+    "build_sane_card",
+    "probe_eval_results",
+    "write_sane_card",
+    "zoo_summary",
 ]

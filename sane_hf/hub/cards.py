@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import DatasetCard, DatasetCardData
@@ -21,6 +23,17 @@ if TYPE_CHECKING:
     from ..data.info import SaneDatasetInfo
 
 SANE_CODE_URL = "https://github.com/HSG-AIML/SANE"
+# One citation for every card (the templates render it as `{{ citation }}`).
+SANE_CITATION = """```bibtex
+@inproceedings{schuerholt2024sane,
+  title     = {Towards Scalable and Versatile Weight Space Learning},
+  author    = {Sch{\\"u}rholt, Konstantin and Mahoney, Michael W. and Borth, Damian},
+  booktitle = {Proceedings of the 41st International Conference on Machine Learning (ICML)},
+  year      = {2024},
+  eprint    = {2406.09997},
+  archivePrefix = {arXiv}
+}
+```"""
 DATASET_CARD_TAGS = ("sane", "weight-space-learning", "model-zoo")
 DATASET_CARD_TEMPLATE = "dataset_card.md"
 
@@ -47,6 +60,49 @@ PROPERTY_DESCRIPTIONS = {
     "num_epochs": "number of training epochs of the model",
     "model_type": "architecture name in the source zoo",
 }
+
+
+# Properties that measure a checkpoint rather than describe how its model was made: not generating factors.
+NON_FACTOR_PROPERTIES = frozenset(
+    {"test_acc", "train_acc", "val_acc", "test_loss", "train_loss", "val_loss", "ggap", "training_iteration"}
+)
+# Up to this many distinct values a factor's values are listed one by one; above, only their range.
+MAX_LISTED_FACTOR_VALUES = 12
+
+
+def generating_factors(root: str | os.PathLike, info: SaneDatasetInfo) -> list[dict[str, str]]:
+    """How the zoo's models differ: per hyper-parameter property, its values and how many models have each.
+
+    Read from the dataset's own parquet shards under `root` (only the `model_id` and property columns; one row per
+    model). Properties constant over the zoo are listed too (e.g. the batch size), metrics are not.
+    """
+    import pyarrow.parquet as pq
+
+    names = [name for name in info.properties if name not in NON_FACTOR_PROPERTIES]
+    if not names:
+        return []
+    per_model: dict[str, dict[str, Any]] = {}
+    for split in info.splits.values():
+        for file in split.files:
+            table = pq.read_table(Path(root) / file, columns=["model_id", *names]).to_pydict()
+            for index, model_id in enumerate(table["model_id"]):
+                per_model.setdefault(model_id, {name: table[name][index] for name in names})
+    rows = []
+    for name in names:
+        counts: dict[Any, int] = {}
+        for values in per_model.values():
+            counts[values[name]] = counts.get(values[name], 0) + 1
+        known = sorted((v for v in counts if v is not None), key=lambda v: (isinstance(v, str), v))
+        if len(known) <= MAX_LISTED_FACTOR_VALUES:
+            text = ", ".join(
+                f"`{v:g}` ({counts[v]})" if isinstance(v, float) else f"`{v}` ({counts[v]})" for v in known
+            )
+        else:
+            text = f"{len(known)} distinct values, `{known[0]}` to `{known[-1]}`"
+        if None in counts:
+            text += f"; missing for {counts[None]}"
+        rows.append({"name": name, "text": text})
+    return rows
 
 
 def load_template(name: str) -> str:
@@ -83,6 +139,7 @@ def build_dataset_card(
     description: str | None = None,
     license: str = "cc-by-4.0",
     tags: list[str] | None = None,
+    root: str | os.PathLike | None = None,
 ) -> DatasetCard:
     """The `README.md` of a tokenized zoo.
 
@@ -97,6 +154,8 @@ def build_dataset_card(
         description (`str`, *optional*): an extra paragraph under the title.
         license (`str`, *optional*, defaults to `"cc-by-4.0"`).
         tags (`list[str]`, *optional*): added to `sane`, `weight-space-learning`, `model-zoo`.
+        root (`str` or `os.PathLike`, *optional*): the dataset folder; when given, the card lists the zoo's
+            generating factors read from its shards (`generating_factors`).
     """
     splits = info.nonempty_splits
     card_data = DatasetCardData(
@@ -162,10 +221,12 @@ def build_dataset_card(
         tokenize_bn_stats=info.tokenize_bn_stats,
         ignore_bn=info.ignore_bn,
         normalization_description=normalization,
+        canonicalized=info.canonicalized,
         split_seed=info.split_seed,
         split_fractions=info.split_fractions,
         split_rows=split_rows,
         property_rows=property_rows,
+        factor_rows=generating_factors(root, info) if root is not None else None,
         epochs_description="all available" if info.epochs is None else ", ".join(map(str, info.epochs)),
         filtering_summary=filtering_summary,
         task_description=_task_description(source.get("task")),
@@ -176,4 +237,5 @@ def build_dataset_card(
         format_version=info.format_version,
         paper_url=PAPER_URL,
         code_url=SANE_CODE_URL,
+        citation=SANE_CITATION,
     )

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from importlib import resources
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..constants import PAPER_URL
+from .cards import SANE_CITATION, SANE_CODE_URL, load_template
 
 
-SANE_CODE_URL = "https://github.com/HSG-AIML/SANE"
 GENERATED_MODEL_CARD_TEMPLATE = "generated_model_card.md"
 GENERATED_MODEL_TAGS = ("sane", "generated-weights", "weight-space-learning")
 # Sampler names (SANE_METHOD §6.5, §6.8; PAPER_RESULTS §1.5) -> (label in the paper, description).
@@ -34,10 +33,6 @@ SAMPLER_DESCRIPTIONS = {
     ),
     "gaussian": ("SANE_GAUSS", "a Gaussian fitted per token and latent dimension over the anchors' latents"),
 }
-
-
-def _template() -> str:
-    return resources.files("sane_hf.hub").joinpath("templates", GENERATED_MODEL_CARD_TEMPLATE).read_text("utf-8")
 
 
 def _finite(value: Any) -> float | None:
@@ -72,7 +67,7 @@ def build_generated_model_card(
     num_classes: int | None = None,
     description: str | None = None,
     tags: Sequence[str] | None = None,
-    license: str | None = None,
+    license: str | None = "cc-by-4.0",
 ) -> ModelCard:
     """The `README.md` of a generated network, or (with `members`) of a repo holding several in subfolders.
 
@@ -99,7 +94,8 @@ def build_generated_model_card(
         reset_classifier (`bool`), num_classes (`int`, *optional*): transfer to another class count.
         description (`str`, *optional*): an extra paragraph.
         tags (`Sequence[str]`, *optional*): added to `sane`, `generated-weights`, `weight-space-learning`.
-        license (`str`, *optional*): license identifier for the metadata.
+        license (`str`, *optional*, defaults to `"cc-by-4.0"`): license identifier for the metadata; generated
+            weights derive from the zoo's, which are published as CC-BY-4.0 model-zoo-derived data.
 
     Returns:
         `huggingface_hub.ModelCard`.
@@ -139,7 +135,7 @@ def build_generated_model_card(
     ]
     return ModelCard.from_template(
         card_data,
-        template_str=_template(),
+        template_str=load_template(GENERATED_MODEL_CARD_TEMPLATE),
         model_name=name,
         architecture=architecture,
         num_parameters=f"{num_parameters:,}" if num_parameters is not None else None,
@@ -164,4 +160,5 @@ def build_generated_model_card(
         subfolder=subfolder,
         paper_url=PAPER_URL,
         code_url=SANE_CODE_URL,
+        citation=SANE_CITATION,
     )

@@ -61,6 +61,9 @@ class PredictConfig:
         > Run control
 
         plots (`bool`, *optional*, defaults to `True`): write PNG plots (needs `matplotlib`).
+        update_model_card (`bool`, *optional*, defaults to `True`): when `model` is a local folder, store the results
+            there (`sane_probe_results.json`) and add them to its card's `model-index` (a hand-written `README.md`
+            is left alone).
         seed (`int`, *optional*, defaults to 0): seed of the classifier, gradient boosting and fine-tuning.
         num_threads (`int`, *optional*): torch CPU threads (default: torch's).
         device (`str`, *optional*): device of the SANE encoder (default: CUDA if available, else CPU).
@@ -111,6 +114,9 @@ class PredictConfig:
         default=True, metadata={"help": "Augment fine-tuning batches with function-preserving permutations."}
     )
     plots: bool = field(default=True, metadata={"help": "Write PNG plots (needs matplotlib)."})
+    update_model_card: bool = field(
+        default=True, metadata={"help": "Add the probe results to the card of a local model folder (README.md)."}
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the classifier, gradient boosting and fine-tuning."})
     num_threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's)."})
     device: str | None = field(default=None, metadata={"help": "Device of the SANE encoder (default: cuda or cpu)."})

@@ -34,7 +34,9 @@ import torch
 from ..data.hub_dataset import SaneZooDataset, load_zoo_dataset
 from ..models.sane import SaneModel
 from ..tokenization import TokenLayout, TokenNormalization, TokenPermuter
+from ..utils.checks import check_finite_weights
 from ..utils.io import write_text_atomic
+from ..utils.repo_ids import looks_like_path
 from .baselines import raw_weights, weight_statistics
 from .configs import PredictConfig
 from .embed import check_model_matches_layout, embed_zoo, iter_token_batches, read_columns
@@ -67,18 +69,13 @@ def sane_method_name(pooling: str) -> str:
 # -------------------------------------------------------------------------------------------------------------------
 
 
-def _looks_like_path(value: str) -> bool:
-    """A string that cannot be a Hub repo id (`name` or `org/name`) is meant as a local path."""
-    return value.startswith(("/", ".", "~")) or value.count("/") > 1 or "\\" in value or value.endswith("/")
-
-
 def _load_source(value: str, what: str, flag: str, loader: Callable[[str], Any]) -> Any:
     path = Path(value).expanduser()
     if path.exists():
         if not path.is_dir():
             raise ValueError(f"--{flag} {value}: expected a {what} folder or a Hub id, found a file.")
         return loader(str(path))
-    if _looks_like_path(value):
+    if looks_like_path(value):
         raise FileNotFoundError(f"--{flag} {value}: no such {what} folder.")
     try:
         return loader(value)
@@ -97,6 +94,7 @@ def load_sane(value: str, device: str | torch.device = "cpu") -> SaneModel:
         return SaneModel.from_pretrained(source)
 
     model = _load_source(value, "SANE model", "model", loader)
+    check_finite_weights(model, f"--model {value}")
     return model.to(device).eval()
 
 
@@ -237,12 +235,16 @@ def predict_properties(cfg: PredictConfig) -> dict[str, Any]:
     check_properties(zoo, cfg.properties)
     model = load_sane(cfg.model, device)
     layout = zoo.layout
-    check_model_matches_layout(model, layout)
+    check_model_matches_layout(model, layout, cfg.model, cfg.dataset)
     transform = token_transform_for(model, zoo)
     splits = {name: zoo.splits[name] for name in SPLITS if name in zoo.splits}
     rows = {name: select_rows(dataset, cfg.checkpoint_epochs) for name, dataset in splits.items()}
     if len(rows.get("train", [])) == 0:
-        raise ValueError(f"No train checkpoints to fit probes on (checkpoint_epochs filter: {cfg.checkpoint_epochs}).")
+        available = sorted(set(int(e) for e in splits["train"]["epoch"])) if "train" in splits else []
+        raise ValueError(
+            f"No train checkpoints to fit probes on: `checkpoint_epochs` {cfg.checkpoint_epochs} selects none of "
+            f"the dataset's train epochs {available}."
+        )
     rows = {name: r for name, r in rows.items() if len(r)}
     splits = {name: splits[name] for name in rows}
     dtypes = {EPOCH_COLUMN: "int64", **zoo.info.properties}
@@ -440,6 +442,12 @@ def predict_properties(cfg: PredictConfig) -> dict[str, Any]:
     }
     write_text_atomic(output_dir / RESULTS_JSON, json.dumps(_json_safe(results), indent=2) + "\n")
     write_text_atomic(output_dir / RESULTS_MD, results_markdown(results))
+    model_folder = Path(cfg.model).expanduser()
+    if cfg.update_model_card and model_folder.is_dir():
+        # The probe R² belong in the model's own card (`model-index`), which a later push uploads.
+        from ..hub.sane_cards import write_sane_card
+
+        write_sane_card(model_folder, probe_results=_json_safe(results))
     logger.info("Wrote %s to %s in %.1f s.", ", ".join(files), output_dir, timings["total"])
     return results
 
@@ -477,12 +485,35 @@ def _find(records: Sequence[Mapping[str, Any]], prop: str, method: str, scaling:
     return None
 
 
+def main_scaling(records: Sequence[Mapping[str, Any]]) -> str:
+    """The feature scaling of the main comparison: upstream's unscaled features when they were probed."""
+    return "none" if any(r["scaling"] == "none" for r in records) else "standardize"
+
+
+def main_records(results: Mapping[str, Any]) -> dict[str, dict[str, Mapping[str, Any]]]:
+    """The main comparison: `{property: {method: record}}` for the `MAIN_METHODS` present, one record each (the
+    main scaling where a method has it; e.g. classifiers only run on standardized features). The model card's
+    `model-index` is built from it too."""
+    records = results["records"]
+    scaling = main_scaling(records)
+    table: dict[str, dict[str, Mapping[str, Any]]] = {}
+    for prop in dict.fromkeys(r["property"] for r in records):
+        row = {}
+        for method in MAIN_METHODS:
+            record = _find(records, prop, method, scaling if method != METHOD_FINETUNED else None)
+            record = record or _find(records, prop, method, None)
+            if record is not None:
+                row[method] = record
+        table[prop] = row
+    return table
+
+
 def results_markdown(results: Mapping[str, Any]) -> str:
     """The Markdown report: the main comparison (test scores), all probes by feature scaling, and every record."""
     records = results["records"]
     properties = list(dict.fromkeys(r["property"] for r in records))
     methods = list(dict.fromkeys(r["method"] for r in records))
-    scaling_main = "none" if any(r["scaling"] == "none" for r in records) else "standardize"
+    scaling_main = main_scaling(records)
     config = results.get("config", {})
     lines = [
         "# Property prediction from SANE embeddings",
@@ -499,12 +530,9 @@ def results_markdown(results: Mapping[str, Any]) -> str:
     main = [m for m in MAIN_METHODS if m in methods]
     headers = [_MAIN_HEADERS.get(m, m) for m in main]
     lines += ["| property | metric | " + " | ".join(headers) + " |", "|---|---|" + "---|" * len(main)]
+    table = main_records(results)
     for prop in properties:
-        cells = []
-        for method in main:
-            record = _find(records, prop, method, scaling_main if method != METHOD_FINETUNED else None)
-            record = record or _find(records, prop, method, None)
-            cells.append(_format(record["scores"].get("test")) if record else "")
+        cells = [_format(table[prop][m]["scores"].get("test")) if m in table[prop] else "" for m in main]
         metric = next(r["metric"] for r in records if r["property"] == prop)
         lines.append(f"| {prop} | {metric} | " + " | ".join(cells) + " |")
 

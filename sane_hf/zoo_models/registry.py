@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
-from huggingface_hub import ModelCard, PyTorchModelHubMixin, hf_hub_download
+from huggingface_hub import ModelCard, PyTorchModelHubMixin, hf_hub_download, snapshot_download
 from huggingface_hub.constants import CONFIG_NAME
 from torch import nn
 
@@ -430,7 +430,11 @@ def zoo_params_to_kwargs(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 def load_zoo_model(
-    pretrained_model_name_or_path: str | Path, *, revision: str | None = None, **kwargs: Any
+    pretrained_model_name_or_path: str | Path,
+    *,
+    revision: str | None = None,
+    subfolder: str | None = None,
+    **kwargs: Any,
 ) -> ZooModel:
     """Load a zoo model saved by `ZooModel.save_pretrained` without knowing its class.
 
@@ -442,11 +446,32 @@ def load_zoo_model(
             A local directory, or a Hub repo id.
         revision (`str`, *optional*):
             Hub revision (branch, tag or commit), ignored for local directories.
+        subfolder (`str`, *optional*):
+            The model's folder inside the directory or repo (e.g. `"model_000"` of a `sane-generate` repo, which
+            holds several models); for repo ids only that folder is downloaded.
         kwargs:
             Passed on to `from_pretrained` (e.g. `map_location`, `strict`, `cache_dir`, `token`,
             `local_files_only`, or constructor arguments that override `config.json`).
     """
     path = Path(pretrained_model_name_or_path)
+    if subfolder and not path.is_dir():
+        # The mixin's `from_pretrained` has no `subfolder`: fetch that folder and load it as a local directory.
+        hub_kwargs = {
+            k: kwargs.pop(k) for k in ("cache_dir", "force_download", "token", "local_files_only") if k in kwargs
+        }
+        path = Path(
+            snapshot_download(
+                repo_id=str(pretrained_model_name_or_path),
+                revision=revision,
+                allow_patterns=[f"{subfolder}/*"],
+                **hub_kwargs,
+            )
+        )
+    if subfolder:
+        path = path / subfolder
+        pretrained_model_name_or_path = path
+        if not path.is_dir():
+            raise ValueError(f"load_zoo_model: no subfolder {subfolder!r} ({path} is not a directory).")
     if path.is_dir():
         config_file = path / CONFIG_NAME
         if not config_file.is_file():

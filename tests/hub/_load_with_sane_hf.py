@@ -1,0 +1,74 @@
+"""Run by tests/hub/test_hub_integration.py in a fresh process pointed at the local Hub mirror (`HF_ENDPOINT`).
+
+Loads the three artifacts by repo id through the public APIs with `sane_hf` imported (so `AutoModel` knows the
+`sane` model type without remote code) and writes what it loaded into OUT for the test to compare:
+`sane.safetensors` + `sane.json`, `zoo_<split>.safetensors` + `zoo.json`, `generated.safetensors` + `generated.json`,
+`usage.safetensors` (the outputs of the SANE card's own usage snippet, run as written).
+
+Usage: python _load_with_sane_hf.py OUT SANE_REPO ZOO_REPO GENERATED_REPO
+"""
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import torch
+from huggingface_hub import hf_hub_download
+from safetensors.torch import save_file
+from transformers import AutoModel
+
+import sane_hf
+from sane_hf.data import load_zoo_dataset
+from sane_hf.zoo_models import load_zoo_model
+
+
+def main(out: Path, sane_repo: str, zoo_repo: str, generated_repo: str) -> None:
+    model, loading_info = AutoModel.from_pretrained(sane_repo, output_loading_info=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "sane.safetensors")
+    meta = {
+        "class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "is_sane_hf_class": type(model) is sane_hf.SaneModel,
+        "loading_info": {k: sorted(map(str, v)) for k, v in loading_info.items()},
+        "sane_layout": model.sane_layout,
+        "sane_normalization": model.sane_normalization,
+        "config": model.config.to_dict(),
+    }
+    (out / "sane.json").write_text(json.dumps(meta))
+
+    zoo = load_zoo_dataset(zoo_repo)
+    zoo_meta = {"splits": {}, "layout": zoo.layout.to_dict(), "normalization": zoo.normalization.to_dict()}
+    for split, dataset in zoo.splits.items():
+        rows = dataset[:]
+        save_file({"tokens": rows["tokens"].contiguous()}, out / f"zoo_{split}.safetensors")
+        zoo_meta["splits"][split] = {"model_id": list(rows["model_id"]), "epoch": rows["epoch"].tolist()}
+    (out / "zoo.json").write_text(json.dumps(zoo_meta))
+
+    generated = load_zoo_model(generated_repo, subfolder="model_000")
+    save_file({k: v.contiguous() for k, v in generated.state_dict().items()}, out / "generated.safetensors")
+    (out / "generated.json").write_text(json.dumps({"zoo_name": generated.zoo_name, "training": generated.training}))
+
+    # The SANE card's first usage snippet, exactly as published (only the zoo placeholder is filled in when the
+    # SANE was trained on a local folder).
+    card = Path(hf_hub_download(sane_repo, "README.md")).read_text(encoding="utf-8")
+    usage = card.split("## Usage", 1)[1]
+    snippet = re.search(r"```python\n(.*?)```", usage, re.S).group(1)
+    snippet = snippet.replace('"<tokenized zoo>"', repr(zoo_repo))
+    namespace: dict = {}
+    exec(compile(snippet, "sane card usage", "exec"), namespace)
+    save_file(
+        {
+            "embeddings": namespace["embeddings"].contiguous(),
+            "reconstruction": namespace["reconstruction"].contiguous(),
+            "tokens": namespace["tokens"].contiguous(),
+        },
+        out / "usage.safetensors",
+    )
+    # The same embedding computed here directly, from the objects loaded above.
+    direct = model.embed(namespace["tokens"], zoo.layout.positions)
+    save_file({"embeddings": direct.contiguous()}, out / "usage_direct.safetensors")
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    main(Path(sys.argv[1]), *sys.argv[2:5])

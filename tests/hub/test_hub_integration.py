@@ -1,0 +1,283 @@
+"""Loading by repo id, for real and offline: the pushed artifacts served by a local Hub mirror (olah).
+
+The files the real push functions would upload (captured in tests/hub/conftest.py) are committed into plain git repos
+at `<mirrors>/models/<org>/<name>` and `<mirrors>/datasets/<org>/<name>`; `olah` (a self-hosted Hub mirror, installed
+into its own venv, cached under ~/.cache/sane_hf_tests) serves them read-only on 127.0.0.1 (ENVIRONMENT.md). Fresh
+processes with `HF_ENDPOINT` pointing at it and an empty `HF_HOME` then load everything through the public APIs by
+id: `AutoModel.from_pretrained` (with `sane_hf` imported, and with `trust_remote_code=True` without it),
+`datasets.load_dataset`, `load_zoo_dataset` and the generated model's `load_zoo_model`. What they loaded must equal
+what was saved, bit for bit.
+
+The test is skipped (with the pip error) only when olah cannot be installed; with `SANE_HF_REQUIRE_OLAH=1` (CI) it
+fails instead.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from filelock import FileLock
+from safetensors.torch import load_file
+
+
+HERE = Path(__file__).resolve().parent
+OLAH_REQUIREMENT = "olah==0.5.4"
+OLAH_VENV = Path(os.environ.get("SANE_HF_OLAH_VENV", Path.home() / ".cache" / "sane_hf_tests" / "olah-venv"))
+REQUIRE_OLAH = os.environ.get("SANE_HF_REQUIRE_OLAH") == "1"
+CLIENT_TIMEOUT_S = 600
+
+
+def _git(args: list[str], cwd: Path) -> None:
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "sane_hf tests",
+        "GIT_AUTHOR_EMAIL": "tests@sane-hf.invalid",
+        "GIT_COMMITTER_NAME": "sane_hf tests",
+        "GIT_COMMITTER_EMAIL": "tests@sane-hf.invalid",
+        "GIT_CONFIG_GLOBAL": os.devnull,  # the user's git config (signing, hooks, templates) stays out of it
+        "GIT_CONFIG_NOSYSTEM": "1",
+    }
+    subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True)
+
+
+def commit_repo(files: Path, target: Path, tags: list[str] = ()) -> None:
+    """A plain git repo at `target` whose `main` holds exactly `files` in one commit (plus `tags` on it)."""
+    shutil.copytree(files, target)
+    _git(["-c", "init.defaultBranch=main", "init", "-q"], target)
+    _git(["add", "-A"], target)
+    _git(["commit", "-q", "-m", "Upload captured from the sane_hf push"], target)
+    for tag in tags:
+        _git(["tag", tag], target)
+
+
+def olah_cli() -> Path:
+    """`olah-cli` from its own cached venv, installing it on first use; skips (or fails, in CI) if pip cannot."""
+    marker = OLAH_VENV / ".sane_hf_installed"
+    cli = OLAH_VENV / "bin" / "olah-cli"
+    OLAH_VENV.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(OLAH_VENV) + ".lock"):
+        if cli.is_file() and marker.is_file() and marker.read_text() == OLAH_REQUIREMENT:
+            return cli
+        shutil.rmtree(OLAH_VENV, ignore_errors=True)
+        try:
+            subprocess.run(
+                [sys.executable, "-m", "venv", str(OLAH_VENV)], check=True, capture_output=True, text=True, timeout=300
+            )
+            subprocess.run(
+                [str(OLAH_VENV / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+                + [OLAH_REQUIREMENT],
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
+        except (OSError, subprocess.SubprocessError) as err:
+            shutil.rmtree(OLAH_VENV, ignore_errors=True)
+            output = (getattr(err, "stderr", None) or getattr(err, "stdout", None) or "").strip()[-2000:]
+            message = (
+                f"could not install {OLAH_REQUIREMENT} into {OLAH_VENV} for the local Hub mirror: {err}\n{output}"
+            )
+            if REQUIRE_OLAH:
+                pytest.fail(message)
+            pytest.skip(message)
+        marker.write_text(OLAH_REQUIREMENT)
+    return cli
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _http_status(url: str) -> int | None:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, never through a proxy
+    try:
+        with opener.open(url, timeout=2) as response:
+            return response.status
+    except OSError:
+        return None
+
+
+@pytest.fixture(scope="module")
+def olah_executable() -> Path:
+    return olah_cli()
+
+
+# `olah_executable` is resolved first: when olah cannot be installed, the test skips before the artifacts are made.
+@pytest.fixture(scope="module")
+def hub_mirror(olah_executable, hub_artifacts, tmp_path_factory):
+    """olah serving the captured uploads as `<org>/<name>` repos on 127.0.0.1; yields its endpoint URL."""
+    root = tmp_path_factory.mktemp("hub_mirror")
+    mirrors = root / "mirrors"
+    recorder = hub_artifacts.recorder
+    for (repo_type, repo_id), repo in recorder.repos.items():
+        commit_repo(recorder.folder(repo_id, repo_type), mirrors / f"{repo_type}s" / repo_id, repo["tags"])
+    port = free_port()
+    config = root / "configs.toml"
+    config.write_text(
+        "[basic]\n"
+        'host = "127.0.0.1"\n'
+        f"port = {port}\n"
+        f"repos-path = {json.dumps(str(root / 'olah-cache'))}\n"
+        'mirror-scheme = "http"\n'
+        f'mirror-netloc = "127.0.0.1:{port}"\n'
+        f'mirror-lfs-netloc = "127.0.0.1:{port}"\n'
+        f"mirrors-path = [{json.dumps(str(mirrors))}]\n"
+        "\n[accessibility]\n"
+        "offline = true\n"
+    )
+    log_path = root / "olah.log"
+    endpoint = f"http://127.0.0.1:{port}"
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(
+            [str(olah_executable), "-c", str(config)], cwd=root, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        ready = f"{endpoint}/api/models/{hub_artifacts.sane_repo}/revision/main"
+        deadline = time.monotonic() + 90
+        while _http_status(ready) != 200:
+            if server.poll() is not None or time.monotonic() > deadline:
+                state = "exited" if server.poll() is not None else "is not answering after 90 s"
+                pytest.fail(f"olah {state}; its log:\n{log_path.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.25)
+        yield endpoint
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def run_client(script: str, endpoint: str, tmp_path_factory, *args: str) -> Path:
+    """Run a loader script in a fresh process against the mirror, with an empty HF_HOME; returns its output folder."""
+    out = tmp_path_factory.mktemp(Path(script).stem)
+    # No offline flags, no inherited caches or tokens: everything must come from the mirror.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("HF_", "HUGGING_FACE_")) and k != "TRANSFORMERS_OFFLINE"
+    }
+    env.update(
+        HF_ENDPOINT=endpoint,
+        HF_HOME=str(out / "hf_home"),
+        HF_HUB_DISABLE_TELEMETRY="1",
+        NO_PROXY="127.0.0.1,localhost",
+        no_proxy="127.0.0.1,localhost",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    result = subprocess.run(
+        [sys.executable, str(HERE / script), str(out), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=CLIENT_TIMEOUT_S,
+    )
+    assert result.returncode == 0, f"{script} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def loaded_with_sane_hf(hub_mirror, hub_artifacts, tmp_path_factory) -> Path:
+    repos = (hub_artifacts.sane_repo, hub_artifacts.zoo_repo, hub_artifacts.generated_repo)
+    return run_client("_load_with_sane_hf.py", hub_mirror, tmp_path_factory, *repos)
+
+
+@pytest.fixture(scope="module")
+def loaded_without_sane_hf(hub_mirror, hub_artifacts, tmp_path_factory) -> Path:
+    repos = (hub_artifacts.sane_repo, hub_artifacts.zoo_repo)
+    return run_client("_load_without_sane_hf.py", hub_mirror, tmp_path_factory, *repos)
+
+
+def assert_same_state(loaded: dict[str, torch.Tensor], saved: dict[str, torch.Tensor]) -> None:
+    assert sorted(loaded) == sorted(saved)
+    for key, tensor in saved.items():
+        assert loaded[key].dtype == tensor.dtype, key
+        assert torch.equal(loaded[key], tensor), key
+
+
+def _read_json(path: Path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _assert_sane_loaded(out: Path, saved: Path) -> dict:
+    meta = _read_json(out / "sane.json")
+    assert all(not keys for keys in meta["loading_info"].values()), meta["loading_info"]
+    assert_same_state(load_file(out / "sane.safetensors"), load_file(saved / "model.safetensors"))
+    assert meta["sane_layout"] == _read_json(saved / "sane_layout.json")
+    assert meta["sane_normalization"] == _read_json(saved / "sane_normalization.json")
+    return meta
+
+
+def test_sane_loads_by_repo_id_with_auto_model_registered(loaded_with_sane_hf, hub_artifacts):
+    meta = _assert_sane_loaded(loaded_with_sane_hf, hub_artifacts.sane)
+    assert meta["is_sane_hf_class"], meta["class"]
+    config = _read_json(hub_artifacts.sane / "config.json")
+    for key in ("token_size", "d_model", "n_layers", "latent_dim", "window_size", "max_positions"):
+        assert meta["config"][key] == config[key], key
+
+
+def test_sane_loads_by_repo_id_with_remote_code_and_no_sane_hf(loaded_without_sane_hf, hub_artifacts):
+    meta = _assert_sane_loaded(loaded_without_sane_hf, hub_artifacts.sane)
+    # The class came from the modeling file in the repo, not from an installed package.
+    assert meta["class"].startswith("transformers_modules.") and meta["class"].endswith("modeling_sane.SaneModel")
+
+
+def _saved_zoo(folder: Path) -> dict[str, dict]:
+    """The pushed parquet shards, read locally with `datasets` (no Hub involved)."""
+    import datasets
+
+    info = _read_json(folder / "meta" / "info.json")
+    splits = {}
+    for split, split_info in info["splits"].items():
+        if not split_info["num_checkpoints"]:
+            continue
+        files = [str(folder / f) for f in split_info["files"]]
+        rows = datasets.load_dataset("parquet", data_files={split: files})[split].with_format("torch")[:]
+        splits[split] = {"tokens": rows["tokens"], "model_id": list(rows["model_id"]), "epoch": rows["epoch"].tolist()}
+    return splits
+
+
+@pytest.mark.parametrize("client", ["loaded_with_sane_hf", "loaded_without_sane_hf"])
+def test_zoo_dataset_loads_by_repo_id(client, request, hub_artifacts):
+    out = request.getfixturevalue(client)
+    saved = _saved_zoo(hub_artifacts.zoo)
+    loaded = _read_json(out / "zoo.json")
+    assert sorted(loaded["splits"]) == sorted(saved) and "train" in saved
+    for split, rows in saved.items():
+        assert loaded["splits"][split]["model_id"] == rows["model_id"]
+        assert loaded["splits"][split]["epoch"] == rows["epoch"]
+        tokens = load_file(out / f"zoo_{split}.safetensors")["tokens"]
+        assert tokens.dtype == torch.float32 and torch.equal(tokens, rows["tokens"])
+    if client == "loaded_with_sane_hf":
+        assert loaded["layout"] == _read_json(hub_artifacts.zoo / "meta" / "layout.json")
+        assert loaded["normalization"] == _read_json(hub_artifacts.zoo / "meta" / "normalization.json")
+
+
+def test_generated_model_loads_by_repo_id(loaded_with_sane_hf, hub_artifacts):
+    meta = _read_json(loaded_with_sane_hf / "generated.json")
+    assert meta == {"zoo_name": "cnn_s", "training": False}
+    saved = load_file(hub_artifacts.generated / "model_000" / "model.safetensors")
+    assert_same_state(load_file(loaded_with_sane_hf / "generated.safetensors"), saved)
+    # What was pushed is what `sane-generate` saved locally.
+    assert_same_state(saved, load_file(hub_artifacts.generated_dir / "model_000" / "model.safetensors"))
+
+
+def test_the_sane_cards_usage_snippet_runs_against_the_hub_repo(loaded_with_sane_hf, hub_artifacts):
+    usage = load_file(loaded_with_sane_hf / "usage.safetensors")
+    config = _read_json(hub_artifacts.sane / "config.json")
+    tokens, embeddings = usage["tokens"], usage["embeddings"]
+    assert tokens.ndim == 3 and tokens.shape[2] == config["token_size"]
+    assert embeddings.shape == (tokens.shape[0], config["latent_dim"]) and torch.isfinite(embeddings).all()
+    assert usage["reconstruction"].shape == tokens.shape
+    assert torch.equal(embeddings, load_file(loaded_with_sane_hf / "usage_direct.safetensors")["embeddings"])
