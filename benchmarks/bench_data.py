@@ -171,9 +171,18 @@ def bench_windows(
 
         return make
 
+    # What permutation augmentation reads instead of whole checkpoints: the layers each window overlaps.
+    from sane_hf.training.pretrain import build_permuter
+
+    permuter = build_permuter(zoo)
+    probe = WindowDataLoader(split, layout, window, batch_size, seed=1, permuter=permuter)
+    range_bytes = statistics.mean(
+        probe.batch(torch.arange(batch_size) % len(split))["full_tokens"].numel() for _ in range(5)
+    )
     # Cases that read whole checkpoints get fewer batches (a ResNet-18 batch of 32 is 2 GB of tokens).
     cases = [
         ("WindowDataLoader (windows only)", loader_iter(), num_batches, False),
+        ("WindowDataLoader (windows + permutation ranges)", loader_iter(permuter=permuter), num_batches, "ranges"),
         ("WindowDataLoader (full_tokens=True)", loader_iter(full_tokens=True), full_batches, True),
         ("torch DataLoader + ZooCheckpointDataset + WindowCollator", torch_loader_iter(), full_batches, True),
         ("naive: split[rows]['tokens'] + sample_windows", naive_iter(), full_batches, True),
@@ -183,6 +192,7 @@ def bench_windows(
     for label, make, batches, reads_full in cases:
         times = time_batches(make, batches, warmup=1)
         ms = statistics.median(times)
+        read_bytes = {True: full_bytes, False: window_bytes, "ranges": window_bytes + range_bytes * 4}[reads_full]
         rows.append(
             {
                 "workload": name,
@@ -193,7 +203,7 @@ def bench_windows(
                 "batches": batches,
                 "window_MB_per_s": window_bytes / (ms / 1e3) / 1e6,
                 # Token bytes copied out of the Arrow data per second (whole checkpoints where the case reads them).
-                "read_MB_per_s": (full_bytes if reads_full else window_bytes) / (ms / 1e3) / 1e6,
+                "read_MB_per_s": read_bytes / (ms / 1e3) / 1e6,
             }
         )
     return rows

@@ -8,8 +8,9 @@ mask. The original materialized `[P+1, S, T]` per sample and drew one window sta
   accelerators; contiguous per-sample copies on CPU, see below), with starts drawn from a `torch.Generator`
   (reproducible; STYLE_ANCHORS §3.3 rule 8);
 * `WindowDataLoader` reads only the window rows of each checkpoint from the memory-mapped Arrow table (zero-copy
-  views, one copy per batch), or, with `full_tokens=True`, the full checkpoints too (permutation augmentation
-  gathers rows from outside the window);
+  views, one copy per batch); with a `permuter`, also the whole layers the window overlaps (`full_tokens` +
+  `source_start`: what a permuted view gathers from, `TokenPermuter.required_token_range`); or, with
+  `full_tokens=True`, the full checkpoints (62 MB per ResNet-18: 2 GB for a batch of 32);
 * `ZooCheckpointDataset` + `WindowCollator` give the same batches through a plain `torch.utils.data.DataLoader`
   (for `accelerate.prepare`).
 
@@ -101,7 +102,10 @@ def sample_windows(
         starts = _draw_starts(B, S, W, generator)
     starts = starts.to(device=tokens.device, dtype=torch.long)
     if starts.shape != (B,) or (B and (int(starts.min()) < 0 or int(starts.max()) > S - W)):
-        raise ValueError(f"`starts` must be [B] with values in [0, {S - W}], got {starts.tolist()}.")
+        raise ValueError(
+            f"`starts` must be [B] with values in [0, {S - W}] (a window of {W} tokens inside a sequence of {S}), "
+            f"got {starts.tolist()}."
+        )
     # Windows are drawn per sample, not per batch.
     if tokens.device.type == "cpu" and _CPU_SLICE_COPIES:
         # One contiguous block per sample (see the module docstring for why this beats a gather on CPU).
@@ -263,12 +267,17 @@ class WindowDataLoader:
         seed (`int`, *optional*, defaults to 0): seed of the default generator.
         full_tokens (`bool`, *optional*, defaults to `False`): also return `full_tokens [B, S, T]` (costs reading
             whole checkpoints; permutation augmentation needs rows outside the window).
+        permuter (`TokenPermuter`, *optional*): also return the token range every permuted window reads from:
+            `full_tokens [B, R, T]` starting at token `source_start [B]`, where `R` is the widest
+            `required_token_range` of the batch (the whole layers a window overlaps). `make_two_views` and
+            `TokenPermuter.apply` take the pair in place of full checkpoints. Ignored with `full_tokens=True`.
         property_columns (`Sequence[str]`, *optional*): property columns to return (default: all).
 
     Yields:
         `dict` with `tokens [B, W, T]` float, `positions [B, W, 3]` long, `mask [B, W, T]` bool, `start [B]`,
         `index [B]` (row in the split), `model_id` (list of str), `epoch [B]`, `properties` (`{name: [B] tensor or
-        list}`), and `full_tokens [B, S, T]` if requested.
+        list}`), and `full_tokens [B, S, T]` if requested (or `full_tokens [B, R, T]` + `source_start [B]` with a
+        `permuter`).
 
     Example:
 
@@ -293,6 +302,7 @@ class WindowDataLoader:
         generator: torch.Generator | None = None,
         seed: int = 0,
         full_tokens: bool = False,
+        permuter: Any | None = None,
         property_columns: Sequence[str] | None = None,
     ) -> None:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
@@ -314,6 +324,12 @@ class WindowDataLoader:
         self.drop_last = drop_last
         self.generator = generator if generator is not None else torch.Generator().manual_seed(seed)
         self.full_tokens = full_tokens
+        if permuter is not None and permuter.layout.num_tokens != layout.num_tokens:
+            raise ValueError(
+                f"`permuter` is for {permuter.layout.num_tokens} tokens per checkpoint, the split has "
+                f"{layout.num_tokens}."
+            )
+        self.permuter = permuter
         self.property_names = _property_columns(dataset, property_columns)
         ids = [c for c in ID_COLUMNS if c in dataset.column_names]
         self._columns = _read_columns(dataset, ids + self.property_names)
@@ -348,6 +364,14 @@ class WindowDataLoader:
                 "mask": torch.from_numpy(self._mask.numpy()[index]),
                 "start": starts,
             }
+            if self.permuter is not None:
+                # Only the layers the windows overlap: one contiguous range per sample, of the batch's widest
+                # length (shifted left at the end of the sequence), instead of whole checkpoints.
+                ranges = self.permuter.required_token_range(starts, W)
+                width = int((ranges[:, 1] - ranges[:, 0]).max())
+                source_start = ranges[:, 0].clamp(max=S - width)
+                out["full_tokens"] = self.store.windows(rows, source_start, width)
+                out["source_start"] = source_start
         out["index"] = rows
         for name in ID_COLUMNS:
             if name in self._columns:

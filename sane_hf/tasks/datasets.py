@@ -9,6 +9,9 @@ Two sources:
 
 - `"digits"`: scikit-learn's `load_digits` (1,797 8x8 grayscale images, 10 classes). It ships inside scikit-learn,
   so it is the embedded, offline default task (DESIGN.md; CALIBRATION.md uses the same 1000/400/397 split).
+- `"digits32"`: the same images and split, bilinearly upsampled to 32x32 and repeated over 3 channels: an offline
+  stand-in with CIFAR's input shape, so CIFAR-style ResNet zoos (`scripts/configs/zoo_resnet_tiny.yaml`) run without
+  a download. It is no harder than `"digits"`; it only exercises the 32x32, 3-channel path.
 - Any other name: an image-classification dataset loaded with `datasets.load_dataset` (a Hub id such as
   `"uoft-cs/cifar10"` or a local folder of parquet files), with an image column and an integer label column.
 
@@ -32,7 +35,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 # Tasks that ship with the package's dependencies and need no download.
-EMBEDDED_TASKS = ("digits",)
+EMBEDDED_TASKS = ("digits", "digits32")
 # Train / validation / test sizes of the digits task; they add up to the 1,797 images of `load_digits`.
 DIGITS_SPLIT_SIZES = (1000, 400, 397)
 
@@ -161,7 +164,7 @@ def load_task(
     """Load an image-classification task as standardized in-memory tensors.
 
     `"digits"` is scikit-learn's `load_digits`, split 1000/400/397 (train/val/test) with a *stratified* seeded
-    split, so every split holds each class in proportion. Any other `name` is loaded with
+    split, so every split holds each class in proportion; `"digits32"` is the same, upsampled to 3x32x32. Any other `name` is loaded with
     `datasets.load_dataset(name, **load_dataset_kwargs)`: its `"train"` split is required, a
     `"validation"`/`"valid"`/`"val"` split and a `"test"` split are used when present, and otherwise carved from the
     train split at random (seeded, not stratified), as the zoo generators carve CIFAR's validation set
@@ -202,10 +205,10 @@ def load_task(
         raise ValueError(f"load_task: `normalization` must be one of {list(NORMALIZATIONS)}, got {normalization!r}.")
     if not isinstance(name, str) or not name:
         raise ValueError(f"load_task: `name` must be 'digits', a Hub dataset id or a local folder, got {name!r}.")
-    if name == "digits":
+    if name in EMBEDDED_TASKS:
         if image_size is not None:
-            raise ValueError("load_task: `image_size` is not supported for 'digits' (its images are 8x8).")
-        return _load_digits(seed, normalization)
+            raise ValueError(f"load_task: `image_size` is not supported for {name!r} (its size is fixed).")
+        return _load_digits(seed, normalization, upsample=name == "digits32")
     return _load_hf_dataset(
         name,
         seed,
@@ -224,12 +227,18 @@ def load_task(
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _load_digits(seed: int, normalization: str) -> TaskData:
+def _load_digits(seed: int, normalization: str, upsample: bool = False) -> TaskData:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     images, labels = load_digits(return_X_y=True)
     images = images.astype(np.float32).reshape(-1, 1, 8, 8)
+    if upsample:
+        # "digits32": deterministic bilinear 4x upsampling, grey repeated over RGB (CIFAR's [3, 32, 32] shape).
+        upsampled = torch.nn.functional.interpolate(
+            torch.from_numpy(images), size=(32, 32), mode="bilinear", align_corners=False
+        )
+        images = np.ascontiguousarray(upsampled.repeat(1, 3, 1, 1).numpy())
     labels = labels.astype(np.int64)
     n_train, n_val, n_test = DIGITS_SPLIT_SIZES
     indices = np.arange(len(labels))
@@ -245,7 +254,7 @@ def _load_digits(seed: int, normalization: str) -> TaskData:
         for split, idx in (("train", train_idx), ("val", val_idx), ("test", test_idx))
     }
     return _assemble(
-        "digits",
+        "digits32" if upsample else "digits",
         splits,
         num_classes=10,
         mode=mode,

@@ -115,11 +115,15 @@ class TokenNormalization:
                     f"Expected tokens of shape [N, {layout.num_tokens}, {layout.token_size}] for this layout, "
                     f"got {list(batch.shape)}."
                 )
-            x = batch.to(torch.float64) * mask
             sums = torch.zeros(batch.shape[0], num_layers, dtype=torch.float64)
             squares = torch.zeros_like(sums)
-            sums.index_add_(1, token_layer, x.sum(-1))
-            squares.index_add_(1, token_layer, x.square().sum(-1))
+            # float64 copies of at most ~32 MB, updated in place: a ResNet-18 checkpoint is 124 MB in float64, and
+            # every fresh temporary of that size costs page faults and peak memory (benchmarks/bench_scale.py).
+            rows = max(1, (32 << 20) // (layout.num_tokens * layout.token_size * 8))
+            for lo in range(0, batch.shape[0], rows):
+                x = batch[lo : lo + rows].to(torch.float64, copy=True).mul_(mask)
+                sums[lo : lo + rows].index_add_(1, token_layer, x.sum(-1))
+                squares[lo : lo + rows].index_add_(1, token_layer, x.square_().sum(-1))
             means = sums / values_per_layer
             # Unbiased within-checkpoint variance, as torch.std in SANE §1.8; a single value has no spread.
             dof = (values_per_layer - 1).clamp(min=1)
@@ -169,7 +173,8 @@ class TokenNormalization:
         if self.mode == "none":
             return tokens.clone()
         mean, std, mask = self._per_token(layout, tokens.device, tokens.dtype)
-        return ((tokens - mean) / std).masked_fill_(~mask, 0)
+        # In place after the first op: one fresh output instead of two (same arithmetic, same bits).
+        return (tokens - mean).div_(std).masked_fill_(~mask, 0)
 
     def denormalize(self, tokens: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
         """Inverse of `normalize` (up to float rounding); padding is set to zero."""

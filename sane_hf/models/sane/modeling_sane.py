@@ -170,11 +170,27 @@ class SaneSelfAttention(nn.Module):
         self.c_proj.is_residual_projection = True  # scaled init, see SanePreTrainedModel._init_weights
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, hidden_states: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        query_states: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Attend from `query_states` (`[B, Q, D]`, default: every token of `hidden_states`) to `hidden_states`."""
         batch_size, length, width = hidden_states.shape
-        query, key, value = self.c_attn(hidden_states).split(width, dim=2)
+        if query_states is None:
+            query, key, value = self.c_attn(hidden_states).split(width, dim=2)
+        else:
+            # Only some outputs are needed (the content of a haloed window): project queries for those tokens and
+            # keys/values for all, with the same fused weights.
+            weight_q, weight_kv = self.c_attn.weight.split([width, 2 * width])
+            bias_q, bias_kv = (
+                self.c_attn.bias.split([width, 2 * width]) if self.c_attn.bias is not None else (None,) * 2
+            )
+            query = F.linear(query_states, weight_q, bias_q)
+            key, value = F.linear(hidden_states, weight_kv, bias_kv).split(width, dim=2)
         query, key, value = (
-            t.view(batch_size, length, self.n_heads, self.head_dim).transpose(1, 2) for t in (query, key, value)
+            t.view(batch_size, t.shape[1], self.n_heads, self.head_dim).transpose(1, 2) for t in (query, key, value)
         )
         # Full attention over the window (no causal mask), as upstream; `attn_mask` only hides padded tokens.
         attended = F.scaled_dot_product_attention(
@@ -185,7 +201,7 @@ class SaneSelfAttention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=False,
         )
-        attended = attended.transpose(1, 2).reshape(batch_size, length, width)
+        attended = attended.transpose(1, 2).reshape(batch_size, query.shape[2], width)
         return self.resid_dropout(self.c_proj(attended))
 
 
@@ -215,8 +231,18 @@ class SaneBlock(nn.Module):
         self.ln_2 = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps, bias=config.bias)
         self.mlp = SaneMLP(config)
 
-    def forward(self, hidden_states: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        hidden_states = hidden_states + self.attn(self.ln_1(hidden_states), attn_mask)
+    def forward(
+        self, hidden_states: torch.Tensor, attn_mask: torch.Tensor | None = None, keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """With `keep` (`[B, Q]` token indices), only those tokens' outputs are computed (`[B, Q, D]`); every token
+        still serves as a key and value. Per-token ops make this exactly the `keep` rows of the full output."""
+        normed = self.ln_1(hidden_states)
+        if keep is None:
+            hidden_states = hidden_states + self.attn(normed, attn_mask)
+        else:
+            index = keep[..., None].expand(-1, -1, hidden_states.shape[-1])
+            queries = normed.gather(1, index)
+            hidden_states = hidden_states.gather(1, index) + self.attn(normed, attn_mask, query_states=queries)
         return hidden_states + self.mlp(self.ln_2(hidden_states))
 
 
@@ -514,21 +540,30 @@ class SaneModel(SanePreTrainedModel):
         return SaneModelOutput(latents=latents, reconstructions=reconstructions, projections=projections)
 
     def _encode(
-        self, tokens: torch.Tensor, position_embeddings: torch.Tensor, attn_mask: torch.Tensor | None
+        self,
+        tokens: torch.Tensor,
+        position_embeddings: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
         hidden_states = self.input_projection(tokens.to(self.input_projection.weight.dtype)) + position_embeddings
         hidden_states = self.dropout(hidden_states)
-        for block in self.encoder:
-            hidden_states = block(hidden_states, attn_mask)
+        for i, block in enumerate(self.encoder):
+            # `keep`: only these tokens' outputs are wanted, so the last block computes only them (haloed windows).
+            hidden_states = block(hidden_states, attn_mask, keep if i == len(self.encoder) - 1 else None)
         return self.to_latent(hidden_states)
 
     def _decode(
-        self, latents: torch.Tensor, position_embeddings: torch.Tensor, attn_mask: torch.Tensor | None
+        self,
+        latents: torch.Tensor,
+        position_embeddings: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
         hidden_states = self.from_latent(latents.to(self.from_latent.weight.dtype)) + position_embeddings
         hidden_states = self.dropout(hidden_states)
-        for block in self.decoder:
-            hidden_states = block(hidden_states, attn_mask)
+        for i, block in enumerate(self.decoder):
+            hidden_states = block(hidden_states, attn_mask, keep if i == len(self.decoder) - 1 else None)
         return self.output_projection(hidden_states)
 
     def _check_window_inputs(
@@ -680,7 +715,15 @@ class SaneModel(SanePreTrainedModel):
             return torch.cat(outputs).to(inputs.device)
 
         snippet_index, content_mask = haloed_window_index(seq_len, content_size, halo_size, device=inputs.device)
-        n_windows = snippet_index.shape[0]
+        n_windows, snippet_len = snippet_index.shape
+        # The halo only serves as context: the last block computes the outputs of `query_len` tokens per snippet,
+        # a contiguous range holding the window's content (content + halo of every block below is still needed as
+        # keys and values). Saves ~40% of the last block and of the output projection (~10% of a haloed pass).
+        query_len = min(content_size, snippet_len)
+        content_start = torch.arange(n_windows, device=inputs.device) * content_size - snippet_index[:, 0]
+        query_start = content_start.clamp(max=snippet_len - query_len)
+        query_index = query_start[:, None] + torch.arange(query_len, device=inputs.device)  # [n_windows, Q]
+        query_content = content_mask.gather(1, query_index)  # [n_windows, Q]
         # One row per (sequence, window) pair; batches of rows are gathered with a single indexing op each, so the
         # snippets of all windows are never materialized at once (they overlap by 2 * halo_size tokens).
         row_sequence = torch.arange(num_sequences, device=inputs.device).repeat_interleave(n_windows)
@@ -692,12 +735,14 @@ class SaneModel(SanePreTrainedModel):
             snippets = inputs[sequence, index]  # [n, snippet_len, width]
             snippet_positions = positions[0, index] if shared_positions else positions[sequence, index]
             snippet_embeddings = self.position_embedding(snippet_positions.to(device), check_range=False)
-            output = function(snippets.to(device), snippet_embeddings, None)
+            windows = row_window[start : start + batch_size]
+            output = function(snippets.to(device), snippet_embeddings, None, query_index[windows].to(device))
             if result is None:
                 result = inputs.new_zeros((num_sequences, seq_len, output.shape[-1]), dtype=output.dtype)
             # Scatter the content tokens back; each token is content of exactly one window, so writes never collide.
-            keep = content_mask[row_window[start : start + batch_size]]  # [n, snippet_len]
-            result[sequence.expand_as(index)[keep], index[keep]] = output[keep.to(output.device)].to(result.device)
+            keep = query_content[windows]  # [n, Q]
+            targets = index.gather(1, query_index[windows])  # [n, Q] token index of every output
+            result[sequence.expand_as(targets)[keep], targets[keep]] = output[keep.to(output.device)].to(result.device)
         return result
 
 
