@@ -73,7 +73,14 @@ def matmul_gflops(dtype_name: str, size: int = 2048, repeats: int = 5) -> float:
     return 2 * size**3 / statistics.median(times) / 1e9
 
 
-def run_one(name: str, precision: str, steps: int, warmup: int, threads: int) -> dict:
+def build_training_step(name: str, batch_size: int, precision: str, device: str = "cpu", compile_model: bool = False):
+    """A randomly initialized SANE of config `name`, a synthetic window batch and a closure running one full
+    training step on them (two views, forward, `sane_loss`, backward, AdamW step), as the pretraining loop does.
+
+    Shared by this script (CPU) and `gpu_check.py` (CUDA). Returns `(model, step, tokens_per_step,
+    flops_per_step)`; FLOPs of forward + backward ~ 6 x (non-embedding parameters) x tokens plus the attention
+    scores, 12 x layers x window x d_model per token.
+    """
     import torch
 
     from sane_hf.models.sane import SaneConfig, SaneModel, SaneModelOutput
@@ -81,7 +88,6 @@ def run_one(name: str, precision: str, steps: int, warmup: int, threads: int) ->
     from sane_hf.training.losses import sane_loss
     from sane_hf.training.optim import make_optimizer
 
-    torch.set_num_threads(threads)
     torch.manual_seed(0)
     c = CONFIGS[name]
     config = SaneConfig(
@@ -93,28 +99,28 @@ def run_one(name: str, precision: str, steps: int, warmup: int, threads: int) ->
         window_size=c["window_size"],
         max_positions=c["max_positions"],
     )
-    model = SaneModel(config).train()
+    model = SaneModel(config).to(device).train()
     optimizer = make_optimizer(model, lr=1e-4, weight_decay=3e-9)
-    B, W, T = c["batch_size"], c["window_size"], c["token_size"]
-    generator = torch.Generator().manual_seed(0)
-    starts = torch.randint(0, c["num_tokens"] - W + 1, (B,), generator=generator)
-    index = starts[:, None] + torch.arange(W)
-    positions = torch.stack([index, index * c["num_layers"] // c["num_tokens"], index % 500], dim=-1)
-    positions[..., 2] %= c["max_positions"][2]
+    forward = torch.compile(model) if compile_model else model
+    B, W, T = batch_size, c["window_size"], c["token_size"]
+    generator = torch.Generator(device=device).manual_seed(0)
+    starts = torch.randint(0, c["num_tokens"] - W + 1, (B,), generator=generator, device=device)
+    index = starts[:, None] + torch.arange(W, device=device)
+    positions = torch.stack([index, index * c["num_layers"] // c["num_tokens"], index % c["max_positions"][2]], -1)
     batch = {
-        "tokens": torch.randn(B, W, T, generator=generator),
-        "mask": torch.ones(B, W, T, dtype=torch.bool),
+        "tokens": torch.randn(B, W, T, generator=generator, device=device),
+        "mask": torch.ones(B, W, T, dtype=torch.bool, device=device),
         "positions": positions,
         "start": starts,
     }
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
     def step() -> None:
         view_1, view_2 = make_two_views(
             batch, None, noise_multiplicative=0.1, permute_view_2=False, generator=generator
         )
         with autocast:
-            out = model(
+            out = forward(
                 tokens=torch.cat([view_1["tokens"], view_2["tokens"]]),
                 positions=torch.cat([view_1["positions"], view_2["positions"]]),
             )
@@ -124,6 +130,19 @@ def run_one(name: str, precision: str, steps: int, warmup: int, threads: int) ->
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    tokens = 2 * B * W
+    dense = sum(p.numel() for n, p in model.named_parameters() if "position_embedding" not in n)
+    layers = config.n_layers + config.n_decoder_layers
+    flops = 6 * dense * tokens + 12 * layers * W * config.d_model * tokens
+    return model, step, tokens, flops
+
+
+def run_one(name: str, precision: str, steps: int, warmup: int, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    model, step, tokens, flops = build_training_step(name, CONFIGS[name]["batch_size"], precision)
+
     for _ in range(warmup):
         step()
     times = []
@@ -132,11 +151,6 @@ def run_one(name: str, precision: str, steps: int, warmup: int, threads: int) ->
         step()
         times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
-    tokens = 2 * B * W
-    # Forward+backward FLOPs ~ 6 * (non-embedding params) * tokens, plus attention 12 * layers * W * d per token.
-    dense = sum(p.numel() for n, p in model.named_parameters() if "position_embedding" not in n)
-    layers = config.n_layers + config.n_decoder_layers
-    flops = 6 * dense * tokens + 12 * layers * W * config.d_model * tokens
     return {
         "config": name,
         "precision": precision,

@@ -60,64 +60,15 @@ def matmul_tflops(torch, dtype, tf32: bool, size: int = 8192) -> float:
 
 
 def train_step_row(torch, batch_size: int, precision: str, steps: int, compile_model: bool) -> dict:
-    from bench_train import CONFIGS
+    from bench_train import build_training_step
 
-    from sane_hf.models.sane import SaneConfig, SaneModel, SaneModelOutput
-    from sane_hf.training.augmentations import make_two_views
-    from sane_hf.training.losses import sane_loss
-    from sane_hf.training.optim import make_optimizer
-
-    c = CONFIGS["a"]
-    torch.manual_seed(0)
-    config = SaneConfig(
-        token_size=c["token_size"],
-        d_model=c["d_model"],
-        n_heads=c["n_heads"],
-        n_layers=c["n_layers"],
-        latent_dim=c["latent_dim"],
-        window_size=c["window_size"],
-        max_positions=c["max_positions"],
-    )
-    model = SaneModel(config).cuda().train()
-    optimizer = make_optimizer(model, lr=1e-4, weight_decay=3e-9)
-    forward = torch.compile(model) if compile_model else model
-    B, W, T = batch_size, c["window_size"], c["token_size"]
-    generator = torch.Generator(device="cuda").manual_seed(0)
-    starts = torch.randint(0, c["num_tokens"] - W + 1, (B,), device="cuda", generator=generator)
-    index = starts[:, None] + torch.arange(W, device="cuda")
-    positions = torch.stack([index, index * c["num_layers"] // c["num_tokens"], index % c["max_positions"][2]], -1)
-    batch = {
-        "tokens": torch.randn(B, W, T, device="cuda", generator=generator),
-        "mask": torch.ones(B, W, T, dtype=torch.bool, device="cuda"),
-        "positions": positions,
-        "start": starts,
-    }
-
-    def step() -> None:
-        view_1, view_2 = make_two_views(
-            batch, None, noise_multiplicative=0.1, permute_view_2=False, generator=generator
-        )
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            out = forward(
-                tokens=torch.cat([view_1["tokens"], view_2["tokens"]]),
-                positions=torch.cat([view_1["positions"], view_2["positions"]]),
-            )
-        z, y, p = out.latents.float(), out.reconstructions.float(), out.projections.float()
-        losses = sane_loss(SaneModelOutput(z[:B], y[:B], p[:B]), SaneModelOutput(z[B:], y[B:], p[B:]), view_1, view_2)
-        losses["loss"].backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
+    model, step, tokens, flops = build_training_step("a", batch_size, precision, "cuda", compile_model)
     torch.cuda.reset_peak_memory_stats()
     seconds = statistics.median(timed(torch, step, steps, 3))
-    tokens = 2 * B * W
-    dense = sum(p.numel() for n, p in model.named_parameters() if "position_embedding" not in n)
-    layers = config.n_layers + config.n_decoder_layers
-    flops = 6 * dense * tokens + 12 * layers * W * config.d_model * tokens
     return {
         "row": "train",
         "config": "a",
-        "batch_size": B,
+        "batch_size": batch_size,
         "precision": precision,
         "compile": compile_model,
         "step_s": seconds,
