@@ -2,18 +2,29 @@
 tiny synthetic zoos on disk (no training) that tests in several folders build: our own format, the original ray-tune
 layout, and model folders (the `zoo_tools` fixture)."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
-os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="sane_hf_test_hf_home_"))
+if "HF_HOME" not in os.environ:
+    # A private, throw-away Hub cache for the run (removed at exit, so repeated runs leave nothing in /tmp).
+    os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="sane_hf_test_hf_home_")
+    _owner_pid = os.getpid()  # forked test children exit too; only the creating process removes it
+
+    @atexit.register
+    def _remove_test_hf_home(path: str = os.environ["HF_HOME"]) -> None:
+        if os.getpid() == _owner_pid:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import json  # noqa: E402  (after the environment above)
-import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
