@@ -471,7 +471,7 @@ class _Canonicalizer:
 
     The target is the reference model's last converted epoch (a trained network; matching onto an initialization
     would align models by random init weights). Each model's permutation is found once, on its last converted
-    finite epoch, cached (a few small index tensors per model), and applied to every epoch of that model, in both
+    epoch that passes the reader's filter, cached (a few small index tensors per model), and applied to every epoch of that model, in both
     passes of the conversion (normalization fit and writing). Every model's matching starts from the same seeded
     generator, so the result does not depend on the order in which models are visited.
     """
@@ -504,9 +504,13 @@ class _Canonicalizer:
         member = self.reader.member(model_id)
         for epoch in reversed(self.reader.selected_epochs(member)):
             state_dict = self.reader.load_state_dict(member, epoch)
-            if all(torch.isfinite(t).all() for t in state_dict.values() if t.is_floating_point()):
+            # The reader's own filter (SANE §2.2), so the matched epoch is one the conversion keeps.
+            if self.reader._filter_reason(state_dict) is None:
                 return self._by_position(state_dict)
-        raise ValueError(f"{member.path}: no finite checkpoint to canonicalize model {model_id!r} with.")
+        raise ValueError(
+            f"{member.path}: no checkpoint of model {model_id!r} passes the filter (finite, |w| <= "
+            f"{self.reader.weight_threshold}); expected at least one to canonicalize the model with."
+        )
 
     def permutations_of(self, model_id: str) -> dict[str, torch.Tensor]:
         if model_id not in self.permutations:

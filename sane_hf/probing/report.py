@@ -255,25 +255,9 @@ def predict_properties(cfg: PredictConfig) -> dict[str, Any]:
 
     # 1. SANE embeddings: one encoder pass per split gives every pooling.
     t0 = time.perf_counter()
-    embedded = {
-        name: embed_zoo(
-            model,
-            dataset,
-            layout,
-            batch_size=cfg.embed_batch_size,
-            dtype=cfg.embed_dtype,
-            pooling=cfg.poolings,
-            rows=rows[name],
-            token_transform=transform,
-        )
-        for name, dataset in splits.items()
-    }
-    needs_permuter = cfg.embed_permutations > 0 or (cfg.finetune_epochs > 0 and cfg.finetune_permutations)
-    permuter = _permuter_or_none(zoo) if needs_permuter else None
-    averaged = {}
-    if cfg.embed_permutations and permuter is not None:
-        generator = torch.Generator().manual_seed(cfg.seed)
-        averaged = {
+
+    def embed_splits(**options) -> dict[str, Any]:
+        return {
             name: embed_zoo(
                 model,
                 dataset,
@@ -283,12 +267,21 @@ def predict_properties(cfg: PredictConfig) -> dict[str, Any]:
                 pooling=cfg.poolings,
                 rows=rows[name],
                 token_transform=transform,
-                permuter=permuter,
-                num_permutations=cfg.embed_permutations,
-                generator=generator,
+                **options,
             )
             for name, dataset in splits.items()
         }
+
+    embedded = embed_splits()
+    needs_permuter = cfg.embed_permutations > 0 or (cfg.finetune_epochs > 0 and cfg.finetune_permutations)
+    permuter = _permuter_or_none(zoo) if needs_permuter else None
+    averaged = {}
+    if cfg.embed_permutations and permuter is not None:
+        averaged = embed_splits(
+            permuter=permuter,
+            num_permutations=cfg.embed_permutations,
+            generator=torch.Generator().manual_seed(cfg.seed),
+        )
     timings["embed"] = round(time.perf_counter() - t0, 2)
     feature_sets: dict[str, dict[str, torch.Tensor]] = {}
 

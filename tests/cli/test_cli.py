@@ -80,11 +80,10 @@ def test_quickstart_zoo_is_the_documented_default_zoo():
     """The README's main job builds the zoo that scripts/configs/zoo_digits_cnn.yaml documents (same factors)."""
     import yaml
 
-    from sane_hf.quickstart import PRESETS, QuickstartConfig, stage_configs
+    from sane_hf.quickstart import QuickstartConfig, stage_configs
 
     documented = yaml.safe_load((REPO / "scripts" / "configs" / "zoo_digits_cnn.yaml").read_text())
     quickstart = stage_configs(QuickstartConfig())["zoo"]
     for key, value in documented.items():
         if key != "output_dir":
             assert getattr(quickstart, key) == value, key
-    assert set(PRESETS["default"]["zoo"]) <= set(documented)
