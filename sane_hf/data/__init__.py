@@ -18,6 +18,7 @@ from .windows import (
     WindowCollator,
     WindowDataLoader,
     ZooCheckpointDataset,
+    read_windows,
     sample_windows,
 )
 from .zoo import (
@@ -72,6 +73,7 @@ __all__ = [
     "load_zoo_meta",
     "open_zoo",
     "push_zoo_dataset",
+    "read_windows",
     "sample_windows",
     "split_model_ids",
     "write_zoo_dataset",

@@ -219,6 +219,61 @@ class ArrowTokenStore:
         return self._copy(rows, starts, window)
 
 
+def read_windows(
+    store: ArrowTokenStore,
+    layout: TokenLayout,
+    rows: torch.Tensor | Sequence[int],
+    window_size: int,
+    generator: torch.Generator | None = None,
+    *,
+    starts: torch.Tensor | None = None,
+    permuter: Any | None = None,
+) -> dict[str, torch.Tensor]:
+    """One random window per row, read straight from the token store: what `sample_windows` cuts out of full rows.
+
+    The starts are drawn exactly as `sample_windows` draws them (one `torch.randint` on `generator`), so for the
+    same generator state both give the same windows; only the window rows are copied (and, with a `permuter`, the
+    whole layers the window overlaps, which a permuted view gathers from).
+
+    Args:
+        store (`ArrowTokenStore`): the split's tokens.
+        layout (`TokenLayout`): the zoo's layout (positions and mask).
+        rows (`torch.Tensor` or `Sequence[int]`): `[B]` rows of the split.
+        window_size (`int`): `W` (`W >= S` gives whole sequences).
+        generator (`torch.Generator`, *optional*): source of the window starts.
+        starts (`torch.Tensor`, *optional*): `[B]` window starts to use instead of drawing them.
+        permuter (`TokenPermuter`, *optional*): also return `full_tokens [B, R, T]` starting at token
+            `source_start [B]`: the widest `required_token_range` of the batch.
+
+    Returns:
+        `dict` with `tokens [B, W, T]`, `positions [B, W, 3]`, `mask [B, W, T]`, `start [B]` (on the CPU), and
+        `full_tokens` + `source_start` with a `permuter`.
+    """
+    rows = torch.as_tensor(rows, dtype=torch.long).cpu()
+    S = layout.num_tokens
+    W = min(window_size, S)
+    if starts is None:
+        starts = _draw_starts(len(rows), S, W, generator)
+    starts = starts.to(device="cpu", dtype=torch.long)
+    index = starts.numpy()[:, None] + np.arange(W)
+    out = {
+        "tokens": store.windows(rows, starts, W),
+        # numpy fancy indexing: single-threaded and ~100x faster than torch's here (module docstring).
+        "positions": torch.from_numpy(layout.positions.numpy()[index]),
+        "mask": torch.from_numpy(layout.mask.numpy()[index]),
+        "start": starts,
+    }
+    if permuter is not None:
+        # Only the layers the windows overlap: one contiguous range per sample, of the batch's widest length
+        # (shifted left at the end of the sequence), instead of whole checkpoints.
+        ranges = permuter.required_token_range(starts, W)
+        width = int((ranges[:, 1] - ranges[:, 0]).max())
+        source_start = ranges[:, 0].clamp(max=S - width)
+        out["full_tokens"] = store.windows(rows, source_start, width)
+        out["source_start"] = source_start
+    return out
+
+
 def _read_columns(dataset, columns: Sequence[str]) -> dict[str, Any]:
     """Small columns as tensors (numeric/bool) or lists (strings), read once from the Arrow table."""
     import pyarrow as pa
@@ -348,30 +403,16 @@ class WindowDataLoader:
     def batch(self, rows: torch.Tensor | Sequence[int], starts: torch.Tensor | None = None) -> dict[str, Any]:
         """The batch of the given split rows (window starts drawn from the generator unless given)."""
         rows = torch.as_tensor(rows, dtype=torch.long)
-        S, W = self.layout.num_tokens, self.window
-        if starts is None:
-            starts = _draw_starts(len(rows), S, W, self.generator)
         if self.full_tokens:
             full = self.store.rows(rows)
-            out = sample_windows(full, W, positions=self._positions, mask=self._mask, starts=starts)
+            out = sample_windows(
+                full, self.window, self.generator, positions=self._positions, mask=self._mask, starts=starts
+            )
             out["full_tokens"] = full
         else:
-            index = starts.numpy()[:, None] + np.arange(W)
-            out = {
-                "tokens": self.store.windows(rows, starts, W),
-                # numpy fancy indexing: single-threaded and ~100x faster than torch's here (module docstring).
-                "positions": torch.from_numpy(self._positions.numpy()[index]),
-                "mask": torch.from_numpy(self._mask.numpy()[index]),
-                "start": starts,
-            }
-            if self.permuter is not None:
-                # Only the layers the windows overlap: one contiguous range per sample, of the batch's widest
-                # length (shifted left at the end of the sequence), instead of whole checkpoints.
-                ranges = self.permuter.required_token_range(starts, W)
-                width = int((ranges[:, 1] - ranges[:, 0]).max())
-                source_start = ranges[:, 0].clamp(max=S - width)
-                out["full_tokens"] = self.store.windows(rows, source_start, width)
-                out["source_start"] = source_start
+            out = read_windows(
+                self.store, self.layout, rows, self.window, self.generator, starts=starts, permuter=self.permuter
+            )
         out["index"] = rows
         for name in ID_COLUMNS:
             if name in self._columns:

@@ -27,7 +27,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from ..data.hub_dataset import SaneZooDataset, load_zoo_dataset
-from ..data.windows import ZooCheckpointDataset, sample_windows
+from ..data.windows import ArrowTokenStore, read_windows, sample_windows
 from ..hub.sane_cards import TRAINER_STATE_ZOO_KEY, write_sane_card, zoo_summary
 from ..models.sane import SaneConfig, SaneModel, SaneModelOutput
 from ..tokenization.layout import TokenLayout
@@ -69,36 +69,46 @@ class _EpochSampler(torch.utils.data.Sampler):
         return iter(torch.randperm(self.num_items, generator=generator).tolist())
 
 
-class _RepeatedCheckpoints(torch.utils.data.Dataset):
-    """Each checkpoint `repeats` times per epoch (upstream "supersample": several windows per checkpoint)."""
+class _RepeatedRows(torch.utils.data.Dataset):
+    """The row numbers of a split, each `repeats` times per epoch (upstream "supersample": several windows per
+    checkpoint).
 
-    def __init__(self, checkpoints: ZooCheckpointDataset, repeats: int):
-        self.checkpoints = checkpoints
+    Items are row numbers only: `train_step` reads each window, and the layers a permuted view gathers from, out of
+    the memory-mapped `store` (`read_windows`), so a batch never holds whole checkpoints (62 MB each for a
+    ResNet-18; SANE_METHOD §4.1).
+    """
+
+    def __init__(self, store: ArrowTokenStore, repeats: int):
+        self.store = store
         self.repeats = repeats
 
     def __len__(self) -> int:
-        return len(self.checkpoints) * self.repeats
+        return self.store.num_rows * self.repeats
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.checkpoints.store.rows(torch.tensor([index % len(self.checkpoints)]))[0]
+    def __getitem__(self, index: int) -> int:
+        return index % self.store.num_rows
 
 
-def _collate_full_tokens(items: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {"full_tokens": torch.stack(items)}
+def _collate_rows(items: list[int]) -> dict[str, torch.Tensor]:
+    return {"rows": torch.tensor(items, dtype=torch.long)}
+
+
+def token_store(loader: torch.utils.data.DataLoader | None) -> ArrowTokenStore | None:
+    """The token store a loader of `get_dataloaders` reads windows from (`None` for loaders of full tokens)."""
+    return getattr(getattr(loader, "dataset", None), "store", None)
 
 
 def get_dataloaders(
     cfg: PretrainConfig, zoo: SaneZooDataset
 ) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader | None]:
-    """Train/val loaders of full (normalized) checkpoints; windows are cut inside `train_step`.
+    """Train/val loaders of row numbers (`{"rows": [B]}`); `train_step` reads the windows from `token_store(loader)`.
 
-    This is the seam tests replace with a tiny in-memory zoo (STYLE_ANCHORS §3.3 rule 7).
+    This is the seam tests replace with a tiny in-memory zoo (STYLE_ANCHORS §3.3 rule 7): a loader may also yield
+    full checkpoints (`{"full_tokens": [B, S, T]}`), which `train_step` cuts windows from.
     """
     if "train" not in zoo.splits or len(zoo.splits["train"]) == 0:
         raise ValueError(f"The dataset {cfg.dataset} has no train checkpoints.")
-    train_set = _RepeatedCheckpoints(
-        ZooCheckpointDataset(zoo.splits["train"], property_columns=[]), cfg.windows_per_checkpoint
-    )
+    train_set = _RepeatedRows(ArrowTokenStore(zoo.splits["train"]), cfg.windows_per_checkpoint)
     if len(train_set) < cfg.batch_size:
         raise ValueError(
             f"The train split has {len(train_set)} windows per epoch, fewer than batch_size={cfg.batch_size} "
@@ -109,20 +119,20 @@ def get_dataloaders(
         batch_size=cfg.batch_size,
         sampler=_EpochSampler(len(train_set), cfg.seed),
         drop_last=True,  # NT-Xent compares full batches (SANE_METHOD §4.1)
-        collate_fn=_collate_full_tokens,
+        collate_fn=_collate_rows,
         # Own generators: a DataLoader without one draws a seed from the global RNG at every `iter()`, and a run
         # resumed mid-epoch calls `iter()` once more than an uninterrupted one, which would shift dropout masks.
         generator=torch.Generator().manual_seed(cfg.seed),
     )
     val_loader = None
     if "val" in zoo.splits and len(zoo.splits["val"]) > 0:
-        val_set = _RepeatedCheckpoints(ZooCheckpointDataset(zoo.splits["val"], property_columns=[]), 1)
+        val_set = _RepeatedRows(ArrowTokenStore(zoo.splits["val"]), 1)
         val_loader = torch.utils.data.DataLoader(
             val_set,
             batch_size=min(cfg.batch_size, len(val_set)),
             shuffle=False,
             drop_last=True,
-            collate_fn=_collate_full_tokens,
+            collate_fn=_collate_rows,
             generator=torch.Generator().manual_seed(cfg.seed),
         )
     return train_loader, val_loader
@@ -206,6 +216,41 @@ def build_permuter(zoo: SaneZooDataset) -> TokenPermuter:
 
 
 # ------------------------------------------------------------------------------------------------------------- step
+def _batch_rows(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The tensor whose first dimension is the batch: `full_tokens` or `rows`."""
+    if "full_tokens" in batch:
+        return batch["full_tokens"]
+    if "rows" in batch:
+        return batch["rows"]
+    raise ValueError(f"A pretraining batch needs `rows` or `full_tokens`, got keys {sorted(batch)}.")
+
+
+def _cut_windows(
+    batch: Mapping[str, torch.Tensor],
+    window_size: int,
+    layout: TokenLayout,
+    generator: torch.Generator,
+    permuter: TokenPermuter | None,
+    store: ArrowTokenStore | None,
+) -> dict[str, torch.Tensor]:
+    """One random window per sample (plus what a permuted view reads), on the batch's device."""
+    device = _batch_rows(batch).device
+    if "full_tokens" in batch:
+        windows = sample_windows(
+            batch["full_tokens"],
+            window_size,
+            generator,
+            positions=layout.positions.to(device),
+            mask=layout.mask.to(device),
+        )
+        windows["full_tokens"] = batch["full_tokens"]
+        return windows
+    if store is None:
+        raise ValueError("A batch of `rows` needs the split's token `store` to read the windows from.")
+    windows = read_windows(store, layout, batch["rows"], window_size, generator, permuter=permuter)
+    return {key: value.to(device) for key, value in windows.items()}
+
+
 def step_generator(seed: int, counter: int, process_index: int, device: torch.device | str = "cpu") -> torch.Generator:
     """The generator of one micro-batch: a function of the counters only, so resumed runs draw the same numbers."""
     return torch.Generator(device=device).manual_seed((seed * 1_000_003 + counter) * 1_009 + process_index)
@@ -219,25 +264,20 @@ def train_step(
     permuter: TokenPermuter | None,
     generator: torch.Generator,
     augment: bool = True,
+    store: ArrowTokenStore | None = None,
 ) -> dict[str, torch.Tensor]:
-    """One forward pass of the SANE objective on a batch of full checkpoints (no backward).
+    """One forward pass of the SANE objective on a batch of checkpoints (no backward).
 
-    Cuts one random window per checkpoint, builds two views (view 2 permuted; noise and erasing when `augment`),
+    Takes one random window per checkpoint, builds two views (view 2 permuted; noise and erasing when `augment`),
     runs both views through the model in one batch and returns `sane_loss`'s dict (`loss`, `loss_recon`,
     `loss_contrast`, `r2`).
+
+    The batch is either `{"rows": [B]}` (rows of `store`: only the windows and the layers a permuted view needs are
+    read) or `{"full_tokens": [B, S, T]}`; for the same generator both give the same windows, views and loss.
     """
-    full_tokens = batch["full_tokens"]
-    device = full_tokens.device
     window_size = model.config.window_size if hasattr(model, "config") else cfg.window_size
-    windows = sample_windows(
-        full_tokens,
-        window_size,
-        generator,
-        positions=layout.positions.to(device),
-        mask=layout.mask.to(device),
-    )
-    windows["full_tokens"] = full_tokens
     permute = cfg.permutation_augmentation and permuter is not None
+    windows = _cut_windows(batch, window_size, layout, generator, permuter if permute else None, store)
     view_1, view_2 = make_two_views(
         windows,
         permuter=permuter if permute else None,
@@ -368,15 +408,17 @@ def evaluate(
     layout: TokenLayout,
     permuter: TokenPermuter | None,
     accelerator: Accelerator,
+    store: ArrowTokenStore | None = None,
 ) -> dict[str, float]:
     """Validation objective: fixed windows and permutations (seeded per batch), no noise (upstream test pipeline)."""
     model.eval()
     sums: dict[str, torch.Tensor] = {}
     count = torch.zeros((), device=accelerator.device)
     for index, batch in enumerate(loader):
-        generator = step_generator(cfg.seed + 1, index, accelerator.process_index, batch["full_tokens"].device)
-        losses = train_step(model, batch, cfg, layout, permuter, generator, augment=False)
-        n = torch.tensor(float(batch["full_tokens"].shape[0]), device=accelerator.device)
+        rows = _batch_rows(batch)
+        generator = step_generator(cfg.seed + 1, index, accelerator.process_index, rows.device)
+        losses = train_step(model, batch, cfg, layout, permuter, generator, augment=False, store=store)
+        n = torch.tensor(float(rows.shape[0]), device=accelerator.device)
         for key, value in losses.items():
             sums[key] = sums.get(key, torch.zeros((), device=accelerator.device)) + value.detach().float() * n
         count += n
@@ -415,6 +457,7 @@ def pretrain(cfg: PretrainConfig, dataloaders: tuple | None = None, zoo: SaneZoo
     permuter = build_permuter(zoo) if cfg.permutation_augmentation else None
     train_loader, val_loader = dataloaders if dataloaders is not None else get_dataloaders(cfg, zoo)
     sampler = getattr(train_loader, "sampler", None)
+    train_store, val_store = token_store(train_loader), token_store(val_loader)
     if cfg.compile:
         model = torch.compile(model)
     optimizer = make_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -487,10 +530,10 @@ def pretrain(cfg: PretrainConfig, dataloaders: tuple | None = None, zoo: SaneZoo
             sampler.set_epoch(counters.epoch)
         for batch in loader:
             generator = step_generator(
-                cfg.seed, counters.micro_batches, accelerator.process_index, batch["full_tokens"].device
+                cfg.seed, counters.micro_batches, accelerator.process_index, _batch_rows(batch).device
             )
             with accelerator.accumulate(model):
-                losses = train_step(model, batch, cfg, layout, permuter, generator)
+                losses = train_step(model, batch, cfg, layout, permuter, generator, store=train_store)
                 accelerator.backward(losses["loss"])
                 if accelerator.sync_gradients and cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -529,7 +572,7 @@ def pretrain(cfg: PretrainConfig, dataloaders: tuple | None = None, zoo: SaneZoo
             counters.epoch += 1
             counters.batches_in_epoch = 0
         if val_loader is not None:
-            metrics = evaluate(model, val_loader, cfg, layout, permuter, accelerator)
+            metrics = evaluate(model, val_loader, cfg, layout, permuter, accelerator, store=val_store)
             accelerator.log(metrics, step=counters.optimizer_steps)
             history.append({"step": counters.optimizer_steps, "epoch": counters.epoch, **metrics})
             logger.info("epoch %d step %d: %s", counters.epoch, counters.optimizer_steps, metrics)

@@ -23,7 +23,8 @@ from sane_hf.probing.embed import embed_zoo
 from sane_hf.tasks import load_task
 from sane_hf.training.augmentations import make_two_views
 from sane_hf.training.configs import PretrainConfig
-from sane_hf.training.pretrain import build_permuter, pretrain
+from sane_hf.training import pretrain as pretrain_module
+from sane_hf.training.pretrain import build_permuter, pretrain, step_generator, train_step
 from sane_hf.zoo_models import ResNet18
 
 
@@ -126,6 +127,29 @@ def test_window_batches_read_only_windows_and_permutation_ranges(run):
     whole.pop("source_start")
     reference = make_two_views(whole, permuter, permute_view_2=True, generator=torch.Generator().manual_seed(1))[1]
     assert torch.equal(sliced["tokens"], reference["tokens"])
+
+
+def test_pretraining_steps_read_windows_and_layer_ranges_with_the_same_result(run):
+    zoo = run["zoo"]
+    cfg = PretrainConfig(
+        dataset="unused",
+        d_model=32,
+        n_heads=2,
+        n_layers=1,
+        latent_dim=8,
+        window_size=WINDOW,
+        halo_size=HALO,
+        batch_size=4,
+        seed=0,
+    )
+    train_loader, _ = pretrain_module.get_dataloaders(cfg, zoo)
+    batch, store = next(iter(train_loader)), pretrain_module.token_store(train_loader)
+    permuter = build_permuter(zoo)
+    read = train_step(run["sane"], batch, cfg, zoo.layout, permuter, step_generator(0, 1, 0), store=store)
+    full = {"full_tokens": store.rows(batch["rows"])}
+    cut = train_step(run["sane"], full, cfg, zoo.layout, permuter, step_generator(0, 1, 0))
+    for key in cut:
+        assert torch.equal(read[key], cut[key]), key
 
 
 def test_haloed_embedding_of_whole_models(run):

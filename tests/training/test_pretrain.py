@@ -134,6 +134,38 @@ def test_train_step_is_deterministic_and_uses_permutations(tiny_dataset, tmp_pat
     assert torch.allclose(a["loss"], expected)
 
 
+def test_default_loaders_yield_rows_and_reading_windows_matches_cutting_them(tiny_dataset, tmp_path):
+    zoo = load_zoo_dataset(tiny_dataset)
+    cfg = _config(tiny_dataset, tmp_path, window_size=5)
+    train_loader, val_loader = pretrain_module.get_dataloaders(cfg, zoo)
+    batch = next(iter(train_loader))
+    assert set(batch) == {"rows"} and batch["rows"].shape == (cfg.batch_size,)
+    store = pretrain_module.token_store(train_loader)
+    assert store.num_rows == len(zoo.splits["train"]) and pretrain_module.token_store(val_loader) is not None
+
+    model = pretrain_module.load_or_build_model(cfg, zoo)
+    permuter = build_permuter(zoo)
+    full = {"full_tokens": torch.stack([zoo.splits["train"][int(i)]["tokens"] for i in batch["rows"]])}
+    for augment in (True, False):
+        read = train_step(model, batch, cfg, zoo.layout, permuter, step_generator(2, 3, 0), augment, store=store)
+        cut = train_step(model, full, cfg, zoo.layout, permuter, step_generator(2, 3, 0), augment)
+        for key in cut:
+            assert torch.equal(read[key], cut[key]), key
+    with pytest.raises(ValueError, match="needs the split's token `store`"):
+        train_step(model, batch, cfg, zoo.layout, permuter, step_generator(2, 3, 0))
+
+
+def test_pretraining_never_reads_whole_checkpoints(tiny_dataset, tmp_path):
+    from sane_hf.data.windows import ArrowTokenStore
+
+    def refuse(self, rows):
+        raise AssertionError("pretraining read whole checkpoints")
+
+    with mock.patch.object(ArrowTokenStore, "rows", refuse):
+        output = pretrain(_config(tiny_dataset, tmp_path / "run", window_size=5, max_steps=3))
+    assert read_trainer_state(output)["optimizer_steps"] == 3
+
+
 def test_pretraining_learns_and_saves_a_loadable_model(tiny_dataset, tmp_path):
     from transformers import AutoModel
 
