@@ -125,7 +125,7 @@ def run_convert(num_checkpoints: int) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run_embed(repeats: int, batch_size: int) -> dict:
+def run_embed(repeats: int, batch_size: int | None) -> dict:
     import torch
 
     model, layout = _resnet_layout(torch)
@@ -153,11 +153,11 @@ def run_embed(repeats: int, batch_size: int) -> dict:
         "gflop": flops / 1e9,
         "gflops_per_s": flops / seconds / 1e9,
         "peak_rss_gb": peak_rss_gb(),
-        "batch_size": batch_size,
+        "batch_size": batch_size or sane._snippets_per_pass(torch.device("cpu"), config.window_size),
     }
 
 
-def run_sample(repeats: int, batch_size: int, num_anchors: int = 5) -> dict:
+def run_sample(repeats: int, batch_size: int | None, num_anchors: int = 5) -> dict:
     import torch
 
     from sane_hf.generation.decode import build_model_from_state_dict, decode_latents, tokens_to_state_dict
@@ -202,7 +202,7 @@ def run_sample(repeats: int, batch_size: int, num_anchors: int = 5) -> dict:
         "decode_gflop": flops / 1e9,
         "decode_gflops_per_s": flops / decode_s / 1e9,
         "peak_rss_gb": peak_rss_gb(),
-        "batch_size": batch_size,
+        "batch_size": batch_size or sane._snippets_per_pass(torch.device("cpu"), config.window_size),
     }
 
 
@@ -218,14 +218,14 @@ def _child(args: argparse.Namespace) -> dict:
     return run_sample(args.repeats, args.batch_size)
 
 
-def run_all(rss_sizes: list[int], repeats: int, threads: int, batch_size: int, rows: list[str]) -> list[dict]:
+def run_all(rss_sizes: list[int], repeats: int, threads: int, batch_size: int | None, rows: list[str]) -> list[dict]:
     """Run the requested rows, each in its own subprocess; returns their result dicts."""
     jobs = [["convert", str(n)] for n in rss_sizes] if "convert" in rows else []
     jobs += [[name] for name in ("embed", "sample") if name in rows]
     results = []
     for job in jobs:
         command = [sys.executable, __file__, "--one", *job, "--repeats", str(repeats), "--threads", str(threads)]
-        command += ["--batch-size", str(batch_size)]
+        command += ["--batch-size", str(batch_size)] if batch_size else []
         out = subprocess.run(command, capture_output=True, text=True, check=True)
         row = json.loads(out.stdout.strip().splitlines()[-1])
         row["original"] = ORIGINAL[job[0]]
@@ -240,7 +240,9 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", default=["convert", "embed", "sample"])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=64, help="Haloed windows per forward pass.")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="Haloed windows per forward pass (default: the model's)."
+    )
     parser.add_argument("--one", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "scale.json"))
     args = parser.parse_args()

@@ -214,8 +214,9 @@ class GenerateConfig(FinetuneConfig):
             Score on at most this many images of `score_split` (cheaper); default all.
         seed (`int`, *optional*, defaults to 0):
             Seed of the sampling generator.
-        decode_batch_size (`int`, *optional*, defaults to 64):
-            Haloed windows per SANE forward pass.
+        decode_batch_size (`int`, *optional*):
+            Haloed windows per SANE forward pass; default: the model's (64 on accelerators, ~8 MB of activations
+            per pass on CPU, see `SaneModel.haloed_encode`).
 
         > Target architecture (SANE_METHOD §6.6)
 
@@ -302,7 +303,9 @@ class GenerateConfig(FinetuneConfig):
         default=None, metadata={"help": "Score on at most this many images (default: the whole split)."}
     )
     seed: int = field(default=0, metadata={"help": "Seed of the sampling generator."})
-    decode_batch_size: int = field(default=64, metadata={"help": "Haloed windows per SANE forward pass."})
+    decode_batch_size: int | None = field(
+        default=None, metadata={"help": "Haloed windows per SANE forward pass (default: the model's, device-aware)."}
+    )
     # Target.
     task: str | None = field(default=None, metadata={"help": "Task of the generated models (default: the zoo's)."})
     task_seed: int | None = field(default=None, metadata={"help": "Seed of the task split (default: the zoo's)."})
@@ -348,12 +351,12 @@ class GenerateConfig(FinetuneConfig):
             "bootstrap_iterations",
             "bootstrap_samples",
             "bootstrap_keep",
-            "decode_batch_size",
             "bn_iterations",
             "bn_batch_size",
         ):
             _check_int(owner, name, getattr(self, name), 1)
         _check_int(owner, "seed", self.seed, 0)
+        _check_int(owner, "decode_batch_size", self.decode_batch_size, 1, optional=True)
         _check_int(owner, "anchor_epoch", self.anchor_epoch, 0, optional=True)
         _check_int(owner, "score_max_samples", self.score_max_samples, 1, optional=True)
         _check_int(owner, "task_seed", self.task_seed, 0, optional=True)

@@ -30,7 +30,9 @@ from ..tokenization.normalization import TokenNormalization
 logger = logging.getLogger(__name__)
 
 
-def decode_latents(sane: Any, latents: torch.Tensor, positions: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+def decode_latents(
+    sane: Any, latents: torch.Tensor, positions: torch.Tensor, batch_size: int | None = None
+) -> torch.Tensor:
     """Haloed decoding of full latent sequences `[n, S, L]` into (normalized) tokens `[n, S, T]`, float32, on CPU."""
     if latents.ndim != 3:
         raise ValueError(f"`latents` must have shape (num_samples, seq_len, latent_dim), got {tuple(latents.shape)}.")
@@ -196,7 +198,7 @@ class ModelDecoder:
             `anchor_index`.
         target_model_kwargs (`dict`, *optional*): overrides for every generated network (e.g. `{"num_classes": 5}`).
         reset_classifier (`bool`, *optional*, defaults to `False`): re-initialize the classifier (transfer).
-        batch_size (`int`, *optional*, defaults to 64): haloed windows per SANE forward pass.
+        batch_size (`int`, *optional*): haloed windows per SANE forward pass (default: the model's, device-aware).
         init_seed (`int`, *optional*, defaults to 0): base seed of the fresh parts of every network (a reset
             classifier, untokenized entries). Each network adds a checksum of its own latents (or tokens), so the
             same sample always gets the same network, whether it is built while scoring candidates or at the end.
@@ -218,7 +220,7 @@ class ModelDecoder:
         anchor_model_kwargs: Sequence[Mapping[str, Any]],
         target_model_kwargs: Mapping[str, Any] | None = None,
         reset_classifier: bool = False,
-        batch_size: int = 64,
+        batch_size: int | None = None,
         init_seed: int = 0,
     ):
         if not anchor_model_kwargs:

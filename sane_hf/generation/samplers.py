@@ -284,7 +284,9 @@ def load_anchors(
     )
 
 
-def embed_anchors(sane: Any, anchors: AnchorSet, positions: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+def embed_anchors(
+    sane: Any, anchors: AnchorSet, positions: torch.Tensor, batch_size: int | None = None
+) -> torch.Tensor:
     """Haloed embeddings `[N_a, S, L]` of the anchors (SANE_METHOD §6.3); also stored in `anchors.latents`."""
     latents = sane.haloed_encode(anchors.tokens, positions, batch_size=batch_size).float()
     anchors.latents = latents

@@ -43,7 +43,7 @@ class PredictConfig:
             s(W) and on the mean SANE embedding (not SANE's protocol).
         embed_permutations (`int`, *optional*, defaults to 0): also probe SANE embeddings averaged over this many
             random function-preserving permutations of each checkpoint (rows "SANE <pooling> (perm-avg)"; 0: off).
-        embed_batch_size (`int`, *optional*, defaults to 64): checkpoints per encoder pass.
+        embed_batch_size (`int`, *optional*, defaults to 64): checkpoints read and embedded per step.
         embed_dtype (`str`, *optional*, defaults to `"float32"`): `"float32"` or `"bf16"` (autocast).
 
         > Fine-tuning (SaneForPropertyPrediction)
@@ -100,7 +100,7 @@ class PredictConfig:
     embed_permutations: int = field(
         default=0, metadata={"help": "Also probe embeddings averaged over N random permutations per model (0: off)."}
     )
-    embed_batch_size: int = field(default=64, metadata={"help": "Checkpoints per encoder pass."})
+    embed_batch_size: int = field(default=64, metadata={"help": "Checkpoints read and embedded per step."})
     embed_dtype: str = field(default="float32", metadata={"help": "'float32' or 'bf16' (autocast) for embedding."})
     finetune_epochs: int = field(default=0, metadata={"help": "Epochs of end-to-end fine-tuning (0: skip)."})
     finetune_lr: float = field(default=3e-4, metadata={"help": "Peak encoder learning rate of fine-tuning."})

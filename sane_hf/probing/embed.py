@@ -220,9 +220,8 @@ def embed_zoo(
                 if token_transform is not None:
                     tokens = token_transform(tokens)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-                    _, token_latents = model.embed(
-                        tokens.to(device), positions.to(device), batch_size=batch_size, return_token_latents=True
-                    )
+                    # Snippets per pass: the model's device-aware default, not `batch_size` (checkpoints per step).
+                    _, token_latents = model.embed(tokens.to(device), positions.to(device), return_token_latents=True)
                 token_latents = token_latents.float().cpu()
                 outputs = {
                     "embeddings": token_latents.mean(dim=1),

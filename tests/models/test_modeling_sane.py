@@ -220,7 +220,7 @@ def test_malformed_inputs_raise(model):
         model.encode(tokens, positions.float())
     with pytest.raises(ValueError, match=r"`attention_mask` must have shape .* \(2, 16\), got \(2, 15\)"):
         model.encode(tokens, positions, attention_mask=torch.ones(2, 15, dtype=torch.bool))
-    with pytest.raises(ValueError, match=r"`batch_size` must be a positive int, got 0"):
+    with pytest.raises(ValueError, match=r"`batch_size` must be a positive int or None, got 0"):
         model.embed(tokens, positions, batch_size=0)
 
 
@@ -331,6 +331,22 @@ def test_embed_any_length(long_model, seq_len):
     torch.testing.assert_close(long_model.embed(tokens, positions.expand(3, -1, -1), batch_size=1), embeddings)
     # Each sequence is embedded independently of the others in the batch.
     torch.testing.assert_close(long_model.embed(tokens[1:2], positions), embeddings[1:2], atol=1e-6, rtol=0)
+
+
+def test_default_snippets_per_pass_bound_cpu_activations(long_model, monkeypatch):
+    from sane_hf.models.sane import modeling_sane
+
+    # Config (a) of the benchmarks: 256-token snippets at d_model 256 -> 8 snippets of 1 MB MLP activations each.
+    config_a = SimpleNamespace(config=SimpleNamespace(d_model=256))
+    assert SaneModel._snippets_per_pass(config_a, torch.device("cpu"), 256) == 8
+    assert SaneModel._snippets_per_pass(config_a, torch.device("cpu"), 10**7) == 1
+    assert SaneModel._snippets_per_pass(config_a, torch.device("cuda"), 256) == 64
+    # The default only changes how many snippets share a pass, never the result.
+    monkeypatch.setattr(modeling_sane, "_CPU_PASS_ACTIVATIONS", 2 * 16 * 4 * 32)  # 2 snippets of 16 tokens
+    tokens, positions = torch.randn(2, 37, 12), make_positions(37)
+    torch.testing.assert_close(
+        long_model.haloed_encode(tokens, positions), long_model.haloed_encode(tokens, positions, batch_size=64)
+    )
 
 
 def test_embed_rejects_sequences_beyond_the_global_position_table(model):

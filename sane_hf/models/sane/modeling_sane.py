@@ -40,6 +40,12 @@ SANE_LAYOUT_NAME = "sane_layout.json"
 SANE_NORMALIZATION_NAME = "sane_normalization.json"
 
 _POSITION_COORDINATES = ("global token index", "layer index", "row index")
+# Snippets per forward pass of the haloed methods when `batch_size` is not given. On CPU, a pass whose widest
+# activation (the MLP's 4 * d_model hidden units) stays near 8 MB runs a ResNet-18 embedding ~20% faster than
+# 64-snippet passes: large temporaries miss the cache and fault in fresh pages on every allocation (BENCHMARKS.md,
+# "snippets per pass"). Accelerators want large passes.
+_CPU_PASS_ACTIVATIONS = 2**21
+_ACCELERATOR_SNIPPETS_PER_PASS = 64
 # `from_pretrained` arguments that also locate the JSON sidecars next to the weights.
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
 
@@ -605,7 +611,9 @@ class SaneModel(SanePreTrainedModel):
     # ----------------------------------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def haloed_encode(self, tokens: torch.Tensor, positions: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    def haloed_encode(
+        self, tokens: torch.Tensor, positions: torch.Tensor, batch_size: int | None = None
+    ) -> torch.Tensor:
         """
         Encode full token sequences of any length with haloed windows (SANE_METHOD §6.3-6.4), without gradients.
 
@@ -620,8 +628,9 @@ class SaneModel(SanePreTrainedModel):
                 to the model's device batch by batch and the result is returned on `tokens.device`.
             positions (`torch.LongTensor` of shape `(batch_size, seq_len, 3)` or `(seq_len, 3)`):
                 Global positions; `(seq_len, 3)` is shared by all sequences.
-            batch_size (`int`, *optional*, defaults to 64):
-                Number of snippets encoded per forward pass.
+            batch_size (`int`, *optional*):
+                Number of snippets encoded per forward pass; by default 64 on accelerators and, on CPU, as many as
+                keep the widest activation near 8 MB (8 snippets of 256 tokens at d_model 256).
 
         Returns:
             `torch.FloatTensor` of shape `(batch_size, seq_len, latent_dim)`: per-token latents.
@@ -629,7 +638,9 @@ class SaneModel(SanePreTrainedModel):
         return self._haloed_apply(self._encode, "tokens", tokens, self.config.token_size, positions, batch_size)
 
     @torch.no_grad()
-    def haloed_decode(self, latents: torch.Tensor, positions: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    def haloed_decode(
+        self, latents: torch.Tensor, positions: torch.Tensor, batch_size: int | None = None
+    ) -> torch.Tensor:
         """
         Decode full latent sequences of any length with haloed windows (SANE_METHOD §6.6), without gradients.
 
@@ -640,8 +651,8 @@ class SaneModel(SanePreTrainedModel):
                 Per-token latents of full sequences (e.g. sampled around anchor embeddings).
             positions (`torch.LongTensor` of shape `(batch_size, seq_len, 3)` or `(seq_len, 3)`):
                 Global positions; `(seq_len, 3)` is shared by all sequences.
-            batch_size (`int`, *optional*, defaults to 64):
-                Number of snippets decoded per forward pass.
+            batch_size (`int`, *optional*):
+                Number of snippets decoded per forward pass (default: as in [`~SaneModel.haloed_encode`]).
 
         Returns:
             `torch.FloatTensor` of shape `(batch_size, seq_len, token_size)`: reconstructed tokens.
@@ -653,7 +664,7 @@ class SaneModel(SanePreTrainedModel):
         self,
         tokens: torch.Tensor,
         positions: torch.Tensor,
-        batch_size: int = 64,
+        batch_size: int | None = None,
         return_token_latents: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """
@@ -667,8 +678,9 @@ class SaneModel(SanePreTrainedModel):
                 Full token sequences, normalized like the training data.
             positions (`torch.LongTensor` of shape `(batch_size, seq_len, 3)` or `(seq_len, 3)`):
                 Global positions; `(seq_len, 3)` is shared by all sequences.
-            batch_size (`int`, *optional*, defaults to 64):
-                Number of snippets encoded per forward pass.
+            batch_size (`int`, *optional*):
+                Number of snippets encoded per forward pass; by default 64 on accelerators and, on CPU, as many as
+                keep the widest activation near 8 MB (8 snippets of 256 tokens at d_model 256).
             return_token_latents (`bool`, *optional*, defaults to `False`):
                 Whether to also return the per-token latents.
 
@@ -680,6 +692,12 @@ class SaneModel(SanePreTrainedModel):
         embeddings = token_latents.mean(dim=1)
         return (embeddings, token_latents) if return_token_latents else embeddings
 
+    def _snippets_per_pass(self, device: torch.device, snippet_len: int) -> int:
+        """The default `batch_size` of the haloed methods (see `_CPU_PASS_ACTIVATIONS`)."""
+        if device.type != "cpu":
+            return _ACCELERATOR_SNIPPETS_PER_PASS
+        return max(1, _CPU_PASS_ACTIVATIONS // (snippet_len * 4 * self.config.d_model))
+
     def _haloed_apply(
         self,
         function: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor],
@@ -687,10 +705,12 @@ class SaneModel(SanePreTrainedModel):
         inputs: torch.Tensor,
         width: int,
         positions: torch.Tensor,
-        batch_size: int,
+        batch_size: int | None,
     ) -> torch.Tensor:
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
+        if batch_size is not None and (
+            not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1
+        ):
+            raise ValueError(f"`batch_size` must be a positive int or None, got {batch_size!r}.")
         if positions.ndim == 2:
             positions = positions.unsqueeze(0)
         self._check_window_inputs(name, inputs, width, positions, None)
@@ -706,6 +726,7 @@ class SaneModel(SanePreTrainedModel):
 
         if seq_len <= content_size + 2 * halo_size:
             # Every snippet would be the whole sequence: run each sequence once instead of once per window.
+            batch_size = batch_size or self._snippets_per_pass(device, seq_len)
             outputs = []
             for start in range(0, num_sequences, batch_size):
                 chunk = inputs[start : start + batch_size].to(device)
@@ -716,6 +737,7 @@ class SaneModel(SanePreTrainedModel):
 
         snippet_index, content_mask = haloed_window_index(seq_len, content_size, halo_size, device=inputs.device)
         n_windows, snippet_len = snippet_index.shape
+        batch_size = batch_size or self._snippets_per_pass(device, snippet_len)
         # The halo only serves as context: the last block computes the outputs of `query_len` tokens per snippet,
         # a contiguous range holding the window's content (content + halo of every block below is still needed as
         # keys and values). Saves ~40% of the last block and of the output projection (~10% of a haloed pass).
