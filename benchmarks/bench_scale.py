@@ -8,6 +8,9 @@ Rows (each in a fresh subprocess, so every peak RSS is that work's own):
 * `embed`: `SaneModel.embed` of one full ResNet-18 with config (a) of the pretraining issue (T=288, d_model 256,
   8 heads, 4+4 blocks, latent 128, window 256, halo 64: 420 haloed windows of 256 tokens), fp32, s/model, achieved
   GFLOP/s (the encoder's dense FLOPs + attention over every snippet token).
+* `pretrain`: `pretrain` with config (a) (batch 32) on a converted zoo of 16 ResNet-18/100 checkpoints, two
+  optimizer steps and two validation passes, with permutation augmentation: peak RSS (batches hold the windows and
+  the layers a permuted view reads, never whole checkpoints) and s/step. The conversion runs in its own process.
 * `sample`: one ResNet-18 from latents: vectorized KDE over 5 anchor latent sequences, haloed decode, de-normalize,
   detokenize and a strict load into a `ResNet18` module. s/model, broken down.
 
@@ -45,6 +48,7 @@ CONFIG_A = dict(
     max_positions=[55000, 100, 550],
 )
 ORIGINAL = {  # BASELINE.md (original implementation, other machine with avx512_bf16)
+    "pretrain": "5.9-6.1 s/step, peak RSS 4.1-4.2 GB (training step alone)",
     "embed": "7.65-8.06 s fp32 (3.92 s bf16)",
     "sample": "36.7 s (KDE alone ~30 s)",
     "convert": "-",
@@ -120,6 +124,53 @@ def run_convert(num_checkpoints: int) -> dict:
             "dataset_MB": folder_bytes(tmp / "ds") / 1e6,
             "shards": len(shards),
             "largest_shard_MB": max(f.stat().st_size for f in shards) / 1e6,
+        }
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_pretrain(threads: int, num_checkpoints: int = 16) -> dict:
+    from sane_hf.training.configs import PretrainConfig
+    from sane_hf.training.pretrain import pretrain, read_trainer_state
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_data import write_zoo
+
+    tmp = Path(tempfile.mkdtemp(prefix="sane_bench_pretrain_"))
+    os.environ["HF_HOME"] = str(tmp / "hf_home")
+    try:
+        zoo = write_zoo(tmp / "zoo", "resnet18", {"num_classes": 100}, num_checkpoints, 1)
+        convert = [sys.executable, str(Path(__file__).parents[1] / "scripts" / "convert_zoo.py")]
+        convert += ["--zoo_dir", str(zoo), "--output_dir", str(tmp / "ds"), "--token_size", "288"]
+        subprocess.run([*convert, "--split_fractions", "0.75", "0.125", "0.125"], check=True, capture_output=True)
+        shutil.rmtree(zoo)
+        model_fields = {k: v for k, v in CONFIG_A.items() if k != "token_size"}
+        config = PretrainConfig(
+            dataset=str(tmp / "ds"),
+            output_dir=str(tmp / "sane"),
+            **model_fields,
+            batch_size=32,
+            windows_per_checkpoint=4,  # 12 train checkpoints x 4 = 48 windows: one batch of 32 per epoch
+            epochs=2,
+            max_steps=2,
+            lr=1e-4,
+            seed=0,
+            logging_steps=1,
+            num_threads=threads,
+        )
+        start = time.perf_counter()
+        pretrain(config)
+        seconds = time.perf_counter() - start
+        state = read_trainer_state(tmp / "sane")
+        steps = state["optimizer_steps"]
+        return {
+            "row": "pretrain",
+            "checkpoints": num_checkpoints,
+            "steps": steps,
+            "s_per_step_incl_validation": state["seconds"] / steps,
+            "wall_s": seconds,
+            "peak_rss_gb": peak_rss_gb(),
+            "batch_size": config.batch_size,
         }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -215,13 +266,15 @@ def _child(args: argparse.Namespace) -> dict:
         return run_convert(int(args.one[1]))
     if kind == "embed":
         return run_embed(args.repeats, args.batch_size)
+    if kind == "pretrain":
+        return run_pretrain(args.threads)
     return run_sample(args.repeats, args.batch_size)
 
 
 def run_all(rss_sizes: list[int], repeats: int, threads: int, batch_size: int | None, rows: list[str]) -> list[dict]:
     """Run the requested rows, each in its own subprocess; returns their result dicts."""
     jobs = [["convert", str(n)] for n in rss_sizes] if "convert" in rows else []
-    jobs += [[name] for name in ("embed", "sample") if name in rows]
+    jobs += [[name] for name in ("pretrain", "embed", "sample") if name in rows]
     results = []
     for job in jobs:
         command = [sys.executable, __file__, "--one", *job, "--repeats", str(repeats), "--threads", str(threads)]
@@ -237,7 +290,7 @@ def run_all(rss_sizes: list[int], repeats: int, threads: int, batch_size: int | 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rss-sizes", type=int, nargs="+", default=[10, 40])
-    parser.add_argument("--rows", nargs="+", default=["convert", "embed", "sample"])
+    parser.add_argument("--rows", nargs="+", default=["convert", "pretrain", "embed", "sample"])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
