@@ -11,8 +11,9 @@ README.md                                    dataset card; its `configs` let `da
 ```
 
 Conversion (`convert_zoo` / `write_zoo_dataset`) streams: checkpoints are read one model at a time, tokenized in
-small batches and written into parquet shards of bounded size, holding at most one shard in memory. Differences
-from the original preprocessing (SANE_METHOD §2.3, §2.7, §1.8), on purpose:
+small batches and written into parquet shards of bounded size, holding at most two shards in memory (one being
+filled, one being encoded and written by a background thread). Differences from the original preprocessing
+(SANE_METHOD §2.3, §2.7, §1.8), on purpose:
 
 * the model list is sorted before the seeded shuffle (the original shuffled the unsorted `iterdir()` order);
 * normalization statistics come from the train split only and are applied to every split (the original fitted
@@ -36,8 +37,9 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,7 @@ from ..tokenization import (
     weight_matching,
 )
 from ..utils.io import make_temporary_dir, write_json_atomic
+from ..utils.memory import empty_hugepage
 from .info import (
     DATA_DIR,
     DATA_PATH_TEMPLATE,
@@ -113,10 +116,12 @@ class ConvertConfig:
             train/test) fractions of the models.
         seed (`int`, *optional*, defaults to 42): seed of the model shuffle (the original's `random.seed(42)`).
 
-        shard_size_mb (`float`, *optional*, defaults to 100): maximum uncompressed token bytes per parquet shard.
+        shard_size_mb (`float`, *optional*, defaults to 100): maximum uncompressed token bytes per parquet shard
+            (at least one checkpoint); the conversion holds up to two shards in memory.
         num_threads (`int`, *optional*, defaults to 1): `torch.set_num_threads` during the conversion (restored
             afterwards); 0 keeps torch's setting. The work is memory-bound copies; on the project's shared 2-core
-            machines 1 thread converted a cnn_s zoo 2.5x faster than 2 (`benchmarks/bench_data.py`).
+            machines 1 thread converted a cnn_s zoo 2.5x faster than 2 (`benchmarks/bench_data.py`). Parquet
+            shards are encoded and written by one more (Arrow) thread meanwhile.
         overwrite (`bool`, *optional*, defaults to `False`): replace an existing non-empty `output_dir`.
         push_to_hub (`str`, *optional*): Hub dataset repo id to upload the folder to.
         private (`bool`, *optional*, defaults to `False`): create the Hub repo as private.
@@ -324,16 +329,93 @@ def _cast(value: Any, dtype: str) -> Any:
     return {"bool": bool, "int64": int, "float64": float}[dtype](value)
 
 
-class _ShardWriter:
-    """Rows of one split -> parquet shards of at most `max_bytes` token bytes, one shard in memory at a time."""
+class _ShardWrites:
+    """Parquet shards written by one background thread, into float32 shard buffers that it lends out.
 
-    def __init__(self, folder: Path, split: str, features, properties: Mapping[str, str], max_bytes: int) -> None:
+    Encoding a shard is the largest cost of a conversion (~0.35-0.45 s per ResNet-18 row: nested-list levels,
+    byte-stream-split, zstd and the disk write, all single-threaded in Arrow, which releases the GIL meanwhile), so
+    it runs while the main thread reads, tokenizes and normalizes the next shard. One write at a time: at most two
+    shard buffers exist (the one being written and the one being filled), reused across shards and splits, so a
+    shard costs no fresh page faults. Two concurrent writes converted ResNet-18 checkpoints ~15% faster on 2 cores,
+    but raised the peak RSS from 1.2 to 1.8 GB (Arrow's buffers per write) and the CPU time by ~10%.
+    """
+
+    def __init__(self) -> None:
+        self._executor = None
+        self._pending = None  # the future of the write in flight
+        self._writing: torch.Tensor | None = None  # and the buffer it reads
+        self._free: list[torch.Tensor] = []
+
+    def buffer(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """A float32 buffer of `shape` that no write reads (its pages become resident as they are filled)."""
+        while self._free:
+            buffer = self._free.pop()
+            if tuple(buffer.shape) == shape:
+                return buffer
+        return empty_hugepage(shape, torch.float32)
+
+    def submit(self, buffer: torch.Tensor, table, path: Path, **options: Any) -> None:
+        """Write `table` (whose tokens are a view of `buffer`) to `path` once the previous write is done."""
+        import pyarrow.parquet as pq
+
+        self.wait()
+        if self._executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sane_hf-shards")
+        self._pending = self._executor.submit(pq.write_table, table, path, **options)
+        self._writing = buffer
+
+    def wait(self) -> None:
+        """Wait for the write in flight (raising its error, if any); its buffer becomes free again."""
+        pending, self._pending = self._pending, None
+        try:
+            if pending is not None:
+                pending.result()
+        finally:
+            if self._writing is not None:
+                self._free.append(self._writing)
+                self._writing = None
+
+    def close(self, *, abort: bool = False) -> None:
+        """Wait for the last write (with `abort`, ignoring its error: the files are about to be removed)."""
+        try:
+            self.wait()
+        except Exception:
+            if not abort:
+                raise
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown()  # waits for a write still running (an interrupted `wait`)
+                self._executor = None
+            self._free.clear()
+
+
+class _ShardWriter:
+    """Rows of one split -> parquet shards of at most `max_bytes` token bytes.
+
+    The tokens of a shard are written straight into a reused float32 buffer (`add`'s `write`) and handed to Arrow
+    without a copy: no list of rows and no `np.stack` of the shard (for a ResNet-18 row, the copy and page faults
+    of a fresh 62 MB array, ~30 ms, benchmarks/bench_scale.py). `writes` encodes the full shards in the background:
+    at most two shards are in memory (one being filled, one being written).
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        split: str,
+        features,
+        properties: Mapping[str, str],
+        max_bytes: int,
+        writes: _ShardWrites,
+    ) -> None:
         self.folder = folder
         self.split = split
         self.features = features
         self.schema = features.arrow_schema
         self.properties = dict(properties)
         self.max_bytes = max_bytes
+        self.writes = writes
         self.num_tokens, self.token_size = features[TOKENS_COLUMN].shape
         self.row_bytes = self.num_tokens * self.token_size * 4
         # Array2D storage has int32 list offsets: a shard holds fewer than 2**31 token values.
@@ -343,33 +425,56 @@ class _ShardWriter:
                 f"A checkpoint of {self.num_tokens} x {self.token_size} tokens exceeds the 2**31 values an Array2D "
                 "parquet row can hold."
             )
+        # Rows per shard: as many as fit in max_bytes, at least one.
+        self.capacity = max(1, min(max_bytes // self.row_bytes, self.max_rows_by_offsets))
         self.num_rows = 0
         self._files: list[Path] = []
+        self._buffer: torch.Tensor | None = None  # taken from `writes` on a shard's first row
         self._reset()
 
     def _reset(self) -> None:
-        self._tokens: list[np.ndarray] = []
+        self._count = 0
         self._model_ids: list[str] = []
         self._epochs: list[int] = []
         self._props: dict[str, list[Any]] = {name: [] for name in self.properties}
 
-    def add(self, tokens: np.ndarray, records: Sequence[CheckpointRecord]) -> None:
-        for row, record in zip(tokens, records):
-            full = (len(self._tokens) + 1) * self.row_bytes > self.max_bytes
-            if self._tokens and (full or len(self._tokens) >= self.max_rows_by_offsets):
+    def add(
+        self,
+        tokens: torch.Tensor,
+        records: Sequence[CheckpointRecord],
+        write: Callable[..., Any] | None = None,
+    ) -> None:
+        """Append one row per record; `tokens[i]` are the tokens of `records[i]`.
+
+        `write(tokens[i:j], out=rows)` stores them into `rows`, a float32 `[j - i, S, T]` view of the shard buffer
+        (e.g. `partial(normalization.normalize, layout=layout)`); by default they are copied.
+        """
+        done = 0
+        while done < len(records):
+            if self._count == self.capacity:
                 self._flush()
-            self._tokens.append(row)
-            self._model_ids.append(record.model_id)
-            self._epochs.append(record.epoch)
-            for name, dtype in self.properties.items():
-                self._props[name].append(_cast(record.properties.get(name), dtype))
+            if self._buffer is None:
+                self._buffer = self.writes.buffer((self.capacity, self.num_tokens, self.token_size))
+            stop = done + min(len(records) - done, self.capacity - self._count)
+            rows = self._buffer[self._count : self._count + stop - done]
+            if write is None:
+                rows.copy_(tokens[done:stop])
+            else:
+                write(tokens[done:stop], out=rows)
+            for record in records[done:stop]:
+                self._model_ids.append(record.model_id)
+                self._epochs.append(record.epoch)
+                for name, dtype in self.properties.items():
+                    self._props[name].append(_cast(record.properties.get(name), dtype))
+            self._count += stop - done
+            done = stop
 
     def _token_array(self):
         import pyarrow as pa
         from datasets.features.features import Array2DExtensionType
 
-        n, S, T = len(self._tokens), self.num_tokens, self.token_size
-        values = pa.array(np.stack(self._tokens).reshape(-1), type=pa.float32())
+        n, S, T = self._count, self.num_tokens, self.token_size
+        values = pa.array(self._buffer[:n].numpy().reshape(-1), type=pa.float32())  # no copy: a view of the buffer
         # Array2D storage is list<list<float32>>: build both offset levels directly (no Python objects per value).
         inner = pa.ListArray.from_arrays(pa.array(np.arange(0, n * S * T + 1, T, dtype=np.int32)), values)
         outer = pa.ListArray.from_arrays(pa.array(np.arange(0, n * S + 1, S, dtype=np.int32)), inner)
@@ -377,9 +482,8 @@ class _ShardWriter:
 
     def _flush(self) -> None:
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
-        if not self._tokens:
+        if not self._count:
             return
         columns = {
             "model_id": pa.array(self._model_ids, type=pa.string()),
@@ -391,7 +495,8 @@ class _ShardWriter:
         table = pa.table(columns, schema=self.schema)
         path = self.folder / f"{self.split}-{len(self._files):05d}.partial"
         strings = ["model_id", *(n for n, d in self.properties.items() if d == "string")]
-        pq.write_table(
+        self.writes.submit(
+            self._buffer,
             table,
             path,
             compression="zstd",
@@ -401,13 +506,18 @@ class _ShardWriter:
             write_statistics=[n for n in columns if n != TOKENS_COLUMN],
             column_encoding={f"{TOKENS_COLUMN}.list.element.list.element": "BYTE_STREAM_SPLIT"},
         )
-        self.num_rows += len(self._tokens)
+        self.num_rows += self._count
         self._files.append(path)
+        self._buffer = None  # now `writes`'s until written
         self._reset()
 
-    def close(self) -> list[Path]:
-        """Flush and rename the shards to `<split>-<i:05d>-of-<n:05d>.parquet`; returns the final paths."""
+    def flush(self) -> None:
+        """Hand the last (partial) shard to `writes`."""
         self._flush()
+
+    def rename(self) -> list[Path]:
+        """Rename the written shards to `<split>-<i:05d>-of-<n:05d>.parquet` (after `writes.close()`); returns the
+        final paths."""
         n = len(self._files)
         final = []
         for i, path in enumerate(self._files):
@@ -645,6 +755,7 @@ def write_zoo_dataset(
     properties = infer_property_dtypes(reader, selected)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = make_temporary_dir(output_dir)  # also removes the leftovers of a killed conversion
+    writes = _ShardWrites()
     try:
         # 1. Reference checkpoint and layout: the first kept train checkpoint (train is in the reference's split,
         #    as in the original, SANE §2.3 item 5). The train records are streamed once here for the statistics.
@@ -675,23 +786,28 @@ def write_zoo_dataset(
             norm = TokenNormalization.fit(torch.empty(0), layout, mode="none")
         first = train_records = None  # release the reference checkpoint
 
-        # 2. The splits, one shard in memory at a time.
+        # 2. The splits, at most two shards in memory at a time (one being filled, one being written).
         (tmp / DATA_DIR).mkdir()
         features = _features(layout.num_tokens, layout.token_size, properties)
-        split_infos: dict[str, SplitInfo] = {}
+        writers: dict[str, tuple[_ShardWriter, set[str]]] = {}
         for split, model_ids in splits.items():
-            writer = _ShardWriter(tmp / DATA_DIR, split, features, properties, int(shard_size_mb * (1 << 20)))
+            writer = _ShardWriter(tmp / DATA_DIR, split, features, properties, int(shard_size_mb * (1 << 20)), writes)
             kept: set[str] = set()
             total = sum(len(reader.selected_epochs(reader.member(m))) for m in model_ids)
             tokenize = _BatchTokenizer(layout)
             with _progress(total, f"write {split}", show_progress) as bar:
                 records = reader.iter_checkpoints(model_ids)
                 for batch in _batched(canonical(records) if canonical is not None else records):
-                    tokens = norm.normalize(tokenize(batch), layout).to(torch.float32)
-                    writer.add(tokens.numpy(), batch)
+                    # Normalized straight into the shard buffer (float32, rounded from the tokens' dtype).
+                    writer.add(tokenize(batch), batch, partial(norm.normalize, layout=layout))
                     kept.update(r.model_id for r in batch)
                     bar.update(len(batch))
-            files = writer.close()
+            writer.flush()
+            writers[split] = (writer, kept)
+        writes.close()  # every shard is on disk
+        split_infos: dict[str, SplitInfo] = {}
+        for split, (writer, kept) in writers.items():
+            files = writer.rename()
             split_infos[split] = SplitInfo(
                 model_ids=sorted(kept),
                 num_checkpoints=writer.num_rows,
@@ -699,7 +815,7 @@ def write_zoo_dataset(
                 num_bytes=sum(f.stat().st_size for f in files),
             )
             if not writer.num_rows:
-                logger.warning("The %s split is empty (%d models assigned).", split, len(model_ids))
+                logger.warning("The %s split is empty (%d models assigned).", split, len(splits[split]))
         logger.info("Filtering: %s", reader.report.summary())
 
         # 3. Metadata and card.
@@ -739,7 +855,10 @@ def write_zoo_dataset(
         build_dataset_card(info, repo_id=repo_id, root=tmp).save(tmp / "README.md")
         _move_into_place(tmp, output_dir)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            writes.close(abort=True)  # no write may still be creating files in `tmp`
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     logger.info(
         "Wrote %s: %s.",

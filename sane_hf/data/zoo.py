@@ -561,12 +561,14 @@ class ZooReader:
         tensors = [v.detach() for v in state_dict.values() if v.is_floating_point() and v.numel()]
         if not tensors:
             return None
-        # Max |w| of every tensor in one fused call; the inf-norm propagates NaN, so it answers both questions.
-        peaks = torch.stack(torch._foreach_norm(tensors, math.inf))
-        if not bool(torch.isfinite(peaks).all()):
+        # Min and max of every tensor: NaN propagates into both, so they answer both questions (max |w| is the
+        # larger |extreme|). aminmax is vectorized; the inf-norm (`_foreach_norm(ord=inf)`) took 40 ms per ResNet-18
+        # checkpoint against 6 ms here (benchmarks/bench_scale.py).
+        extremes = torch.stack([torch.stack(torch.aminmax(t)) for t in tensors])
+        if not bool(torch.isfinite(extremes).all()):
             # The original drops NaN only; Inf cannot be tokenized or normalized either, so it goes too.
             return DROP_NON_FINITE
-        if bool((peaks > self.weight_threshold).any()):
+        if bool((extremes.abs() > self.weight_threshold).any()):
             return DROP_ABOVE_THRESHOLD
         return None
 

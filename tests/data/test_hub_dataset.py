@@ -261,6 +261,26 @@ def test_existing_output_is_not_overwritten_unless_asked(sane_zoo, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ds"]
 
 
+def test_a_failed_background_shard_write_raises_and_leaves_nothing(sane_zoo, tmp_path, zoo_tools):
+    # Shards are encoded in a background thread: its error must reach the caller, after which nothing is left.
+    import pyarrow.parquet as pq
+
+    write_table, calls = pq.write_table, []
+
+    def failing_write(table, where, **options):
+        calls.append(where)
+        if len(calls) == 3:  # a later shard, while the main thread fills the next one
+            Path(where).write_bytes(b"half a shard")
+            raise OSError("No space left on device")
+        return write_table(table, where, **options)
+
+    output = tmp_path / "out" / "ds"
+    with mock.patch.object(pq, "write_table", failing_write), pytest.raises(OSError, match="No space left"):
+        _convert(sane_zoo, output, shard_size_mb=0.02)
+    assert len(calls) == 3
+    zoo_tools.assert_no_output(output)
+
+
 def test_version_mismatch_and_missing_meta_are_clear_errors(converted, tmp_path, zoo_tools):
     broken = zoo_tools.copy_zoo(converted, tmp_path / "v99")
     info = json.loads((broken / "meta/info.json").read_text())

@@ -21,9 +21,9 @@ from sane_hf.generation.samplers import sample_kde
 from sane_hf.models.sane import SaneModel
 from sane_hf.probing.embed import embed_zoo
 from sane_hf.tasks import load_task
+from sane_hf.training import pretrain as pretrain_module
 from sane_hf.training.augmentations import make_two_views
 from sane_hf.training.configs import PretrainConfig
-from sane_hf.training import pretrain as pretrain_module
 from sane_hf.training.pretrain import build_permuter, pretrain, step_generator, train_step
 from sane_hf.zoo_models import ResNet18
 

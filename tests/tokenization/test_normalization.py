@@ -57,6 +57,40 @@ def test_normalize_is_invertible_and_keeps_padding_zero():
         assert abs(values.mean().item()) < 1e-4
 
 
+def test_blocked_fit_and_normalize_give_the_same_bits(monkeypatch):
+    """`fit` and `normalize` work block by block on CPU (`_BLOCK_VALUES`): the result must not depend on the blocks
+    (one per several checkpoints, or several per checkpoint), and `out=` rounds like `.to(out.dtype)`."""
+    from sane_hf.tokenization import normalization
+
+    layout, tokens = _zoo("resnet18", 3, 32, width=8)
+    mean = torch.tensor(TokenNormalization.fit(tokens, layout).mean)
+    reference = {}
+    for block_values in (1 << 24, 1000, 31):  # whole batches, token ranges, one token (< token_size) per block
+        monkeypatch.setattr(normalization, "_BLOCK_VALUES", block_values)
+        norm = TokenNormalization.fit(iter([tokens[:2], tokens[2:]]), layout)
+        normalized = norm.normalize(tokens, layout)
+        out = torch.empty_like(tokens)
+        assert norm.normalize(tokens, layout, out=out) is out
+        in_place = tokens.clone()
+        norm.normalize(in_place, layout, out=in_place)
+        from_double = torch.empty_like(tokens)
+        norm.normalize(tokens.double(), layout, out=from_double)
+        result = (norm.mean, norm.std, normalized, out, in_place, from_double)
+        reference = reference or dict(enumerate(result))
+        assert norm.mean == reference[0] and norm.std == reference[1]
+        for i, value in enumerate(result[2:], 2):
+            assert torch.equal(value.view(torch.int32), reference[i].view(torch.int32)), (block_values, i)
+        assert torch.equal(from_double, norm.normalize(tokens.double(), layout).float())
+    assert torch.equal(torch.tensor(reference[0]), mean)
+    # the whole-tensor arithmetic, unblocked
+    per_token_mean = torch.tensor(reference[0])[layout.token_layer][:, None].float()
+    per_token_std = torch.tensor(reference[1])[layout.token_layer][:, None].float()
+    expected = ((tokens - per_token_mean) / per_token_std).masked_fill(~layout.mask, 0)
+    assert torch.equal(reference[2].view(torch.int32), expected.view(torch.int32))
+    with pytest.raises(ValueError, match="contiguous tensor of the tokens' shape"):
+        norm.normalize(tokens, layout, out=torch.empty(1, *tokens.shape[1:]))
+
+
 def test_running_statistics_are_standardized_once():
     layout, tokens = _zoo("resnet18", 3, 32, width=8)
     norm = TokenNormalization.fit(tokens, layout)
