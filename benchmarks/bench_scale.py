@@ -82,13 +82,24 @@ def _sane(torch):
     return SaneModel(SaneConfig(**CONFIG_A)).eval()
 
 
-def snippet_flops(config, num_snippet_tokens: int, snippet_len: int, stack: str) -> float:
-    """Forward FLOPs of one stack over `num_snippet_tokens` tokens in snippets of `snippet_len`."""
-    d = config.d_model
+def haloed_pass_flops(config, num_tokens: int, stack: str) -> float:
+    """Forward FLOPs of one haloed pass of a stack over a `num_tokens` sequence, as `SaneModel` executes it.
+
+    Every snippet (`window_size` tokens; the whole sequence per window gives the same count) runs the input
+    projection and all blocks but the last on every token; the last block computes keys and values for every token
+    but queries, attention, output projection and MLP only for the `content_size` tokens the window keeps, and so
+    does the output projection of the stack (`SaneModel._haloed_apply`'s content-only last block).
+    """
+    d, snippet, content = config.d_model, config.window_size, config.content_size
+    windows = -(-num_tokens // content)
     blocks = config.n_layers if stack == "encoder" else config.n_decoder_layers
-    io = config.token_size * d + d * config.latent_dim  # input/latent projections (one each per stack)
-    per_token = 2 * (blocks * 12 * d * d + io) + blocks * 4 * snippet_len * d  # dense + QK^T and AV
-    return per_token * num_snippet_tokens
+    width_in, width_out = (
+        (config.token_size, config.latent_dim) if stack == "encoder" else (config.latent_dim, config.token_size)
+    )
+    full_block = 2 * 12 * d * d + 4 * snippet * d  # dense (qkv, out, 4x MLP) + QK^T and AV, per token
+    per_snippet = snippet * (2 * width_in * d + (blocks - 1) * full_block + 2 * 2 * d * d)  # + last block's K, V
+    per_snippet += content * (2 * 10 * d * d + 4 * snippet * d + 2 * d * width_out)  # last block's queries + output
+    return windows * per_snippet
 
 
 def run_convert(num_checkpoints: int) -> dict:
@@ -193,7 +204,7 @@ def run_embed(repeats: int, batch_size: int | None) -> dict:
     seconds = statistics.median(times)
     config = sane.config
     windows = -(-layout.num_tokens // config.content_size)
-    flops = snippet_flops(config, windows * config.window_size, config.window_size, "encoder")
+    flops = haloed_pass_flops(config, layout.num_tokens, "encoder")
     return {
         "row": "embed",
         "tokens": layout.num_tokens,
@@ -241,8 +252,7 @@ def run_sample(repeats: int, batch_size: int | None, num_anchors: int = 5) -> di
             parts[name].append(value)
     cpu = (cpu_seconds() - cpu) / repeats
     config = sane.config
-    windows = -(-layout.num_tokens // config.content_size)
-    flops = snippet_flops(config, windows * config.window_size, config.window_size, "decoder")
+    flops = haloed_pass_flops(config, layout.num_tokens, "decoder")
     decode_s = statistics.median(parts["decode"])
     return {
         "row": "sample",

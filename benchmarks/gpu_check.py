@@ -79,7 +79,7 @@ def train_step_row(torch, batch_size: int, precision: str, steps: int, compile_m
 
 
 def embed_row(torch, precision: str, batch_size: int, repeats: int) -> dict:
-    from bench_scale import CONFIG_A, snippet_flops
+    from bench_scale import CONFIG_A, haloed_pass_flops
 
     from sane_hf.models.sane import SaneConfig, SaneModel
     from sane_hf.tokenization import TokenLayout
@@ -97,8 +97,7 @@ def embed_row(torch, precision: str, batch_size: int, repeats: int) -> dict:
             sane.embed(tokens, positions, batch_size=batch_size)
 
     seconds = statistics.median(timed(torch, embed, repeats, 2))
-    windows = -(-layout.num_tokens // sane.config.content_size)
-    flops = snippet_flops(sane.config, windows * sane.config.window_size, sane.config.window_size, "encoder")
+    flops = haloed_pass_flops(sane.config, layout.num_tokens, "encoder")
     return {
         "row": "embed",
         "precision": precision,

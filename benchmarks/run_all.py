@@ -3,7 +3,7 @@
 Runs, one after the other (never two at once: the project's machines have 2 cores), each in its own process:
 `bench_tokenizer.py`, `bench_data.py`, `bench_train.py` (configs (a) and (b) in fp32; bf16 only for (b) where the CPU
 has no fast bf16 kernel) and `bench_scale.py` (ResNet-18 conversion at 10 and 40 checkpoints with peak RSS,
-full-model embedding, sampling one model). Their own JSON files land next to `all.json`.
+two pretraining steps on a ResNet-18 zoo, full-model embedding, sampling one model). Their own JSON files land next to `all.json`.
 
 Each row is compared with the physical bound that applies, measured in the same run:
 
@@ -39,6 +39,7 @@ ORIGINAL = {
     "tokenize_cnn3": "25 ms (64 x 0.39 ms)",
     "train_a_fp32": "2,681-2,767 tok/s; 4.1-4.2 GB",
     "train_a_bf16": "3,276-4,063 tok/s; 2.9 GB",
+    "pretrain_resnet": "5.9-6.1 s/step (step alone); 4.1-4.2 GB",
     "embed": "7.65-8.06 s (bf16 3.92 s)",
     "sample": "36.7 s",
 }
@@ -185,7 +186,14 @@ def build_table(bounds: dict, tok: dict, data: dict, train: list[dict], scale: d
         )
 
     for row in scale["results"]:
-        if row["row"] == "embed":
+        if row["row"] == "pretrain":
+            add(
+                "pretrain_resnet",
+                f"pretrain, config (a), {row['checkpoints']} ResNet-18 checkpoints, permutation augmentation",
+                f"{row['s_per_step_incl_validation']:.1f} s/step incl. validation; peak {row['peak_rss_gb']:.2f} GB",
+                "batches read windows + permuted layers, not checkpoints",
+            )
+        elif row["row"] == "embed":
             add(
                 "embed",
                 f"embed one ResNet-18, config (a), fp32 ({row['windows']} haloed windows)",
