@@ -87,3 +87,23 @@ def test_quickstart_zoo_is_the_documented_default_zoo():
     for key, value in documented.items():
         if key != "output_dir":
             assert getattr(quickstart, key) == value, key
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "scripts" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_parses_into_its_command_config(path):
+    from sane_hf.data import ConvertConfig, ZooConfig
+    from sane_hf.generation.configs import GenerateConfig
+    from sane_hf.probing.configs import PredictConfig
+    from sane_hf.training.configs import PretrainConfig
+
+    by_prefix = {
+        "zoo": ZooConfig,
+        "convert": ConvertConfig,
+        "pretrain": PretrainConfig,
+        "predict": PredictConfig,
+        "generate": GenerateConfig,
+    }
+    config_class = by_prefix[path.name.split("_")[0]]
+    # The same parsing (and validation) as the command; the paths inside need not exist for that.
+    (config,) = parse_config((config_class,), ["--config", str(path)])
+    assert isinstance(config, config_class)
