@@ -30,6 +30,7 @@ from sane_hf.zoo_models import ResNet18
 
 WIDTH = 4
 WINDOW, HALO = 64, 16  # 1,210 tokens -> 38 haloed windows of 32 content tokens
+SANE_FIELDS = dict(d_model=32, n_heads=2, n_layers=1, latent_dim=8, window_size=WINDOW, halo_size=HALO, batch_size=4)
 
 
 @pytest.fixture(scope="module")
@@ -70,13 +71,7 @@ def run(tmp_path_factory):
         PretrainConfig(
             dataset=str(root / "zoo_ds"),
             output_dir=str(root / "sane"),
-            d_model=32,
-            n_heads=2,
-            n_layers=1,
-            latent_dim=8,
-            window_size=WINDOW,
-            halo_size=HALO,
-            batch_size=4,
+            **SANE_FIELDS,
             max_steps=3,
             epochs=3,
             lr=1e-3,
@@ -131,17 +126,7 @@ def test_window_batches_read_only_windows_and_permutation_ranges(run):
 
 def test_pretraining_steps_read_windows_and_layer_ranges_with_the_same_result(run):
     zoo = run["zoo"]
-    cfg = PretrainConfig(
-        dataset="unused",
-        d_model=32,
-        n_heads=2,
-        n_layers=1,
-        latent_dim=8,
-        window_size=WINDOW,
-        halo_size=HALO,
-        batch_size=4,
-        seed=0,
-    )
+    cfg = PretrainConfig(dataset="unused", **SANE_FIELDS, seed=0)
     train_loader, _ = pretrain_module.get_dataloaders(cfg, zoo)
     batch, store = next(iter(train_loader)), pretrain_module.token_store(train_loader)
     permuter = build_permuter(zoo)
