@@ -11,6 +11,8 @@ mask. The original materialized `[P+1, S, T]` per sample and drew one window sta
   views, one copy per batch); with a `permuter`, also the whole layers the window overlaps (`full_tokens` +
   `source_start`: what a permuted view gathers from, `TokenPermuter.required_token_range`); or, with
   `full_tokens=True`, the full checkpoints (62 MB per ResNet-18: 2 GB for a batch of 32);
+* `read_windows` does those reads for given rows and a generator: what `pretrain`'s `train_step` uses, drawing the
+  starts exactly as `sample_windows` does, so both give the same windows;
 * `ZooCheckpointDataset` + `WindowCollator` give the same batches through a plain `torch.utils.data.DataLoader`
   (for `accelerate.prepare`).
 
