@@ -37,16 +37,13 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-CONFIG_A = dict(
-    token_size=288,
-    d_model=256,
-    n_heads=8,
-    n_layers=4,
-    latent_dim=128,
-    window_size=256,
-    halo_size=64,
-    max_positions=[55000, 100, 550],
-)
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_train import CONFIGS  # noqa: E402  (one definition of config (a) for the training and ResNet-18 rows)
+
+
+_MODEL_FIELDS = ("token_size", "d_model", "n_heads", "n_layers", "latent_dim", "window_size", "max_positions")
+# The SANE of config (a) with the paper's ResNet-18 halo (SANE_METHOD §6.4: content 128 + 64 on each side).
+CONFIG_A = {**{name: CONFIGS["a"][name] for name in _MODEL_FIELDS}, "halo_size": 64}
 ORIGINAL = {  # BASELINE.md (original implementation, other machine with avx512_bf16)
     "pretrain": "5.9-6.1 s/step, peak RSS 4.1-4.2 GB (training step alone)",
     "embed": "7.65-8.06 s fp32 (3.92 s bf16)",
@@ -103,8 +100,6 @@ def haloed_pass_flops(config, num_tokens: int, stack: str) -> float:
 
 
 def run_convert(num_checkpoints: int) -> dict:
-
-    sys.path.insert(0, str(Path(__file__).parent))
     from bench_data import folder_bytes, write_zoo
 
     from sane_hf.data import ConvertConfig, convert_zoo
@@ -141,11 +136,10 @@ def run_convert(num_checkpoints: int) -> dict:
 
 
 def run_pretrain(threads: int, num_checkpoints: int = 16) -> dict:
+    from bench_data import write_zoo
+
     from sane_hf.training.configs import PretrainConfig
     from sane_hf.training.pretrain import pretrain, read_trainer_state
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from bench_data import write_zoo
 
     tmp = Path(tempfile.mkdtemp(prefix="sane_bench_pretrain_"))
     os.environ["HF_HOME"] = str(tmp / "hf_home")

@@ -341,12 +341,20 @@ def test_default_snippets_per_pass_bound_cpu_activations(long_model, monkeypatch
     assert SaneModel._snippets_per_pass(config_a, torch.device("cpu"), 256) == 8
     assert SaneModel._snippets_per_pass(config_a, torch.device("cpu"), 10**7) == 1
     assert SaneModel._snippets_per_pass(config_a, torch.device("cuda"), 256) == 64
-    # The default only changes how many snippets share a pass, never the result.
-    monkeypatch.setattr(modeling_sane, "_CPU_PASS_ACTIVATIONS", 2 * 16 * 4 * 32)  # 2 snippets of 16 tokens
+    # The default sets how many snippets share a pass (here 2 of 16 tokens), never the result.
+    monkeypatch.setattr(modeling_sane, "_CPU_PASS_ACTIVATIONS", 2 * 16 * 4 * 32)
     tokens, positions = torch.randn(2, 37, 12), make_positions(37)
-    torch.testing.assert_close(
-        long_model.haloed_encode(tokens, positions), long_model.haloed_encode(tokens, positions, batch_size=64)
+    passes = []
+    encode = long_model._encode
+    monkeypatch.setattr(
+        long_model, "_encode", lambda snippets, *args: passes.append(len(snippets)) or encode(snippets, *args)
     )
+    default = long_model.haloed_encode(tokens, positions)
+    num_snippets = sum(passes)  # 2 sequences x their windows
+    assert passes == [2] * (num_snippets // 2) + [num_snippets % 2] * (num_snippets % 2)
+    passes.clear()
+    torch.testing.assert_close(default, long_model.haloed_encode(tokens, positions, batch_size=64))
+    assert passes == [num_snippets]
 
 
 def test_embed_rejects_sequences_beyond_the_global_position_table(model):
