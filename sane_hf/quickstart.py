@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .utils.bootstrap import mean_interval
 from .utils.io import write_json_atomic, write_text_atomic
 
 
@@ -151,15 +154,18 @@ class QuickstartConfig:
             raise ValueError(f"`num_threads` must be an int >= 1, got {self.num_threads!r}.")
 
 
-def stage_configs(config: QuickstartConfig) -> dict[str, Any]:
-    """The config object of every stage for `config`: `{"zoo": ZooConfig, "convert": ConvertConfig, ...}`."""
+def stage_configs(config: QuickstartConfig, preset: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """The config object of every stage for `config`: `{"zoo": ZooConfig, "convert": ConvertConfig, ...}`.
+
+    `preset` replaces `PRESETS[config.preset]` (the quality study, `benchmarks/study_pretrain.py`, varies it).
+    """
     from .data.hub_dataset import ConvertConfig
     from .data.zoo_builder import ZooConfig
     from .generation import GenerateConfig
     from .probing.configs import PredictConfig
     from .training.configs import PretrainConfig
 
-    preset = PRESETS[config.preset]
+    preset = PRESETS[config.preset] if preset is None else preset
     root = Path(config.output_dir)
     dirs = {stage: str(root / name) for stage, name in STAGE_DIRS.items()}
     zoo = dict(preset["zoo"])
@@ -314,7 +320,7 @@ def run_quickstart(config: QuickstartConfig, stage_callback: Callable[[str, str]
     seconds = round(time.perf_counter() - start, 1)
     summary = {"config": asdict(config), "stages": stages_state, "seconds_this_run": seconds}
     write_json_atomic(state_path, summary)
-    report = build_report(root, stages_state, seconds)
+    report = build_report(root, stages_state, seconds, seed=config.seed)
     write_text_atomic(root / REPORT_FILE, report)
     summary["report"] = str(root / REPORT_FILE)
     return summary
@@ -332,8 +338,9 @@ def _section_of(markdown: str, start: str) -> str:
     return "\n".join(lines[begin:end])
 
 
-def build_report(root: Path, stages_state: Mapping[str, Any], seconds_this_run: float) -> str:
-    """`REPORT.md`: timings, the zoo, the property-prediction table and the generation table, with their plots."""
+def build_report(root: Path, stages_state: Mapping[str, Any], seconds_this_run: float, seed: int | None = None) -> str:
+    """`REPORT.md`: timings, the zoo, the property-prediction table and the generation table, with their plots, and
+    under each table a sentence, computed from the results, saying whether SANE beat each control."""
     lines = ["# SANE quickstart report", ""]
     lines.append(
         "The whole SANE pipeline on the embedded default task (scikit-learn digits, 8x8 images, 10 classes): a zoo "
@@ -382,6 +389,10 @@ def build_report(root: Path, stages_state: Mapping[str, Any], seconds_this_run: 
         for plot in plots:
             relative = plot.relative_to(root).as_posix()
             lines.append(f"![{plot.stem}]({relative})")
+        results_json = root / STAGE_DIRS["predict"] / "results.json"
+        if results_json.is_file():
+            probe = summarize_probe(json.loads(results_json.read_text(encoding="utf-8")), "test_acc")
+            lines += [probe_verdict(probe, seed), ""]
         lines += ["", f"Full results: `{STAGE_DIRS['predict']}/results.md`, `results.json`.", ""]
 
     generated = root / STAGE_DIRS["generate"]
@@ -392,7 +403,151 @@ def build_report(root: Path, stages_state: Mapping[str, Any], seconds_this_run: 
         description = _section_of(text, "`test_acc`")
         table = _section_of(text, "| population")
         lines += [description, "", table, ""] if table else ["(no table)", ""]
+        evaluation_json = generated / "evaluation.json"
+        if evaluation_json.is_file():
+            evaluation = json.loads(evaluation_json.read_text(encoding="utf-8"))
+            lines += [generation_verdict(evaluation, seed), ""]
         if (generated / "evaluation.png").is_file():
             lines.append(f"![accuracy vs fine-tuning epoch]({STAGE_DIRS['generate']}/evaluation.png)")
         lines += ["", f"Full evaluation: `{STAGE_DIRS['generate']}/evaluation.md`; models: `model_000/`, ...", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# The figures a user judges SANE by (REPORT.md's sentences and the quality study)
+# -------------------------------------------------------------------------------------------------------------------
+
+
+def _best_on_validation(records: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    scored = [r for r in records if r["scores"].get("val") is not None and r["scores"].get("test") is not None]
+    return max(scored, key=lambda r: r["scores"]["val"], default=None)
+
+
+def summarize_probe(results: Mapping[str, Any], property_name: str = "test_acc") -> dict[str, Any]:
+    """The best SANE row and the best row of each baseline for one property, every row chosen on validation.
+
+    Returns `{"sane": {...}, "s(W)": {...}, "W": {...}}`, each with `method`, `scaling`, `val`, `test` and
+    `test_interval` (bootstrap over test models) when present.
+    """
+    records = [r for r in results["records"] if r["property"] == property_name]
+    groups = {
+        "sane": [r for r in records if r["method"].startswith("SANE")],
+        "s(W)": [r for r in records if r["method"] == "s(W)"],
+        "W": [r for r in records if r["method"] == "W"],
+    }
+    summary = {}
+    for name, rows in groups.items():
+        best = _best_on_validation(rows)
+        if best is None:
+            continue
+        summary[name] = {
+            "method": best["method"],
+            "scaling": best["scaling"],
+            "val": best["scores"]["val"],
+            "test": best["scores"]["test"],
+            "test_interval": best.get("intervals", {}).get("test"),
+        }
+    return summary
+
+
+def summarize_generation(evaluation: Mapping[str, Any]) -> dict[str, Any]:
+    """Zero-shot test accuracy of every population of `evaluation.json`: mean, std and a bootstrap interval of the
+    mean over models; plus the paired interval of `generated - noise_control` (control `i` is generated model `i`'s
+    nearest anchor moved by the same distance)."""
+    summary: dict[str, Any] = {}
+    per_model = {}
+    for name, population in evaluation.get("populations", {}).items():
+        values = [history[0]["test_acc"] for history in population["per_model"]]
+        per_model[name] = values
+        mean = sum(values) / len(values)
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        summary[name] = {"mean": mean, "std": std, "interval": list(mean_interval(values)), "n": len(values)}
+    if "generated" in per_model and "noise_control" in per_model:
+        differences = [g - c for g, c in zip(per_model["generated"], per_model["noise_control"])]
+        summary["generated_minus_noise_control"] = {
+            "mean": sum(differences) / len(differences),
+            "interval": list(mean_interval(differences)),
+        }
+    return summary
+
+
+def _with_interval(value: float, interval: Sequence[float] | None) -> str:
+    if interval and all(v is not None and math.isfinite(v) for v in interval):
+        return f"{value:.3f} (95% interval {interval[0]:.3f}-{interval[1]:.3f})"
+    return f"{value:.3f}"
+
+
+def probe_verdict(probe: Mapping[str, Any], seed: int | None = None) -> str:
+    """One sentence: did SANE's best probe (chosen on validation) beat s(W) and W on `test_acc`, with the figures."""
+    sane = probe.get("sane")
+    if not sane:
+        return "No SANE probe of `test_acc` was run."
+    parts = [
+        f"Seed {seed}: " if seed is not None else "",
+        f"SANE's best `test_acc` probe ({sane['method']}, chosen on validation) reaches test R² "
+        f"{_with_interval(sane['test'], sane.get('test_interval'))}",
+    ]
+    verdicts = []
+    for baseline in ("s(W)", "W"):
+        other = probe.get(baseline)
+        if not other:
+            continue
+        margin = sane["test"] - other["test"]
+        word = "beats" if margin > 0 else "does not beat"
+        verdicts.append(
+            f"it {word} {baseline} ({_with_interval(other['test'], other.get('test_interval'))}; difference "
+            f"{margin:+.3f})"
+        )
+    return "".join(parts) + ("; " + " and ".join(verdicts) if verdicts else "") + "."
+
+
+def generation_verdict(evaluation: Mapping[str, Any], seed: int | None = None) -> str:
+    """Sentences on the generated models against the anchors, the noise control (plain and given SUB's selection),
+    the encoded+decoded anchors and training from scratch, with the figures of `evaluation.json`."""
+    summary = summarize_generation(evaluation)
+    generated = summary.get("generated")
+    if not generated:
+        return "No generated models were evaluated."
+    sentences = []
+    prefix = f"Seed {seed}: " if seed is not None else ""
+    anchors = summary.get("anchors")
+    text = f"{prefix}generated models reach zero-shot test accuracy {_with_interval(generated['mean'], generated['interval'])}"
+    if anchors:
+        text += f", {100 * generated['mean'] / anchors['mean']:.0f}% of the anchors' {anchors['mean']:.3f}"
+    sentences.append(text + ".")
+    control = summary.get("noise_control")
+    if control:
+        margin = generated["mean"] - control["mean"]
+        in_stds = margin / control["std"] if control["std"] > 0 else math.inf
+        difference = summary["generated_minus_noise_control"]
+        verdict = "beats" if margin > 0 and difference["interval"][0] > 0 else "does not beat"
+        sentences.append(
+            f"SANE {verdict} the anchor+noise control at the same distance ({control['mean']:.3f} ± "
+            f"{control['std']:.3f}): by {margin:+.3f}, {in_stds:.1f} of the control's standard deviations (paired "
+            f"95% interval of the difference {difference['interval'][0]:+.3f} to {difference['interval'][1]:+.3f})."
+        )
+    selected = summary.get("noise_control_selected")
+    if selected:
+        margin = generated["mean"] - selected["mean"]
+        word = "beats" if margin > 0 else "does not beat"
+        sentences.append(
+            f"Given the same best-of-candidates selection, the control reaches {_with_interval(selected['mean'], selected['interval'])}: "
+            f"SANE {word} it by {margin:+.3f}."
+        )
+    reconstructed = summary.get("anchors_reconstructed")
+    if reconstructed:
+        sentences.append(
+            f"Encoded+decoded anchors: {_with_interval(reconstructed['mean'], reconstructed['interval'])}."
+        )
+    populations = evaluation.get("populations", {})
+    if "generated" in populations and "scratch" in populations:
+        epochs = populations["scratch"]["epochs"]
+        gen_curve = populations["generated"]["curves"]["test_acc"]["mean"]
+        scratch_curve = populations["scratch"]["curves"]["test_acc"]["mean"]
+        if len(epochs) > 1:
+            word = "above" if gen_curve[1] > scratch_curve[-1] else "not above"
+            sentences.append(
+                f"After one fine-tuning epoch the generated models ({gen_curve[1]:.3f}) are {word} training from "
+                f"scratch after {epochs[-1]} ({scratch_curve[-1]:.3f})."
+            )
+    return " ".join(sentences)

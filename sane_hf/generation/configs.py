@@ -176,8 +176,10 @@ class GenerateConfig(FinetuneConfig):
             Split of the zoo the anchors come from.
         num_anchors (`int`, *optional*, defaults to 10):
             Number of anchor models: the best `num_anchors` models by `anchor_property`.
-        anchor_property (`str`, *optional*, defaults to `"test_acc"`):
-            Property ranking the anchors (largest first).
+        anchor_property (`str`, *optional*, defaults to `"val_acc"`):
+            Property ranking the anchors (largest first). Validation accuracy by default: generated models and anchors
+            are reported on the test split, so choosing the anchors on it would select on the data they are judged
+            by. Zoos without a validation metric (e.g. the original model zoos) name another column.
         anchor_epoch (`int`, *optional*):
             Epoch of the anchor checkpoints; defaults to the last epoch of the split.
         anchor_filter (`dict`, *optional*):
@@ -271,7 +273,8 @@ class GenerateConfig(FinetuneConfig):
     anchor_split: str = field(default="train", metadata={"help": "Zoo split the anchors come from."})
     num_anchors: int = field(default=10, metadata={"help": "Number of anchors: the best models by anchor_property."})
     anchor_property: str = field(
-        default="test_acc", metadata={"help": "Property ranking the anchors (largest first)."}
+        default="val_acc",
+        metadata={"help": "Property ranking the anchors (largest first); never the split results are reported on."},
     )
     anchor_epoch: int | None = field(
         default=None, metadata={"help": "Epoch of the anchor checkpoints (default: the split's last epoch)."}

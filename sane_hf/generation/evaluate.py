@@ -35,6 +35,7 @@ from torch import nn
 
 from ..tasks import evaluate as evaluate_split
 from ..tasks import make_optimizer, train_epoch
+from ..utils.bootstrap import mean_interval
 from ..utils.io import write_text_atomic
 from .configs import EvaluateConfig, FinetuneConfig
 
@@ -49,6 +50,7 @@ POPULATION_LABELS = {
     "anchors_reconstructed": "anchors, encoded + decoded",
     "anchors": "anchors (fine-tuned)",
     "noise_control": "anchor + noise at same distance",
+    "noise_control_selected": "anchor + noise, best of candidates",
     "scratch": "from scratch",
 }
 EVALUATION_JSON = "evaluation.json"
@@ -432,6 +434,7 @@ class EvaluationReport:
             "population",
             "models",
             *[f"epoch {e}" for e in epochs],
+            "epoch 0: 95% interval of the mean",
             "ensemble ep 0",
             f"ensemble ep {epochs[-1] if epochs else 0}",
             "lr",
@@ -444,6 +447,8 @@ class EvaluationReport:
             mean, std = result.curve(metric)
             cells = [POPULATION_LABELS.get(name, name), str(result.num_models)]
             cells += [f"{m:.4f} ± {s:.4f}" for m, s in zip(mean, std)]
+            low, high = mean_interval([history[0][metric] for history in result.histories])
+            cells.append(f"[{low:.4f}, {high:.4f}]")
             for epoch in (0, epochs[-1] if epochs else 0):
                 value = result.ensemble.get(f"epoch_{epoch}", {}).get(metric)
                 cells.append("" if value is None else f"{value:.4f}")
@@ -460,7 +465,8 @@ class EvaluationReport:
         lines.append(
             "Seconds: wall time of the population's evaluation (fine-tuning + metrics), plus its generation time "
             "(sampling, decoding, scoring) for generated populations. Distances are L2 in weight space over all "
-            "parameters (a re-initialized classifier excluded)."
+            "parameters (a re-initialized classifier excluded). Intervals: percentile bootstrap over the "
+            "population's models (1000 resamples)."
         )
         for key, value in self.extra.items():
             lines.append("")

@@ -20,6 +20,7 @@ share a SANE, anchors, a sampler and an evaluation, and are compared and ensembl
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -41,6 +42,7 @@ from .configs import GenerateConfig
 from .decode import ModelDecoder
 from .evaluate import (
     EvaluationReport,
+    add_isotropic_noise,
     classifier_parameter_names,
     compare_with_baselines,
     weight_distances,
@@ -212,6 +214,10 @@ class SaneGenerator:
                 score_labels[: config.score_max_samples],
             )
         self.score_data = (score_images, score_labels)
+        # While subsampling: (distances, nearest anchor) of every scored candidate, for the selected noise control.
+        self._candidate_log: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.candidate_distances: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._anchor_networks: list[nn.Module] | None = None
         self.bn_images = task.split(config.bn_split).images
         logger.info(
             "Anchors: %d %s models of %r (epoch %s, %s %.4f-%.4f).",
@@ -263,7 +269,13 @@ class SaneGenerator:
         for start in range(0, len(samples), _SCORE_CHUNK):
             chunk = samples.select(range(start, min(start + _SCORE_CHUNK, len(samples))))
             # Built one chunk at a time and dropped after scoring: only the kept samples are rebuilt at the end.
-            scores.extend(evaluate_split(model, images, labels)["acc"] for model in self.build(chunk))
+            models = self.build(chunk)
+            scores.extend(evaluate_split(model, images, labels)["acc"] for model in models)
+            if self._candidate_log is not None:
+                if self._anchor_networks is None:
+                    self._anchor_networks = self.anchor_models()
+                exclude = self.distance_exclude(models[0])
+                self._candidate_log.append(weight_distances(models, self._anchor_networks, exclude))
         return torch.tensor(scores, dtype=torch.float64)
 
     # ---------------------------------------------------------------------------------------------------- sampling
@@ -283,7 +295,16 @@ class SaneGenerator:
             candidates = sample_kde(
                 anchors, config.num_candidates, config.bandwidth, mode=config.kde_mode, generator=generator
             )
-            return subsample(candidates, self.score, config.n), None
+            self._candidate_log = []
+            try:
+                kept = subsample(candidates, self.score, config.n)
+                self.candidate_distances = (
+                    torch.cat([d for d, _ in self._candidate_log]),
+                    torch.cat([n for _, n in self._candidate_log]),
+                )
+            finally:
+                self._candidate_log = None
+            return kept, None
         result = bootstrap(
             anchors,
             self.score,
@@ -301,6 +322,33 @@ class SaneGenerator:
     def distance_exclude(self, model: nn.Module) -> list[str]:
         """Parameters left out of weight-space distances: a re-initialized classifier."""
         return classifier_parameter_names(model) if self.config.reset_classifier else []
+
+
+def selected_noise_controls(
+    engine: SaneGenerator, anchor_models: list[nn.Module], keep: int, seed: int = 0
+) -> list[nn.Module]:
+    """The noise control given SANE_SUB's selection: one control per scored candidate (the candidate's nearest anchor
+    moved by the candidate's distance in a random direction), scored on the same split, the best `keep` kept.
+
+    It answers whether subsampling alone explains the generated models' edge: if picking the best of many random
+    perturbations of the anchors does as well, the decoded deviations carry nothing more than selection.
+    """
+    if engine.candidate_distances is None:
+        raise ValueError("The selected noise control needs the candidates of a `subsample` run (none were scored).")
+    distances, nearest = engine.candidate_distances
+    images, labels = engine.score_data
+    exclude = engine.distance_exclude(anchor_models[0])
+
+    def build(index: int) -> nn.Module:
+        model = copy.deepcopy(anchor_models[int(nearest[index])])
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
+        add_isotropic_noise(model, float(distances[index]), generator, exclude)
+        return engine.condition(model)
+
+    scores = torch.tensor([evaluate_split(build(i), images, labels)["acc"] for i in range(len(distances))])
+    order = torch.sort(scores, descending=True, stable=True).indices[:keep]
+    # Rebuilt from their seeds rather than kept: for large networks, holding every candidate would not fit.
+    return [build(int(i)) for i in order]
 
 
 def _zero_shot(model: nn.Module, task: Any) -> dict[str, float]:
@@ -354,6 +402,13 @@ def generate_models(
     )
     if config.evaluate:
         start = time.perf_counter()
+        extra_populations = (
+            {"anchors_reconstructed": engine.reconstructed_anchors()} if config.evaluate_reconstructions else {}
+        )
+        if config.noise_control and engine.candidate_distances is not None:
+            extra_populations["noise_control_selected"] = selected_noise_controls(
+                engine, anchor_models, len(models), seed=config.eval_seed
+            )
         result.report = compare_with_baselines(
             models,
             anchor_models,
@@ -363,9 +418,7 @@ def generate_models(
             [engine.decoder.model_kwargs(a) for a in samples.anchor_index.tolist()],
             condition=engine.condition,
             exclude=exclude,
-            extra_populations=(
-                {"anchors_reconstructed": engine.reconstructed_anchors()} if config.evaluate_reconstructions else None
-            ),
+            extra_populations=extra_populations,
             generation_seconds=timings["sampling"],
         )
         timings["evaluation"] = time.perf_counter() - start

@@ -112,7 +112,7 @@ class AnchorSet:
     model_kwargs: list[dict[str, Any]]
     properties: list[dict[str, Any]] = field(default_factory=list)
     split: str = "train"
-    property_name: str = "test_acc"
+    property_name: str = "val_acc"
     latents: torch.Tensor | None = None
 
     def __len__(self) -> int:
@@ -151,7 +151,7 @@ def _matches(value: Any, wanted: Any) -> bool:
 def select_anchor_rows(
     split_dataset: Any,
     num_anchors: int,
-    property_name: str = "test_acc",
+    property_name: str = "val_acc",
     epoch: int | None = None,
     filters: Mapping[str, Any] | None = None,
     largest: bool = True,
@@ -163,7 +163,7 @@ def select_anchor_rows(
             One split of a tokenized zoo (`SaneZooDataset.splits[split]`), with `model_id` and `epoch` columns.
         num_anchors (`int`):
             How many anchors; a `ValueError` names the number available when fewer checkpoints qualify.
-        property_name (`str`, *optional*, defaults to `"test_acc"`):
+        property_name (`str`, *optional*, defaults to `"val_acc"`):
             Column ranking the models.
         epoch (`int`, *optional*):
             Checkpoint epoch; defaults to the largest epoch in the split.
@@ -245,7 +245,7 @@ def load_anchors(
     zoo: Any,
     split: str = "train",
     num_anchors: int = 10,
-    property_name: str = "test_acc",
+    property_name: str = "val_acc",
     epoch: int | None = None,
     filters: Mapping[str, Any] | None = None,
 ) -> AnchorSet:

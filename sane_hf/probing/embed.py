@@ -8,6 +8,10 @@ to one full-attention pass when the sequence fits into one window), and one enco
 * `"layers"`: the mean over each layer's tokens, flattened, `[N, num_layers * L]`;
 * `"mean+layers"`: both, concatenated, `[N, (1 + num_layers) * L]` (a cheap way to keep where in the model a latent
   came from, which the global mean throws away);
+* `"stats"`: the mean and the standard deviation over each layer's tokens, flattened, `[N, 2 * num_layers * L]`:
+  the s(W) baseline's idea (per-layer statistics, SANE §5) applied to SANE's latents instead of the raw weights.
+  A linear probe cannot compute a spread from means alone, and the spread of a layer's latents carries what the
+  weight statistics carry (how far training has moved the layer);
 * `"concat"`: every token latent, flattened, `[N, S * L]` (MZ-SANE's `aggregate_embeddings="flatten"`; the best SANE
   number of CALIBRATION.md; only sensible for short sequences).
 
@@ -30,7 +34,7 @@ from ..tokenization import TokenLayout, TokenPermuter
 
 logger = logging.getLogger(__name__)
 
-POOLINGS = ("mean", "layers", "mean+layers", "concat")
+POOLINGS = ("mean", "layers", "mean+layers", "stats", "concat")
 # Above this many features per checkpoint, "concat" logs a warning (the probe solves an n x n or F x F system).
 _CONCAT_WARN_FEATURES = 50_000
 
@@ -102,7 +106,13 @@ def pool_token_latents(token_latents: torch.Tensor, pooling_matrix: torch.Tensor
     mean = token_latents.mean(dim=1)
     if pooling == "mean":
         return mean
-    layers = torch.einsum("ls,bsd->bld", pooling_matrix.to(token_latents), token_latents).reshape(batch_size, -1)
+    weights = pooling_matrix.to(token_latents)
+    layers = torch.einsum("ls,bsd->bld", weights, token_latents)
+    if pooling == "stats":
+        squares = torch.einsum("ls,bsd->bld", weights, token_latents.square())
+        spread = (squares - layers.square()).clamp_min(0).sqrt()
+        return torch.cat([layers, spread], dim=2).reshape(batch_size, -1)
+    layers = layers.reshape(batch_size, -1)
     return layers if pooling == "layers" else torch.cat([mean, layers], dim=1)
 
 

@@ -95,7 +95,7 @@ def _label(value: Any) -> str | None:
     return str(value)
 
 
-def _valid_rows(targets: Any) -> np.ndarray:
+def valid_rows(targets: Any) -> np.ndarray:
     """Boolean mask of the rows with a usable target (not None / NaN)."""
     values = _to_numpy(targets)
     if values.dtype == np.float64:
@@ -186,7 +186,7 @@ def fit_ridge(
     splits = _check_splits(features_by_split, targets_by_split)
     features, targets = {}, {}
     for split in splits:
-        keep = _valid_rows(targets_by_split[split])
+        keep = valid_rows(targets_by_split[split])
         if split != "train" and not keep.any():
             continue
         features[split] = _as_float64(features_by_split[split])[torch.from_numpy(keep)]
@@ -197,7 +197,7 @@ def fit_ridge(
         scaler = _Standardizer(features["train"])
         features = {split: scaler(x) for split, x in features.items()}
     # Keyed on the scaling and the kept train rows: properties without missing values share one decomposition.
-    key = (standardize, hash(_valid_rows(targets_by_split["train"]).tobytes()))
+    key = (standardize, hash(valid_rows(targets_by_split["train"]).tobytes()))
     solver = solver_cache.get(key) if solver_cache is not None else None
     if solver is None:
         solver = RidgeSolver(features["train"])
@@ -314,7 +314,7 @@ def fit_gradient_boosting(
     splits = _check_splits(features_by_split, targets_by_split)
     features, targets = {}, {}
     for split in splits:
-        keep = _valid_rows(targets_by_split[split])
+        keep = valid_rows(targets_by_split[split])
         if split != "train" and not keep.any():
             continue
         features[split] = _as_float64(features_by_split[split])[torch.from_numpy(keep)].numpy()

@@ -34,6 +34,7 @@ import torch
 from ..data.hub_dataset import SaneZooDataset, load_zoo_dataset
 from ..models.sane import SaneModel
 from ..tokenization import TokenLayout, TokenNormalization, TokenPermuter
+from ..utils.bootstrap import bootstrap_over_groups
 from ..utils.checks import check_finite_weights
 from ..utils.io import write_text_atomic
 from ..utils.repo_ids import looks_like_path
@@ -41,7 +42,7 @@ from .baselines import raw_weights, weight_statistics
 from .configs import PredictConfig
 from .embed import check_model_matches_layout, embed_zoo, iter_token_batches, read_columns
 from .finetune import finetune_property_predictor
-from .probe import fit_gradient_boosting, fit_probe, infer_task
+from .probe import fit_gradient_boosting, fit_probe, infer_task, r2_score, valid_rows
 
 
 logger = logging.getLogger(__name__)
@@ -196,8 +197,44 @@ def baseline_features(
 # -------------------------------------------------------------------------------------------------------------------
 
 
+def score_intervals(
+    result: Mapping[str, Any], model_ids: Mapping[str, np.ndarray], seed: int = 0
+) -> dict[str, list[float]]:
+    """95% bootstrap intervals of a probe's score per split, resampling *models* (all checkpoints of a drawn model).
+
+    `model_ids[split]` names the model of every row the probe was given; rows the probe dropped (missing targets)
+    are matched through `result["targets"]`'s length, and a split whose rows cannot be matched gets no interval.
+    """
+    intervals = {}
+    for split, predictions in result.get("predictions", {}).items():
+        targets = np.asarray(result["targets"][split])
+        ids = model_ids.get(split)
+        if ids is None or len(ids) != len(targets):
+            continue
+        if result["metric"] == "r2":
+            y, y_hat = targets.astype(np.float64), np.asarray(predictions, dtype=np.float64)
+
+            def statistic(rows: np.ndarray, y=y, y_hat=y_hat) -> float:
+                return r2_score(y[rows], y_hat[rows])
+
+        else:
+            correct = np.asarray([str(a) == str(b) for a, b in zip(predictions, targets)], dtype=np.float64)
+
+            def statistic(rows: np.ndarray, correct=correct) -> float:
+                return float(correct[rows].mean())
+
+        intervals[split] = list(bootstrap_over_groups(ids, statistic, seed=seed))
+    return intervals
+
+
 def _record(
-    property_name: str, method: str, scaling: str, result: Mapping[str, Any], num_features: int, seconds: float
+    property_name: str,
+    method: str,
+    scaling: str,
+    result: Mapping[str, Any],
+    num_features: int,
+    seconds: float,
+    model_ids: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     record = {
         "property": property_name,
@@ -213,7 +250,14 @@ def _record(
     for key in ("alpha", "C", "learning_rate", "selected_on", "classes", "best_epoch", "epochs_run"):
         if key in result:
             record[key] = result[key]
+    if model_ids is not None:
+        record["intervals"] = score_intervals(result, model_ids)
     return record
+
+
+def _valid_ids(model_ids: Mapping[str, np.ndarray], targets: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The model id of every row a probe keeps (rows with a missing target are dropped, as `fit_probe` does)."""
+    return {split: np.asarray(ids)[valid_rows(targets[split])] for split, ids in model_ids.items() if split in targets}
 
 
 def predict_properties(cfg: PredictConfig) -> dict[str, Any]:
@@ -249,6 +293,7 @@ def predict_properties(cfg: PredictConfig) -> dict[str, Any]:
     splits = {name: splits[name] for name in rows}
     dtypes = {EPOCH_COLUMN: "int64", **zoo.info.properties}
     targets = {name: read_columns(splits[name], list(cfg.properties), rows[name]) for name in splits}
+    model_ids = {name: read_columns(splits[name], ["model_id"], rows[name])["model_id"] for name in splits}
     tasks = {p: infer_task(p, targets["train"][p], dtypes.get(p)) for p in cfg.properties}
     logger.info("Predicting %s on splits %s.", tasks, {name: len(r) for name, r in rows.items()})
     timings: dict[str, float] = {}
@@ -333,7 +378,15 @@ def predict_properties(cfg: PredictConfig) -> dict[str, Any]:
                     solver_cache=solver_caches.setdefault(method, {}),
                 )
                 records.append(
-                    _record(prop, method, scaling, result, features["train"].shape[1], time.perf_counter() - t1)
+                    _record(
+                        prop,
+                        method,
+                        scaling,
+                        result,
+                        features["train"].shape[1],
+                        time.perf_counter() - t1,
+                        _valid_ids(model_ids, prop_targets),
+                    )
                 )
                 if method == sane_method_name(cfg.poolings[0]) and scaling == scalings[0]:
                     plot_data[prop][f"SANE linear probe ({cfg.poolings[0]})"] = result
@@ -392,7 +445,18 @@ def predict_properties(cfg: PredictConfig) -> dict[str, Any]:
                 "epochs_run": tuned["epochs_run"],
             }
             latent_dim = model.config.latent_dim
-            records.append(_record(prop, METHOD_FINETUNED, "end-to-end", result, latent_dim, tuned["seconds"]))
+            result["predictions"], result["targets"] = tuned["predictions"][prop], tuned["targets"][prop]
+            records.append(
+                _record(
+                    prop,
+                    METHOD_FINETUNED,
+                    "end-to-end",
+                    result,
+                    latent_dim,
+                    tuned["seconds"],
+                    _valid_ids(model_ids, {name: targets[name][prop] for name in splits}),
+                )
+            )
             plot_data[prop][METHOD_FINETUNED] = {
                 "predictions": tuned["predictions"][prop],
                 "targets": tuned["targets"][prop],

@@ -508,6 +508,10 @@ def pretrain(cfg: PretrainConfig, dataloaders: tuple | None = None, zoo: SaneZoo
     )
     start_time = time.perf_counter() - log_state.seconds
 
+    def _elapsed() -> float:
+        """Training wall seconds so far (the whole run's, across resumes): the x-axis of quality-per-second curves."""
+        return round(time.perf_counter() - start_time, 3)
+
     def checkpoint() -> None:
         log_state.running, log_state.running_count = running, running_count
         log_state.seconds = time.perf_counter() - start_time
@@ -553,7 +557,9 @@ def pretrain(cfg: PretrainConfig, dataloaders: tuple | None = None, zoo: SaneZoo
                 metrics = {f"train/{k}": v / running_count for k, v in running.items()}
                 metrics["train/lr"] = scheduler.get_last_lr()[0]
                 accelerator.log(metrics, step=counters.optimizer_steps)
-                history.append({"step": counters.optimizer_steps, "epoch": counters.epoch, **metrics})
+                history.append(
+                    {"step": counters.optimizer_steps, "epoch": counters.epoch, "seconds": _elapsed(), **metrics}
+                )
                 progress.set_postfix(
                     loss=f"{metrics['train/loss']:.4f}", r2=f"{metrics.get('train/r2', float('nan')):.3f}"
                 )
@@ -574,7 +580,9 @@ def pretrain(cfg: PretrainConfig, dataloaders: tuple | None = None, zoo: SaneZoo
         if val_loader is not None:
             metrics = evaluate(model, val_loader, cfg, layout, permuter, accelerator, store=val_store)
             accelerator.log(metrics, step=counters.optimizer_steps)
-            history.append({"step": counters.optimizer_steps, "epoch": counters.epoch, **metrics})
+            history.append(
+                {"step": counters.optimizer_steps, "epoch": counters.epoch, "seconds": _elapsed(), **metrics}
+            )
             logger.info("epoch %d step %d: %s", counters.epoch, counters.optimizer_steps, metrics)
     progress.close()
     if cfg.save_steps and counters.optimizer_steps % cfg.save_steps == 0 and counters.optimizer_steps > first_step:

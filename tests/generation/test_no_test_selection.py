@@ -1,0 +1,115 @@
+"""Nothing is chosen on the split results are reported on.
+
+Each test runs a selecting step twice: once on the real data and once with every test-split label scrambled (the
+task's test labels, the zoo's `test_*` columns, the probe's test targets). Every choice (anchors, subsampled
+candidates, fine-tuning learning rates, probe alphas and classifier C, early-stopping epochs) must be identical; the
+test metrics themselves must differ, which shows the scrambling reached them.
+"""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from sane_hf.generation import GenerateConfig, generate_models
+from sane_hf.probing.finetune import finetune_property_predictor
+from sane_hf.probing.probe import fit_probe
+from sane_hf.tasks import load_task
+from sane_hf.tasks.datasets import TaskSplit
+
+
+def _scrambled_task(task, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    labels = task.test.labels
+    scrambled = (labels + 1 + torch.randint(0, task.num_classes - 1, labels.shape, generator=generator)) % (
+        task.num_classes
+    )
+    return dataclasses.replace(task, test=TaskSplit(task.test.images, scrambled))
+
+
+def _scrambled_zoo(zoo, splits=("train", "val", "test"), seed=0):
+    """A shallow copy of the zoo whose `splits` have random `test_acc` / `test_loss` columns."""
+    rng = np.random.default_rng(seed)
+    copy = dataclasses.replace(zoo, splits=dict(zoo.splits))
+    for name in splits:
+        split = copy.splits[name]
+        for column in ("test_acc", "test_loss"):
+            if column in split.column_names:
+                values = rng.random(len(split)).tolist()
+                split = split.remove_columns(column).add_column(column, values)
+        copy.splits[name] = split
+    return copy
+
+
+def test_generation_chooses_nothing_on_test_labels(cnn_setup):
+    task = load_task("digits", seed=0)
+    config = GenerateConfig(
+        model=str(cnn_setup["sane"]),
+        dataset=str(cnn_setup["dataset"]),
+        n=3,
+        num_anchors=4,
+        num_candidates=8,
+        sampler="subsample",
+        score_split="val",
+        evaluate=True,
+        finetune_epochs=1,
+        finetune_lr_grid=[1e-3, 1e-2],
+        num_scratch=2,
+        bn_iterations=1,
+        seed=0,
+    )
+    runs = []
+    for zoo, run_task in ((cnn_setup["zoo"], task), (_scrambled_zoo(cnn_setup["zoo"]), _scrambled_task(task))):
+        result = generate_models(cnn_setup["model"], zoo, config, task=run_task)
+        runs.append(result)
+    clean, scrambled = runs
+    assert clean.anchors.model_ids == scrambled.anchors.model_ids
+    torch.testing.assert_close(clean.samples.latents, scrambled.samples.latents, rtol=0, atol=0)
+    for name, population in clean.report.populations.items():
+        other = scrambled.report.populations[name]
+        assert population.extra.get("finetune_lr") == other.extra.get("finetune_lr"), name
+        for history, other_history in zip(population.histories, other.histories):
+            for row, other_row in zip(history, other_history):
+                assert row["val_acc"] == other_row["val_acc"], name
+    # The scrambled labels did reach the test metrics.
+    assert [r["test_acc"] for r in clean.zero_shot] != [r["test_acc"] for r in scrambled.zero_shot]
+
+
+def _probe_data(task, seed=0):
+    rng = np.random.default_rng(seed)
+    features = {split: rng.normal(size=(n, 6)) for split, n in (("train", 60), ("val", 30), ("test", 30))}
+    weights = rng.normal(size=6)
+    if task == "regression":
+        targets = {split: x @ weights + 0.5 * rng.normal(size=len(x)) for split, x in features.items()}
+    else:
+        targets = {split: np.where(x @ weights > 0, "a", "b").astype(object) for split, x in features.items()}
+    return features, targets
+
+
+@pytest.mark.parametrize("task", ["regression", "classification"])
+def test_probe_choices_ignore_test_targets(task):
+    features, targets = _probe_data(task)
+    rng = np.random.default_rng(1)
+    scrambled = dict(targets)
+    scrambled["test"] = rng.permutation(targets["test"]) if task == "classification" else rng.normal(size=30)
+    clean = fit_probe(features, targets, task=task, name="p", seed=0)
+    other = fit_probe(features, scrambled, task=task, name="p", seed=0)
+    choice = "alpha" if task == "regression" else "C"
+    assert clean[choice] == other[choice]
+    assert clean["scores"]["val"] == other["scores"]["val"]
+    assert clean["scores"]["test"] != other["scores"]["test"]
+
+
+def test_finetuned_probe_stops_on_validation_not_test(cnn_setup):
+    zoo = cnn_setup["zoo"]
+    scrambled = _scrambled_zoo(zoo, splits=("test",))
+    runs = [
+        finetune_property_predictor(
+            cnn_setup["model"], splits, zoo.layout, ["test_acc"], epochs=3, batch_size=8, patience=1, seed=0
+        )
+        for splits in (zoo.splits, scrambled.splits)
+    ]
+    assert runs[0]["best_epoch"] == runs[1]["best_epoch"]
+    assert runs[0]["scores"]["test_acc"]["val"] == runs[1]["scores"]["test_acc"]["val"]
+    assert runs[0]["scores"]["test_acc"]["test"] != runs[1]["scores"]["test_acc"]["test"]
