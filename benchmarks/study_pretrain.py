@@ -41,48 +41,59 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 
-# Option changes against the quickstart's `default` preset, by arm name. A group of arms is one study axis.
-# Each value maps a stage ("zoo", "convert", "pretrain", "predict", "generate") to its changed options.
+# The quickstart's SANE before this study (20 epochs of batch 64 at lr 3e-3, latent 32): round 1 changes one option of
+# it at a time. Round 2 changes one option at a time of the recipe round 1 found, which is now the `default` preset.
+PREVIOUS_DEFAULT: dict[str, dict[str, Any]] = {
+    "pretrain": {"lr": 3e-3, "batch_size": 64, "latent_dim": 32, "epochs": 20}
+}
+RECIPE_20_EPOCHS: dict[str, dict[str, Any]] = {"pretrain": {"epochs": 20}}
+
+
+def _arms(base: dict[str, dict[str, Any]], changes: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict]:
+    return {name: merge_options(base, change) for name, change in changes.items()}
+
+
+def merge_options(base: dict[str, dict[str, Any]], change: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    merged = copy.deepcopy(base)
+    for stage, options in change.items():
+        merged.setdefault(stage, {}).update(options)
+    return merged
+
+
+# Each value maps a stage ("zoo", "convert", "pretrain", "predict", "generate") to the options it changes against
+# the quickstart's `default` preset; an arm group is one study axis.
 ARM_GROUPS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
-    "baseline": {"default": {}},
-    "lr": {
-        "lr=1e-3": {"pretrain": {"lr": 1e-3}},
-        "lr=1e-2": {"pretrain": {"lr": 1e-2}},
-    },
-    "steps": {
-        "epochs=10": {"pretrain": {"epochs": 10}},
-        "epochs=40": {"pretrain": {"epochs": 40}},
-        "epochs=80": {"pretrain": {"epochs": 80}},
-    },
-    "batch": {
-        "batch=32": {"pretrain": {"batch_size": 32}},
-        "batch=128": {"pretrain": {"batch_size": 128}},
-    },
-    "width": {
-        "d_model=32": {"pretrain": {"d_model": 32}},
-        "d_model=128": {"pretrain": {"d_model": 128}},
-        "layers=1": {"pretrain": {"n_layers": 1}},
-        "layers=4": {"pretrain": {"n_layers": 4}},
-    },
-    "latent": {
-        "latent=16": {"pretrain": {"latent_dim": 16}},
-        "latent=64": {"pretrain": {"latent_dim": 64}},
-    },
-    "token": {
-        "token=32": {"convert": {"token_size": 32}},
-        "token=128": {"convert": {"token_size": 128}},
-    },
-    "objective": {
-        "gamma=0": {"pretrain": {"gamma": 0.0}},
-        "gamma=0.2": {"pretrain": {"gamma": 0.2}},
-        "no-permutation": {"pretrain": {"permutation_augmentation": False}},
-        "noise=0.02": {"pretrain": {"noise_multiplicative": 0.02}},
-        "projection=mean": {"pretrain": {"projection_pooling": "mean"}},
-    },
-    "zoo": {
-        "zoo=240": {"zoo": {"num_models": 240}},
-        "zoo=240,epochs=10": {"zoo": {"num_models": 240}, "pretrain": {"epochs": 10}},
-    },
+    "round1": _arms(
+        PREVIOUS_DEFAULT,
+        {
+            "previous default": {},
+            "lr=1e-2": {"pretrain": {"lr": 1e-2}},
+            "d_model=128": {"pretrain": {"d_model": 128}},
+            "batch=32": {"pretrain": {"batch_size": 32}},
+            "no-permutation": {"pretrain": {"permutation_augmentation": False}},
+            "latent=64": {"pretrain": {"latent_dim": 64}},
+            "lr=1e-2,batch=32": {"pretrain": {"lr": 1e-2, "batch_size": 32}},
+            "lr=1e-2,batch=16": {"pretrain": {"lr": 1e-2, "batch_size": 16}},
+            "lr=1e-2,batch=32,clip=1": {"pretrain": {"lr": 1e-2, "batch_size": 32, "max_grad_norm": 1.0}},
+            "lr=1e-2,batch=32,latent=64": {"pretrain": {"lr": 1e-2, "batch_size": 32, "latent_dim": 64}},
+        },
+    ),
+    "round2": _arms(
+        RECIPE_20_EPOCHS,
+        {
+            "R": {},
+            "R,lr=2e-2": {"pretrain": {"lr": 2e-2}},
+            "R,lr=5e-3": {"pretrain": {"lr": 5e-3}},
+            "R,no-permutation": {"pretrain": {"permutation_augmentation": False}},
+            "R,gamma=0": {"pretrain": {"gamma": 0.0}},
+            "R,projection=mean": {"pretrain": {"projection_pooling": "mean"}},
+            "R,d_model=32": {"pretrain": {"d_model": 32}},
+            "R,layers=1": {"pretrain": {"n_layers": 1}},
+            "R,token=32,latent=32": {"convert": {"token_size": 32}, "pretrain": {"latent_dim": 32}},
+            "R,zoo=240,epochs=10": {"zoo": {"num_models": 240}, "pretrain": {"epochs": 10}},
+        },
+    ),
+    "length": {f"epochs={n}": {"pretrain": {"epochs": n}} for n in (20, 30, 40, 60)},
 }
 
 
@@ -107,13 +118,6 @@ def machine_facts() -> dict[str, Any]:
     }
 
 
-def merge_options(base: dict[str, dict[str, Any]], change: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    merged = copy.deepcopy(base)
-    for stage, options in change.items():
-        merged.setdefault(stage, {}).update(options)
-    return merged
-
-
 def _key(options: Any) -> str:
     return hashlib.sha1(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -127,6 +131,7 @@ def run_arm(
     finetune_epochs: int,
     base_preset: str = "default",
     pretrain_only: bool = False,
+    keep: bool = False,
 ) -> dict[str, Any]:
     """One arm on one seed: shared zoo + dataset, fresh SANE, probe and generation. Returns its record."""
     from sane_hf.data.hub_dataset import convert_zoo, load_zoo_dataset
@@ -186,8 +191,48 @@ def run_arm(
     generation = generate_models(sane, zoo, configs["generate"])
     record["seconds"]["generate"] = round(time.perf_counter() - start, 1)
     record["generation"] = summarize_generation(generation.report.to_dict() if generation.report else {})
-    shutil.rmtree(arm_dir, ignore_errors=True)
+    record["folders"] = {"sane": str(folder), "dataset": str(data_dir)}
+    if not keep:
+        shutil.rmtree(arm_dir, ignore_errors=True)
     return record
+
+
+def study_generation(
+    sane_dir: str, data_dir: str, grid: dict[str, dict[str, Any]], seed: int, threads: int
+) -> list[dict[str, Any]]:
+    """Generation options on one pretrained SANE (zero-shot only): `{name: {GenerateConfig field: value}}`."""
+    from sane_hf.data.hub_dataset import load_zoo_dataset
+    from sane_hf.generation import generate_models
+    from sane_hf.models.sane import SaneModel
+    from sane_hf.quickstart import QuickstartConfig, stage_configs, summarize_generation
+
+    torch.set_num_threads(threads)
+    sane = SaneModel.from_pretrained(sane_dir).eval()
+    zoo = load_zoo_dataset(data_dir)
+    base = stage_configs(QuickstartConfig(seed=seed, num_threads=threads))["generate"]
+    records = []
+    for name, options in grid.items():
+        config = dataclasses.replace(base, model=sane_dir, dataset=data_dir, finetune_epochs=0, **options)
+        start = time.perf_counter()
+        result = generate_models(sane, zoo, config)
+        records.append(
+            {
+                "name": name,
+                "options": options,
+                "seconds": round(time.perf_counter() - start, 1),
+                "generation": summarize_generation(result.report.to_dict()),
+                "distance": sum(result.distances) / len(result.distances),
+            }
+        )
+        g = records[-1]["generation"]
+        print(
+            name,
+            {k: (round(v["mean"], 3), round(v.get("std", 0), 3)) for k, v in g.items()},
+            "distance",
+            round(records[-1]["distance"], 3),
+            flush=True,
+        )
+    return records
 
 
 def plot(records: list[dict[str, Any]], path: Path) -> None:
@@ -261,9 +306,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--pretrain_only", action="store_true", help="Screen on reconstruction only (no probe/generation)."
     )
+    parser.add_argument("--keep", action="store_true", help="Keep each arm's SANE folder (to study generation on it).")
     parser.add_argument("--work_dir", default="outputs/study_pretrain")
     parser.add_argument("--output", default=str(RESULTS / "study_pretrain.json"))
     parser.add_argument("--table", action="store_true", help="Print the table of --output and exit.")
+    parser.add_argument(
+        "--generation_grid",
+        default=None,
+        help="JSON {name: {generate option: value}}: study generation on --sane/--dataset instead of pretraining.",
+    )
+    parser.add_argument("--sane", default=None, help="A pretrained SANE folder (with --generation_grid).")
+    parser.add_argument("--dataset", default=None, help="Its tokenized zoo folder (with --generation_grid).")
     args = parser.parse_args(argv)
     output = Path(args.output)
     existing = json.loads(output.read_text()) if output.is_file() else {"machine": machine_facts(), "records": []}
@@ -272,6 +325,15 @@ def main(argv: list[str] | None = None) -> None:
         return
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.generation_grid:
+        records = study_generation(
+            args.sane, args.dataset, json.loads(args.generation_grid), args.seeds[0], args.threads
+        )
+        existing.setdefault("generation_studies", []).append({"sane": args.sane, "records": records})
+        tmp = output.with_suffix(".tmp")
+        tmp.write_text(json.dumps(existing, indent=1))
+        os.replace(tmp, output)
+        return
     arms: dict[str, dict] = {}
     extra = json.loads(args.arms_json) if args.arms_json else {}
     for token in args.arms:
@@ -293,7 +355,14 @@ def main(argv: list[str] | None = None) -> None:
         for seed in args.seeds:
             start = time.perf_counter()
             record = run_arm(
-                name, change, seed, args.threads, work_dir, args.finetune_epochs, pretrain_only=args.pretrain_only
+                name,
+                change,
+                seed,
+                args.threads,
+                work_dir,
+                args.finetune_epochs,
+                pretrain_only=args.pretrain_only,
+                keep=args.keep,
             )
             record["wall_seconds"] = round(time.perf_counter() - start, 1)
             record["machine"] = machine_facts()

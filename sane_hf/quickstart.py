@@ -63,7 +63,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         },
         "predict": {
             "properties": ["test_acc", "epoch", "ggap", "activation", "optimizer"],
-            "poolings": ["mean", "mean+layers"],
+            "poolings": ["mean", "mean+layers", "stats"],
             "gradient_boosting": False,
             "finetune_epochs": 4,
             "embed_batch_size": 128,
@@ -418,26 +418,17 @@ def build_report(root: Path, stages_state: Mapping[str, Any], seconds_this_run: 
 # -------------------------------------------------------------------------------------------------------------------
 
 
-def _best_on_validation(records: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    scored = [r for r in records if r["scores"].get("val") is not None and r["scores"].get("test") is not None]
-    return max(scored, key=lambda r: r["scores"]["val"], default=None)
-
-
 def summarize_probe(results: Mapping[str, Any], property_name: str = "test_acc") -> dict[str, Any]:
     """The best SANE row and the best row of each baseline for one property, every row chosen on validation.
 
     Returns `{"sane": {...}, "s(W)": {...}, "W": {...}}`, each with `method`, `scaling`, `val`, `test` and
     `test_interval` (bootstrap over test models) when present.
     """
-    records = [r for r in results["records"] if r["property"] == property_name]
-    groups = {
-        "sane": [r for r in records if r["method"].startswith("SANE")],
-        "s(W)": [r for r in records if r["method"] == "s(W)"],
-        "W": [r for r in records if r["method"] == "W"],
-    }
+    from .probing.report import best_record
+
     summary = {}
-    for name, rows in groups.items():
-        best = _best_on_validation(rows)
+    for name, method in (("sane", "SANE"), ("s(W)", "s(W)"), ("W", "W")):
+        best = best_record(results["records"], property_name, method)
         if best is None:
             continue
         summary[name] = {
@@ -473,7 +464,7 @@ def summarize_generation(evaluation: Mapping[str, Any]) -> dict[str, Any]:
 
 def _with_interval(value: float, interval: Sequence[float] | None) -> str:
     if interval and all(v is not None and math.isfinite(v) for v in interval):
-        return f"{value:.3f} (95% interval {interval[0]:.3f}-{interval[1]:.3f})"
+        return f"{value:.3f} [95% interval {interval[0]:.3f}, {interval[1]:.3f}]"
     return f"{value:.3f}"
 
 
@@ -531,8 +522,8 @@ def generation_verdict(evaluation: Mapping[str, Any], seed: int | None = None) -
         margin = generated["mean"] - selected["mean"]
         word = "beats" if margin > 0 else "does not beat"
         sentences.append(
-            f"Given the same best-of-candidates selection, the control reaches {_with_interval(selected['mean'], selected['interval'])}: "
-            f"SANE {word} it by {margin:+.3f}."
+            "Given the same best-of-candidates selection, the control reaches "
+            f"{_with_interval(selected['mean'], selected['interval'])}: SANE {word} it (difference {margin:+.3f})."
         )
     reconstructed = summary.get("anchors_reconstructed")
     if reconstructed:

@@ -531,6 +531,31 @@ def _format(value: float | None) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
 
+def _format_test(record: Mapping[str, Any] | None) -> str:
+    """A record's test score with its bootstrap interval over test models, e.g. `0.900 [0.768, 0.947]`."""
+    if record is None:
+        return ""
+    interval = record.get("intervals", {}).get("test")
+    text = _format(record["scores"].get("test"))
+    if interval and all(v is not None and math.isfinite(v) for v in interval):
+        text += f" [{interval[0]:.3f}, {interval[1]:.3f}]"
+    return text
+
+
+def best_record(records: Sequence[Mapping[str, Any]], prop: str, method: str = "SANE") -> Mapping[str, Any] | None:
+    """The row of `prop` with the best validation score among `method`'s rows (any scaling); `"SANE"` takes every
+    SANE row (each pooling and the fine-tuned encoder). Rows are never chosen on test."""
+    rows = [
+        r
+        for r in records
+        if r["property"] == prop
+        and (r["method"].startswith("SANE") if method == "SANE" else r["method"] == method)
+        and r["scores"].get("val") is not None
+        and r["scores"].get("test") is not None
+    ]
+    return max(rows, key=lambda r: r["scores"]["val"], default=None)
+
+
 def _find(records: Sequence[Mapping[str, Any]], prop: str, method: str, scaling: str | None) -> Mapping | None:
     for record in records:
         if (
@@ -581,15 +606,19 @@ def results_markdown(results: Mapping[str, Any]) -> str:
         "Test R² (numeric properties: ridge probe, alpha chosen on val, SANE_METHOD §5.2) or test accuracy "
         "(categorical properties: linear classifier, §5.3). Linear probes use "
         + ("features as upstream (not standardized)." if scaling_main == "none" else "train-standardized features.")
-        + " The fine-tuned SANE trains the encoder and a head end to end.",
+        + " The fine-tuned SANE trains the encoder and a head end to end. The last column is the SANE row (any "
+        "pooling, scaling, or the fine-tuned encoder) with the best validation score. In brackets: 95% bootstrap "
+        "interval over the test split's models (all checkpoints of a drawn model).",
         "",
     ]
     main = [m for m in MAIN_METHODS if m in methods]
-    headers = [_MAIN_HEADERS.get(m, m) for m in main]
-    lines += ["| property | metric | " + " | ".join(headers) + " |", "|---|---|" + "---|" * len(main)]
+    headers = [_MAIN_HEADERS.get(m, m) for m in main] + ["best SANE row (chosen on val)"]
+    lines += ["| property | metric | " + " | ".join(headers) + " |", "|---|---|" + "---|" * len(headers)]
     table = main_records(results)
     for prop in properties:
-        cells = [_format(table[prop][m]["scores"].get("test")) if m in table[prop] else "" for m in main]
+        cells = [_format_test(table[prop].get(m)) for m in main]
+        best = best_record(records, prop)
+        cells.append(f"{_format_test(best)} ({best['method']}, {best['scaling']})" if best else "")
         metric = next(r["metric"] for r in records if r["property"] == prop)
         lines.append(f"| {prop} | {metric} | " + " | ".join(cells) + " |")
 
@@ -599,7 +628,7 @@ def results_markdown(results: Mapping[str, Any]) -> str:
     for method in methods:
         for scaling in dict.fromkeys(r["scaling"] for r in records if r["method"] == method):
             row = [_find(records, prop, method, scaling) for prop in properties]
-            cells = [_format(r["scores"].get("test")) if r else "" for r in row]
+            cells = [_format_test(r) for r in row]
             lines.append(f"| {method} | {scaling} | " + " | ".join(cells) + " |")
 
     lines += ["", "## All records", ""]

@@ -25,6 +25,9 @@ class PretrainConfig:
         gamma (`float`, defaults to 0.05) / temperature (`float`, defaults to 0.1): loss weights (SANE §4.3).
         noise_multiplicative / noise_additive (`float`): per-view noise sigma (SANE §4.2; defaults 0.1 / 0).
         erase_probability (`float`, defaults to 0): probability of random erasing per view.
+        denoise (`bool`, defaults to `False`): reconstruction target is each view's clean (permuted, un-noised,
+            un-erased) window rather than its augmented input, which makes SANE a denoising autoencoder whose decoder
+            maps perturbed latents back towards weights of real models (upstream reconstructs the noisy input).
         permutation_augmentation (`bool`, defaults to `True`): view 2 is a random function-preserving permutation
             (what upstream intended; its configs disabled it by accident, SANE_METHOD §7.4 item 1).
         windows_per_checkpoint (`int`, defaults to 1): windows drawn per checkpoint and epoch (upstream
@@ -67,6 +70,13 @@ class PretrainConfig:
     noise_multiplicative: float = field(default=0.1, metadata={"help": "Sigma of x*(1+sigma*N) noise per view."})
     noise_additive: float = field(default=0.0, metadata={"help": "Sigma of x+sigma*N noise per view."})
     erase_probability: float = field(default=0.0, metadata={"help": "Probability of random erasing per view."})
+    denoise: bool = field(
+        default=False,
+        metadata={
+            "help": "Reconstruct each view's clean window from its noisy input (a denoising autoencoder) instead of "
+            "the noisy input itself (upstream)."
+        },
+    )
     permutation_augmentation: bool = field(
         default=True, metadata={"help": "Permute view 2 with a random function-preserving permutation."}
     )

@@ -301,7 +301,9 @@ def train_step(
     )
     out_1 = SaneModelOutput(latents[:batch_size], reconstructions[:batch_size], projections[:batch_size])
     out_2 = SaneModelOutput(latents[batch_size:], reconstructions[batch_size:], projections[batch_size:])
-    return sane_loss(out_1, out_2, view_1, view_2, gamma=cfg.gamma, temperature=cfg.temperature)
+    return sane_loss(
+        out_1, out_2, view_1, view_2, gamma=cfg.gamma, temperature=cfg.temperature, clean_targets=cfg.denoise
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------- loop
