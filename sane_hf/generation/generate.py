@@ -148,6 +148,7 @@ class SaneGenerator:
     def __init__(self, sane: Any, zoo: Any, config: GenerateConfig, task: Any | None = None):
         from ..tasks import load_task
         from ..tokenization import TokenLayout, TokenNormalization
+        from ..tokenization.normalization import token_transform_for
 
         self.sane = sane.eval()
         self.zoo = zoo
@@ -165,10 +166,6 @@ class SaneGenerator:
                 f"{config.dataset} uses (meta/layout.json): {', '.join(differences) or 'same sizes, other layers'}; "
                 "anchors must come from a zoo tokenized like the SANE's training data."
             )
-        self.normalization = None
-        if zoo.info.tokens_normalized:
-            sidecar = getattr(sane, "sane_normalization", None)
-            self.normalization = TokenNormalization.from_dict(sidecar) if sidecar else zoo.normalization
         if task is None:
             source_task = (zoo.info.source or {}).get("task") or {}
             name = config.task or (source_task.get("name") if isinstance(source_task, dict) else source_task)
@@ -190,6 +187,14 @@ class SaneGenerator:
             epoch=config.anchor_epoch,
             filters=config.anchor_filter,
         )
+        # Anchors are encoded, and samples decoded, in ONE normalization: the SANE's own when it ships one and the
+        # zoo's differs (another zoo of the same layout), else the zoo's; mixing the two rescales every weight.
+        to_sane_tokens = token_transform_for(sane, zoo)
+        if to_sane_tokens is not None:
+            self.anchors.tokens = to_sane_tokens(self.anchors.tokens)
+            self.normalization = TokenNormalization.from_dict(sane.sane_normalization)
+        else:
+            self.normalization = zoo.normalization if zoo.info.tokens_normalized else None
         embed_anchors(sane, self.anchors, self.layout.positions, batch_size=config.decode_batch_size)
         target_kwargs = dict(config.target_model_kwargs or {})
         if config.num_classes is not None:

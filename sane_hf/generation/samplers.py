@@ -93,7 +93,8 @@ class AnchorSet:
 
     Args:
         tokens (`torch.FloatTensor` of shape `(num_anchors, seq_len, token_size)`):
-            The anchors' tokens as stored in the zoo (normalized when the zoo is).
+            The anchors' tokens as stored in the zoo (normalized when the zoo is); `SaneGenerator` maps them
+            into the SANE's normalization when that differs from the zoo's (`token_transform_for`).
         latents (`torch.FloatTensor` of shape `(num_anchors, seq_len, latent_dim)`, *optional*):
             Their haloed embeddings (`SaneModel.haloed_encode`); set by `embed_anchors`.
         model_ids (`list[str]`): zoo model ids.

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, extract_model_from_parallel, set_seed
 from tqdm.auto import tqdm
 
 from ..data.hub_dataset import SaneZooDataset, load_zoo_dataset
@@ -275,7 +275,10 @@ def train_step(
     The batch is either `{"rows": [B]}` (rows of `store`: only the windows and the layers a permuted view needs are
     read) or `{"full_tokens": [B, S, T]}`; for the same generator both give the same windows, views and loss.
     """
-    window_size = model.config.window_size if hasattr(model, "config") else cfg.window_size
+    # The window is the model's own (with `--init_from` it may differ from `cfg.window_size`); DDP and compile wrap
+    # the model in modules without its `config`, so read it from the unwrapped one.
+    unwrapped = extract_model_from_parallel(model)
+    window_size = unwrapped.config.window_size if hasattr(unwrapped, "config") else cfg.window_size
     permute = cfg.permutation_augmentation and permuter is not None
     windows = _cut_windows(batch, window_size, layout, generator, permuter if permute else None, store)
     view_1, view_2 = make_two_views(

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import shutil
 from unittest import mock
 
 import pytest
@@ -282,3 +283,50 @@ def test_cli_generates_and_pushes_one_repo_with_subfolders(cnn_setup, tmp_path):
     assert card.data.model_name == "SANE-generated cnn_s #000"
     assert "model-index" in card.content and "sane_generation" in card.content
     assert "model_001" in uploaded["repo_card"].text
+
+
+def _identity_sane(sane):
+    """`sane` with encoding and decoding replaced by the identity on tokens: a perfect autoencoder, so whatever
+    generation rebuilds differs from the anchors only through the normalizations used on the way in and out."""
+    return mock.patch.multiple(
+        sane,
+        haloed_encode=lambda tokens, positions, batch_size=None: tokens.clone(),
+        haloed_decode=lambda latents, positions, batch_size=None: latents.clone(),
+    )
+
+
+def test_anchors_of_another_zoo_are_rebuilt_in_their_own_scale(cnn_setup, digits, tmp_path):
+    """A SANE used on another zoo of the same layout (here: every weight x3, so its statistics differ) encodes the
+    anchors in the SANE's normalization and de-normalizes decoded tokens with the same one; mixing the two (zoo's in,
+    SANE's out) rebuilds the anchors at the pretraining zoo's scale."""
+    from safetensors.torch import load_file, save_file
+
+    from sane_hf.data.hub_dataset import ConvertConfig, convert_zoo, load_zoo_dataset
+
+    scaled_zoo = tmp_path / "zoo_x3"
+    shutil.copytree(cnn_setup["root"] / "zoo", scaled_zoo)
+    for checkpoint in scaled_zoo.glob("models/*/checkpoints/*.safetensors"):
+        save_file({k: 3 * v for k, v in load_file(checkpoint).items()}, str(checkpoint))
+    convert_zoo(
+        ConvertConfig(zoo_dir=str(scaled_zoo), output_dir=str(tmp_path / "zoo_x3_ds"), token_size=64, seed=0),
+        show_progress=False,
+    )
+    zoo_x3 = load_zoo_dataset(tmp_path / "zoo_x3_ds")
+    sane = cnn_setup["model"]
+    config = _config(cnn_setup, num_anchors=2)
+    original = SaneGenerator(sane, cnn_setup["zoo"], config, task=digits)
+    scaled = SaneGenerator(
+        sane, zoo_x3, _config(cnn_setup, dataset=str(tmp_path / "zoo_x3_ds"), num_anchors=2), digits
+    )
+    assert scaled.anchors.model_ids == original.anchors.model_ids
+
+    def assert_three_times(models, references):
+        for model, reference in zip(models, references, strict=True):
+            for (name, value), expected in zip(model.state_dict().items(), reference.state_dict().values()):
+                torch.testing.assert_close(value, 3 * expected, rtol=1e-5, atol=1e-6, msg=name)
+
+    reference = original.anchor_models()
+    assert_three_times(scaled.anchor_models(), reference)
+    with _identity_sane(sane):
+        scaled = SaneGenerator(sane, zoo_x3, _config(cnn_setup, dataset=str(tmp_path / "zoo_x3_ds"), num_anchors=2))
+        assert_three_times(scaled.reconstructed_anchors(), reference)

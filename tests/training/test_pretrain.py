@@ -134,6 +134,25 @@ def test_train_step_is_deterministic_and_uses_permutations(tiny_dataset, tmp_pat
     assert torch.allclose(a["loss"], expected)
 
 
+def test_train_step_reads_the_window_of_a_wrapped_model(tiny_dataset, tmp_path):
+    """Under DDP the model is wrapped in a module without `config`; the window must still be the model's own (with
+    `--init_from` it differs from `cfg.window_size`). `DataParallel` on CPU is such a wrapper that runs in-process."""
+    zoo = load_zoo_dataset(tiny_dataset)
+    model = pretrain_module.load_or_build_model(_config(tiny_dataset, tmp_path, window_size=6), zoo)
+    cfg = _config(tiny_dataset, tmp_path, window_size=3)
+    wrapped = torch.nn.DataParallel(model)
+    assert not hasattr(wrapped, "config")
+    batch = {"full_tokens": torch.stack([zoo.splits["train"][i]["tokens"] for i in range(4)])}
+    window_lengths = []
+    model.register_forward_pre_hook(
+        lambda module, args, kwargs: window_lengths.append(kwargs["tokens"].shape[1]), with_kwargs=True
+    )
+    direct = train_step(model, batch, cfg, zoo.layout, None, step_generator(1, 0, 0), augment=False)
+    through_wrapper = train_step(wrapped, batch, cfg, zoo.layout, None, step_generator(1, 0, 0), augment=False)
+    assert zoo.layout.num_tokens > 6 and window_lengths == [6, 6]
+    assert torch.equal(direct["loss"], through_wrapper["loss"])
+
+
 def test_default_loaders_yield_rows_and_reading_windows_matches_cutting_them(tiny_dataset, tmp_path):
     zoo = load_zoo_dataset(tiny_dataset)
     cfg = _config(tiny_dataset, tmp_path, window_size=5)
