@@ -5,7 +5,7 @@ The whole of SANE_METHOD §6 behind one call, `generate(GenerateConfig(...))` (`
 1. Load the SANE (`SaneModel.from_pretrained`, with its `sane_layout.json` / `sane_normalization.json`) and the
    tokenized zoo; choose anchors (best models by a property at one epoch) and embed them with haloed windows.
 2. Sample latents with the chosen sampler (`samplers.py`): KDE, subsampling (draw `num_candidates`, keep the best `n`
-   by accuracy on train/validation images), bootstrapping, or a Gaussian.
+   by accuracy on train/validation images), bootstrapping, or a diagonal Gaussian.
 3. Decode them (`decode.py`), rebuild each network with its anchor's architecture arguments, load strictly, and
    condition BatchNorm statistics (`bn_conditioning.py`).
 4. Optionally fine-tune and compare with scratch, fine-tuned anchors and the noise control (`evaluate.py`).
@@ -52,7 +52,7 @@ from .samplers import (
     bootstrap,
     embed_anchors,
     load_anchors,
-    sample_gaussian,
+    sample_diagonal_gaussian,
     sample_kde,
     subsample,
 )
@@ -282,8 +282,8 @@ class SaneGenerator:
         anchors = self.anchors.latents
         if config.sampler == "kde":
             return sample_kde(anchors, config.n, config.bandwidth, mode=config.kde_mode, generator=generator), None
-        if config.sampler == "gaussian":
-            return sample_gaussian(anchors, config.n, generator=generator), None
+        if config.sampler == "diagonal_gaussian":
+            return sample_diagonal_gaussian(anchors, config.n, generator=generator), None
         if config.sampler == "subsample":
             candidates = sample_kde(
                 anchors, config.num_candidates, config.bandwidth, mode=config.kde_mode, generator=generator
