@@ -211,8 +211,17 @@ def build_permuter(zoo: SaneZooDataset) -> TokenPermuter:
             "The dataset does not name its zoo architecture (meta/info.json `architecture`), so no permutation "
             "augmentation can be derived; pass --permutation_augmentation false."
         )
-    member = build_zoo_model(zoo.info.architecture, **(zoo.info.model_kwargs or {}))
-    return TokenPermuter(zoo.layout, permutation_spec_from_module(member))
+    try:
+        member = build_zoo_model(zoo.info.architecture, **(zoo.info.model_kwargs or {}))
+        spec = permutation_spec_from_module(member)
+    except ValueError as err:
+        # E.g. a zoo of transformers models (`bert`, `gpt2`): not a registered zoo architecture, so its permutation
+        # symmetries are unknown; SANE still pretrains on it with the other augmentations.
+        raise ValueError(
+            f"{err} No permutation augmentation can be derived for the zoo architecture "
+            f"{zoo.info.architecture!r}; pass --permutation_augmentation false to pretrain without it."
+        ) from None
+    return TokenPermuter(zoo.layout, spec)
 
 
 # ------------------------------------------------------------------------------------------------------------- step

@@ -30,6 +30,8 @@ from sane_hf.zoo_models import build_zoo_model
 
 
 def _convert(zoo, output, **kwargs):
+    # Not canonicalized unless a test asks: most tests here compare the stored tokens with the raw checkpoints.
+    kwargs.setdefault("canonicalize", False)
     config = ConvertConfig(zoo_dir=str(zoo), output_dir=str(output), token_size=kwargs.pop("token_size", 16), **kwargs)
     return convert_zoo(config, show_progress=False)
 
@@ -377,7 +379,8 @@ def test_reloading_a_rewritten_folder_is_not_stale(sane_zoo, tmp_path):
 
 
 def test_canonicalize_maps_permuted_copies_onto_one_token_sequence(tmp_path, zoo_tools):
-    """SANE_METHOD §2.5: models that are function-preserving permutations of one network become identical tokens."""
+    """SANE_METHOD §2.5: models that are function-preserving permutations of one network become identical tokens,
+    by default."""
     from sane_hf.tokenization import permutation_spec_from_module, permute_state_dict
 
     zoo = zoo_tools.write_sane_hf_zoo(tmp_path / "zoo", num_models=6, num_epochs=2)
@@ -400,7 +403,8 @@ def test_canonicalize_maps_permuted_copies_onto_one_token_sequence(tmp_path, zoo
             save_file(dict(zip(keys, permuted.values())), path)
 
     plain = load_zoo_dataset(_convert(zoo, tmp_path / "plain", normalization="none").output_dir)
-    result = _convert(zoo, tmp_path / "canon", normalization="none", canonicalize=True)
+    # The default (None): on for a registered architecture, as the method canonicalizes every zoo.
+    result = _convert(zoo, tmp_path / "canon", normalization="none", canonicalize=None)
     canon = load_zoo_dataset(result.output_dir)
     assert result.info.canonicalized and not plain.info.canonicalized
     assert result.info.reference["canonical_epoch"] == 2
