@@ -621,6 +621,9 @@ def pretrain(cfg: PretrainConfig, dataloaders: tuple | None = None, zoo: SaneZoo
                 "ranks_in_sync": in_sync,
                 "parameter_checksums": checksums.tolist(),
                 "seconds": round(time.perf_counter() - start_time, 2),
+                # What this invocation did (the rest describes the whole run): where it resumed, and how far it went.
+                "resumed_from_step": first_step if path is not None else None,
+                "steps_this_run": counters.optimizer_steps - first_step,
                 "log_history": history,
                 TRAINER_STATE_ZOO_KEY: zoo_summary(zoo.info, cfg.dataset, cfg.dataset_revision),
             },

@@ -232,7 +232,24 @@ def test_kill_and_resume_reproduces_an_uninterrupted_run(tiny_dataset, tmp_path)
     assert not (interrupted / "model.safetensors").exists()
     assert sorted(p.name for p in (interrupted / "checkpoints").iterdir()) == ["step_4", "step_8"]
 
-    resumed = pretrain(_config(tiny_dataset, interrupted, resume_from_checkpoint="latest", **cfg))
+    # A run restarted from scratch ends with the same weights too (it is deterministic): what shows a resume is
+    # where it starts and how many steps it runs.
+    training_steps = []
+
+    def counting_train_step(*args, **kwargs):
+        if kwargs.get("augment", True):  # validation calls it with augment=False
+            training_steps.append(1)
+        return train_step(*args, **kwargs)
+
+    with mock.patch.object(pretrain_module, "train_step", counting_train_step):
+        resumed = pretrain(_config(tiny_dataset, interrupted, resume_from_checkpoint="latest", **cfg))
+    assert len(training_steps) == 14 - 8
+    state = read_trainer_state(resumed)
+    assert (state["resumed_from_step"], state["steps_this_run"], state["optimizer_steps"]) == (8, 6, 14)
+    assert (read_trainer_state(reference)["resumed_from_step"], read_trainer_state(reference)["steps_this_run"]) == (
+        None,
+        14,
+    )
     for key, value in _weights(reference).items():
         assert torch.equal(value, _weights(resumed)[key]), key
 
