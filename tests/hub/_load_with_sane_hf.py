@@ -3,7 +3,9 @@
 Loads the three artifacts by repo id through the public APIs with `sane_hf` imported (so `AutoModel` knows the
 `sane` model type without remote code) and writes what it loaded into OUT for the test to compare:
 `sane.safetensors` + `sane.json`, `zoo_<split>.safetensors` + `zoo.json`, `generated.safetensors` + `generated.json`,
-`usage.safetensors` (the outputs of the SANE card's own usage snippet, run as written).
+`usage.safetensors` (the outputs of the SANE card's own usage snippet, run as written), and
+`init_from.safetensors` (the weights a one-step `pretrain` with `--init_from SANE_REPO --dataset ZOO_REPO` holds when
+its first step starts).
 
 Usage: python _load_with_sane_hf.py OUT SANE_REPO ZOO_REPO GENERATED_REPO
 """
@@ -67,6 +69,29 @@ def main(out: Path, sane_repo: str, zoo_repo: str, generated_repo: str) -> None:
     # The same embedding computed here directly, from the objects loaded above.
     direct = model.embed(namespace["tokens"], zoo.layout.positions)
     save_file({"embeddings": direct.contiguous()}, out / "usage_direct.safetensors")
+
+    save_file(weights_at_first_step(sane_repo, zoo_repo, out / "init_from"), out / "init_from.safetensors")
+
+
+def weights_at_first_step(sane_repo: str, zoo_repo: str, output_dir: Path) -> dict[str, torch.Tensor]:
+    """Pretrain one step from `--init_from` a Hub id; the weights the model holds when `train_step` first runs."""
+    from sane_hf.training import pretrain as pretrain_module
+    from sane_hf.training.configs import PretrainConfig
+
+    captured: dict[str, torch.Tensor] = {}
+    real_train_step = pretrain_module.train_step
+
+    def capturing_train_step(model, *args, **kwargs):
+        if not captured:
+            captured.update({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()})
+        return real_train_step(model, *args, **kwargs)
+
+    pretrain_module.train_step = capturing_train_step
+    config = PretrainConfig(
+        dataset=zoo_repo, init_from=sane_repo, output_dir=str(output_dir), batch_size=2, max_steps=1, num_threads=1
+    )
+    pretrain_module.pretrain(config)
+    return captured
 
 
 if __name__ == "__main__":

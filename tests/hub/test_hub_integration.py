@@ -273,6 +273,12 @@ def test_generated_model_loads_by_repo_id(loaded_with_sane_hf, hub_artifacts):
     assert_same_state(saved, load_file(hub_artifacts.generated_dir / "model_000" / "model.safetensors"))
 
 
+def test_pretraining_starts_from_a_sane_given_by_repo_id(loaded_with_sane_hf, hub_artifacts):
+    """`--init_from <repo id>`: before its first step the model holds exactly the published weights."""
+    first_step = load_file(loaded_with_sane_hf / "init_from.safetensors")
+    assert_same_state(first_step, load_file(hub_artifacts.sane / "model.safetensors"))
+
+
 def test_the_sane_cards_usage_snippet_runs_against_the_hub_repo(loaded_with_sane_hf, hub_artifacts):
     usage = load_file(loaded_with_sane_hf / "usage.safetensors")
     config = _read_json(hub_artifacts.sane / "config.json")

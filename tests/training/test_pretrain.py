@@ -320,9 +320,17 @@ def test_init_from_and_push_to_hub(tiny_dataset, tmp_path):
         uploads.append((repo_id, sorted(p.name for p in Path(folder_path).iterdir()), ignore_patterns))
         return "https://huggingface.co/org/sane-test/commit/0"
 
+    at_first_step = {}
+
+    def capturing_train_step(model, *args, **kwargs):
+        if not at_first_step:
+            at_first_step.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return train_step(model, *args, **kwargs)
+
     with (
         mock.patch("huggingface_hub.HfApi.create_repo") as create_repo,
         mock.patch("huggingface_hub.HfApi.upload_folder", fake_upload_folder),
+        mock.patch.object(pretrain_module, "train_step", capturing_train_step),
     ):
         second = pretrain(
             _config(tiny_dataset, tmp_path / "second", max_steps=2, init_from=str(first), push_to_hub="org/sane-test")
@@ -332,9 +340,10 @@ def test_init_from_and_push_to_hub(tiny_dataset, tmp_path):
     ((repo_id, files, ignored),) = uploads
     assert repo_id == "org/sane-test" and "checkpoints/*" in ignored
     assert {"config.json", "model.safetensors", "sane_layout.json", "train_config.json"} <= set(files)
-    # fine-tuning starts from the first run's weights, not from scratch: the weights moved only a little
+    # The second run starts from the first run's weights exactly (a fresh model would differ), then trains.
     before, after = _weights(first), _weights(second)
-    assert all(before[k].shape == after[k].shape for k in before)
+    assert sorted(at_first_step) == sorted(before)
+    assert all(torch.equal(at_first_step[k], before[k]) for k in before)
     assert sum((before[k] - after[k]).abs().sum() for k in before) > 0
 
 
