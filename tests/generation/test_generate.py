@@ -214,7 +214,11 @@ def test_generated_models_save_and_reload_exactly(cnn_setup, digits, tmp_path):
         assert {"sane", "generated-weights", "cnn_s", "sampler-bootstrap"} <= set(card.data.tags)
         assert card.data.sane_generation["sampler"] == "bootstrap"
         assert card.data.sane_generation["anchors"] == result.anchors.model_ids
-        assert card.data.eval_results[0].metric_value == pytest.approx(result.zero_shot[index]["test_acc"], abs=1e-6)
+        # The card's zero-shot accuracy is the saved network's, evaluated here independently on the test split.
+        images, labels = digits.split("test").images, digits.split("test").labels
+        with torch.no_grad():
+            accuracy = (reloaded.eval()(images).argmax(dim=1) == labels).double().mean().item()
+        assert card.data.eval_results[0].metric_value == pytest.approx(accuracy, abs=1e-6)
     generation = json.loads((folder / "generation.json").read_text())
     assert generation["sampler"] == "bootstrap" and len(generation["models"]) == 3
     assert len(generation["bootstrap_history"]) == 2
@@ -283,6 +287,25 @@ def test_cli_generates_and_pushes_one_repo_with_subfolders(cnn_setup, tmp_path):
     assert card.data.model_name == "SANE-generated cnn_s #000"
     assert "model-index" in card.content and "sane_generation" in card.content
     assert "model_001" in uploaded["repo_card"].text
+
+
+def test_each_card_shows_its_own_networks_zero_shot_accuracy(cnn_setup, digits, tmp_path, always_predicts, share_of):
+    """Networks of known, different accuracies stand in for the decoded ones: each saved card must show its own
+    network's test accuracy (that label's share of the test split), not another network's or an anchor's."""
+    labels = (0, 1)  # 39 and 40 of the 397 test images
+
+    def known_networks(self, samples):
+        return [always_predicts(labels[i]) for i in range(len(samples))]
+
+    with mock.patch.object(SaneGenerator, "build", known_networks):
+        result = generate_models(cnn_setup["model"], cnn_setup["zoo"], _config(cnn_setup, sampler="kde", n=2), task=digits)
+    folder = save_generated_models(result, tmp_path / "generated")
+    expected = [share_of(label, digits, "test") for label in labels]
+    assert len(set(expected)) == len(expected)
+    for index, accuracy in enumerate(expected):
+        card = ModelCard.load(folder / f"model_{index:03d}" / "README.md")
+        assert card.data.eval_results[0].metric_value == pytest.approx(accuracy, abs=5e-7)  # 6 decimals on the card
+        assert result.zero_shot[index]["test_acc"] == pytest.approx(accuracy, abs=1e-9)
 
 
 def _identity_sane(sane):
