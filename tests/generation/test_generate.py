@@ -298,7 +298,9 @@ def test_each_card_shows_its_own_networks_zero_shot_accuracy(cnn_setup, digits, 
         return [always_predicts(labels[i]) for i in range(len(samples))]
 
     with mock.patch.object(SaneGenerator, "build", known_networks):
-        result = generate_models(cnn_setup["model"], cnn_setup["zoo"], _config(cnn_setup, sampler="kde", n=2), task=digits)
+        result = generate_models(
+            cnn_setup["model"], cnn_setup["zoo"], _config(cnn_setup, sampler="kde", n=2), task=digits
+        )
     folder = save_generated_models(result, tmp_path / "generated")
     expected = [share_of(label, digits, "test") for label in labels]
     assert len(set(expected)) == len(expected)
