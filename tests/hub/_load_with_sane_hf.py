@@ -4,8 +4,9 @@ Loads the three artifacts by repo id through the public APIs with `sane_hf` impo
 `sane` model type without remote code) and writes what it loaded into OUT for the test to compare:
 `sane.safetensors` + `sane.json`, `zoo_<split>.safetensors` + `zoo.json`, `generated.safetensors` + `generated.json`,
 `usage.safetensors` (the outputs of the SANE card's own usage snippet, run as written), and
-`init_from.safetensors` (the weights a one-step `pretrain` with `--init_from SANE_REPO --dataset ZOO_REPO` holds when
-its first step starts).
+`init_from.safetensors` (the weights a one-step `pretrain` with `--init_from SANE_REPO --dataset ZOO_REPO
+--dataset_revision <the zoo's format tag>` holds when its first step starts) and `dataset_revision.json` (that
+pretraining's record of the revision, and the error a revision the repo does not have gives).
 
 Usage: python _load_with_sane_hf.py OUT SANE_REPO ZOO_REPO GENERATED_REPO
 """
@@ -22,6 +23,7 @@ from transformers import AutoModel
 
 import sane_hf
 from sane_hf.data import load_zoo_dataset
+from sane_hf.data.info import ZOO_DATASET_TAG
 from sane_hf.zoo_models import load_zoo_model
 
 
@@ -71,10 +73,19 @@ def main(out: Path, sane_repo: str, zoo_repo: str, generated_repo: str) -> None:
     save_file({"embeddings": direct.contiguous()}, out / "usage_direct.safetensors")
 
     save_file(weights_at_first_step(sane_repo, zoo_repo, out / "init_from"), out / "init_from.safetensors")
+    revisions = {"recorded": json.loads((out / "init_from" / "trainer_state.json").read_text())["dataset"]}
+    try:
+        weights_at_first_step(sane_repo, zoo_repo, out / "no_such_revision", revision="no-such-revision")
+    except Exception as err:  # noqa: BLE001  (whatever the Hub client raises, the test checks it is about the revision)
+        revisions["missing_revision_error"] = f"{type(err).__name__}: {err}"
+    (out / "dataset_revision.json").write_text(json.dumps(revisions))
 
 
-def weights_at_first_step(sane_repo: str, zoo_repo: str, output_dir: Path) -> dict[str, torch.Tensor]:
-    """Pretrain one step from `--init_from` a Hub id; the weights the model holds when `train_step` first runs."""
+def weights_at_first_step(
+    sane_repo: str, zoo_repo: str, output_dir: Path, revision: str = ZOO_DATASET_TAG
+) -> dict[str, torch.Tensor]:
+    """Pretrain one step from `--init_from` a Hub id on the zoo at `revision`; the weights the model holds when
+    `train_step` first runs."""
     from sane_hf.training import pretrain as pretrain_module
     from sane_hf.training.configs import PretrainConfig
 
@@ -88,9 +99,18 @@ def weights_at_first_step(sane_repo: str, zoo_repo: str, output_dir: Path) -> di
 
     pretrain_module.train_step = capturing_train_step
     config = PretrainConfig(
-        dataset=zoo_repo, init_from=sane_repo, output_dir=str(output_dir), batch_size=2, max_steps=1, num_threads=1
+        dataset=zoo_repo,
+        dataset_revision=revision,
+        init_from=sane_repo,
+        output_dir=str(output_dir),
+        batch_size=2,
+        max_steps=1,
+        num_threads=1,
     )
-    pretrain_module.pretrain(config)
+    try:
+        pretrain_module.pretrain(config)
+    finally:
+        pretrain_module.train_step = real_train_step
     return captured
 
 

@@ -279,6 +279,16 @@ def test_pretraining_starts_from_a_sane_given_by_repo_id(loaded_with_sane_hf, hu
     assert_same_state(first_step, load_file(hub_artifacts.sane / "model.safetensors"))
 
 
+def test_pretraining_reads_the_dataset_at_the_given_revision(loaded_with_sane_hf, hub_artifacts):
+    """`--dataset_revision`: the zoo's format tag loads and is recorded; a revision the repo lacks is an error
+    (were the option ignored, the main branch would load)."""
+    from sane_hf.data.info import ZOO_DATASET_TAG
+
+    revisions = _read_json(loaded_with_sane_hf / "dataset_revision.json")
+    assert revisions["recorded"]["revision"] == ZOO_DATASET_TAG
+    assert "no-such-revision" in revisions.get("missing_revision_error", "")
+
+
 def test_the_sane_cards_usage_snippet_runs_against_the_hub_repo(loaded_with_sane_hf, hub_artifacts):
     usage = load_file(loaded_with_sane_hf / "usage.safetensors")
     config = _read_json(hub_artifacts.sane / "config.json")
