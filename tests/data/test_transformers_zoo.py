@@ -54,18 +54,9 @@ def test_gpt2_zoo_converts_with_output_channel_rows_and_one_copy_of_tied_weights
 
 
 def test_pretraining_a_transformers_zoo_names_the_way_on(gpt2_zoo, tmp_path):
-    values = dict(
-        dataset=str(gpt2_zoo["dataset"]),
-        output_dir=str(tmp_path / "sane"),
-        d_model=16,
-        n_heads=2,
-        n_layers=1,
-        latent_dim=4,
-        window_size=8,
-        batch_size=2,
-        max_steps=2,
-        num_threads=1,
-    )
+    tiny_sane = dict(d_model=16, n_heads=2, n_layers=1, latent_dim=4, window_size=8)
+    run = dict(dataset=str(gpt2_zoo["dataset"]), output_dir=str(tmp_path / "sane"), batch_size=2, max_steps=2)
+    values = {**tiny_sane, **run, "num_threads": 1}
     with pytest.raises(ValueError, match="Unknown zoo architecture 'gpt2'.*--permutation_augmentation false"):
         pretrain(PretrainConfig(**values))
     output = pretrain(PretrainConfig(**values, permutation_augmentation=False))
