@@ -332,12 +332,21 @@ def test_push_uploads_the_folder_and_tags_the_format_version(sane_zoo, tmp_path)
 
 
 def test_load_by_repo_id_uses_snapshot_download_for_meta(converted):
+    """Which calls reach the Hub, and with what (loading by id for real runs against the olah mirror in
+    tests/hub/test_hub_integration.py)."""
     real_load_dataset = datasets.load_dataset
+    load_calls = []
+
+    def load_dataset(repo, **kwargs):
+        load_calls.append((repo, kwargs.get("revision")))
+        return real_load_dataset(str(converted))
+
     with (
         mock.patch("huggingface_hub.snapshot_download", return_value=str(converted)) as download,
-        mock.patch.object(datasets, "load_dataset", lambda repo, **kw: real_load_dataset(str(converted))),
+        mock.patch.object(datasets, "load_dataset", load_dataset),
     ):
         zoo = load_zoo_dataset("org/sane-zoo", revision=ZOO_DATASET_TAG)
+    assert load_calls == [("org/sane-zoo", ZOO_DATASET_TAG)]  # the parquet shards: same repo, same revision
     kwargs = download.call_args.kwargs
     assert download.call_args.args == ("org/sane-zoo",)
     assert kwargs["repo_type"] == "dataset" and kwargs["revision"] == ZOO_DATASET_TAG

@@ -55,8 +55,13 @@ class UploadRecorder:
         files = [str(p.relative_to(source)) for p in sorted(source.rglob("*")) if p.is_file()]
         files = list(filter_repo_objects(files, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns))
         target = self.folder(repo_id, repo_type)
-        # One commit replaces the previous snapshot (the sane_hf pushes delete their stale files in the same commit).
-        shutil.rmtree(target, ignore_errors=True)
+        # As on the Hub: files of earlier commits stay unless `delete_patterns` match them; uploaded files replace
+        # their namesakes. (A push that forgets to delete its stale files leaves them here too.)
+        existing = (
+            [str(p.relative_to(target)) for p in sorted(target.rglob("*")) if p.is_file()] if target.is_dir() else []
+        )
+        for name in filter_repo_objects(existing, allow_patterns=delete_patterns) if delete_patterns else []:
+            (target / name).unlink()
         for name in files:
             destination = target / (path_in_repo or "") / name
             destination.parent.mkdir(parents=True, exist_ok=True)
@@ -180,3 +185,17 @@ def hub_artifacts(tmp_path_factory):
         zoo_repo=ZOO_REPO,
         generated_repo=GENERATED_REPO,
     )
+
+
+@pytest.fixture
+def upload_recorder(tmp_path):
+    """An `UploadRecorder` standing in for the Hub for the duration of a test."""
+    recorder = UploadRecorder(tmp_path / "captured")
+    patches = recorder.patches()
+    for patch in patches:
+        patch.start()
+    try:
+        yield recorder
+    finally:
+        for patch in patches:
+            patch.stop()
