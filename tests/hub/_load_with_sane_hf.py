@@ -6,9 +6,10 @@ Loads the three artifacts by repo id through the public APIs with `sane_hf` impo
 `usage.safetensors` (the outputs of the SANE card's own usage snippet, run as written), and
 `init_from.safetensors` (the weights a one-step `pretrain` with `--init_from SANE_REPO --dataset ZOO_REPO
 --dataset_revision <the zoo's format tag>` holds when its first step starts) and `dataset_revision.json` (that
-pretraining's record of the revision, and the error a revision the repo does not have gives).
+pretraining's record of the revision, and the error a revision the repo does not have gives), and
+`members.safetensors` + `members.json` (MEMBER_REPOS read as a zoo of Hub model repos, `open_zoo(..., "models")`).
 
-Usage: python _load_with_sane_hf.py OUT SANE_REPO ZOO_REPO GENERATED_REPO
+Usage: python _load_with_sane_hf.py OUT SANE_REPO ZOO_REPO GENERATED_REPO MEMBER_REPO [MEMBER_REPO ...]
 """
 
 import json
@@ -22,12 +23,12 @@ from safetensors.torch import save_file
 from transformers import AutoModel
 
 import sane_hf
-from sane_hf.data import load_zoo_dataset
+from sane_hf.data import load_zoo_dataset, open_zoo
 from sane_hf.data.info import ZOO_DATASET_TAG
 from sane_hf.zoo_models import load_zoo_model
 
 
-def main(out: Path, sane_repo: str, zoo_repo: str, generated_repo: str) -> None:
+def main(out: Path, sane_repo: str, zoo_repo: str, generated_repo: str, *member_repos: str) -> None:
     model, loading_info = AutoModel.from_pretrained(sane_repo, output_loading_info=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "sane.safetensors")
     meta = {
@@ -80,6 +81,16 @@ def main(out: Path, sane_repo: str, zoo_repo: str, generated_repo: str) -> None:
         revisions["missing_revision_error"] = f"{type(err).__name__}: {err}"
     (out / "dataset_revision.json").write_text(json.dumps(revisions))
 
+    members = list(open_zoo(",".join(member_repos), "models"))
+    save_file(
+        {f"{r.model_id}/{k}": v.contiguous() for r in members for k, v in r.state_dict.items()},
+        out / "members.safetensors",
+    )
+    records = [
+        {"model_id": r.model_id, "architecture": r.architecture, "model_kwargs": r.model_kwargs} for r in members
+    ]
+    (out / "members.json").write_text(json.dumps(records))
+
 
 def weights_at_first_step(
     sane_repo: str, zoo_repo: str, output_dir: Path, revision: str = ZOO_DATASET_TAG
@@ -116,4 +127,4 @@ def weights_at_first_step(
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    main(Path(sys.argv[1]), *sys.argv[2:5])
+    main(Path(sys.argv[1]), *sys.argv[2:])

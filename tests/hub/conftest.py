@@ -1,9 +1,10 @@
-"""The three published artifacts, made for real and "pushed" with the Hub upload calls patched.
+"""The published artifacts, made for real and "pushed" with the Hub upload calls patched.
 
 A tiny digits zoo is trained (`build_zoo`: 8 small CNNs, 2 epochs), converted and pushed as a dataset; a SANE is
 pretrained on it for a few steps and pushed (after `predict_properties` added probe results to its card); two networks
-are generated from it and pushed. Every `HfApi` call that would reach the Hub is replaced by a recorder that copies
-exactly the files `upload_folder` would send (its allow/ignore patterns applied) into `captured/<repo_type>/<repo_id>`.
+are generated from it and pushed, and pushed again one per model repo (a zoo of Hub model repos). Every `HfApi` call
+that would reach the Hub is replaced by a recorder that copies exactly the files `upload_folder` would send (its
+allow/ignore patterns applied) into `captured/<repo_type>/<repo_id>`.
 """
 
 import shutil
@@ -23,12 +24,15 @@ from sane_hf.probing.configs import PredictConfig
 from sane_hf.probing.report import predict_properties
 from sane_hf.training.configs import PretrainConfig
 from sane_hf.training.pretrain import pretrain, push_pretrained_folder
+from sane_hf.zoo_models import load_zoo_model
 
 
 ORG = "sane-test-org"
 SANE_REPO = f"{ORG}/sane-cnn-digits-tiny"
 ZOO_REPO = f"{ORG}/sane-zoo-cnn-digits-tiny"
 GENERATED_REPO = f"{ORG}/sane-generated-cnn-digits-tiny"
+# Two generated networks pushed again as model repos of their own: a zoo of Hub model repos (`--zoo_format models`).
+MEMBER_REPOS = [f"{ORG}/sane-zoo-member-{index}" for index in range(2)]
 
 
 class UploadRecorder:
@@ -165,6 +169,8 @@ def hub_artifacts(tmp_path_factory):
                 num_threads=1,
             )
         )
+        for index, repo_id in enumerate(MEMBER_REPOS):
+            load_zoo_model(generated_dir / f"model_{index:03d}").push_to_hub(repo_id)
     finally:
         for patch in patches:
             patch.stop()
@@ -184,6 +190,7 @@ def hub_artifacts(tmp_path_factory):
         sane_repo=SANE_REPO,
         zoo_repo=ZOO_REPO,
         generated_repo=GENERATED_REPO,
+        member_repos=MEMBER_REPOS,
     )
 
 
