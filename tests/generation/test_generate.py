@@ -103,6 +103,45 @@ def test_sampled_resnet_models_load_run_and_are_bn_conditioned(resnet_setup, dig
     assert engine.distance_exclude(model) == ["fc.weight", "fc.bias"]
 
 
+def test_resnet_generation_with_evaluation_conditions_every_population(resnet_setup, digits):
+    """The whole evaluation on BatchNorm networks (zero-shot, to stay tiny): generated, anchors, the noise control and
+    scratch networks; the controls and scratch networks are BN-conditioned like the generated ones, and the report's
+    zero-shot accuracies are those of the networks returned, evaluated here independently."""
+    config = _config(
+        resnet_setup,
+        sampler="kde",
+        n=2,
+        num_anchors=2,
+        evaluate=True,
+        finetune_epochs=0,
+        num_scratch=1,
+        bn_batch_size=16,
+    )
+    engine_condition = SaneGenerator.condition
+    conditioned = []
+
+    def record_condition(self, model):
+        result = engine_condition(self, model)
+        conditioned.append(result)
+        return result
+
+    with mock.patch.object(SaneGenerator, "condition", record_condition):
+        result = generate_models(resnet_setup["model"], resnet_setup["zoo"], config, task=digits)
+    report = result.report
+    assert set(report.populations) == {"generated", "anchors", "anchors_reconstructed", "noise_control", "scratch"}
+    # BN conditioning: the generated networks, their reconstructed anchors, then the noise controls and scratch.
+    assert len(conditioned) == 2 + 2 + 2 + 1
+    for model in conditioned:
+        assert not torch.equal(model.bn1.running_var, torch.ones_like(model.bn1.running_var))
+    images, labels = digits.split("test").images, digits.split("test").labels
+    for model, history in zip(result.models, report.populations["generated"].histories, strict=True):
+        with torch.no_grad():
+            accuracy = (model.eval()(images).argmax(dim=1) == labels).double().mean().item()
+        assert history[0]["test_acc"] == pytest.approx(accuracy, abs=1e-9)
+    generated_distances = report.populations["generated"].distances
+    assert report.populations["noise_control"].distances == pytest.approx(generated_distances, rel=1e-4)
+
+
 def test_bn_conditioning_changes_only_batchnorm_buffers(resnet_setup, digits):
     torch.manual_seed(0)
     model = build_zoo_model("resnet18", in_channels=1, width=4).eval()
