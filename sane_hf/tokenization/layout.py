@@ -210,7 +210,9 @@ class TokenLayout:
     parameters such as LayerNorm as `[weight|bias]` rows, embeddings, attention projections, ...); BatchNorm
     modules give `[gamma|beta]`, `running_mean` and `running_var` layers. Integer buffers (`num_batches_tracked`,
     position ids) and, when disabled, BatchNorm running statistics are not tokenized: their reference values are
-    stored in the layout and restored by `detokenize`.
+    stored in the layout and restored by `detokenize`. Weights stored `[in, out]` (transformers' `Conv1D`) are cut into
+    rows of output channels like `nn.Linear`'s, and tied entries (one tensor under two keys, e.g. GPT-2's LM head) are
+    tokenized once.
 
     Args:
         token_size (`int`): token width `T`.
