@@ -107,16 +107,8 @@ def test_resnet_generation_with_evaluation_conditions_every_population(resnet_se
     """The whole evaluation on BatchNorm networks (zero-shot, to stay tiny): generated, anchors, the noise control and
     scratch networks; the controls and scratch networks are BN-conditioned like the generated ones, and the report's
     zero-shot accuracies are those of the networks returned, evaluated here independently."""
-    config = _config(
-        resnet_setup,
-        sampler="kde",
-        n=2,
-        num_anchors=2,
-        evaluate=True,
-        finetune_epochs=0,
-        num_scratch=1,
-        bn_batch_size=16,
-    )
+    evaluation = dict(evaluate=True, finetune_epochs=0, num_scratch=1, bn_batch_size=16)
+    config = _config(resnet_setup, sampler="kde", n=2, num_anchors=2, **evaluation)
     engine_condition = SaneGenerator.condition
     conditioned = []
 
