@@ -92,7 +92,12 @@ def bench_conversion(name: str, zoo: Path, output: Path, token_size: int, repeat
         start = time.perf_counter()
         result = convert_zoo(
             ConvertConfig(
-                zoo_dir=str(zoo), output_dir=str(output), token_size=token_size, overwrite=True, num_threads=threads
+                zoo_dir=str(zoo),
+                output_dir=str(output),
+                token_size=token_size,
+                overwrite=True,
+                num_threads=threads,
+                canonicalize=False,  # tokenization throughput, as before canonicalization became the default
             ),
             show_progress=False,
         )

@@ -103,7 +103,7 @@ def _comparable(relative: str, path: Path) -> bytes:
     drop = {
         "zoo_config.json": ("output_dir",),
         "train_config.json": ("output_dir",),
-        "trainer_state.json": ("seconds",),
+        "trainer_state.json": ("seconds", "resumed_from_step", "steps_this_run"),
     }
     if name in drop and "/" not in relative:
         data = json.loads(path.read_text())
@@ -178,6 +178,7 @@ def test_killed_run_resumes_to_identical_outputs(script, references, tmp_path):
     main_name, make_args = SCRIPTS[script]
     reference, seconds = references[script]
     rng = random.Random(f"kill points of {script}")
+    killed = []
     for point in range(KILL_POINTS[script]):
         output = tmp_path / f"kill_{point}" / reference.name
         output.parent.mkdir()
@@ -195,6 +196,7 @@ def test_killed_run_resumes_to_identical_outputs(script, references, tmp_path):
         else:
             exit_code = _run_and_kill(main_name, args, delay)
         left = _state(script, output)
+        checkpoint_steps = sorted(int(p.name[5:]) for p in output.glob("checkpoints/step_*"))
         if script == "convert_zoo" and output.exists():
             # The kill came after the dataset was renamed into place: it is complete, and the same command refuses
             # to overwrite it (rerunning needs --overwrite); compare it as it is.
@@ -220,3 +222,12 @@ def test_killed_run_resumes_to_identical_outputs(script, references, tmp_path):
         assert exit_code in (None, 0)
         assert differ == [], f"{script}, kill after {delay} s ({left}): {differ[:5]}"
         assert leftovers == [], leftovers
+        killed.append(exit_code is None)
+        if script == "pretrain":
+            # Equal outputs do not show a resume (a rerun from step 0 is deterministic too): the rerun must start at
+            # the killed run's last step checkpoint and run only the remaining steps.
+            state = json.loads((output / "trainer_state.json").read_text())
+            resumed_at = checkpoint_steps[-1] if checkpoint_steps else None
+            assert (state["resumed_from_step"], state["steps_this_run"]) == (resumed_at, 60 - (resumed_at or 0)), left
+    # Otherwise only finished runs were rerun, and nothing about interruptions was tested.
+    assert any(killed), f"no kill of {script} landed before the run finished"

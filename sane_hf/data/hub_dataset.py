@@ -51,6 +51,7 @@ from ..tokenization import (
     TokenLayout,
     TokenNormalization,
     detect_batchnorm_modules,
+    detect_transposed_weights,
     permute_state_dict,
     weight_matching,
 )
@@ -103,10 +104,13 @@ class ConvertConfig:
         tokenize_bn_stats (`bool`, *optional*, defaults to `True`): tokenize BatchNorm running statistics.
         ignore_bn (`bool`, *optional*, defaults to `False`): leave BatchNorm layers out of the tokens.
         normalization (`str`, *optional*, defaults to `"standardize"`): `standardize` (SANE §1.8) or `none`.
-        canonicalize (`bool`, *optional*, defaults to `False`): map every model onto the reference model with git
-            re-basin weight matching before normalization (SANE_METHOD §2.5, the original's `map_to_canonical`):
-            one permutation per model, found on its last converted epoch and applied to all its epochs. Removes the
-            permutation symmetry from the stored tokens, so checkpoints with equal function look alike.
+        canonicalize (`bool`, *optional*): map every model onto the reference model with git re-basin weight
+            matching before normalization (the original's `map_to_canonical`): one permutation per model,
+            found on its last converted epoch and applied to all its epochs. Removes the permutation symmetry from the
+            stored tokens, so checkpoints with equal function look alike. By default (None) on, as the method does
+            for every zoo, whenever the zoo's architecture is registered and its permutation spec can be derived
+            (every `sane_hf` zoo architecture: MLP, CNNs, ResNet-18); off, with a log line saying why, for zoos of
+            other architectures (e.g. transformers models), whose permutation symmetries are not modelled here.
 
         epochs (`list[str]`, *optional*, defaults to `["all"]`): epochs to convert: `all`, or numbers / ranges
             such as `21-25`.
@@ -147,11 +151,12 @@ class ConvertConfig:
         default="standardize",
         metadata={"help": "Per-layer normalization fitted on the train split: standardize (SANE §1.8) or none."},
     )
-    canonicalize: bool = field(
-        default=False,
+    canonicalize: bool | None = field(
+        default=None,
         metadata={
             "help": "Map every model onto the reference model with weight matching before normalization "
-            "(SANE_METHOD §2.5 map_to_canonical)."
+            "(the original's map_to_canonical). Default: on when the zoo's architecture is registered (its permutation "
+            "spec is known), off otherwise."
         },
     )
     epochs: list[str] = field(
@@ -576,6 +581,22 @@ def _token_batches(records: Iterable[CheckpointRecord], layout: TokenLayout, bar
         yield tokenize(batch)
 
 
+def _permutation_spec_known(architecture: str | None, model_kwargs: Mapping[str, Any] | None) -> bool:
+    """Whether a zoo of `architecture` can be canonicalized: it is registered and its permutation spec derives."""
+    from ..tokenization import permutation_spec_from_module
+    from ..zoo_models import build_zoo_model
+
+    if architecture is None or model_kwargs is None:
+        logger.info("Not canonicalizing: the zoo does not name a registered architecture (no permutation spec).")
+        return False
+    try:
+        permutation_spec_from_module(build_zoo_model(architecture, **model_kwargs))
+    except (ValueError, KeyError, TypeError, NotImplementedError) as err:
+        logger.info("Not canonicalizing the %s zoo: its permutation spec cannot be derived (%s).", architecture, err)
+        return False
+    return True
+
+
 class _Canonicalizer:
     """Per-model weight-matching permutations onto the reference model (SANE_METHOD §2.5).
 
@@ -643,10 +664,13 @@ def build_layout(
     """The token layout of a zoo, from its reference checkpoint (the first kept train checkpoint, SANE §2.3).
 
     BatchNorm modules are taken from the architecture when it is known and its state_dict keys match, else detected
-    from the keys. `token_size=0` uses the widest row (SANE §1.5: the intended rule, over all layers).
+    from the keys. A transformers checkpoint's `Conv1D` weights (`[in, out]`, GPT-2) are found on its architecture,
+    built from the `config.json` next to the weights. `token_size=0` uses the widest row (SANE §1.5: the intended
+    rule, over all layers).
     """
     state_dict = record.state_dict
     batchnorm_modules = None
+    transposed_weights = _transformers_conv1d_weights(record)
     if record.architecture is not None and record.model_kwargs is not None:
         from ..zoo_models import build_zoo_model
 
@@ -659,7 +683,12 @@ def build_layout(
                 batchnorm_modules = detect_batchnorm_modules(module)
     if token_size == 0:
         widths = TokenLayout.from_state_dict(
-            state_dict, 1, tokenize_bn_stats, ignore_bn, batchnorm_modules=batchnorm_modules
+            state_dict,
+            1,
+            tokenize_bn_stats,
+            ignore_bn,
+            batchnorm_modules=batchnorm_modules,
+            transposed_weights=transposed_weights,
         )
         token_size = max(layer.row_width for layer in widths.layers)
         logger.info("Token size 0: using the widest row, T = %d.", token_size)
@@ -669,7 +698,42 @@ def build_layout(
         tokenize_bn_stats=tokenize_bn_stats,
         ignore_bn=ignore_bn,
         batchnorm_modules=batchnorm_modules,
+        transposed_weights=transposed_weights,
     )
+
+
+def _transformers_conv1d_weights(record: CheckpointRecord) -> list[str]:
+    """Keys of the `Conv1D` weights of a transformers checkpoint (empty for anything else).
+
+    The model class is taken from the `config.json` next to the weights (`architectures`, else the base model of its
+    `model_type`) and built on the meta device, so nothing is allocated or downloaded.
+    """
+    source = Path(record.source)
+    config_file = (source if source.is_dir() else source.parent) / "config.json"
+    if record.architecture is None or not config_file.is_file():
+        return []
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(config, dict) or config.get("model_type") != record.architecture:
+        return []
+    import transformers
+
+    try:
+        model_config = transformers.AutoConfig.for_model(
+            config["model_type"], **{k: v for k, v in config.items() if k != "model_type"}
+        )
+        class_names = config.get("architectures") or []
+        with torch.device("meta"):
+            if class_names and hasattr(transformers, class_names[0]):
+                module = getattr(transformers, class_names[0])(model_config)
+            else:
+                module = transformers.AutoModel.from_config(model_config)
+    except (ValueError, KeyError, TypeError, AttributeError, ImportError) as err:
+        logger.warning("Could not build the %s model to find its Conv1D weights (%s).", record.architecture, err)
+        return []
+    return [key for key in detect_transposed_weights(module) if key in record.state_dict]
 
 
 def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
@@ -710,7 +774,7 @@ def write_zoo_dataset(
     tokenize_bn_stats: bool = True,
     ignore_bn: bool = False,
     normalization: str = "standardize",
-    canonicalize: bool = False,
+    canonicalize: bool | None = None,
     split_fractions: Sequence[float] = (0.7, 0.15, 0.15),
     seed: int = 42,
     max_models: int | None = None,
@@ -774,6 +838,8 @@ def write_zoo_dataset(
         # Hyper-parameter kwargs (activation, dropout, ...) vary between members; the dataset records the reference's.
         reference = {"model_id": first.model_id, "epoch": first.epoch, "source": first.source}
         architecture, model_kwargs = first.architecture, first.model_kwargs
+        if canonicalize is None:
+            canonicalize = _permutation_spec_known(architecture, model_kwargs)
         canonical = _Canonicalizer(reader, first.model_id, architecture, model_kwargs, seed) if canonicalize else None
         if canonical is not None:
             reference["canonical_epoch"] = reader.selected_epochs(reader.member(first.model_id))[-1]

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
-SAMPLERS = ("kde", "subsample", "bootstrap", "gaussian")
+SAMPLERS = ("kde", "subsample", "bootstrap", "diagonal_gaussian")
+# Old sampler names, still accepted with a FutureWarning. `gaussian` was named after the paper's SANE_GAUSS, which
+# it is not (that one bootstraps from a Gaussian prior over the anchor embeddings; this one samples once).
+DEPRECATED_SAMPLERS = {"gaussian": "diagonal_gaussian"}
 # "token": one anchor per sample, noise independent per sample, token and dimension (the fix of SANE_METHOD §6.5).
 # "original_token" / "original_individual": the original's semantics (one anchor per sample, noise shared by every
 # token / by every entry); "mixed": a true per-token KDE whose tokens may come from different anchors.
@@ -189,7 +193,9 @@ class GenerateConfig(FinetuneConfig):
 
         sampler (`str`, *optional*, defaults to `"subsample"`):
             `"kde"` (SANE_KDE), `"subsample"` (SANE_SUB: draw `num_candidates`, keep the best `n`), `"bootstrap"`
-            (SANE_BOOT) or `"gaussian"` (SANE_GAUSS).
+            (SANE_BOOT) or `"diagonal_gaussian"` (one Gaussian per token and latent dimension fitted on the anchors'
+            latents, sampled once: not the paper's SANE_GAUSS, which bootstraps from such a prior). The old name
+            `"gaussian"` still works, with a FutureWarning.
         n (`int`, *optional*, defaults to 10):
             Number of generated models.
         kde_mode (`str`, *optional*, defaults to `"token"`):
@@ -342,6 +348,15 @@ class GenerateConfig(FinetuneConfig):
             raise ValueError(f"{owner}: `dataset` is required: the tokenized zoo the anchors come from.")
         self.anchor_filter = _parse_json_mapping(owner, "anchor_filter", self.anchor_filter)
         self.target_model_kwargs = _parse_json_mapping(owner, "target_model_kwargs", self.target_model_kwargs)
+        if self.sampler in DEPRECATED_SAMPLERS:
+            new_name = DEPRECATED_SAMPLERS[self.sampler]
+            warnings.warn(
+                f"{owner}: sampler {self.sampler!r} is deprecated, use {new_name!r} (the same sampler; it is not the "
+                "paper's SANE_GAUSS).",
+                FutureWarning,
+                stacklevel=3,
+            )
+            self.sampler = new_name
         _check_choice(owner, "sampler", self.sampler, SAMPLERS)
         _check_choice(owner, "kde_mode", self.kde_mode, KDE_MODES)
         _check_choice(owner, "score_split", self.score_split, SCORE_SPLITS)

@@ -5,7 +5,7 @@ The whole of SANE_METHOD §6 behind one call, `generate(GenerateConfig(...))` (`
 1. Load the SANE (`SaneModel.from_pretrained`, with its `sane_layout.json` / `sane_normalization.json`) and the
    tokenized zoo; choose anchors (best models by a property at one epoch) and embed them with haloed windows.
 2. Sample latents with the chosen sampler (`samplers.py`): KDE, subsampling (draw `num_candidates`, keep the best `n`
-   by accuracy on train/validation images), bootstrapping, or a Gaussian.
+   by accuracy on train/validation images), bootstrapping, or a diagonal Gaussian.
 3. Decode them (`decode.py`), rebuild each network with its anchor's architecture arguments, load strictly, and
    condition BatchNorm statistics (`bn_conditioning.py`).
 4. Optionally fine-tune and compare with scratch, fine-tuned anchors and the noise control (`evaluate.py`).
@@ -54,7 +54,7 @@ from .samplers import (
     bootstrap,
     embed_anchors,
     load_anchors,
-    sample_gaussian,
+    sample_diagonal_gaussian,
     sample_kde,
     subsample,
 )
@@ -150,6 +150,7 @@ class SaneGenerator:
     def __init__(self, sane: Any, zoo: Any, config: GenerateConfig, task: Any | None = None):
         from ..tasks import load_task
         from ..tokenization import TokenLayout, TokenNormalization
+        from ..tokenization.normalization import token_transform_for
 
         self.sane = sane.eval()
         self.zoo = zoo
@@ -167,10 +168,6 @@ class SaneGenerator:
                 f"{config.dataset} uses (meta/layout.json): {', '.join(differences) or 'same sizes, other layers'}; "
                 "anchors must come from a zoo tokenized like the SANE's training data."
             )
-        self.normalization = None
-        if zoo.info.tokens_normalized:
-            sidecar = getattr(sane, "sane_normalization", None)
-            self.normalization = TokenNormalization.from_dict(sidecar) if sidecar else zoo.normalization
         if task is None:
             source_task = (zoo.info.source or {}).get("task") or {}
             name = config.task or (source_task.get("name") if isinstance(source_task, dict) else source_task)
@@ -192,6 +189,14 @@ class SaneGenerator:
             epoch=config.anchor_epoch,
             filters=config.anchor_filter,
         )
+        # Anchors are encoded, and samples decoded, in ONE normalization: the SANE's own when it ships one and the
+        # zoo's differs (another zoo of the same layout), else the zoo's; mixing the two rescales every weight.
+        to_sane_tokens = token_transform_for(sane, zoo)
+        if to_sane_tokens is not None:
+            self.anchors.tokens = to_sane_tokens(self.anchors.tokens)
+            self.normalization = TokenNormalization.from_dict(sane.sane_normalization)
+        else:
+            self.normalization = zoo.normalization if zoo.info.tokens_normalized else None
         embed_anchors(sane, self.anchors, self.layout.positions, batch_size=config.decode_batch_size)
         target_kwargs = dict(config.target_model_kwargs or {})
         if config.num_classes is not None:
@@ -289,8 +294,8 @@ class SaneGenerator:
         anchors = self.anchors.latents
         if config.sampler == "kde":
             return sample_kde(anchors, config.n, config.bandwidth, mode=config.kde_mode, generator=generator), None
-        if config.sampler == "gaussian":
-            return sample_gaussian(anchors, config.n, generator=generator), None
+        if config.sampler == "diagonal_gaussian":
+            return sample_diagonal_gaussian(anchors, config.n, generator=generator), None
         if config.sampler == "subsample":
             candidates = sample_kde(
                 anchors, config.num_candidates, config.bandwidth, mode=config.kde_mode, generator=generator

@@ -1,4 +1,4 @@
-"""Sampling new models in SANE's latent space: anchors, KDE, Gaussian, subsampling and bootstrapping (SANE_METHOD §6).
+"""Sampling new models in SANE's latent space: anchors, KDE, diagonal Gaussian, subsampling and bootstrapping (SANE_METHOD §6).
 
 A generated model starts as a latent sequence `[S, L]` (one latent per token). The samplers here work on batches of
 such sequences and are vectorized over samples and tokens: one draw of anchor indices and one draw of noise for the
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,7 +53,7 @@ class LatentSamples:
             The sampled per-token latents.
         anchor_index (`torch.LongTensor` of shape `(num_samples,)`):
             The anchor each sample belongs to: the anchor it was drawn around (KDE), the anchor contributing most of
-            its tokens (`"mixed"` KDE), or its nearest anchor in latent space (Gaussian). The generated model
+            its tokens (`"mixed"` KDE), or its nearest anchor in latent space (diagonal Gaussian). The generated model
             inherits that anchor's architecture arguments (e.g. its activation).
         scores (`torch.FloatTensor` of shape `(num_samples,)`, *optional*):
             Selection scores (e.g. accuracy on task images), when the samples were scored.
@@ -93,7 +94,8 @@ class AnchorSet:
 
     Args:
         tokens (`torch.FloatTensor` of shape `(num_anchors, seq_len, token_size)`):
-            The anchors' tokens as stored in the zoo (normalized when the zoo is).
+            The anchors' tokens as stored in the zoo (normalized when the zoo is); `SaneGenerator` maps them
+            into the SANE's normalization when that differs from the zoo's (`token_transform_for`).
         latents (`torch.FloatTensor` of shape `(num_anchors, seq_len, latent_dim)`, *optional*):
             Their haloed embeddings (`SaneModel.haloed_encode`); set by `embed_anchors`.
         model_ids (`list[str]`): zoo model ids.
@@ -407,10 +409,14 @@ def nearest_anchor(latents: torch.Tensor, anchor_latents: torch.Tensor) -> torch
     return distances.argmin(dim=1)
 
 
-def sample_gaussian(
+def sample_diagonal_gaussian(
     anchor_latents: torch.Tensor, num_samples: int, generator: torch.Generator | None = None
 ) -> LatentSamples:
-    """SANE_GAUSS: fit a mean and std per token and latent dimension over the anchors, sample independently.
+    """Fit a mean and std per token and latent dimension over the anchors, and sample each entry independently, once.
+
+    A Gaussian with diagonal covariance over the anchors' latent sequences. This is *not* the paper's SANE_GAUSS,
+    which bootstraps (repeated sampling and selection by score) from a Gaussian prior fitted on the anchor
+    embeddings; here nothing is scored or refitted.
 
     Args:
         anchor_latents (`torch.FloatTensor` of shape `(num_anchors, seq_len, latent_dim)`):
@@ -430,6 +436,19 @@ def sample_gaussian(
     noise = _randn((num_samples, *mean.shape), generator, anchor_latents)
     latents = mean + std * noise
     return LatentSamples(latents=latents, anchor_index=nearest_anchor(latents, anchor_latents))
+
+
+def sample_gaussian(
+    anchor_latents: torch.Tensor, num_samples: int, generator: torch.Generator | None = None
+) -> LatentSamples:
+    """Deprecated name of `sample_diagonal_gaussian` (it is not the paper's SANE_GAUSS)."""
+    warnings.warn(
+        "`sample_gaussian` is deprecated, use `sample_diagonal_gaussian` (the same sampler; it is not the paper's "
+        "SANE_GAUSS).",
+        FutureWarning,
+        stacklevel=2,
+    )
+    return sample_diagonal_gaussian(anchor_latents, num_samples, generator=generator)
 
 
 ScoreFunction = Callable[[LatentSamples], torch.Tensor]

@@ -31,7 +31,10 @@ SAMPLER_DESCRIPTIONS = {
         "kernel density sampling refitted for several rounds on the best-scoring samples; the final models are the "
         "top scorers",
     ),
-    "gaussian": ("SANE_GAUSS", "a Gaussian fitted per token and latent dimension over the anchors' latents"),
+    "diagonal_gaussian": (
+        "diagonal Gaussian (not the paper's SANE_GAUSS)",
+        "one Gaussian per token and latent dimension fitted on the anchors' latents, sampled once",
+    ),
 }
 
 
@@ -73,7 +76,7 @@ def build_generated_model_card(
 
     Args:
         architecture (`str`): zoo architecture name (`sane_hf.zoo_models`), also added as a tag.
-        sampler (`str`): `"kde"`, `"subsample"`, `"bootstrap"` or `"gaussian"`.
+        sampler (`str`): `"kde"`, `"subsample"`, `"bootstrap"` or `"diagonal_gaussian"`.
         sane_model (`str`, *optional*): the source SANE (folder or Hub id), shown in the text.
         base_model (`str`, *optional*): Hub id of the source SANE for the `base_model` metadata (omitted if `None`).
         zoo_dataset (`str`, *optional*): the tokenized zoo the anchors came from.

@@ -33,7 +33,8 @@ import torch
 
 from ..data.hub_dataset import SaneZooDataset, load_zoo_dataset
 from ..models.sane import SaneModel
-from ..tokenization import TokenLayout, TokenNormalization, TokenPermuter
+from ..tokenization import TokenLayout, TokenPermuter
+from ..tokenization.normalization import token_transform_for
 from ..utils.bootstrap import bootstrap_over_groups
 from ..utils.checks import check_finite_weights
 from ..utils.io import write_text_atomic
@@ -115,43 +116,6 @@ def check_properties(zoo: SaneZooDataset, properties: Sequence[str]) -> None:
     unknown = [name for name in properties if name not in available]
     if unknown:
         raise ValueError(f"Unknown propert{'y' if len(unknown) == 1 else 'ies'} {unknown}; this zoo has {available}.")
-
-
-def token_transform_for(model: SaneModel, zoo: SaneZooDataset) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """Map the zoo's tokens into the normalization SANE was trained with, when the two differ (else None).
-
-    A SANE carries the normalization of its pretraining zoo (`sane_normalization.json`); embedding another zoo's
-    checkpoints with it must use those statistics, not the zoo's own.
-    """
-    layout = zoo.layout
-    if model.sane_layout is not None:
-        try:
-            same_layout = TokenLayout.from_dict(model.sane_layout) == layout
-        except (ValueError, KeyError, TypeError):
-            same_layout = False
-        if not same_layout:
-            logger.warning("The SANE model was pretrained on another token layout than this dataset's.")
-    if model.sane_normalization is None:
-        return None
-    model_norm = TokenNormalization.from_dict(model.sane_normalization)
-    zoo_norm = zoo.normalization if zoo.info.tokens_normalized else None
-    if zoo_norm is not None and (
-        model_norm.mode == zoo_norm.mode
-        and np.allclose(model_norm.mean, zoo_norm.mean, rtol=1e-6, atol=0)
-        and np.allclose(model_norm.std, zoo_norm.std, rtol=1e-6, atol=0)
-    ):
-        return None
-    if model_norm.layer_names != [layer.name for layer in layout.layers]:
-        logger.warning("The SANE normalization does not match the dataset's layers; using the dataset's tokens as is.")
-        return None
-    logger.info("Re-normalizing the dataset's tokens with the SANE model's normalization statistics for embedding.")
-
-    def transform(tokens: torch.Tensor) -> torch.Tensor:
-        if zoo_norm is not None:
-            tokens = zoo_norm.denormalize(tokens, layout)
-        return model_norm.normalize(tokens, layout)
-
-    return transform
 
 
 def select_rows(split_dataset, epochs: Sequence[int] | None) -> np.ndarray:

@@ -1,6 +1,12 @@
 """Checkpoint <-> token sequence (SANE_METHOD §1): layouts, per-layer normalization, permutations."""
 
-from .layout import StateDictEntry, TokenizedLayer, TokenLayout, detect_batchnorm_modules
+from .layout import (
+    StateDictEntry,
+    TokenizedLayer,
+    TokenLayout,
+    detect_batchnorm_modules,
+    detect_transposed_weights,
+)
 from .normalization import TokenNormalization
 from .permutations import (
     AxisPermutation,
@@ -23,6 +29,7 @@ __all__ = [
     "TokenizedLayer",
     "canonicalize",
     "detect_batchnorm_modules",
+    "detect_transposed_weights",
     "permutation_spec_from_module",
     "permute_state_dict",
     "weight_matching",

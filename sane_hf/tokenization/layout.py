@@ -85,6 +85,8 @@ class TokenizedLayer:
         row_width (`int`): values per row, the bias column included.
         tokens_per_row (`int`): `ceil(row_width / token_size)` (SANE §1.3).
         token_offset (`int`): index of the layer's first token in the sequence.
+        transposed (`bool`, *optional*, defaults to `False`): the weight is stored `[in, out]` (transformers'
+            `Conv1D`, e.g. GPT-2), so its rows (output channels) are its columns.
     """
 
     name: str
@@ -95,6 +97,7 @@ class TokenizedLayer:
     row_width: int
     tokens_per_row: int
     token_offset: int
+    transposed: bool = False
 
     @property
     def num_tokens(self) -> int:
@@ -137,6 +140,36 @@ def detect_batchnorm_modules(module: nn.Module) -> list[str]:
     return [name for name, m in module.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
+def detect_transposed_weights(module: nn.Module) -> list[str]:
+    """Keys of weights stored `[in, out]`: those of transformers' `Conv1D` modules (GPT-2's attention and MLP)."""
+    return [
+        _join_key(name, "weight")
+        for name, child in module.named_modules()
+        if type(child).__name__ == "Conv1D" and getattr(child, "weight", None) is not None and child.weight.ndim == 2
+    ]
+
+
+def _tied_entries(state_dict: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """Entries that are views of exactly the same memory as an earlier entry (tied weights), mapped to it."""
+    first_of: dict[tuple, str] = {}
+    tied = {}
+    for key, value in state_dict.items():
+        if value.numel() == 0 or value.device.type == "meta":  # meta tensors have no memory to share
+            continue
+        identity = (
+            value.device,
+            value.untyped_storage().data_ptr(),
+            value.storage_offset(),
+            value.shape,
+            value.stride(),
+        )
+        if identity in first_of:
+            tied[key] = first_of[identity]
+        else:
+            first_of[identity] = key
+    return tied
+
+
 def _batchnorm_prefixes_from_keys(keys: Iterable[str]) -> set[str]:
     """BatchNorm modules recognized structurally: a module with both `running_mean` and `running_var` entries.
 
@@ -177,13 +210,18 @@ class TokenLayout:
     parameters such as LayerNorm as `[weight|bias]` rows, embeddings, attention projections, ...); BatchNorm
     modules give `[gamma|beta]`, `running_mean` and `running_var` layers. Integer buffers (`num_batches_tracked`,
     position ids) and, when disabled, BatchNorm running statistics are not tokenized: their reference values are
-    stored in the layout and restored by `detokenize`.
+    stored in the layout and restored by `detokenize`. Weights stored `[in, out]` (transformers' `Conv1D`) are cut into
+    rows of output channels like `nn.Linear`'s, and tied entries (one tensor under two keys, e.g. GPT-2's LM head) are
+    tokenized once.
 
     Args:
         token_size (`int`): token width `T`.
         layers (`list[TokenizedLayer]`): the tokenized layers in sequence order.
         entries (`list[StateDictEntry]`): every state_dict entry, in state_dict order.
         passthrough (`dict[str, torch.Tensor]`): reference values of the entries that are not tokenized.
+        tied (`dict[str, str]`, *optional*): entries that are the same tensor as an earlier entry (tied weights, e.g.
+            GPT-2's `lm_head.weight` and `transformer.wte.weight`), mapped to that entry: tokenized once, restored
+            from it by `detokenize`.
         tokenize_bn_stats (`bool`): whether BatchNorm running statistics are tokenized.
         ignore_bn (`bool`): whether BatchNorm modules were left out of the tokens entirely (the original's
             `ignore_bn=True`).
@@ -212,6 +250,7 @@ class TokenLayout:
         passthrough: dict[str, torch.Tensor] | None = None,
         tokenize_bn_stats: bool = True,
         ignore_bn: bool = False,
+        tied: Mapping[str, str] | None = None,
     ):
         if not isinstance(token_size, int) or isinstance(token_size, bool) or token_size < 1:
             raise ValueError(f"`token_size` must be a positive int, got {token_size!r}.")
@@ -221,6 +260,7 @@ class TokenLayout:
         self.layers = list(layers)
         self.entries = list(entries)
         self.passthrough = dict(passthrough or {})
+        self.tied = dict(tied or {})
         self.tokenize_bn_stats = tokenize_bn_stats
         self.ignore_bn = ignore_bn
         self._entry_by_key = {e.key: e for e in self.entries}
@@ -229,9 +269,17 @@ class TokenLayout:
                 raise ValueError(
                     f"Layer {layer.name!r} has unknown kind {layer.kind!r}; expected one of {LAYER_KINDS}."
                 )
-        missing = [e.key for e in self.entries if not e.tokenized and e.key not in self.passthrough]
+        missing = [
+            e.key for e in self.entries if not e.tokenized and e.key not in self.passthrough and e.key not in self.tied
+        ]
         if missing:
             raise ValueError(f"Token layout lacks reference values for non-tokenized entries {missing}.")
+        untied = [
+            k for k, source in self.tied.items() if k not in self._entry_by_key or source not in self._entry_by_key
+        ]
+        if untied:
+            raise ValueError(f"Token layout ties entries {untied} to keys it does not have.")
+        self._transposed_keys = {layer.weight_key for layer in self.layers if layer.transposed}
         # Flat buffer order: for each layer its weight then its bias (the order `tokenize` concatenates them in).
         self._flat_keys: list[str] = []
         for layer in self.layers:
@@ -258,6 +306,7 @@ class TokenLayout:
         tokenize_bn_stats: bool = True,
         ignore_bn: bool = False,
         batchnorm_modules: Iterable[str] | None = None,
+        transposed_weights: Iterable[str] | None = None,
     ) -> TokenLayout:
         """Build the layout of a reference state_dict.
 
@@ -272,6 +321,10 @@ class TokenLayout:
             batchnorm_modules (`Iterable[str]`, *optional*): names of the BatchNorm modules. Defaults to every
                 module with both `running_mean` and `running_var` entries; `from_module` passes the modules whose
                 type is a BatchNorm.
+            transposed_weights (`Iterable[str]`, *optional*): keys of 2-d weights stored `[in, out]` (transformers'
+                `Conv1D`); their rows are cut along output channels like every other weight. `from_module` passes the
+                weights of `Conv1D` modules. An entry that shares its storage with an earlier one (tied weights) is
+                tokenized once, under the earlier key.
         """
         if not isinstance(state_dict, Mapping) or not state_dict:
             raise ValueError(
@@ -283,11 +336,17 @@ class TokenLayout:
         bn_prefixes = (
             set(batchnorm_modules) if batchnorm_modules is not None else _batchnorm_prefixes_from_keys(state_dict)
         )
-        keys = list(state_dict)
+        tied = _tied_entries(state_dict)
+        transposed = set(transposed_weights or ())
+        keys = [key for key in state_dict if key not in tied]
         key_set = set(keys)
 
         def is_float(key: str) -> bool:
             return state_dict[key].is_floating_point()
+
+        def shape_of(key: str) -> tuple[int, ...]:
+            shape = tuple(state_dict[key].shape)
+            return shape[::-1] if key in transposed else shape
 
         def own_bias(prefix: str, rows: int) -> str | None:
             bias_key = _join_key(prefix, "bias")
@@ -304,7 +363,7 @@ class TokenLayout:
         for key in keys:
             prefix, leaf = _split_key(key)
             if leaf == "weight" and is_float(key):
-                rows, _ = _rows_of(state_dict[key].shape)
+                rows, _ = _rows_of(shape_of(key))
                 bias_key = own_bias(prefix, rows)
                 if bias_key is not None and not (ignore_bn and prefix in bn_prefixes):
                     absorbed_biases.add(bias_key)
@@ -325,7 +384,7 @@ class TokenLayout:
                 kind = KIND_BATCHNORM if in_bn else KIND_WEIGHT
             else:
                 kind = KIND_TENSOR
-            rows, width = _rows_of(state_dict[key].shape)
+            rows, width = _rows_of(shape_of(key))
             bias_key = own_bias(prefix, rows) if leaf == "weight" else None
             if bias_key is not None and bias_key not in absorbed_biases:
                 bias_key = None
@@ -341,6 +400,7 @@ class TokenLayout:
                     row_width=row_width,
                     tokens_per_row=tokens_per_row,
                     token_offset=token_offset,
+                    transposed=key in transposed,
                 )
             )
             token_offset += rows * tokens_per_row
@@ -352,7 +412,7 @@ class TokenLayout:
             StateDictEntry(
                 key=k, shape=tuple(state_dict[k].shape), dtype=state_dict[k].dtype, tokenized=k in tokenized
             )
-            for k in keys
+            for k in state_dict
         ]
         passthrough = {k: state_dict[k].detach().cpu().clone() for k in keys if k not in tokenized}
         return cls(
@@ -362,19 +422,21 @@ class TokenLayout:
             passthrough=passthrough,
             tokenize_bn_stats=tokenize_bn_stats,
             ignore_bn=ignore_bn,
+            tied=tied,
         )
 
     @classmethod
     def from_module(
         cls, module: nn.Module, token_size: int, tokenize_bn_stats: bool = True, ignore_bn: bool = False
     ) -> TokenLayout:
-        """Build the layout of `module.state_dict()`, detecting BatchNorm from the module types."""
+        """Build the layout of `module.state_dict()`, detecting BatchNorm and `Conv1D` from the module types."""
         return cls.from_state_dict(
             module.state_dict(),
             token_size=token_size,
             tokenize_bn_stats=tokenize_bn_stats,
             ignore_bn=ignore_bn,
             batchnorm_modules=detect_batchnorm_modules(module),
+            transposed_weights=detect_transposed_weights(module),
         )
 
     # ------------------------------------------------------------------------------------------------- properties
@@ -546,7 +608,8 @@ class TokenLayout:
                     f"state_dict does not match the token layout: key {key!r} has dtype {_dtype_name(value.dtype)}, "
                     f"expected {_dtype_name(entry.dtype)}."
                 )
-            tensors.append(value.detach())
+            # A Conv1D weight `[in, out]` is read as `[out, in]`: rows are output channels, as for nn.Linear.
+            tensors.append(value.detach().transpose(-1, -2) if key in self._transposed_keys else value.detach())
         known = set(self._entry_by_key)
         unexpected = [k for k in state_dict if k not in known]
         if unexpected:
@@ -691,7 +754,14 @@ class TokenLayout:
                 tensors[self._flat_keys[plan.weight_tensor[i]]] = view
         result: dict[str, torch.Tensor] = {}
         for entry in self.entries:
-            if entry.tokenized:
+            if entry.key in self.tied:
+                continue
+            if entry.key in self._transposed_keys:
+                value = tensors[entry.key].view(B, *entry.shape[::-1]).transpose(-1, -2).contiguous()
+                if value.dtype != entry.dtype:
+                    value = value.to(entry.dtype)
+                result[entry.key] = value if batched else value[0]
+            elif entry.tokenized:
                 value = tensors[entry.key].view(B, *entry.shape)
                 if value.dtype != entry.dtype:
                     value = value.to(entry.dtype)
@@ -702,7 +772,8 @@ class TokenLayout:
                     value = self.passthrough[entry.key]
                 value = value.to(tokens.device)
                 result[entry.key] = value.expand(B, *entry.shape).clone() if batched else value.clone()
-        return result
+        # Tied entries are the same tensor as their source, as in the module they came from.
+        return {entry.key: result[self.tied.get(entry.key, entry.key)] for entry in self.entries}
 
     # ------------------------------------------------------------------------------------------------ persistence
     def to_dict(self) -> dict:
@@ -725,6 +796,8 @@ class TokenLayout:
                     "row_width": layer.row_width,
                     "tokens_per_row": layer.tokens_per_row,
                     "token_offset": layer.token_offset,
+                    # Written only when set, so layouts without Conv1D weights or tied entries read as before.
+                    **({"transposed": True} if layer.transposed else {}),
                 }
                 for layer in self.layers
             ],
@@ -733,6 +806,7 @@ class TokenLayout:
                 for e in self.entries
             ],
             "passthrough": {k: v.tolist() for k, v in self.passthrough.items()},
+            **({"tied": dict(self.tied)} if self.tied else {}),
         }
 
     @classmethod
@@ -757,7 +831,10 @@ class TokenLayout:
             ]
             by_key = {e.key: e for e in entries}
             layers = [
-                TokenizedLayer(**{k: layer[k] for k in TokenizedLayer.__dataclass_fields__})
+                TokenizedLayer(
+                    **{k: layer[k] for k in TokenizedLayer.__dataclass_fields__ if k != "transposed"},
+                    transposed=bool(layer.get("transposed", False)),
+                )
                 for layer in data["layers"]
             ]
             passthrough = {
@@ -771,6 +848,7 @@ class TokenLayout:
                 passthrough=passthrough,
                 tokenize_bn_stats=bool(data["tokenize_bn_stats"]),
                 ignore_bn=bool(data["ignore_bn"]),
+                tied=data.get("tied"),
             )
         except KeyError as err:
             raise ValueError(f"Token layout is missing the field {err.args[0]!r}.") from None

@@ -17,9 +17,10 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -294,3 +295,52 @@ class TokenNormalization:
         except json.JSONDecodeError as err:
             raise ValueError(f"Normalization {file} is not valid JSON: {err}.") from None
         return cls.from_dict(data)
+
+
+def token_transform_for(model: Any, zoo: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """Map a zoo's tokens into the normalization a SANE was trained with, when the two differ (else None).
+
+    A SANE carries the normalization of its pretraining zoo (`sane_normalization.json`); encoding another zoo's
+    checkpoints with it (to embed them, or as anchors to generate from) must use those statistics, not the zoo's own,
+    and whatever it decodes is then de-normalized with them too.
+
+    Args:
+        model (`SaneModel`): reads `sane_layout` and `sane_normalization` (either may be None).
+        zoo (`SaneZooDataset`): reads `layout`, `normalization` and `info.tokens_normalized`.
+    """
+    layout = zoo.layout
+    sane_layout, sane_normalization = getattr(model, "sane_layout", None), getattr(model, "sane_normalization", None)
+    if sane_layout is not None:
+        try:
+            same_layout = TokenLayout.from_dict(sane_layout) == layout
+        except (ValueError, KeyError, TypeError):
+            same_layout = False
+        if not same_layout:
+            logger.warning("The SANE model was pretrained on another token layout than this dataset's.")
+    if sane_normalization is None:
+        return None
+    model_norm = TokenNormalization.from_dict(sane_normalization)
+    zoo_norm = zoo.normalization if zoo.info.tokens_normalized else None
+    if zoo_norm is not None and (
+        model_norm.mode == zoo_norm.mode
+        and _all_close(model_norm.mean, zoo_norm.mean)
+        and _all_close(model_norm.std, zoo_norm.std)
+    ):
+        return None
+    if model_norm.layer_names != [layer.name for layer in layout.layers]:
+        logger.warning("The SANE normalization does not match the dataset's layers; using the dataset's tokens as is.")
+        return None
+    logger.info("Re-normalizing the dataset's tokens with the SANE model's normalization statistics.")
+
+    def transform(tokens: torch.Tensor) -> torch.Tensor:
+        if zoo_norm is not None:
+            tokens = zoo_norm.denormalize(tokens, layout)
+        return model_norm.normalize(tokens, layout)
+
+    return transform
+
+
+def _all_close(values: Sequence[float], reference: Sequence[float], rel_tol: float = 1e-6) -> bool:
+    return len(values) == len(reference) and all(
+        math.isclose(a, b, rel_tol=rel_tol, abs_tol=0) for a, b in zip(values, reference)
+    )

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, extract_model_from_parallel, set_seed
 from tqdm.auto import tqdm
 
 from ..data.hub_dataset import SaneZooDataset, load_zoo_dataset
@@ -211,8 +211,17 @@ def build_permuter(zoo: SaneZooDataset) -> TokenPermuter:
             "The dataset does not name its zoo architecture (meta/info.json `architecture`), so no permutation "
             "augmentation can be derived; pass --permutation_augmentation false."
         )
-    member = build_zoo_model(zoo.info.architecture, **(zoo.info.model_kwargs or {}))
-    return TokenPermuter(zoo.layout, permutation_spec_from_module(member))
+    try:
+        member = build_zoo_model(zoo.info.architecture, **(zoo.info.model_kwargs or {}))
+        spec = permutation_spec_from_module(member)
+    except ValueError as err:
+        # E.g. a zoo of transformers models (`bert`, `gpt2`): not a registered zoo architecture, so its permutation
+        # symmetries are unknown; SANE still pretrains on it with the other augmentations.
+        raise ValueError(
+            f"{err} No permutation augmentation can be derived for the zoo architecture "
+            f"{zoo.info.architecture!r}; pass --permutation_augmentation false to pretrain without it."
+        ) from None
+    return TokenPermuter(zoo.layout, spec)
 
 
 # ------------------------------------------------------------------------------------------------------------- step
@@ -275,7 +284,10 @@ def train_step(
     The batch is either `{"rows": [B]}` (rows of `store`: only the windows and the layers a permuted view needs are
     read) or `{"full_tokens": [B, S, T]}`; for the same generator both give the same windows, views and loss.
     """
-    window_size = model.config.window_size if hasattr(model, "config") else cfg.window_size
+    # The window is the model's own (with `--init_from` it may differ from `cfg.window_size`); DDP and compile wrap
+    # the model in modules without its `config`, so read it from the unwrapped one.
+    unwrapped = extract_model_from_parallel(model)
+    window_size = unwrapped.config.window_size if hasattr(unwrapped, "config") else cfg.window_size
     permute = cfg.permutation_augmentation and permuter is not None
     windows = _cut_windows(batch, window_size, layout, generator, permuter if permute else None, store)
     view_1, view_2 = make_two_views(
@@ -619,6 +631,9 @@ def pretrain(cfg: PretrainConfig, dataloaders: tuple | None = None, zoo: SaneZoo
                 "ranks_in_sync": in_sync,
                 "parameter_checksums": checksums.tolist(),
                 "seconds": round(time.perf_counter() - start_time, 2),
+                # What this invocation did (the rest describes the whole run): where it resumed, and how far it went.
+                "resumed_from_step": first_step if path is not None else None,
+                "steps_this_run": counters.optimizer_steps - first_step,
                 "log_history": history,
                 TRAINER_STATE_ZOO_KEY: zoo_summary(zoo.info, cfg.dataset, cfg.dataset_revision),
             },

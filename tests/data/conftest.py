@@ -20,5 +20,7 @@ def converted(tmp_path_factory, sane_zoo) -> Path:
     from sane_hf.data import ConvertConfig, convert_zoo
 
     output = tmp_path_factory.mktemp("converted") / "zoo_ds"
-    convert_zoo(ConvertConfig(zoo_dir=str(sane_zoo), output_dir=str(output), token_size=16), show_progress=False)
+    # Not canonicalized: the tests compare the stored tokens with the raw checkpoints.
+    config = ConvertConfig(zoo_dir=str(sane_zoo), output_dir=str(output), token_size=16, canonicalize=False)
+    convert_zoo(config, show_progress=False)
     return output

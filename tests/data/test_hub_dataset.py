@@ -30,6 +30,8 @@ from sane_hf.zoo_models import build_zoo_model
 
 
 def _convert(zoo, output, **kwargs):
+    # Not canonicalized unless a test asks: most tests here compare the stored tokens with the raw checkpoints.
+    kwargs.setdefault("canonicalize", False)
     config = ConvertConfig(zoo_dir=str(zoo), output_dir=str(output), token_size=kwargs.pop("token_size", 16), **kwargs)
     return convert_zoo(config, show_progress=False)
 
@@ -330,12 +332,21 @@ def test_push_uploads_the_folder_and_tags_the_format_version(sane_zoo, tmp_path)
 
 
 def test_load_by_repo_id_uses_snapshot_download_for_meta(converted):
+    """Which calls reach the Hub, and with what (loading by id for real runs against the olah mirror in
+    tests/hub/test_hub_integration.py)."""
     real_load_dataset = datasets.load_dataset
+    load_calls = []
+
+    def load_dataset(repo, **kwargs):
+        load_calls.append((repo, kwargs.get("revision")))
+        return real_load_dataset(str(converted))
+
     with (
         mock.patch("huggingface_hub.snapshot_download", return_value=str(converted)) as download,
-        mock.patch.object(datasets, "load_dataset", lambda repo, **kw: real_load_dataset(str(converted))),
+        mock.patch.object(datasets, "load_dataset", load_dataset),
     ):
         zoo = load_zoo_dataset("org/sane-zoo", revision=ZOO_DATASET_TAG)
+    assert load_calls == [("org/sane-zoo", ZOO_DATASET_TAG)]  # the parquet shards: same repo, same revision
     kwargs = download.call_args.kwargs
     assert download.call_args.args == ("org/sane-zoo",)
     assert kwargs["repo_type"] == "dataset" and kwargs["revision"] == ZOO_DATASET_TAG
@@ -377,7 +388,8 @@ def test_reloading_a_rewritten_folder_is_not_stale(sane_zoo, tmp_path):
 
 
 def test_canonicalize_maps_permuted_copies_onto_one_token_sequence(tmp_path, zoo_tools):
-    """SANE_METHOD §2.5: models that are function-preserving permutations of one network become identical tokens."""
+    """SANE_METHOD §2.5: models that are function-preserving permutations of one network become identical tokens,
+    by default."""
     from sane_hf.tokenization import permutation_spec_from_module, permute_state_dict
 
     zoo = zoo_tools.write_sane_hf_zoo(tmp_path / "zoo", num_models=6, num_epochs=2)
@@ -400,7 +412,8 @@ def test_canonicalize_maps_permuted_copies_onto_one_token_sequence(tmp_path, zoo
             save_file(dict(zip(keys, permuted.values())), path)
 
     plain = load_zoo_dataset(_convert(zoo, tmp_path / "plain", normalization="none").output_dir)
-    result = _convert(zoo, tmp_path / "canon", normalization="none", canonicalize=True)
+    # The default (None): on for a registered architecture, as the method canonicalizes every zoo.
+    result = _convert(zoo, tmp_path / "canon", normalization="none", canonicalize=None)
     canon = load_zoo_dataset(result.output_dir)
     assert result.info.canonicalized and not plain.info.canonicalized
     assert result.info.reference["canonical_epoch"] == 2

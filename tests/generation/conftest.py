@@ -133,3 +133,26 @@ def resnet_setup(tmp_path_factory):
         permutation_augmentation=False,
     )
     return {**paths, "zoo": load_zoo_dataset(paths["dataset"]), "model": SaneModel.from_pretrained(paths["sane"])}
+
+
+@pytest.fixture(scope="session")
+def always_predicts():
+    """`always_predicts(label, margin=1.0)`: a `cnn_s` (8x8 digits) with every weight zero but its classifier bias, so
+    that whatever the image its logits favour `label`: a network of known accuracy."""
+
+    def build(label: int, margin: float = 1.0) -> torch.nn.Module:
+        model = build_zoo_model("cnn_s", **CNN_KWARGS)
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.zero_()
+            classifier = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+            classifier.bias[label] = margin
+        return model.eval()
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def share_of():
+    """`share_of(label, task, split)`: the accuracy of always answering `label`, counted directly on the labels."""
+    return lambda label, task, split: (task.split(split).labels == label).double().mean().item()

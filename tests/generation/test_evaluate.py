@@ -53,6 +53,27 @@ def _cnn(seed: int):
     return build_zoo_model("cnn_s", **CNN_KWARGS).eval()
 
 
+def test_reported_accuracies_are_those_of_models_with_known_behaviour(digits, always_predicts, share_of):
+    """Each population reports its own models' accuracies: models that always answer one class score exactly that
+    class's share of each split (about 1/10 on the near-balanced digits), and an ensemble of them answers the class
+    with the largest summed logit."""
+    generated = [always_predicts(0), always_predicts(3, margin=2.0)]
+    anchors = [always_predicts(5), always_predicts(7)]
+    config = FinetuneConfig(finetune_epochs=0, num_scratch=0, noise_control=False, ensemble=True)
+    report = compare_with_baselines(generated, anchors, digits, config, "cnn_s", [CNN_KWARGS])
+    assert list(report.populations) == ["generated", "anchors"]
+    for population, labels in (("generated", (0, 3)), ("anchors", (5, 7))):
+        result = report.populations[population]
+        for history, label in zip(result.histories, labels, strict=True):
+            for split in ("train", "val", "test"):
+                assert history[0][f"{split}_acc"] == pytest.approx(share_of(label, digits, split), abs=1e-9)
+        mean, _ = result.curve("test_acc")
+        assert mean[0] == pytest.approx(sum(share_of(label, digits, "test") for label in labels) / 2, abs=1e-9)
+    ensemble = report.populations["generated"].ensemble["epoch_0"]
+    assert ensemble["test_acc"] == pytest.approx(share_of(3, digits, "test"), abs=1e-9)
+    assert 0.05 < share_of(3, digits, "test") < 0.15  # near-balanced: these are not all the same number by chance
+
+
 def test_noise_control_has_the_generated_models_distance(generated):
     distances, nearest = weight_distances(generated.models, generated.anchor_models)
     assert torch.allclose(distances, torch.tensor(generated.distances, dtype=torch.float64))

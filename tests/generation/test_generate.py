@@ -2,6 +2,7 @@
 
 import copy
 import json
+import shutil
 from unittest import mock
 
 import pytest
@@ -100,6 +101,37 @@ def test_sampled_resnet_models_load_run_and_are_bn_conditioned(resnet_setup, dig
     (model,) = engine.build(engine.sample(torch.Generator().manual_seed(0))[0])
     assert model.fc.out_features == 5 and model(digits.test.images[:4]).shape == (4, 5)
     assert engine.distance_exclude(model) == ["fc.weight", "fc.bias"]
+
+
+def test_resnet_generation_with_evaluation_conditions_every_population(resnet_setup, digits):
+    """The whole evaluation on BatchNorm networks (zero-shot, to stay tiny): generated, anchors, the noise control and
+    scratch networks; the controls and scratch networks are BN-conditioned like the generated ones, and the report's
+    zero-shot accuracies are those of the networks returned, evaluated here independently."""
+    evaluation = dict(evaluate=True, finetune_epochs=0, num_scratch=1, bn_batch_size=16)
+    config = _config(resnet_setup, sampler="kde", n=2, num_anchors=2, **evaluation)
+    engine_condition = SaneGenerator.condition
+    conditioned = []
+
+    def record_condition(self, model):
+        result = engine_condition(self, model)
+        conditioned.append(result)
+        return result
+
+    with mock.patch.object(SaneGenerator, "condition", record_condition):
+        result = generate_models(resnet_setup["model"], resnet_setup["zoo"], config, task=digits)
+    report = result.report
+    assert set(report.populations) == {"generated", "anchors", "anchors_reconstructed", "noise_control", "scratch"}
+    # BN conditioning: the generated networks, their reconstructed anchors, then the noise controls and scratch.
+    assert len(conditioned) == 2 + 2 + 2 + 1
+    for model in conditioned:
+        assert not torch.equal(model.bn1.running_var, torch.ones_like(model.bn1.running_var))
+    images, labels = digits.split("test").images, digits.split("test").labels
+    for model, history in zip(result.models, report.populations["generated"].histories, strict=True):
+        with torch.no_grad():
+            accuracy = (model.eval()(images).argmax(dim=1) == labels).double().mean().item()
+        assert history[0]["test_acc"] == pytest.approx(accuracy, abs=1e-9)
+    generated_distances = report.populations["generated"].distances
+    assert report.populations["noise_control"].distances == pytest.approx(generated_distances, rel=1e-4)
 
 
 def test_bn_conditioning_changes_only_batchnorm_buffers(resnet_setup, digits):
@@ -213,7 +245,11 @@ def test_generated_models_save_and_reload_exactly(cnn_setup, digits, tmp_path):
         assert {"sane", "generated-weights", "cnn_s", "sampler-bootstrap"} <= set(card.data.tags)
         assert card.data.sane_generation["sampler"] == "bootstrap"
         assert card.data.sane_generation["anchors"] == result.anchors.model_ids
-        assert card.data.eval_results[0].metric_value == pytest.approx(result.zero_shot[index]["test_acc"], abs=1e-6)
+        # The card's zero-shot accuracy is the saved network's, evaluated here independently on the test split.
+        images, labels = digits.split("test").images, digits.split("test").labels
+        with torch.no_grad():
+            accuracy = (reloaded.eval()(images).argmax(dim=1) == labels).double().mean().item()
+        assert card.data.eval_results[0].metric_value == pytest.approx(accuracy, abs=1e-6)
     generation = json.loads((folder / "generation.json").read_text())
     assert generation["sampler"] == "bootstrap" and len(generation["models"]) == 3
     assert len(generation["bootstrap_history"]) == 2
@@ -282,3 +318,71 @@ def test_cli_generates_and_pushes_one_repo_with_subfolders(cnn_setup, tmp_path):
     assert card.data.model_name == "SANE-generated cnn_s #000"
     assert "model-index" in card.content and "sane_generation" in card.content
     assert "model_001" in uploaded["repo_card"].text
+
+
+def test_each_card_shows_its_own_networks_zero_shot_accuracy(cnn_setup, digits, tmp_path, always_predicts, share_of):
+    """Networks of known, different accuracies stand in for the decoded ones: each saved card must show its own
+    network's test accuracy (that label's share of the test split), not another network's or an anchor's."""
+    labels = (0, 1)  # 39 and 40 of the 397 test images
+
+    def known_networks(self, samples):
+        return [always_predicts(labels[i]) for i in range(len(samples))]
+
+    with mock.patch.object(SaneGenerator, "build", known_networks):
+        result = generate_models(
+            cnn_setup["model"], cnn_setup["zoo"], _config(cnn_setup, sampler="kde", n=2), task=digits
+        )
+    folder = save_generated_models(result, tmp_path / "generated")
+    expected = [share_of(label, digits, "test") for label in labels]
+    assert len(set(expected)) == len(expected)
+    for index, accuracy in enumerate(expected):
+        card = ModelCard.load(folder / f"model_{index:03d}" / "README.md")
+        assert card.data.eval_results[0].metric_value == pytest.approx(accuracy, abs=5e-7)  # 6 decimals on the card
+        assert result.zero_shot[index]["test_acc"] == pytest.approx(accuracy, abs=1e-9)
+
+
+def _identity_sane(sane):
+    """`sane` with encoding and decoding replaced by the identity on tokens: a perfect autoencoder, so whatever
+    generation rebuilds differs from the anchors only through the normalizations used on the way in and out."""
+    return mock.patch.multiple(
+        sane,
+        haloed_encode=lambda tokens, positions, batch_size=None: tokens.clone(),
+        haloed_decode=lambda latents, positions, batch_size=None: latents.clone(),
+    )
+
+
+def test_anchors_of_another_zoo_are_rebuilt_in_their_own_scale(cnn_setup, digits, tmp_path):
+    """A SANE used on another zoo of the same layout (here: every weight x3, so its statistics differ) encodes the
+    anchors in the SANE's normalization and de-normalizes decoded tokens with the same one; mixing the two (zoo's in,
+    SANE's out) rebuilds the anchors at the pretraining zoo's scale."""
+    from safetensors.torch import load_file, save_file
+
+    from sane_hf.data.hub_dataset import ConvertConfig, convert_zoo, load_zoo_dataset
+
+    scaled_zoo = tmp_path / "zoo_x3"
+    shutil.copytree(cnn_setup["root"] / "zoo", scaled_zoo)
+    for checkpoint in scaled_zoo.glob("models/*/checkpoints/*.safetensors"):
+        save_file({k: 3 * v for k, v in load_file(checkpoint).items()}, str(checkpoint))
+    convert_zoo(
+        ConvertConfig(zoo_dir=str(scaled_zoo), output_dir=str(tmp_path / "zoo_x3_ds"), token_size=64, seed=0),
+        show_progress=False,
+    )
+    zoo_x3 = load_zoo_dataset(tmp_path / "zoo_x3_ds")
+    sane = cnn_setup["model"]
+    config = _config(cnn_setup, num_anchors=2)
+    original = SaneGenerator(sane, cnn_setup["zoo"], config, task=digits)
+    scaled = SaneGenerator(
+        sane, zoo_x3, _config(cnn_setup, dataset=str(tmp_path / "zoo_x3_ds"), num_anchors=2), digits
+    )
+    assert scaled.anchors.model_ids == original.anchors.model_ids
+
+    def assert_three_times(models, references):
+        for model, reference in zip(models, references, strict=True):
+            for (name, value), expected in zip(model.state_dict().items(), reference.state_dict().values()):
+                torch.testing.assert_close(value, 3 * expected, rtol=1e-5, atol=1e-6, msg=name)
+
+    reference = original.anchor_models()
+    assert_three_times(scaled.anchor_models(), reference)
+    with _identity_sane(sane):
+        scaled = SaneGenerator(sane, zoo_x3, _config(cnn_setup, dataset=str(tmp_path / "zoo_x3_ds"), num_anchors=2))
+        assert_three_times(scaled.reconstructed_anchors(), reference)

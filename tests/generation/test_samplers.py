@@ -7,9 +7,12 @@ from sklearn.neighbors import KernelDensity
 
 from sane_hf.generation import (
     KDE_MODES,
+    SAMPLERS,
+    GenerateConfig,
     LatentSamples,
     bootstrap,
     load_anchors,
+    sample_diagonal_gaussian,
     sample_gaussian,
     sample_kde,
     select_anchor_rows,
@@ -92,16 +95,30 @@ def test_kde_rejects_bad_arguments():
         sample_kde(_anchors(), 2, 0.1, mode="token", random_state=42)
 
 
-def test_gaussian_sampler_fits_per_token_statistics():
+def test_diagonal_gaussian_sampler_fits_per_token_statistics():
     anchors = _anchors(num_anchors=6)
-    a = sample_gaussian(anchors, 3000, generator=torch.Generator().manual_seed(0))
-    b = sample_gaussian(anchors, 3000, generator=torch.Generator().manual_seed(0))
+    a = sample_diagonal_gaussian(anchors, 3000, generator=torch.Generator().manual_seed(0))
+    b = sample_diagonal_gaussian(anchors, 3000, generator=torch.Generator().manual_seed(0))
     assert torch.equal(a.latents, b.latents)
     assert torch.allclose(a.latents.mean(0), anchors.mean(0), atol=0.12)
     assert torch.allclose(a.latents.std(0), anchors.std(0), rtol=0.1, atol=0.02)
     # Each sample is assigned its nearest anchor.
     distances = torch.cdist(a.latents[:5].flatten(1), anchors.flatten(1))
     assert torch.equal(a.anchor_index[:5], distances.argmin(1))
+
+
+def test_the_gaussian_name_is_a_deprecated_alias_of_the_diagonal_gaussian():
+    """`gaussian` was named after the paper's SANE_GAUSS (bootstrapping from a Gaussian prior), which it is not: the
+    old name still works, warns, and means the diagonal Gaussian."""
+    anchors = _anchors(num_anchors=6)
+    with pytest.warns(FutureWarning, match="diagonal_gaussian"):
+        old = sample_gaussian(anchors, 5, generator=torch.Generator().manual_seed(0))
+    new = sample_diagonal_gaussian(anchors, 5, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(old.latents, new.latents)
+    with pytest.warns(FutureWarning, match="not the paper's SANE_GAUSS"):
+        config = GenerateConfig(model="sane", dataset="zoo", sampler="gaussian")
+    assert config.sampler == "diagonal_gaussian"
+    assert "gaussian" not in SAMPLERS
 
 
 def _score_by_first_entry(samples: LatentSamples) -> torch.Tensor:

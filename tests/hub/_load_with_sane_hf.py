@@ -3,9 +3,13 @@
 Loads the three artifacts by repo id through the public APIs with `sane_hf` imported (so `AutoModel` knows the
 `sane` model type without remote code) and writes what it loaded into OUT for the test to compare:
 `sane.safetensors` + `sane.json`, `zoo_<split>.safetensors` + `zoo.json`, `generated.safetensors` + `generated.json`,
-`usage.safetensors` (the outputs of the SANE card's own usage snippet, run as written).
+`usage.safetensors` (the outputs of the SANE card's own usage snippet, run as written), and
+`init_from.safetensors` (the weights a one-step `pretrain` with `--init_from SANE_REPO --dataset ZOO_REPO
+--dataset_revision <the zoo's format tag>` holds when its first step starts) and `dataset_revision.json` (that
+pretraining's record of the revision, and the error a revision the repo does not have gives), and
+`members.safetensors` + `members.json` (MEMBER_REPOS read as a zoo of Hub model repos, `open_zoo(..., "models")`).
 
-Usage: python _load_with_sane_hf.py OUT SANE_REPO ZOO_REPO GENERATED_REPO
+Usage: python _load_with_sane_hf.py OUT SANE_REPO ZOO_REPO GENERATED_REPO MEMBER_REPO [MEMBER_REPO ...]
 """
 
 import json
@@ -19,11 +23,12 @@ from safetensors.torch import save_file
 from transformers import AutoModel
 
 import sane_hf
-from sane_hf.data import load_zoo_dataset
+from sane_hf.data import load_zoo_dataset, open_zoo
+from sane_hf.data.info import ZOO_DATASET_TAG
 from sane_hf.zoo_models import load_zoo_model
 
 
-def main(out: Path, sane_repo: str, zoo_repo: str, generated_repo: str) -> None:
+def main(out: Path, sane_repo: str, zoo_repo: str, generated_repo: str, *member_repos: str) -> None:
     model, loading_info = AutoModel.from_pretrained(sane_repo, output_loading_info=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "sane.safetensors")
     meta = {
@@ -68,7 +73,58 @@ def main(out: Path, sane_repo: str, zoo_repo: str, generated_repo: str) -> None:
     direct = model.embed(namespace["tokens"], zoo.layout.positions)
     save_file({"embeddings": direct.contiguous()}, out / "usage_direct.safetensors")
 
+    save_file(weights_at_first_step(sane_repo, zoo_repo, out / "init_from"), out / "init_from.safetensors")
+    revisions = {"recorded": json.loads((out / "init_from" / "trainer_state.json").read_text())["dataset"]}
+    try:
+        weights_at_first_step(sane_repo, zoo_repo, out / "no_such_revision", revision="no-such-revision")
+    except Exception as err:  # noqa: BLE001  (whatever the Hub client raises, the test checks it is about the revision)
+        revisions["missing_revision_error"] = f"{type(err).__name__}: {err}"
+    (out / "dataset_revision.json").write_text(json.dumps(revisions))
+
+    members = list(open_zoo(",".join(member_repos), "models"))
+    save_file(
+        {f"{r.model_id}/{k}": v.contiguous() for r in members for k, v in r.state_dict.items()},
+        out / "members.safetensors",
+    )
+    records = [
+        {"model_id": r.model_id, "architecture": r.architecture, "model_kwargs": r.model_kwargs} for r in members
+    ]
+    (out / "members.json").write_text(json.dumps(records))
+
+
+def weights_at_first_step(
+    sane_repo: str, zoo_repo: str, output_dir: Path, revision: str = ZOO_DATASET_TAG
+) -> dict[str, torch.Tensor]:
+    """Pretrain one step from `--init_from` a Hub id on the zoo at `revision`; the weights the model holds when
+    `train_step` first runs."""
+    from sane_hf.training import pretrain as pretrain_module
+    from sane_hf.training.configs import PretrainConfig
+
+    captured: dict[str, torch.Tensor] = {}
+    real_train_step = pretrain_module.train_step
+
+    def capturing_train_step(model, *args, **kwargs):
+        if not captured:
+            captured.update({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()})
+        return real_train_step(model, *args, **kwargs)
+
+    pretrain_module.train_step = capturing_train_step
+    config = PretrainConfig(
+        dataset=zoo_repo,
+        dataset_revision=revision,
+        init_from=sane_repo,
+        output_dir=str(output_dir),
+        batch_size=2,
+        max_steps=1,
+        num_threads=1,
+    )
+    try:
+        pretrain_module.pretrain(config)
+    finally:
+        pretrain_module.train_step = real_train_step
+    return captured
+
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    main(Path(sys.argv[1]), *sys.argv[2:5])
+    main(Path(sys.argv[1]), *sys.argv[2:])

@@ -1,9 +1,10 @@
-"""The three published artifacts, made for real and "pushed" with the Hub upload calls patched.
+"""The published artifacts, made for real and "pushed" with the Hub upload calls patched.
 
 A tiny digits zoo is trained (`build_zoo`: 8 small CNNs, 2 epochs), converted and pushed as a dataset; a SANE is
 pretrained on it for a few steps and pushed (after `predict_properties` added probe results to its card); two networks
-are generated from it and pushed. Every `HfApi` call that would reach the Hub is replaced by a recorder that copies
-exactly the files `upload_folder` would send (its allow/ignore patterns applied) into `captured/<repo_type>/<repo_id>`.
+are generated from it and pushed, and pushed again one per model repo (a zoo of Hub model repos). Every `HfApi` call
+that would reach the Hub is replaced by a recorder that copies exactly the files `upload_folder` would send (its
+allow/ignore patterns applied) into `captured/<repo_type>/<repo_id>`.
 """
 
 import shutil
@@ -23,12 +24,15 @@ from sane_hf.probing.configs import PredictConfig
 from sane_hf.probing.report import predict_properties
 from sane_hf.training.configs import PretrainConfig
 from sane_hf.training.pretrain import pretrain, push_pretrained_folder
+from sane_hf.zoo_models import load_zoo_model
 
 
 ORG = "sane-test-org"
 SANE_REPO = f"{ORG}/sane-cnn-digits-tiny"
 ZOO_REPO = f"{ORG}/sane-zoo-cnn-digits-tiny"
 GENERATED_REPO = f"{ORG}/sane-generated-cnn-digits-tiny"
+# Two generated networks pushed again as model repos of their own: a zoo of Hub model repos (`--zoo_format models`).
+MEMBER_REPOS = [f"{ORG}/sane-zoo-member-{index}" for index in range(2)]
 
 
 class UploadRecorder:
@@ -55,8 +59,13 @@ class UploadRecorder:
         files = [str(p.relative_to(source)) for p in sorted(source.rglob("*")) if p.is_file()]
         files = list(filter_repo_objects(files, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns))
         target = self.folder(repo_id, repo_type)
-        # One commit replaces the previous snapshot (the sane_hf pushes delete their stale files in the same commit).
-        shutil.rmtree(target, ignore_errors=True)
+        # As on the Hub: files of earlier commits stay unless `delete_patterns` match them; uploaded files replace
+        # their namesakes. (A push that forgets to delete its stale files leaves them here too.)
+        existing = (
+            [str(p.relative_to(target)) for p in sorted(target.rglob("*")) if p.is_file()] if target.is_dir() else []
+        )
+        for name in filter_repo_objects(existing, allow_patterns=delete_patterns) if delete_patterns else []:
+            (target / name).unlink()
         for name in files:
             destination = target / (path_in_repo or "") / name
             destination.parent.mkdir(parents=True, exist_ok=True)
@@ -160,6 +169,8 @@ def hub_artifacts(tmp_path_factory):
                 num_threads=1,
             )
         )
+        for index, repo_id in enumerate(MEMBER_REPOS):
+            load_zoo_model(generated_dir / f"model_{index:03d}").push_to_hub(repo_id)
     finally:
         for patch in patches:
             patch.stop()
@@ -179,4 +190,19 @@ def hub_artifacts(tmp_path_factory):
         sane_repo=SANE_REPO,
         zoo_repo=ZOO_REPO,
         generated_repo=GENERATED_REPO,
+        member_repos=MEMBER_REPOS,
     )
+
+
+@pytest.fixture
+def upload_recorder(tmp_path):
+    """An `UploadRecorder` standing in for the Hub for the duration of a test."""
+    recorder = UploadRecorder(tmp_path / "captured")
+    patches = recorder.patches()
+    for patch in patches:
+        patch.start()
+    try:
+        yield recorder
+    finally:
+        for patch in patches:
+            patch.stop()

@@ -19,6 +19,7 @@ from sane_hf.probing.report import main_records
 SANE_REPO = "sane-test-org/sane-cnn-digits-tiny"  # the repo ids of tests/hub/conftest.py
 ZOO_REPO = "sane-test-org/sane-zoo-cnn-digits-tiny"
 GENERATED_REPO = "sane-test-org/sane-generated-cnn-digits-tiny"
+MEMBER_REPOS = [f"sane-test-org/sane-zoo-member-{index}" for index in range(2)]
 
 
 def front_matter(text: str) -> dict:
@@ -37,6 +38,7 @@ def test_the_captured_repo_ids(hub_artifacts):
         ("model", SANE_REPO),
         ("dataset", ZOO_REPO),
         ("model", GENERATED_REPO),
+        *(("model", repo_id) for repo_id in MEMBER_REPOS),
     }
 
 

@@ -189,7 +189,12 @@ def run_client(script: str, endpoint: str, tmp_path_factory, *args: str) -> Path
 
 @pytest.fixture(scope="module")
 def loaded_with_sane_hf(hub_mirror, hub_artifacts, tmp_path_factory) -> Path:
-    repos = (hub_artifacts.sane_repo, hub_artifacts.zoo_repo, hub_artifacts.generated_repo)
+    repos = (
+        hub_artifacts.sane_repo,
+        hub_artifacts.zoo_repo,
+        hub_artifacts.generated_repo,
+        *hub_artifacts.member_repos,
+    )
     return run_client("_load_with_sane_hf.py", hub_mirror, tmp_path_factory, *repos)
 
 
@@ -271,6 +276,39 @@ def test_generated_model_loads_by_repo_id(loaded_with_sane_hf, hub_artifacts):
     assert_same_state(load_file(loaded_with_sane_hf / "generated.safetensors"), saved)
     # What was pushed is what `sane-generate` saved locally.
     assert_same_state(saved, load_file(hub_artifacts.generated_dir / "model_000" / "model.safetensors"))
+
+
+def test_pretraining_starts_from_a_sane_given_by_repo_id(loaded_with_sane_hf, hub_artifacts):
+    """`--init_from <repo id>`: before its first step the model holds exactly the published weights."""
+    first_step = load_file(loaded_with_sane_hf / "init_from.safetensors")
+    assert_same_state(first_step, load_file(hub_artifacts.sane / "model.safetensors"))
+
+
+def test_pretraining_reads_the_dataset_at_the_given_revision(loaded_with_sane_hf, hub_artifacts):
+    """`--dataset_revision`: the zoo's format tag loads and is recorded; a revision the repo lacks is an error
+    (were the option ignored, the main branch would load)."""
+    from sane_hf.data.info import ZOO_DATASET_TAG
+
+    revisions = _read_json(loaded_with_sane_hf / "dataset_revision.json")
+    assert revisions["recorded"]["revision"] == ZOO_DATASET_TAG
+    assert "no-such-revision" in revisions.get("missing_revision_error", "")
+
+
+def test_a_zoo_of_hub_model_repos_reads_each_repos_own_weights(loaded_with_sane_hf, hub_artifacts):
+    """`open_zoo("a,b", "models")` downloads every repo id (no stand-in returning one folder for both)."""
+    records = _read_json(loaded_with_sane_hf / "members.json")
+    assert [r["model_id"] for r in records] == hub_artifacts.member_repos
+    loaded = load_file(loaded_with_sane_hf / "members.safetensors")
+    saved_configs = []
+    for index, record in enumerate(records):
+        saved = load_file(hub_artifacts.generated_dir / f"model_{index:03d}" / "model.safetensors")
+        assert_same_state(
+            {k.split("/", 2)[2]: v for k, v in loaded.items() if k.startswith(record["model_id"] + "/")}, saved
+        )
+        config = _read_json(hub_artifacts.generated_dir / f"model_{index:03d}" / "config.json")
+        assert record["architecture"] == config.pop("zoo_architecture") and record["model_kwargs"] == config
+        saved_configs.append(saved)
+    assert any(not torch.equal(saved_configs[0][k], saved_configs[1][k]) for k in saved_configs[0])  # two networks
 
 
 def test_the_sane_cards_usage_snippet_runs_against_the_hub_repo(loaded_with_sane_hf, hub_artifacts):

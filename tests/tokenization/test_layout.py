@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import BertConfig, BertModel
+from transformers import BertConfig, BertForMaskedLM, BertModel, GPT2Config, GPT2LMHeadModel
 
 from sane_hf import TokenLayout
 from sane_hf.zoo_models import build_zoo_model
@@ -38,11 +38,17 @@ def _tiny_bert() -> nn.Module:
     return BertModel(config)
 
 
+def _tiny_gpt2() -> nn.Module:
+    """GPT-2 with its Conv1D layers (weights `[in, out]`) and the LM head tied to the token embedding."""
+    return GPT2LMHeadModel(GPT2Config(vocab_size=40, n_positions=12, n_embd=16, n_layer=2, n_head=2))
+
+
 MODELS = {
     "cnn3": (lambda: build_zoo_model("cnn3"), 289),
     "resnet18": (lambda: build_zoo_model("resnet18", num_classes=100), 288),
     "mlp": (lambda: build_zoo_model("mlp", in_features=64, hidden_sizes=[32, 16], num_classes=10), 16),
     "bert": (_tiny_bert, 16),
+    "gpt2": (_tiny_gpt2, 16),
 }
 
 
@@ -58,7 +64,8 @@ def _reference_tokens(state_dict, layout):
     T = layout.token_size
     chunks = []
     for layer in layout.layers:
-        rows = state_dict[layer.weight_key].reshape(layer.num_rows, -1).float()
+        weight = state_dict[layer.weight_key]
+        rows = (weight.T if layer.transposed else weight).reshape(layer.num_rows, -1).float()
         if layer.bias_key is not None:
             rows = torch.cat([rows, state_dict[layer.bias_key].float()[:, None]], dim=1)
         rows = F.pad(rows, (0, layer.tokens_per_row * T - rows.shape[1]))
@@ -286,3 +293,55 @@ def test_detokenize_copy_controls_aliasing():
     assert torch.equal(views[aligned], 2 * model.state_dict()[aligned])
     for key, value in model.state_dict().items():
         assert torch.equal(copies[key], value), key
+
+
+def test_conv1d_weights_are_cut_into_rows_of_output_channels():
+    """GPT-2's Conv1D computes `x @ W + b` with `W` of shape `[in, out]`: output feature j is column j of W and b[j],
+    so SANE's row j (one neuron, its bias appended) is `W[:, j] | b[j]`, as for `nn.Linear`'s `W[j, :] | b[j]`."""
+    model = _randomize(_tiny_gpt2())
+    layout = TokenLayout.from_module(model, token_size=16)
+    state_dict = model.state_dict()
+    tokens, _, _ = layout.tokenize(state_dict)
+    for name, out_features in (("attn.c_attn", 48), ("attn.c_proj", 16), ("mlp.c_fc", 64), ("mlp.c_proj", 16)):
+        key = f"transformer.h.1.{name}"
+        weight, bias = state_dict[f"{key}.weight"], state_dict[f"{key}.bias"]
+        layer = next(layer for layer in layout.layers if layer.weight_key == f"{key}.weight")
+        assert layer.num_rows == out_features and layer.bias_key == f"{key}.bias"
+        rows = tokens[layer.token_offset : layer.token_offset + layer.num_tokens].reshape(out_features, -1)
+        for j in (0, out_features - 1):
+            torch.testing.assert_close(rows[j, : weight.shape[0] + 1], torch.cat([weight[:, j], bias[j : j + 1]]))
+
+
+@pytest.mark.parametrize(
+    ("factory", "tied_key", "source_key"),
+    [
+        (_tiny_gpt2, "lm_head.weight", "transformer.wte.weight"),
+        (
+            lambda: BertForMaskedLM(
+                BertConfig(
+                    vocab_size=30,
+                    hidden_size=8,
+                    num_hidden_layers=1,
+                    num_attention_heads=2,
+                    intermediate_size=16,
+                    max_position_embeddings=12,
+                )
+            ),
+            "cls.predictions.decoder.weight",
+            "bert.embeddings.word_embeddings.weight",
+        ),
+    ],
+)
+def test_tied_weights_are_tokenized_once_and_restored(factory, tied_key, source_key):
+    model = _randomize(factory())
+    state_dict = model.state_dict()
+    assert state_dict[tied_key].data_ptr() == state_dict[source_key].data_ptr()  # tied in the model itself
+    layout = TokenLayout.from_module(model, token_size=16)
+    assert layout.tied[tied_key] == source_key  # (BERT also ties its decoder bias to `cls.predictions.bias`)
+    # `parameters()` lists a tied parameter once: every value is tokenized exactly once.
+    assert layout.num_values == sum(p.numel() for p in model.parameters())
+    assert tied_key not in {layer.weight_key for layer in layout.layers}
+    restored = layout.detokenize(layout.tokenize(state_dict)[0])
+    assert list(restored) == list(state_dict)
+    assert all(torch.equal(restored[k], v) for k, v in state_dict.items())
+    assert TokenLayout.from_dict(json.loads(json.dumps(layout.to_dict()))) == layout

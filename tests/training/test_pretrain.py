@@ -108,6 +108,26 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "model.safetensors"))
 
 
+class _TrainStepSpy:
+    """Stands in for `pretrain`'s `train_step` (and calls it): records the training calls (validation calls it with
+    `augment=False`), the model and rows of each, and the weights the model holds at the first call."""
+
+    def __init__(self):
+        self.models, self.rows = [], []
+        self.first_weights: dict[str, torch.Tensor] = {}
+
+    def __call__(self, model, batch, *args, **kwargs):
+        if kwargs.get("augment", True):
+            if not self.first_weights:
+                self.first_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            self.models.append(model)
+            self.rows.append(batch["rows"].clone() if "rows" in batch else None)
+        return train_step(model, batch, *args, **kwargs)
+
+    def patch(self):
+        return mock.patch.object(pretrain_module, "train_step", self)
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="`dataset` is required"):
         PretrainConfig()
@@ -132,6 +152,25 @@ def test_train_step_is_deterministic_and_uses_permutations(tiny_dataset, tmp_pat
     assert not torch.equal(a["loss"], c["loss"])
     expected = cfg.gamma * a["loss_contrast"] + (1 - cfg.gamma) * a["loss_recon"]
     assert torch.allclose(a["loss"], expected)
+
+
+def test_train_step_reads_the_window_of_a_wrapped_model(tiny_dataset, tmp_path):
+    """Under DDP the model is wrapped in a module without `config`; the window must still be the model's own (with
+    `--init_from` it differs from `cfg.window_size`). `DataParallel` on CPU is such a wrapper that runs in-process."""
+    zoo = load_zoo_dataset(tiny_dataset)
+    model = pretrain_module.load_or_build_model(_config(tiny_dataset, tmp_path, window_size=6), zoo)
+    cfg = _config(tiny_dataset, tmp_path, window_size=3)
+    wrapped = torch.nn.DataParallel(model)
+    assert not hasattr(wrapped, "config")
+    batch = {"full_tokens": torch.stack([zoo.splits["train"][i]["tokens"] for i in range(4)])}
+    window_lengths = []
+    model.register_forward_pre_hook(
+        lambda module, args, kwargs: window_lengths.append(kwargs["tokens"].shape[1]), with_kwargs=True
+    )
+    direct = train_step(model, batch, cfg, zoo.layout, None, step_generator(1, 0, 0), augment=False)
+    through_wrapper = train_step(wrapped, batch, cfg, zoo.layout, None, step_generator(1, 0, 0), augment=False)
+    assert zoo.layout.num_tokens > 6 and window_lengths == [6, 6]
+    assert torch.equal(direct["loss"], through_wrapper["loss"])
 
 
 def test_default_loaders_yield_rows_and_reading_windows_matches_cutting_them(tiny_dataset, tmp_path):
@@ -213,7 +252,18 @@ def test_kill_and_resume_reproduces_an_uninterrupted_run(tiny_dataset, tmp_path)
     assert not (interrupted / "model.safetensors").exists()
     assert sorted(p.name for p in (interrupted / "checkpoints").iterdir()) == ["step_4", "step_8"]
 
-    resumed = pretrain(_config(tiny_dataset, interrupted, resume_from_checkpoint="latest", **cfg))
+    # A run restarted from scratch ends with the same weights too (it is deterministic): what shows a resume is
+    # where it starts and how many steps it runs.
+    spy = _TrainStepSpy()
+    with spy.patch():
+        resumed = pretrain(_config(tiny_dataset, interrupted, resume_from_checkpoint="latest", **cfg))
+    assert len(spy.models) == 14 - 8
+    state = read_trainer_state(resumed)
+    assert (state["resumed_from_step"], state["steps_this_run"], state["optimizer_steps"]) == (8, 6, 14)
+    assert (read_trainer_state(reference)["resumed_from_step"], read_trainer_state(reference)["steps_this_run"]) == (
+        None,
+        14,
+    )
     for key, value in _weights(reference).items():
         assert torch.equal(value, _weights(resumed)[key]), key
 
@@ -284,9 +334,11 @@ def test_init_from_and_push_to_hub(tiny_dataset, tmp_path):
         uploads.append((repo_id, sorted(p.name for p in Path(folder_path).iterdir()), ignore_patterns))
         return "https://huggingface.co/org/sane-test/commit/0"
 
+    spy = _TrainStepSpy()
     with (
         mock.patch("huggingface_hub.HfApi.create_repo") as create_repo,
         mock.patch("huggingface_hub.HfApi.upload_folder", fake_upload_folder),
+        spy.patch(),
     ):
         second = pretrain(
             _config(tiny_dataset, tmp_path / "second", max_steps=2, init_from=str(first), push_to_hub="org/sane-test")
@@ -296,9 +348,10 @@ def test_init_from_and_push_to_hub(tiny_dataset, tmp_path):
     ((repo_id, files, ignored),) = uploads
     assert repo_id == "org/sane-test" and "checkpoints/*" in ignored
     assert {"config.json", "model.safetensors", "sane_layout.json", "train_config.json"} <= set(files)
-    # fine-tuning starts from the first run's weights, not from scratch: the weights moved only a little
+    # The second run starts from the first run's weights exactly (a fresh model would differ), then trains.
     before, after = _weights(first), _weights(second)
-    assert all(before[k].shape == after[k].shape for k in before)
+    assert sorted(spy.first_weights) == sorted(before)
+    assert all(torch.equal(spy.first_weights[k], before[k]) for k in before)
     assert sum((before[k] - after[k]).abs().sum() for k in before) > 0
 
 
@@ -313,3 +366,140 @@ def test_init_from_with_another_token_size_fails(tiny_dataset, tmp_path):
     other.save_pretrained(tmp_path / "other")
     with pytest.raises(ValueError, match="token_size 5"):
         pretrain(_config(tiny_dataset, tmp_path / "run", init_from=str(tmp_path / "other")))
+
+
+# ------------------------------------------------------------------------------------------ options the README lists
+def _num_train_rows(dataset: Path) -> int:
+    return load_zoo_dataset(dataset).splits["train"].num_rows
+
+
+def test_gradient_accumulation_runs_that_many_batches_per_optimizer_step(tiny_dataset, tmp_path):
+    spy = _TrainStepSpy()
+    with spy.patch():
+        output = pretrain(_config(tiny_dataset, tmp_path / "run", max_steps=3, gradient_accumulation_steps=2))
+    state = read_trainer_state(output)
+    assert len(spy.models) == 6 and (state["optimizer_steps"], state["micro_batches"]) == (3, 6)
+
+
+def test_windows_per_checkpoint_repeats_every_checkpoint_in_an_epoch(tiny_dataset, tmp_path):
+    spy = _TrainStepSpy()
+    with spy.patch():
+        output = pretrain(_config(tiny_dataset, tmp_path / "run", epochs=1, windows_per_checkpoint=3, batch_size=4))
+    num_rows = _num_train_rows(tiny_dataset)
+    assert read_trainer_state(output)["optimizer_steps"] == (3 * num_rows) // 4  # full batches only
+    seen = torch.bincount(torch.cat(spy.rows), minlength=num_rows)
+    assert int(seen.max()) == 3 and int(seen.sum()) == 4 * ((3 * num_rows) // 4)
+
+
+def test_max_grad_norm_clips_the_update(tiny_dataset, tmp_path):
+    """AdamW divides by sqrt(v) + 1e-8: with gradients clipped to a norm of 1e-12 the first steps barely move the
+    weights, against about `lr` per weight unclipped."""
+
+    def distance_moved(**overrides) -> float:
+        spy = _TrainStepSpy()
+        with spy.patch():
+            output = pretrain(_config(tiny_dataset, tmp_path / str(len(overrides)), max_steps=2, **overrides))
+        after = _weights(output)
+        return sum((after[k] - spy.first_weights[k]).abs().sum().item() for k in after)
+
+    assert distance_moved(max_grad_norm=1e-12) < 1e-3 * distance_moved()
+
+
+def test_save_total_limit_keeps_only_the_latest_step_checkpoints(tiny_dataset, tmp_path):
+    for limit, expected in ((1, ["step_6"]), (None, ["step_2", "step_4", "step_6"])):
+        output = pretrain(
+            _config(tiny_dataset, tmp_path / str(limit), max_steps=6, save_steps=2, save_total_limit=limit)
+        )
+        assert sorted(p.name for p in (output / "checkpoints").iterdir()) == expected
+
+
+def test_erase_probability_erases_tokens_of_the_views(tiny_dataset, tmp_path):
+    """With erasing certain, the views the model sees differ from those without erasing, for the same draws."""
+    zoo = load_zoo_dataset(tiny_dataset)
+    model = pretrain_module.load_or_build_model(_config(tiny_dataset, tmp_path), zoo)
+    seen = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["tokens"]), with_kwargs=True)
+    batch = {"full_tokens": torch.stack([zoo.splits["train"][i]["tokens"] for i in range(8)])}
+    for probability in (0.0, 1.0):
+        cfg = _config(
+            tiny_dataset, tmp_path, erase_probability=probability, noise_multiplicative=0.0, noise_additive=0.0
+        )
+        train_step(model, batch, cfg, zoo.layout, None, step_generator(1, 0, 0))
+    plain, erased = seen
+    assert plain.shape == erased.shape and not torch.equal(plain, erased)
+    assert (erased == 0).sum() > (plain == 0).sum()  # erased entries are zero
+
+
+def test_mixed_precision_runs_the_model_in_bf16(tiny_dataset, tmp_path):
+    dtypes = set()
+
+    def record_dtype(module, args, output):
+        dtypes.add(output.dtype)
+
+    real_load = pretrain_module.load_or_build_model
+
+    def load_with_hook(cfg, zoo):
+        model = real_load(cfg, zoo)
+        linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+        linear.register_forward_hook(record_dtype)
+        return model
+
+    from accelerate.state import AcceleratorState
+
+    # Accelerate keeps its state (mixed precision included) for the process: reset it around this run.
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        with mock.patch.object(pretrain_module, "load_or_build_model", load_with_hook):
+            pretrain(_config(tiny_dataset, tmp_path / "bf16", max_steps=1, mixed_precision="bf16"))
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert dtypes == {torch.bfloat16}
+
+
+def test_compile_trains_the_compiled_model(tiny_dataset, tmp_path):
+    """`--compile` hands `torch.compile`'s module to the loop (compiled here with the cheap eager backend)."""
+    real_compile = torch.compile
+    spy = _TrainStepSpy()
+    with mock.patch.object(torch, "compile", lambda model: real_compile(model, backend="eager")), spy.patch():
+        output = pretrain(_config(tiny_dataset, tmp_path / "compiled", max_steps=2, compile=True))
+    assert spy.models and all(isinstance(m, torch._dynamo.eval_frame.OptimizedModule) for m in spy.models)
+    assert (output / "model.safetensors").is_file() and not any(k.startswith("_orig_mod") for k in _weights(output))
+
+
+def test_log_with_sends_the_config_and_every_logged_line_to_the_tracker(tiny_dataset, tmp_path):
+    """`--log_with tensorboard`, with accelerate's TensorBoard tracker replaced by a recorder (tensorboard is not a
+    dependency): the run's config is stored once and each logging step reaches the tracker."""
+    from accelerate import tracking
+
+    records = []
+
+    class RecordingTracker(tracking.GeneralTracker):
+        name = "tensorboard"
+        requires_logging_directory = True
+
+        def __init__(self, run_name, logging_dir=None, **kwargs):
+            super().__init__()
+            records.append(("init", run_name, str(logging_dir)))
+
+        @property
+        def tracker(self):
+            return self
+
+        def store_init_configuration(self, values):
+            records.append(("config", values))
+
+        def log(self, values, step=None, **kwargs):
+            records.append(("log", step, values))
+
+    available = [*tracking.get_available_trackers(), tracking.LoggerType.TENSORBOARD]
+    with (
+        mock.patch.dict(tracking.LOGGER_TYPE_TO_CLASS, {"tensorboard": RecordingTracker}),
+        mock.patch("accelerate.tracking.get_available_trackers", return_value=available),
+    ):
+        output = pretrain(
+            _config(tiny_dataset, tmp_path / "run", max_steps=10, logging_steps=5, log_with="tensorboard")
+        )
+    assert records[0] == ("init", "sane_pretrain", str(output))
+    assert records[1][0] == "config" and records[1][1]["lr"] == 3e-3 and records[1][1]["log_with"] == "tensorboard"
+    train_steps = [step for kind, step, *values in records[2:] if kind == "log" and "train/loss" in values[0]]
+    assert train_steps == [5, 10]
