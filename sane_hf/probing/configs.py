@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from .embed import POOLINGS
+from .finetune import FINETUNE_POOLINGS
 
 
 FEATURE_SCALINGS = ("none", "standardize", "both")
@@ -53,6 +54,8 @@ class PredictConfig:
         finetune_batch_size (`int`, *optional*, defaults to 32): checkpoints per step.
         finetune_weight_decay (`float`, *optional*, defaults to 1e-4): AdamW weight decay.
         finetune_patience (`int`, *optional*, defaults to 3): early-stopping patience on the val loss.
+        finetune_pooling (`str`, *optional*, defaults to `"mean"`): how the fine-tuned encoder pools its token latents:
+            `"mean"`, or `"stats"` (per-layer mean and standard deviation, the `stats` probe's features).
         finetune_hidden_size (`int`, *optional*, defaults to 64): hidden width of the head (0: a linear head; on the
             digits zoo the 64-wide head reached a lower validation loss, 0.49 vs 0.54).
         finetune_permutations (`bool`, *optional*, defaults to `True`): augment every fine-tuning batch with random
@@ -107,6 +110,10 @@ class PredictConfig:
     finetune_batch_size: int = field(default=32, metadata={"help": "Checkpoints per fine-tuning step."})
     finetune_weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay of fine-tuning."})
     finetune_patience: int = field(default=3, metadata={"help": "Early-stopping patience (epochs) on the val loss."})
+    finetune_pooling: str = field(
+        default="mean",
+        metadata={"help": "Pooling of the fine-tuned encoder: 'mean', or 'stats' (per-layer mean and spread)."},
+    )
     finetune_hidden_size: int = field(
         default=64, metadata={"help": "Hidden width of the fine-tuning head (0: linear)."}
     )
@@ -131,6 +138,8 @@ class PredictConfig:
         unknown = [p for p in self.poolings if p not in POOLINGS]
         if unknown:
             raise ValueError(f"`poolings` must be among {list(POOLINGS)}, got {unknown}.")
+        if self.finetune_pooling not in FINETUNE_POOLINGS:
+            raise ValueError(f"`finetune_pooling` must be one of {FINETUNE_POOLINGS}, got {self.finetune_pooling!r}.")
         if self.feature_scaling not in FEATURE_SCALINGS:
             raise ValueError(f"`feature_scaling` must be one of {FEATURE_SCALINGS}, got {self.feature_scaling!r}.")
         if self.embed_dtype not in EMBED_DTYPES:

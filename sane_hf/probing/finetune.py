@@ -26,11 +26,14 @@ from torch import nn
 from ..data.windows import ArrowTokenStore
 from ..models.sane import SaneModel, haloed_window_index
 from ..tokenization import TokenLayout, TokenPermuter
-from .embed import read_columns
+from .embed import layer_pooling_matrix, pool_token_latents, read_columns
 from .probe import r2_score
 
 
 logger = logging.getLogger(__name__)
+
+# Poolings of the fine-tuned predictor: the mean latent, or per-layer mean and spread (the `stats` probe's features).
+FINETUNE_POOLINGS = ("mean", "stats")
 
 
 class SaneForPropertyPrediction(nn.Module):
@@ -47,6 +50,10 @@ class SaneForPropertyPrediction(nn.Module):
         hidden_size (`int`, *optional*, defaults to 0): width of a hidden layer in the head (0: a linear head,
             `LayerNorm` + `Linear`).
         dropout (`float`, *optional*, defaults to 0.0): dropout before the head's last layer.
+        pooling (`str`, *optional*, defaults to `"mean"`): `"mean"` over all token latents, or `"stats"`: the mean
+            and standard deviation of the latents of each layer's tokens (`embed.pool_token_latents`).
+        token_layer (`torch.Tensor`, *optional*): the layer index of every token (`layout.positions[:, 1]`), needed
+            by `pooling="stats"`.
 
     Example:
 
@@ -61,16 +68,33 @@ class SaneForPropertyPrediction(nn.Module):
     ```
     """
 
-    def __init__(self, backbone: SaneModel, num_targets: int, hidden_size: int = 0, dropout: float = 0.0):
+    def __init__(
+        self,
+        backbone: SaneModel,
+        num_targets: int,
+        hidden_size: int = 0,
+        dropout: float = 0.0,
+        pooling: str = "mean",
+        token_layer: torch.Tensor | None = None,
+    ):
         super().__init__()
         if num_targets < 1:
             raise ValueError(f"`num_targets` must be >= 1, got {num_targets}.")
+        if pooling not in FINETUNE_POOLINGS:
+            raise ValueError(f"`pooling` must be one of {FINETUNE_POOLINGS}, got {pooling!r}.")
+        if pooling == "stats" and token_layer is None:
+            raise ValueError("`pooling='stats'` needs `token_layer` (the layer index of every token).")
         self.sane = backbone
+        self.pooling = pooling
         latent_dim = backbone.config.latent_dim
-        layers: list[nn.Module] = [nn.LayerNorm(latent_dim)]
+        features = latent_dim
+        if pooling == "stats":
+            self.register_buffer("layer_pooling", layer_pooling_matrix(token_layer), persistent=False)
+            features = 2 * self.layer_pooling.shape[0] * latent_dim
+        layers: list[nn.Module] = [nn.LayerNorm(features)]
         if hidden_size:
-            layers += [nn.Linear(latent_dim, hidden_size), nn.GELU()]
-        layers += [nn.Dropout(dropout), nn.Linear(hidden_size or latent_dim, num_targets)]
+            layers += [nn.Linear(features, hidden_size), nn.GELU()]
+        layers += [nn.Dropout(dropout), nn.Linear(hidden_size or features, num_targets)]
         self.head = nn.Sequential(*layers)
 
     def encoder_parameters(self) -> list[nn.Parameter]:
@@ -80,7 +104,9 @@ class SaneForPropertyPrediction(nn.Module):
         return [p for module in modules for p in module.parameters()]
 
     def pooled_latents(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Mean token latent `[B, L]` of full sequences, through haloed windows, with gradients.
+        """Pooled token latents of full sequences, through haloed windows, with gradients: the mean `[B, L]`, or
+        with `pooling="stats"` the per-layer mean and standard deviation `[B, 2 * num_layers * L]` (as the `stats`
+        probe pools them).
 
         Every token is content of exactly one window (`haloed_window_index`), so the mean over all tokens is the sum
         of each window's content latents divided by `S`. A sequence that fits in one window is one plain pass.
@@ -90,6 +116,8 @@ class SaneForPropertyPrediction(nn.Module):
         batch_size, seq_len = tokens.shape[:2]
         positions = positions.to(tokens.device).expand(batch_size, -1, -1)
         config = self.sane.config
+        if self.pooling == "stats" and seq_len <= config.window_size:
+            return pool_token_latents(self.sane.encode(tokens, positions), self.layer_pooling, "stats")
         if seq_len <= config.window_size:
             return self.sane.encode(tokens, positions).mean(dim=1)
         snippet_index, content_mask = haloed_window_index(
@@ -99,6 +127,9 @@ class SaneForPropertyPrediction(nn.Module):
         snippets = tokens[:, snippet_index].reshape(batch_size * n_windows, snippet_len, -1)
         snippet_positions = positions[:, snippet_index].reshape(batch_size * n_windows, snippet_len, 3)
         latents = self.sane.encode(snippets, snippet_positions).reshape(batch_size, n_windows, snippet_len, -1)
+        if self.pooling == "stats":
+            # Each window's content tokens, window after window: every token once, in sequence order.
+            return pool_token_latents(latents[:, content_mask], self.layer_pooling, "stats")
         weights = content_mask.to(latents.dtype)[None, :, :, None]
         return (latents * weights).sum(dim=(1, 2)) / seq_len
 
@@ -163,6 +194,7 @@ def finetune_property_predictor(
     token_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     max_grad_norm: float | None = 1.0,
     permuter: TokenPermuter | None = None,
+    pooling: str = "mean",
 ) -> dict[str, Any]:
     """Fine-tune a copy of `backbone` with a regression head to predict `properties`, and score it like the probe.
 
@@ -193,6 +225,7 @@ def finetune_property_predictor(
             random function-preserving permutation of itself at every step (SANE_METHOD §4.2). The properties of a
             network do not change under these permutations, so this is free, label-preserving data augmentation
             against the fast overfitting of a fine-tuned encoder.
+        pooling (`str`, *optional*, defaults to `"mean"`): `SaneForPropertyPrediction`'s pooling.
 
     Returns:
         `dict`: `scores` `{property: {split: R²}}`, `predictions` / `targets` `{property: {split: np.ndarray}}` (in
@@ -225,7 +258,14 @@ def finetune_property_predictor(
     std = torch.where(torch.isfinite(std) & (std > 0), std, torch.ones_like(std))
     scaled = {split: ((values - mean) / std).float() for split, values in targets.items()}
 
-    model = SaneForPropertyPrediction(copy.deepcopy(backbone), len(properties), hidden_size, dropout)
+    model = SaneForPropertyPrediction(
+        copy.deepcopy(backbone),
+        len(properties),
+        hidden_size,
+        dropout,
+        pooling=pooling,
+        token_layer=layout.positions[:, 1],
+    )
     device = next(backbone.parameters()).device
     model.to(device)
     positions = layout.positions.to(device)

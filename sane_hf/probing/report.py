@@ -395,6 +395,7 @@ def predict_properties(cfg: PredictConfig) -> dict[str, Any]:
             weight_decay=cfg.finetune_weight_decay,
             patience=cfg.finetune_patience,
             hidden_size=cfg.finetune_hidden_size,
+            pooling=cfg.finetune_pooling,
             seed=cfg.seed,
             token_transform=transform,
             permuter=permuter if cfg.finetune_permutations else None,

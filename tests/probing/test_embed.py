@@ -77,8 +77,30 @@ def test_pooling_variants():
     torch.testing.assert_close(layers[:, 1], token_latents[:, 3:].mean(dim=1))
     assert pool_token_latents(token_latents, matrix, "mean+layers").shape == (2, 9)
     torch.testing.assert_close(pool_token_latents(token_latents, matrix, "concat"), token_latents.reshape(2, 15))
+    # stats: per layer, the mean and the population standard deviation of each latent dimension.
+    stats = pool_token_latents(token_latents, matrix, "stats").reshape(2, 2, 2, 3)
+    for layer, tokens_of_layer in ((0, slice(0, 3)), (1, slice(3, 5))):
+        torch.testing.assert_close(stats[:, layer, 0], token_latents[:, tokens_of_layer].mean(dim=1))
+        torch.testing.assert_close(stats[:, layer, 1], token_latents[:, tokens_of_layer].std(dim=1, correction=0))
     with pytest.raises(ValueError, match="`pooling` must be one of"):
         pool_token_latents(token_latents, matrix, "max")
+
+
+def test_finetuned_stats_pooling_matches_the_probe_features_at_every_length():
+    """The differentiable haloed `stats` pooling of the fine-tuning model equals the probe's `stats` features of the
+    (no-grad) haloed token latents, for sequences of one to three windows, and passes gradients to the encoder."""
+    model = _tiny_sane()
+    for seq_len in (3, model.config.window_size + 1, 3 * model.config.window_size):
+        positions = _positions(seq_len)
+        head = SaneForPropertyPrediction(model, num_targets=1, pooling="stats", token_layer=positions[:, 1]).eval()
+        tokens = torch.randn(2, seq_len, 7)
+        _, token_latents = model.embed(tokens, positions, batch_size=3, return_token_latents=True)
+        expected = pool_token_latents(token_latents, layer_pooling_matrix(positions[:, 1]), "stats")
+        torch.testing.assert_close(head.pooled_latents(tokens, positions), expected, rtol=1e-5, atol=1e-6)
+    head(tokens, positions).sum().backward()
+    assert model.encoder[0].attn.c_attn.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="needs `token_layer`"):
+        SaneForPropertyPrediction(model, num_targets=1, pooling="stats")
 
 
 def _write_zoo(root: Path, num_models: int = 8, num_epochs: int = 2) -> Path:
