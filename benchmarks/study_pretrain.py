@@ -44,9 +44,16 @@ RESULTS = ROOT / "benchmarks" / "results"
 # The quickstart's SANE before this study (20 epochs of batch 64 at lr 3e-3, latent 32): round 1 changes one option of
 # it at a time. Round 2 changes one option at a time of the recipe round 1 found, which is now the `default` preset.
 PREVIOUS_DEFAULT: dict[str, dict[str, Any]] = {
-    "pretrain": {"lr": 3e-3, "batch_size": 64, "latent_dim": 32, "epochs": 20}
+    "pretrain": {"lr": 3e-3, "batch_size": 64, "latent_dim": 32, "epochs": 20, "max_grad_norm": None},
+    "predict": {"poolings": ["mean", "mean+layers"], "finetune_epochs": 4, "finetune_pooling": "mean"},
+    "generate": {"bandwidth": 0.01},
 }
-RECIPE_20_EPOCHS: dict[str, dict[str, Any]] = {"pretrain": {"epochs": 20}}
+RECIPE_20_EPOCHS: dict[str, dict[str, Any]] = {"pretrain": {"epochs": 20, "max_grad_norm": None}}
+# The first full-pipeline runs of the recipe kept the previous probe and generation settings.
+FIRST_FINALISTS: dict[str, dict[str, Any]] = {
+    "predict": PREVIOUS_DEFAULT["predict"],
+    "generate": PREVIOUS_DEFAULT["generate"],
+}
 
 
 def _arms(base: dict[str, dict[str, Any]], changes: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict]:
@@ -91,6 +98,15 @@ ARM_GROUPS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
             "R,layers=1": {"pretrain": {"n_layers": 1}},
             "R,token=32,latent=32": {"convert": {"token_size": 32}, "pretrain": {"latent_dim": 32}},
             "R,zoo=240,epochs=10": {"zoo": {"num_models": 240}, "pretrain": {"epochs": 10}},
+        },
+    ),
+    "finalists": _arms(
+        FIRST_FINALISTS,
+        {
+            "R,clip=1,epochs=40": {},
+            "R,lr=5e-3,epochs=40": {"pretrain": {"lr": 5e-3}},
+            "R,clip,40ep,denoise": {"pretrain": {"denoise": True}},
+            "R,clip,40ep,denoise,add=0.2": {"pretrain": {"denoise": True, "noise_additive": 0.2}},
         },
     ),
     "length": {f"epochs={n}": {"pretrain": {"epochs": n}} for n in (20, 30, 40, 60)},

@@ -49,30 +49,35 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "default": {
         "zoo": _ZOO_DEFAULT,
         "convert": {"token_size": 64, "canonicalize": True},
+        # The recipe of the quality study (docs/quality_study.md, `benchmarks/study_pretrain.py`): a latent as wide
+        # as a token (no per-token bottleneck), lr 1e-2 with gradient clipping (lr 1e-2 diverged without it at 40
+        # epochs, 2e-2 diverged with it) and batches of 32 (twice the steps of 64 per second).
         "pretrain": {
             "d_model": 64,
             "n_heads": 4,
             "n_layers": 2,
-            "latent_dim": 32,
+            "latent_dim": 64,
             "window_size": 128,
-            "epochs": 20,
-            "batch_size": 64,
-            "lr": 3e-3,
-            "save_steps": 200,
-            "logging_steps": 20,
+            "epochs": 40,
+            "batch_size": 32,
+            "lr": 1e-2,
+            "max_grad_norm": 1.0,
+            "save_steps": 400,
+            "logging_steps": 40,
         },
         "predict": {
             "properties": ["test_acc", "epoch", "ggap", "activation", "optimizer"],
             "poolings": ["mean", "mean+layers", "stats"],
             "gradient_boosting": False,
-            "finetune_epochs": 4,
+            "finetune_epochs": 10,
+            "finetune_pooling": "stats",
             "embed_batch_size": 128,
         },
         "generate": {
             "num_anchors": 20,
             "sampler": "subsample",
             "n": 10,
-            "bandwidth": 0.01,
+            "bandwidth": 0.3,
             "num_candidates": 200,
             "score_split": "val",
             "finetune_epochs": 5,
