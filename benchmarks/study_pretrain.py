@@ -257,16 +257,21 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(8, 5))
+    figure, axis = plt.subplots(figsize=(9, 5.5))
+    axis.set_prop_cycle(color=[plt.cm.tab20(i % 20) for i in range(len(records))])
     for record in records:
         curve = record.get("curve") or []
         if curve and curve[0].get("seconds") is not None:
+            diverged = min(p["val_r2"] for p in curve) < -0.5
             axis.plot(
                 [p["seconds"] for p in curve],
-                [p["val_r2"] for p in curve],
-                label=f"{record['arm']} (seed {record['seed']}, {record['threads']} thr)",
+                [max(p["val_r2"], -0.1) for p in curve],  # diverged runs drop to -1e3: clip, say so in the label
+                label=f"{record['arm']} (seed {record['seed']}, {record['threads']} thr)"
+                + (" diverged" if diverged else ""),
                 linewidth=1,
+                linestyle=":" if diverged else "-",
             )
+    axis.set_ylim(-0.1, 1.0)
     axis.set_xlabel("pretraining wall seconds")
     axis.set_ylabel("validation reconstruction R²")
     axis.grid(alpha=0.3)
@@ -312,6 +317,33 @@ def table(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def generation_table(studies: list[dict[str, Any]], records: list[dict[str, Any]] = ()) -> str:
+    """Markdown rows of the generation studies: zero-shot test accuracy (mean ± std over models) per population."""
+    lines = [
+        "| SANE | options | distance | generated | noise control | margin / control std | control, best of "
+        "candidates | anchors | enc+dec anchors |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    arm_of = {r["folders"]["sane"]: r["arm"] for r in records if "folders" in r}
+    for study in studies:
+        label = study.get("label") or arm_of.get(study["sane"], Path(study["sane"]).parent.name)
+        for r in study["records"]:
+            g = r["generation"]
+
+            def acc(name: str, g=g) -> str:
+                return f"{g[name]['mean']:.3f} ± {g[name]['std']:.3f}" if name in g else "-"
+
+            control = g.get("noise_control", {})
+            margin = g["generated"]["mean"] - control.get("mean", float("nan"))
+            ratio = margin / control["std"] if control.get("std") else float("nan")
+            lines.append(
+                f"| {label} | {json.dumps(r['options'])} | {r['distance']:.2f} | "
+                f"{acc('generated')} | {acc('noise_control')} | {margin:+.3f} / {ratio:.1f} | "
+                f"{acc('noise_control_selected')} | {acc('anchors')} | {acc('anchors_reconstructed')} |"
+            )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arms", nargs="+", default=["baseline"], help=f"Arm groups or arm names: {list(ARM_GROUPS)}")
@@ -337,7 +369,10 @@ def main(argv: list[str] | None = None) -> None:
     output = Path(args.output)
     existing = json.loads(output.read_text()) if output.is_file() else {"machine": machine_facts(), "records": []}
     if args.table:
+        plot(existing["records"], output.with_suffix(".png"))
         print(table(existing["records"]))
+        print()
+        print(generation_table(existing.get("generation_studies", []), existing["records"]))
         return
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -21,7 +21,7 @@ DEPRECATED_SAMPLERS = {"gaussian": "diagonal_gaussian"}
 # "token": one anchor per sample, noise independent per sample, token and dimension (the fix of SANE_METHOD §6.5).
 # "original_token" / "original_individual": the original's semantics (one anchor per sample, noise shared by every
 # token / by every entry); "mixed": a true per-token KDE whose tokens may come from different anchors.
-KDE_MODES = ("token", "original_token", "original_individual", "mixed")
+KDE_MODES = ("token", "original_token", "original_individual", "mixed", "anchor_covariance")
 SCORE_SPLITS = ("train", "val")
 SCRATCH_ARCHITECTURES = ("generated", "anchors")
 BN_SPLITS = ("train", "val")

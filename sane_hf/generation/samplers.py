@@ -19,6 +19,10 @@ The modes here:
 - `"original_individual"`: the original's individual mode, one scalar `e_r` shared by all S*L entries.
 - `"mixed"`: a true per-token KDE with independent seeds: anchor index *and* noise drawn per token, so a sample
   mixes tokens of different anchors.
+- `"anchor_covariance"`: a KDE whose kernel has the anchors' covariance (the usual multivariate KDE, a bandwidth
+  matrix `h^2 * Cov`, instead of `h^2 * I`): `z_r = a[i_r] + h * sum_j e_rj (a[j] - mean(a)) / sqrt(N - 1)` with
+  `e_r ~ N(0, I_N)`. Samples move along the directions in which the anchors differ from each other, over the whole
+  sequence at once, rather than in every latent direction alike.
 """
 
 from __future__ import annotations
@@ -372,6 +376,15 @@ def sample_kde(
         return LatentSamples(latents=base + bandwidth * noise, anchor_index=torch.mode(token_anchor, dim=1).values)
 
     anchor_index = _randint(num_anchors, (num_samples,), generator, anchor_latents)
+    if mode == "anchor_covariance":
+        if num_anchors < 2:
+            raise ValueError(
+                "`mode='anchor_covariance'` needs at least two anchors (their covariance shapes the kernel)."
+            )
+        deviations = (anchor_latents - anchor_latents.mean(dim=0)) / math.sqrt(num_anchors - 1)
+        weights = _randn((num_samples, num_anchors), generator, anchor_latents)
+        noise = torch.einsum("rn,nsl->rsl", weights, deviations)
+        return LatentSamples(latents=anchor_latents[anchor_index] + bandwidth * noise, anchor_index=anchor_index)
     noise_shape = {
         "token": (num_samples, seq_len, latent_dim),
         "original_token": (num_samples, 1, latent_dim),  # one eps_r in R^L shared by every token

@@ -89,6 +89,22 @@ def test_quickstart_zoo_is_the_documented_default_zoo():
             assert getattr(quickstart, key) == value, key
 
 
+def test_quickstart_recipe_is_the_documented_pretraining_and_sampling():
+    """The quality study's recipe lives in two places, the quickstart preset and the documented configs: they agree on
+    every model and optimization option the preset sets (not on run control such as paths and logging)."""
+    import yaml
+
+    from sane_hf.quickstart import PRESETS
+
+    configs = REPO / "scripts" / "configs"
+    run_control = {"save_steps", "logging_steps", "finetune_epochs", "finetune_lr_grid", "num_threads"}
+    for stage, file in (("pretrain", "pretrain_digits_cnn.yaml"), ("generate", "generate_digits_cnn.yaml")):
+        documented = yaml.safe_load((configs / file).read_text())
+        for key, value in PRESETS["default"][stage].items():
+            if key not in run_control:
+                assert documented.get(key) == value, (file, key)
+
+
 @pytest.mark.parametrize("path", sorted((REPO / "scripts" / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_parses_into_its_command_config(path):
     from sane_hf.data import ConvertConfig, ZooConfig

@@ -219,3 +219,20 @@ def test_anchors_carry_their_own_architecture_arguments(cnn_setup):
     row = select_anchor_rows(zoo.splits["train"], 1, "test_acc", filters={"activation": "tanh"})[0]
     assert torch.equal(anchors.tokens[0], zoo.splits["train"][row]["tokens"])
     assert np.isclose(anchors.values[0], float(zoo.splits["train"][row]["test_acc"]))
+
+
+def test_anchor_covariance_kde_moves_along_the_anchors_differences():
+    """Samples of the covariance-shaped kernel are anchors plus a combination of the anchors' deviations from their
+    mean: the residual outside that span is zero, and bandwidth 0 returns the anchors themselves."""
+    generator = torch.Generator().manual_seed(0)
+    anchors = torch.randn(4, 6, 5, generator=generator)
+    samples = sample_kde(anchors, 32, 0.7, mode="anchor_covariance", generator=generator)
+    moves = (samples.latents - anchors[samples.anchor_index]).reshape(32, -1)
+    deviations = (anchors - anchors.mean(dim=0)).reshape(4, -1)
+    coefficients = torch.linalg.lstsq(deviations.T, moves.T).solution
+    torch.testing.assert_close(deviations.T @ coefficients, moves.T, rtol=0, atol=1e-5)
+    assert moves.norm(dim=1).min() > 0
+    still = sample_kde(anchors, 8, 0.0, mode="anchor_covariance", generator=generator)
+    torch.testing.assert_close(still.latents, anchors[still.anchor_index])
+    with pytest.raises(ValueError, match="at least two anchors"):
+        sample_kde(anchors[:1], 2, 0.1, mode="anchor_covariance")
