@@ -10,8 +10,8 @@ Stages, each a library call with its own config, outputs under `output_dir`:
    against training from scratch, the fine-tuned anchors and the anchors-plus-noise memorization control.
 6. `REPORT.md`  the tables and plots of stages 4-5, the zoo's accuracy spread and the wall time of every stage.
 
-Presets size the run: `default` is the README's main job (under 15 minutes on 2 CPU cores), `smoke` is a
-one-minute version the tests run. The longer documented configs are `scripts/configs/*_digits_cnn.yaml`.
+Presets size the run: `default` is the README's main job (its recipe and measurements: docs/quality_study.md), `smoke`
+is a one-minute version the tests run. The same pipeline as separate commands: `scripts/configs/*_digits_cnn.yaml`.
 A rerun into the same `output_dir` skips every stage whose output is complete and whose options are unchanged
 (`quickstart_state.json` records them); the zoo and the pretraining also resume from partial work.
 """
@@ -126,7 +126,7 @@ class QuickstartConfig:
     Args:
         output_dir (`str`, *optional*, defaults to `"outputs/quickstart"`): where every stage writes (see the module
             docstring) and where `REPORT.md` goes.
-        preset (`str`, *optional*, defaults to `"default"`): `default` (the README's run, < 15 min on 2 CPU cores)
+        preset (`str`, *optional*, defaults to `"default"`): `default` (the README's run, docs/quality_study.md)
             or `smoke` (about a minute; what the tests run).
         seed (`int`, *optional*, defaults to 0): seed of the zoo, the pretraining, the probes and the sampler.
         num_threads (`int`, *optional*, defaults to 1): torch CPU threads; on the project's shared 2-core machines
