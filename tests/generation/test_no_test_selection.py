@@ -6,6 +6,7 @@ candidates, fine-tuning learning rates, probe alphas and classifier C, early-sto
 test metrics themselves must differ, which shows the scrambling reached them.
 """
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -113,3 +114,39 @@ def test_finetuned_probe_stops_on_validation_not_test(cnn_setup):
     assert runs[0]["best_epoch"] == runs[1]["best_epoch"]
     assert runs[0]["scores"]["test_acc"]["val"] == runs[1]["scores"]["test_acc"]["val"]
     assert runs[0]["scores"]["test_acc"]["test"] != runs[1]["scores"]["test_acc"]["test"]
+
+
+def test_selected_noise_control_is_the_best_of_one_control_per_candidate(cnn_setup):
+    """`noise_control_selected`: every scored candidate gets one control (its nearest anchor moved by its distance
+    along a seeded random direction); the kept ones are the best on the score split, at candidates' distances."""
+    from sane_hf.generation.evaluate import add_isotropic_noise, weight_distances
+    from sane_hf.generation.generate import SaneGenerator, selected_noise_controls
+    from sane_hf.tasks import evaluate as evaluate_split
+
+    config = GenerateConfig(
+        model=str(cnn_setup["sane"]),
+        dataset=str(cnn_setup["dataset"]),
+        n=2,
+        num_anchors=3,
+        num_candidates=6,
+        bandwidth=0.3,
+        evaluate=False,
+        seed=0,
+    )
+    engine = SaneGenerator(cnn_setup["model"], cnn_setup["zoo"], config)
+    engine.sample(torch.Generator().manual_seed(0))
+    distances, nearest = engine.candidate_distances
+    assert len(distances) == 6
+    anchors = engine.anchor_models()
+    kept = selected_noise_controls(engine, anchors, keep=2, seed=5)
+    realized, _ = weight_distances(kept, anchors)
+    assert all(torch.isclose(d, distances, rtol=1e-4).any() for d in realized)
+    # Independently: one control per candidate, seeded as documented, scored on validation images.
+    images, labels = engine.task.split("val")
+    scores = []
+    for index in range(6):
+        control = copy.deepcopy(anchors[int(nearest[index])])
+        add_isotropic_noise(control, float(distances[index]), torch.Generator().manual_seed(5 * 1_000_003 + index))
+        scores.append(evaluate_split(control, images, labels)["acc"])
+    kept_scores = sorted((evaluate_split(m, images, labels)["acc"] for m in kept), reverse=True)
+    assert kept_scores == sorted(scores, reverse=True)[:2]
