@@ -510,7 +510,7 @@ def pretrain(cfg: PretrainConfig, dataloaders: tuple | None = None, zoo: SaneZoo
         len(train_loader) * cfg.batch_size * accelerator.num_processes,
         total_steps,
         accelerator.num_processes,
-        cfg.mixed_precision,
+        accelerator.mixed_precision,
     )
     history = log_state.history
     progress = tqdm(
@@ -627,6 +627,8 @@ def pretrain(cfg: PretrainConfig, dataloaders: tuple | None = None, zoo: SaneZoo
                 **counters.state_dict(),
                 "total_steps": total_steps,
                 "num_processes": accelerator.num_processes,
+                # What ran: the config's choice, else the launcher's (`accelerate launch` / `accelerate config`).
+                "mixed_precision": accelerator.mixed_precision,
                 "ranks_in_sync": in_sync,
                 "parameter_checksums": checksums.tolist(),
                 "seconds": round(time.perf_counter() - start_time, 2),

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModel, AutoModelForPreTraining, Trainer, TrainingArguments
 
 from sane_hf import SaneConfig, SaneForPreTraining, SaneModel
-from sane_hf.data.hub_dataset import ConvertConfig, convert_zoo, load_zoo_dataset
+from sane_hf.data.hub_dataset import load_zoo_dataset
 from sane_hf.data.windows import ZooCheckpointDataset
 from sane_hf.training import PretrainingCollator, make_two_views, sane_loss
 from sane_hf.training.pretrain import build_permuter
@@ -112,13 +112,8 @@ def test_pretraining_model_and_sane_loss_agree_exactly_and_share_the_backbone_we
 
 
 @pytest.fixture(scope="module")
-def tiny_zoo(tmp_path_factory, zoo_tools):
-    root = tmp_path_factory.mktemp("sane_for_pretraining")
-    mlp = {"in_features": 16, "hidden_sizes": [8], "num_classes": 4}
-    zoo = zoo_tools.write_sane_hf_zoo(root / "zoo", num_models=6, num_epochs=3, architecture="mlp", model_kwargs=mlp)
-    output = root / "zoo_ds"
-    convert_zoo(ConvertConfig(zoo_dir=str(zoo), output_dir=str(output), seed=0), show_progress=False)
-    return load_zoo_dataset(str(output))
+def tiny_zoo(mlp_zoo_dataset):
+    return load_zoo_dataset(str(mlp_zoo_dataset))
 
 
 def test_collator_builds_the_two_views_of_make_two_views(tiny_zoo):
