@@ -35,39 +35,24 @@ def _run(command: list[str], hf_home: Path) -> subprocess.CompletedProcess:
     return result
 
 
+def _launch_with_bf16(dataset: Path, output: Path, **overrides) -> dict:
+    """`accelerate launch --mixed_precision bf16 scripts/pretrain.py ...` (CPU, one process); its trainer state."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1"]
+    script = [str(REPO / "scripts" / "pretrain.py"), *_arguments(dataset, output, **overrides)]
+    _run([*launch, "--mixed_precision", "bf16", *script], output.parent)
+    return read_trainer_state(output)
+
+
 def test_accelerate_launch_mixed_precision_wins_over_an_unset_config(mlp_zoo_dataset, tmp_path):
     assert PretrainConfig(dataset="x").mixed_precision is None  # unset: the launcher decides
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1"]
-    output = tmp_path / "bf16"
-    _run(
-        [
-            *launch,
-            "--mixed_precision",
-            "bf16",
-            str(REPO / "scripts" / "pretrain.py"),
-            *_arguments(mlp_zoo_dataset, output),
-        ],
-        tmp_path,
-    )
-    assert read_trainer_state(output)["mixed_precision"] == "bf16"
-    assert "| mixed precision | bf16 |" in (output / "README.md").read_text()
+    assert _launch_with_bf16(mlp_zoo_dataset, tmp_path / "bf16")["mixed_precision"] == "bf16"
+    assert "| mixed precision | bf16 |" in (tmp_path / "bf16" / "README.md").read_text()
 
     # Without a launcher setting, fp32 ("no") runs and is recorded; a config value beats the launcher.
     output = tmp_path / "plain"
     pretrain(PretrainConfig(**TINY_RUN, dataset=str(mlp_zoo_dataset), output_dir=str(output), num_threads=1))
     assert read_trainer_state(output)["mixed_precision"] == "no"
-    output = tmp_path / "config_wins"
-    _run(
-        [
-            *launch,
-            "--mixed_precision",
-            "bf16",
-            str(REPO / "scripts" / "pretrain.py"),
-            *_arguments(mlp_zoo_dataset, output, mixed_precision="no"),
-        ],
-        tmp_path,
-    )
-    assert read_trainer_state(output)["mixed_precision"] == "no"
+    assert _launch_with_bf16(mlp_zoo_dataset, tmp_path / "no", mixed_precision="no")["mixed_precision"] == "no"
 
 
 @pytest.mark.parametrize(
