@@ -1,10 +1,18 @@
 """sane_hf: SANE weight-space learning (Schürholt, Mahoney, Borth, ICML 2024) as a Hugging Face integration.
 
-Importing `sane_hf` registers `SaneConfig`/`SaneModel` with `AutoConfig`/`AutoModel` (model_type `"sane"`), so
-`AutoModel.from_pretrained(...)` loads SANE checkpoints without `trust_remote_code`.
+Importing `sane_hf` registers `SaneConfig`/`SaneModel`/`SaneForPreTraining` with `AutoConfig`/`AutoModel`/
+`AutoModelForPreTraining` (model_type `"sane"`), so `AutoModel.from_pretrained(...)` loads SANE checkpoints without
+`trust_remote_code`.
 """
 
-from .models.sane import SaneConfig, SaneModel, SaneModelOutput, SanePreTrainedModel
+from .models.sane import (
+    SaneConfig,
+    SaneForPreTraining,
+    SaneForPreTrainingOutput,
+    SaneModel,
+    SaneModelOutput,
+    SanePreTrainedModel,
+)
 from .tokenization import (
     PermutationSpec,
     TokenizedLayer,
@@ -19,6 +27,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SaneConfig",
+    "SaneForPreTraining",
+    "SaneForPreTrainingOutput",
     "SaneModel",
     "SaneModelOutput",
     "SanePreTrainedModel",

@@ -50,7 +50,9 @@ def test_generation_verdict_states_the_computed_margin():
     margin = 0.92 - statistics.mean(control)
     assert text.startswith("Seed 2: generated models reach zero-shot test accuracy 0.920")
     assert f"{100 * 0.92 / 0.96:.0f}% of the anchors' 0.960" in text
-    assert f"SANE beats the anchor+noise control at the same distance (0.750 ± {statistics.stdev(control):.3f})" in text
+    assert (
+        f"SANE beats the anchor+noise control at the same distance (0.750 ± {statistics.stdev(control):.3f})" in text
+    )
     assert f"by {margin:+.3f}, {margin / statistics.stdev(control):.1f} of the control's standard deviations" in text
     assert "are above training from scratch after 1 (0.500)" in text
 

@@ -37,12 +37,13 @@ import re
 import shutil
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -68,7 +69,7 @@ from .info import (
     SaneDatasetInfo,
     SplitInfo,
 )
-from .zoo import ZOO_FORMATS, CheckpointRecord, ZooReader, open_zoo
+from .zoo import ZOO_FORMATS, CheckpointRecord, ZooFormat, ZooReader, open_zoo
 
 
 logger = logging.getLogger(__name__)
@@ -128,7 +129,8 @@ class ConvertConfig:
             shards are encoded and written by one more (Arrow) thread meanwhile.
         overwrite (`bool`, *optional*, defaults to `False`): replace an existing non-empty `output_dir`.
         push_to_hub (`str`, *optional*): Hub dataset repo id to upload the folder to.
-        private (`bool`, *optional*, defaults to `False`): create the Hub repo as private.
+        hub_private (`bool`, *optional*, defaults to `False`): create the Hub repo as private (`private`: its
+            deprecated name).
     """
 
     zoo_dir: str | None = field(
@@ -139,7 +141,7 @@ class ConvertConfig:
         },
     )
     output_dir: str | None = field(default=None, metadata={"help": "Folder to write the tokenized dataset into."})
-    zoo_format: str = field(
+    zoo_format: Literal["auto", ZooFormat] = field(
         default="auto", metadata={"help": f"Layout of the zoo: auto or one of {list(ZOO_FORMATS)}."}
     )
     token_size: int = field(
@@ -147,7 +149,7 @@ class ConvertConfig:
     )
     tokenize_bn_stats: bool = field(default=True, metadata={"help": "Tokenize BatchNorm running statistics."})
     ignore_bn: bool = field(default=False, metadata={"help": "Leave BatchNorm layers out of the tokens entirely."})
-    normalization: str = field(
+    normalization: Literal["standardize", "none"] = field(
         default="standardize",
         metadata={"help": "Per-layer normalization fitted on the train split: standardize (SANE §1.8) or none."},
     )
@@ -185,9 +187,14 @@ class ConvertConfig:
     push_to_hub: str | None = field(
         default=None, metadata={"help": "Hub dataset repo id (org/name) to upload the dataset folder to."}
     )
-    private: bool = field(default=False, metadata={"help": "Create the Hub dataset repo as private."})
+    hub_private: bool = field(default=False, metadata={"help": "Create the Hub dataset repo as private."})
+    private: bool | None = field(default=None, metadata={"help": "Deprecated: use --hub_private."})
 
     def __post_init__(self):
+        if self.private is not None:
+            # One name for the flag in every script (pretrain and generate call it --hub_private).
+            warnings.warn("`private` is deprecated; use `hub_private`.", FutureWarning, stacklevel=3)
+            self.hub_private, self.private = bool(self.private), None
         if self.zoo_format != "auto" and self.zoo_format not in ZOO_FORMATS:
             raise ValueError(f"`zoo_format` must be 'auto' or one of {list(ZOO_FORMATS)}, got {self.zoo_format!r}.")
         if not isinstance(self.token_size, int) or isinstance(self.token_size, bool) or self.token_size < 0:
@@ -995,7 +1002,7 @@ def convert_zoo(config: ConvertConfig, *, show_progress: bool = True) -> Convert
     seconds = time.perf_counter() - start
     url = None
     if config.push_to_hub:
-        url = push_zoo_dataset(output_dir, config.push_to_hub, private=config.private)
+        url = push_zoo_dataset(output_dir, config.push_to_hub, private=config.hub_private)
     return ConvertResult(output_dir=output_dir, info=info, seconds=seconds, num_bytes=num_bytes, url=url)
 
 

@@ -424,6 +424,14 @@ class WindowDataLoader:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         n = self.num_rows
+        if len(self) == 0:
+            # Without this, `next(iter(loader))` on a small split fails with a bare StopIteration.
+            raise ValueError(
+                f"The split has {n} checkpoint(s), fewer than batch_size={self.batch_size}, so with drop_last=True "
+                "it yields no batch; lower batch_size or pass drop_last=False."
+                if n
+                else "The split is empty: it yields no batch."
+            )
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         for i in range(len(self)):
             yield self.batch(order[i * self.batch_size : (i + 1) * self.batch_size])

@@ -46,14 +46,15 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 
 
 logger = logging.getLogger(__name__)
 
-ZOO_FORMATS = ("sane_hf", "modelzoo", "models")
+ZooFormat = Literal["sane_hf", "modelzoo", "models"]
+ZOO_FORMATS = get_args(ZooFormat)
 
 # Our own zoo format (written by `sane_hf.data.zoo_builder`).
 SANE_HF_ZOO_FORMAT = "sane_hf-zoo"

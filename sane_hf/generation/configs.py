@@ -11,22 +11,28 @@ import json
 import math
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 
-SAMPLERS = ("kde", "subsample", "bootstrap", "diagonal_gaussian")
+# Choice fields are `Literal`s so that `--help` lists the choices; the tuples serve the checks.
+Sampler = Literal["kde", "subsample", "bootstrap", "diagonal_gaussian"]
+SAMPLERS = get_args(Sampler)
 # Old sampler names, still accepted with a FutureWarning. `gaussian` was named after the paper's SANE_GAUSS, which
 # it is not (that one bootstraps from a Gaussian prior over the anchor embeddings; this one samples once).
 DEPRECATED_SAMPLERS = {"gaussian": "diagonal_gaussian"}
 # "token": one anchor per sample, noise independent per sample, token and dimension (the fix of SANE_METHOD §6.5).
 # "original_token" / "original_individual": the original's semantics (one anchor per sample, noise shared by every
 # token / by every entry); "mixed": a true per-token KDE whose tokens may come from different anchors.
-KDE_MODES = ("token", "original_token", "original_individual", "mixed", "anchor_covariance")
-SCORE_SPLITS = ("train", "val")
-SCRATCH_ARCHITECTURES = ("generated", "anchors")
-BN_SPLITS = ("train", "val")
-BOOTSTRAP_POOLS = ("last", "all")
-FINETUNE_OPTIMIZERS = ("sgd", "adam", "adamw")
+KdeMode = Literal["token", "original_token", "original_individual", "mixed", "anchor_covariance"]
+KDE_MODES = get_args(KdeMode)
+TaskSplit = Literal["train", "val"]
+SCORE_SPLITS = BN_SPLITS = get_args(TaskSplit)
+ScratchArchitecture = Literal["generated", "anchors"]
+SCRATCH_ARCHITECTURES = get_args(ScratchArchitecture)
+BootstrapPool = Literal["last", "all"]
+BOOTSTRAP_POOLS = get_args(BootstrapPool)
+FinetuneOptimizer = Literal["sgd", "adam", "adamw"]
+FINETUNE_OPTIMIZERS = get_args(FinetuneOptimizer)
 
 
 def _parse_json_mapping(owner: str, name: str, value: Any) -> dict | None:
@@ -104,7 +110,7 @@ class FinetuneConfig:
     finetune_epochs: int = field(
         default=5, metadata={"help": "Fine-tuning epochs (accuracy after each; 0 = zero-shot only)."}
     )
-    finetune_optimizer: str = field(
+    finetune_optimizer: FinetuneOptimizer = field(
         default="adam", metadata={"help": f"Fine-tuning optimizer, one of {list(FINETUNE_OPTIMIZERS)}."}
     )
     finetune_lr: float = field(
@@ -119,7 +125,7 @@ class FinetuneConfig:
     num_scratch: int | None = field(
         default=None, metadata={"help": "Models trained from scratch (default: as many as generated models)."}
     )
-    scratch_architecture: str = field(
+    scratch_architecture: ScratchArchitecture = field(
         default="generated",
         metadata={"help": "Scratch models built like the 'generated' models or like the 'anchors' (best first)."},
     )
@@ -289,9 +295,12 @@ class GenerateConfig(FinetuneConfig):
         default=None, metadata={"help": 'Required anchor property values as JSON, e.g. \'{"activation": "relu"}\'.'}
     )
     # Sampling.
-    sampler: str = field(default="subsample", metadata={"help": f"Sampler, one of {list(SAMPLERS)}."})
+    # The deprecated name stays parseable (a FutureWarning maps it, see __post_init__).
+    sampler: Literal[Sampler, "gaussian"] = field(
+        default="subsample", metadata={"help": f"Sampler, one of {list(SAMPLERS)} ('gaussian': deprecated)."}
+    )
     n: int = field(default=10, metadata={"help": "Number of generated models."})
-    kde_mode: str = field(default="token", metadata={"help": f"KDE noise semantics, one of {list(KDE_MODES)}."})
+    kde_mode: KdeMode = field(default="token", metadata={"help": f"KDE noise semantics, one of {list(KDE_MODES)}."})
     bandwidth: float = field(
         default=0.01,
         metadata={
@@ -302,10 +311,10 @@ class GenerateConfig(FinetuneConfig):
     bootstrap_iterations: int = field(default=3, metadata={"help": "Bootstrapping: sample/score/refit rounds."})
     bootstrap_samples: int = field(default=50, metadata={"help": "Bootstrapping: candidates per round."})
     bootstrap_keep: int = field(default=10, metadata={"help": "Bootstrapping: best candidates refit as anchors."})
-    bootstrap_pool: str = field(
+    bootstrap_pool: BootstrapPool = field(
         default="last", metadata={"help": "Bootstrapping: top n from the 'last' round or 'all' rounds."}
     )
-    score_split: str = field(
+    score_split: TaskSplit = field(
         default="val", metadata={"help": "Task split scoring candidates: train or val (never test)."}
     )
     score_max_samples: int | None = field(
@@ -329,7 +338,9 @@ class GenerateConfig(FinetuneConfig):
     bn_condition: bool = field(
         default=True, metadata={"help": "Re-estimate BatchNorm running statistics (no-op without BatchNorm)."}
     )
-    bn_split: str = field(default="train", metadata={"help": "Task split of the conditioning passes: train or val."})
+    bn_split: TaskSplit = field(
+        default="train", metadata={"help": "Task split of the conditioning passes: train or val."}
+    )
     bn_iterations: int = field(default=20, metadata={"help": "Forward passes of the BatchNorm conditioning."})
     bn_batch_size: int = field(default=64, metadata={"help": "Images per BatchNorm conditioning pass."})
     # Evaluation and run control.
@@ -437,7 +448,9 @@ class EvaluateConfig(FinetuneConfig):
     task_seed: int | None = field(default=None, metadata={"help": "Task split seed (default: from generation.json)."})
     output_dir: str | None = field(default=None, metadata={"help": "Folder for the reports (default: --models)."})
     bn_condition: bool = field(default=True, metadata={"help": "BatchNorm-condition noise-control/scratch models."})
-    bn_split: str = field(default="train", metadata={"help": "Task split of the conditioning passes: train or val."})
+    bn_split: TaskSplit = field(
+        default="train", metadata={"help": "Task split of the conditioning passes: train or val."}
+    )
     bn_iterations: int = field(default=20, metadata={"help": "Forward passes of the BatchNorm conditioning."})
     bn_batch_size: int = field(default=64, metadata={"help": "Images per BatchNorm conditioning pass."})
     plot: bool = field(default=True, metadata={"help": "Write evaluation.png (needs matplotlib)."})

@@ -253,6 +253,9 @@ def build_sane_card(
         )
     train_config = _read_json(folder / "train_config.json") or {}
     state = _read_json(folder / "trainer_state.json") or {}
+    if state.get("mixed_precision"):
+        # The precision that ran (train_config.json leaves it unset when the launcher decides).
+        train_config = {**train_config, "mixed_precision": state["mixed_precision"]}
     zoo = dict(zoo if zoo is not None else state.get(TRAINER_STATE_ZOO_KEY) or {})
     if not zoo and train_config.get("dataset"):
         zoo = {"source": train_config["dataset"], "revision": train_config.get("dataset_revision")}

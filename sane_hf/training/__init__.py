@@ -13,6 +13,7 @@ losses["loss"].backward()
 
 from .augmentations import (
     ErasingConfig,
+    PretrainingCollator,
     additive_noise,
     augment_tokens,
     make_two_views,
@@ -35,6 +36,7 @@ __all__ = [
     "PretrainConfig",
     "train_step",
     "ErasingConfig",
+    "PretrainingCollator",
     "additive_noise",
     "augment_tokens",
     "make_two_views",

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..data.windows import sample_windows
+from ..tokenization.layout import TokenLayout
 from ..tokenization.permutations import TokenPermuter
 
 
@@ -284,3 +286,80 @@ def make_two_views(
         view["tokens"] = augment_tokens(window, mask, noise_multiplicative, noise_additive, erase, generator)
         views.append(view)
     return views[0], views[1]
+
+
+class PretrainingCollator:
+    """`collate_fn` turning full checkpoints into the inputs of `SaneForPreTraining`: two views of a random window each.
+
+    Cuts one random window per checkpoint (`sample_windows`), builds the two views (`make_two_views`: view 2
+    permuted when a `permuter` is given, independent noise and erasing per view) and stacks them along a view
+    dimension, so `SaneForPreTraining(**batch).loss` is the SANE loss of the batch, in a `transformers.Trainer` or any
+    loop.
+
+    Args:
+        layout (`TokenLayout`): the zoo's layout (positions and mask).
+        window_size (`int`): `W` (clipped to the sequence).
+        permuter (`TokenPermuter`, *optional*): permute view 2 with a random function-preserving permutation.
+        noise_multiplicative / noise_additive (`float`, *optional*, default to 0.1 / 0.0): per-view noise sigma.
+        erase_probability (`float`, *optional*, defaults to 0.0): probability of random erasing per view.
+        denoise (`bool`, *optional*, defaults to `False`): `labels` are the clean windows (a denoising autoencoder)
+            rather than the augmented inputs.
+        generator (`torch.Generator`, *optional*): source of all randomness (mainly used for testing purposes).
+
+    Items are `ZooCheckpointDataset` items (`{"tokens": [S, T], ...}`); a batch is `tokens`, `labels`, `mask`
+    (`[B, 2, W, T]`) and `positions` (`[B, 2, W, 3]`), view 1 at index 0.
+
+    Example:
+
+    ```python
+    >>> zoo = load_zoo_dataset("runs/zoo_ds")
+    >>> collator = PretrainingCollator(zoo.layout, window_size=64)
+    >>> loader = DataLoader(ZooCheckpointDataset(zoo.splits["train"]), batch_size=32, collate_fn=collator)
+    >>> SaneForPreTraining.from_pretrained("runs/sane")(**next(iter(loader))).loss
+    ```
+    """
+
+    def __init__(
+        self,
+        layout: TokenLayout,
+        window_size: int,
+        permuter: TokenPermuter | None = None,
+        noise_multiplicative: float = 0.1,
+        noise_additive: float = 0.0,
+        erase_probability: float = 0.0,
+        denoise: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self.layout = layout
+        self.window_size = min(window_size, layout.num_tokens)
+        self.permuter = permuter
+        self.noise_multiplicative = _check_sigma("noise_multiplicative", noise_multiplicative)
+        self.noise_additive = _check_sigma("noise_additive", noise_additive)
+        self.erase = {"p": erase_probability} if erase_probability > 0 else None
+        self.denoise = denoise
+        self.generator = generator
+
+    def __call__(self, items: list[Mapping]) -> dict[str, torch.Tensor]:
+        # Only `tokens` is read: the collator works whatever other columns a Trainer keeps or removes.
+        full = torch.stack([item["tokens"] for item in items])
+        windows = sample_windows(
+            full, self.window_size, self.generator, positions=self.layout.positions, mask=self.layout.mask
+        )
+        windows["full_tokens"] = full  # what a permuted view gathers rows from
+        view_1, view_2 = make_two_views(
+            windows,
+            permuter=self.permuter,
+            noise_multiplicative=self.noise_multiplicative,
+            noise_additive=self.noise_additive,
+            erase=self.erase,
+            permute_view_1=False,
+            permute_view_2=self.permuter is not None,
+            generator=self.generator,
+        )
+        target_key = "clean_tokens" if self.denoise else "tokens"
+        return {
+            "tokens": torch.stack([view_1["tokens"], view_2["tokens"]], dim=1),
+            "positions": torch.stack([view_1["positions"], view_2["positions"]], dim=1),
+            "mask": torch.stack([view_1["mask"], view_2["mask"]], dim=1),
+            "labels": torch.stack([view_1[target_key], view_2[target_key]], dim=1),
+        }

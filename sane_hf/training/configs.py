@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Literal, get_args
 
 
-MIXED_PRECISIONS = ("no", "bf16", "fp16")
+MixedPrecision = Literal["no", "bf16", "fp16"]
+MIXED_PRECISIONS = get_args(MixedPrecision)
+ProjectionPooling = Literal["flatten", "mean"]
 
 
 @dataclass
@@ -35,7 +38,8 @@ class PretrainConfig:
 
         epochs, max_steps, batch_size, lr, weight_decay, gradient_accumulation_steps, max_grad_norm: optimization
             (AdamW with decay on matrices only, OneCycle; SANE §4.4).
-        mixed_precision (`str`, defaults to `"no"`): `"no"`, `"bf16"` or `"fp16"` through Accelerate.
+        mixed_precision (`str`, *optional*): `"no"`, `"bf16"` or `"fp16"`; unset, the launcher decides (`accelerate
+            launch --mixed_precision`, `accelerate config`, else `"no"`). `trainer_state.json` records what ran.
         compile (`bool`, defaults to `False`): `torch.compile` the model (slower on CPU, see ENVIRONMENT.md).
 
         seed, save_steps, resume_from_checkpoint, log_with, logging_steps, push_to_hub, hub_private, num_threads:
@@ -58,7 +62,7 @@ class PretrainConfig:
     halo_size: int | None = field(default=None, metadata={"help": "Halo for whole-model encoding (default W/4)."})
     dropout: float = field(default=0.0, metadata={"help": "Dropout in all blocks."})
     projection_dim: int = field(default=30, metadata={"help": "Output size of the contrastive projection head."})
-    projection_pooling: str = field(
+    projection_pooling: ProjectionPooling = field(
         default="flatten", metadata={"help": "'flatten' (upstream head over W*L) or 'mean' (over the mean latent)."}
     )
     max_positions: list[int] | None = field(
@@ -89,7 +93,13 @@ class PretrainConfig:
     weight_decay: float = field(default=3e-9, metadata={"help": "AdamW weight decay (matrices only)."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimizer step."})
     max_grad_norm: float | None = field(default=None, metadata={"help": "Clip the gradient norm (on sync)."})
-    mixed_precision: str = field(default="no", metadata={"help": "'no', 'bf16' or 'fp16'."})
+    mixed_precision: MixedPrecision | None = field(
+        default=None,
+        metadata={
+            "help": "Mixed precision; unset, `accelerate launch --mixed_precision` / `accelerate config` decide "
+            "(default there: 'no')."
+        },
+    )
     compile: bool = field(default=False, metadata={"help": "torch.compile the model."})
     # Run control.
     seed: int = field(default=32, metadata={"help": "Seed of initialization, data order and augmentations."})
@@ -130,7 +140,7 @@ class PretrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
-        if self.mixed_precision not in MIXED_PRECISIONS:
+        if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISIONS:
             raise ValueError(f"`mixed_precision` must be one of {MIXED_PRECISIONS}, got {self.mixed_precision!r}.")
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"`gamma` must be in [0, 1], got {self.gamma}.")

@@ -29,14 +29,14 @@ from tqdm.auto import tqdm
 from ..data.hub_dataset import SaneZooDataset, load_zoo_dataset
 from ..data.windows import ArrowTokenStore, read_windows, sample_windows
 from ..hub.sane_cards import TRAINER_STATE_ZOO_KEY, write_sane_card, zoo_summary
-from ..models.sane import SaneConfig, SaneModel, SaneModelOutput
+from ..models.sane import SaneConfig, SaneModel
 from ..tokenization.layout import TokenLayout
 from ..tokenization.permutations import TokenPermuter, permutation_spec_from_module
 from ..utils.checks import check_finite_weights
 from ..utils.io import remove_temporary_files, write_json_atomic
 from .augmentations import make_two_views
 from .configs import PretrainConfig
-from .losses import sane_loss
+from .losses import sane_pretraining_loss
 from .optim import make_one_cycle_scheduler, make_optimizer
 
 
@@ -278,7 +278,7 @@ def train_step(
     """One forward pass of the SANE objective on a batch of checkpoints (no backward).
 
     Takes one random window per checkpoint, builds two views (view 2 permuted; noise and erasing when `augment`),
-    runs both views through the model in one batch and returns `sane_loss`'s dict (`loss`, `loss_recon`,
+    runs both views through the model in one batch and returns `sane_pretraining_loss`'s dict (`loss`, `loss_recon`,
     `loss_contrast`, `r2`).
 
     The batch is either `{"rows": [B]}` (rows of `store`: only the windows and the layers a permuted view needs are
@@ -300,21 +300,20 @@ def train_step(
         permute_view_2=permute,
         generator=generator,
     )
-    batch_size = view_1["tokens"].shape[0]
-    # Both views in one forward pass: one graph, one DDP reduction, a larger matmul.
+    # Both views in one forward pass (one graph, one DDP reduction, a larger matmul), and the loss of
+    # SaneForPreTraining on them: view 1 rows first, as that model stacks its `(batch, 2, ...)` inputs.
     outputs = model(
         tokens=torch.cat([view_1["tokens"], view_2["tokens"]]),
         positions=torch.cat([view_1["positions"], view_2["positions"]]),
     )
-    latents, reconstructions, projections = (
-        outputs.latents.float(),
+    target_key = "clean_tokens" if cfg.denoise else "tokens"
+    return sane_pretraining_loss(
         outputs.reconstructions.float(),
         outputs.projections.float(),
-    )
-    out_1 = SaneModelOutput(latents[:batch_size], reconstructions[:batch_size], projections[:batch_size])
-    out_2 = SaneModelOutput(latents[batch_size:], reconstructions[batch_size:], projections[batch_size:])
-    return sane_loss(
-        out_1, out_2, view_1, view_2, gamma=cfg.gamma, temperature=cfg.temperature, clean_targets=cfg.denoise
+        torch.cat([view_1[target_key], view_2[target_key]]),
+        torch.cat([view_1["mask"], view_2["mask"]]),
+        gamma=cfg.gamma,
+        temperature=cfg.temperature,
     )
 
 
@@ -511,7 +510,7 @@ def pretrain(cfg: PretrainConfig, dataloaders: tuple | None = None, zoo: SaneZoo
         len(train_loader) * cfg.batch_size * accelerator.num_processes,
         total_steps,
         accelerator.num_processes,
-        cfg.mixed_precision,
+        accelerator.mixed_precision,
     )
     history = log_state.history
     progress = tqdm(
@@ -628,6 +627,8 @@ def pretrain(cfg: PretrainConfig, dataloaders: tuple | None = None, zoo: SaneZoo
                 **counters.state_dict(),
                 "total_steps": total_steps,
                 "num_processes": accelerator.num_processes,
+                # What ran: the config's choice, else the launcher's (`accelerate launch` / `accelerate config`).
+                "mixed_precision": accelerator.mixed_precision,
                 "ranks_in_sync": in_sync,
                 "parameter_checksums": checksums.tolist(),
                 "seconds": round(time.perf_counter() - start_time, 2),

@@ -150,3 +150,13 @@ def test_torch_dataloader_path_matches(zoo):
     assert batch["model_id"] == [split[i]["model_id"] for i in range(3)]
     loader = zoo.window_loader("val", window_size=20, batch_size=2, seed=0)
     assert len(loader) == 2
+
+
+def test_a_split_without_a_full_batch_fails_clearly_not_with_stop_iteration(zoo):
+    split = zoo.splits["train"]  # 20 checkpoints
+    loader = zoo.window_loader("train", window_size=32, batch_size=32)
+    with pytest.raises(ValueError, match=r"20 checkpoint\(s\), fewer than batch_size=32.*drop_last=False"):
+        next(iter(loader))
+    assert len(next(iter(WindowDataLoader(split, zoo.layout, 32, 32, drop_last=False)))["index"]) == 20
+    with pytest.raises(ValueError, match="The split is empty"):
+        next(iter(WindowDataLoader(split.select([]), zoo.layout, 32, 32, drop_last=False)))

@@ -5,12 +5,14 @@ each other, and `save_pretrained` copies them next to the weights for `trust_rem
 package also registers the model with the Auto classes, so `sane_hf` users never need `trust_remote_code`.
 """
 
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
 
 from .configuration_sane import SaneConfig
 from .modeling_sane import (
     SANE_LAYOUT_NAME,
     SANE_NORMALIZATION_NAME,
+    SaneForPreTraining,
+    SaneForPreTrainingOutput,
     SaneModel,
     SaneModelOutput,
     SanePreTrainedModel,
@@ -21,11 +23,14 @@ from .modeling_sane import (
 # exist_ok: re-importing (e.g. after importlib.reload, or a remote-code copy registered first) must not fail.
 AutoConfig.register(SaneConfig.model_type, SaneConfig, exist_ok=True)
 AutoModel.register(SaneConfig, SaneModel, exist_ok=True)
+AutoModelForPreTraining.register(SaneConfig, SaneForPreTraining, exist_ok=True)
 
 __all__ = [
     "SANE_LAYOUT_NAME",
     "SANE_NORMALIZATION_NAME",
     "SaneConfig",
+    "SaneForPreTraining",
+    "SaneForPreTrainingOutput",
     "SaneModel",
     "SaneModelOutput",
     "SanePreTrainedModel",

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import ModelOutput, cached_file, logging
 
@@ -62,11 +63,18 @@ class SaneModelOutput(ModelOutput):
             Tokens reconstructed by the decoder from `latents`.
         projections (`torch.FloatTensor` of shape `(batch_size, projection_dim)`):
             Output of the projection head on `latents`; only used by the contrastive loss.
+        encoder_hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+            The encoder's input embedding and the output of each encoder block, each `(batch_size, window_length,
+            d_model)`.
+        decoder_hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+            The decoder's input embedding and the output of each decoder block.
     """
 
     latents: torch.FloatTensor | None = None
     reconstructions: torch.FloatTensor | None = None
     projections: torch.FloatTensor | None = None
+    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
 def haloed_window_index(
@@ -226,8 +234,12 @@ class SaneMLP(nn.Module):
         return self.dropout(self.c_proj(self.gelu(self.c_fc(hidden_states))))
 
 
-class SaneBlock(nn.Module):
-    """Pre-LN transformer block: `x = x + Attn(LN1(x)); x = x + MLP(LN2(x))` (SANE_METHOD §3.3)."""
+class SaneBlock(GradientCheckpointingLayer):
+    """Pre-LN transformer block: `x = x + Attn(LN1(x)); x = x + MLP(LN2(x))` (SANE_METHOD §3.3).
+
+    A `GradientCheckpointingLayer`: after `model.gradient_checkpointing_enable()`, training recomputes each block's
+    activations in the backward pass instead of storing them.
+    """
 
     def __init__(self, config: SaneConfig):
         super().__init__()
@@ -307,6 +319,10 @@ class SanePreTrainedModel(PreTrainedModel):
     base_model_prefix = "sane"
     main_input_name = "tokens"
     _no_split_modules = ["SaneBlock"]
+    supports_gradient_checkpointing = True
+    # Attention always runs through `F.scaled_dot_product_attention`; declaring it lets `attn_implementation="sdpa"`
+    # through `from_pretrained` / `from_config`.
+    _supports_sdpa = True
 
     sane_layout: dict | None = None
     sane_normalization: dict | None = None
@@ -518,7 +534,10 @@ class SaneModel(SanePreTrainedModel):
         positions: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         return_dict: bool | None = None,
-    ) -> SaneModelOutput | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs: Any,
+    ) -> SaneModelOutput | tuple[torch.Tensor, ...]:
         r"""
         Encode, decode and project a batch of windows (upstream `AEModule.forward` returning `(z, y, zp)`).
 
@@ -532,18 +551,38 @@ class SaneModel(SanePreTrainedModel):
             return_dict (`bool`, *optional*):
                 Whether to return a [`SaneModelOutput`] instead of a tuple `(latents, reconstructions, projections)`.
                 Defaults to `config.return_dict`.
+            output_hidden_states (`bool`, *optional*):
+                Also return the hidden states of every encoder and decoder block (defaults to
+                `config.output_hidden_states`).
+            output_attentions (`bool`, *optional*):
+                Not supported: attention runs through `F.scaled_dot_product_attention`, which returns no weights.
         """
+        _check_no_extra_inputs(type(self).__name__, kwargs)
+        if output_attentions:
+            raise ValueError(
+                "SANE computes attention with `F.scaled_dot_product_attention`, which returns no attention weights; "
+                "`output_attentions=True` is not supported."
+            )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         self._check_window_inputs("tokens", tokens, self.config.token_size, positions, attention_mask)
         # One position embedding for both stacks: encoder and decoder share the PE module (SANE_METHOD §3.1).
         position_embeddings = self.position_embedding(positions)
         attn_mask = _sdpa_key_mask(attention_mask)
-        latents = self._encode(tokens, position_embeddings, attn_mask)
-        reconstructions = self._decode(latents, position_embeddings, attn_mask)
+        encoder_states = [] if output_hidden_states else None
+        decoder_states = [] if output_hidden_states else None
+        latents = self._encode(tokens, position_embeddings, attn_mask, hidden_states_out=encoder_states)
+        reconstructions = self._decode(latents, position_embeddings, attn_mask, hidden_states_out=decoder_states)
         projections = self.projection_head(latents, attention_mask)
-        if not return_dict:
-            return latents, reconstructions, projections
-        return SaneModelOutput(latents=latents, reconstructions=reconstructions, projections=projections)
+        output = SaneModelOutput(
+            latents=latents,
+            reconstructions=reconstructions,
+            projections=projections,
+            encoder_hidden_states=tuple(encoder_states) if output_hidden_states else None,
+            decoder_hidden_states=tuple(decoder_states) if output_hidden_states else None,
+        )
+        return output if return_dict else output.to_tuple()
 
     def _encode(
         self,
@@ -551,13 +590,30 @@ class SaneModel(SanePreTrainedModel):
         position_embeddings: torch.Tensor,
         attn_mask: torch.Tensor | None,
         keep: torch.Tensor | None = None,
+        hidden_states_out: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
+        """With `hidden_states_out`, the input embedding and every block's output are appended to it."""
         hidden_states = self.input_projection(tokens.to(self.input_projection.weight.dtype)) + position_embeddings
         hidden_states = self.dropout(hidden_states)
-        for i, block in enumerate(self.encoder):
+        return self.to_latent(self._run_blocks(self.encoder, hidden_states, attn_mask, keep, hidden_states_out))
+
+    @staticmethod
+    def _run_blocks(
+        blocks: nn.ModuleList,
+        hidden_states: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+        keep: torch.Tensor | None,
+        hidden_states_out: list[torch.Tensor] | None,
+    ) -> torch.Tensor:
+        if hidden_states_out is not None:
+            hidden_states_out.append(hidden_states)
+        for i, block in enumerate(blocks):
             # `keep`: only these tokens' outputs are wanted, so the last block computes only them (haloed windows).
-            hidden_states = block(hidden_states, attn_mask, keep if i == len(self.encoder) - 1 else None)
-        return self.to_latent(hidden_states)
+            # Positional arguments: a checkpointed block replays exactly what it was called with.
+            hidden_states = block(hidden_states, attn_mask, keep if i == len(blocks) - 1 else None)
+            if hidden_states_out is not None:
+                hidden_states_out.append(hidden_states)
+        return hidden_states
 
     def _decode(
         self,
@@ -565,12 +621,13 @@ class SaneModel(SanePreTrainedModel):
         position_embeddings: torch.Tensor,
         attn_mask: torch.Tensor | None,
         keep: torch.Tensor | None = None,
+        hidden_states_out: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         hidden_states = self.from_latent(latents.to(self.from_latent.weight.dtype)) + position_embeddings
         hidden_states = self.dropout(hidden_states)
-        for i, block in enumerate(self.decoder):
-            hidden_states = block(hidden_states, attn_mask, keep if i == len(self.decoder) - 1 else None)
-        return self.output_projection(hidden_states)
+        return self.output_projection(
+            self._run_blocks(self.decoder, hidden_states, attn_mask, keep, hidden_states_out)
+        )
 
     def _check_window_inputs(
         self,
@@ -768,6 +825,348 @@ class SaneModel(SanePreTrainedModel):
         return result
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Pretraining objective (SANE_METHOD §4.3, upstream `GammaContrastReconLoss`):
+# `loss = gamma * NT-Xent(projections of the two views) + (1 - gamma) * masked MSE(reconstructions, targets)`.
+# It lives in this file so that SaneForPreTraining returns its loss also under `trust_remote_code`, without `sane_hf`;
+# `sane_hf.training.losses` re-exports these functions.
+# ----------------------------------------------------------------------------------------------------------------------
+
+RECONSTRUCTION_REDUCTIONS = ("mean", "original")
+# Upstream switches a term off below this distance of gamma to 0 or 1 (SANE_METHOD §4.3).
+_GAMMA_EPS = 1e-10
+
+
+def masked_reconstruction_loss(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
+    """Mean squared error of reconstructed tokens.
+
+    Args:
+        pred (`torch.Tensor` of shape `(B, W, T)`): reconstructions (values at padding are ignored).
+        target (`torch.Tensor` of shape `(B, W, T)`): targets.
+        mask (`torch.BoolTensor` of shape `(B, W, T)`): True on real values.
+        reduction (`str`, *optional*, defaults to `"mean"`): `"mean"`: the mean over real entries only;
+            `"original"`: upstream's `mean((mask * pred - target)^2)` over all entries, padding included.
+
+    Returns:
+        A scalar float32 tensor (0 when there is no real entry).
+    """
+    if pred.shape != target.shape or pred.shape != mask.shape:
+        raise ValueError(
+            f"`pred`, `target` and `mask` must have one shape, got {list(pred.shape)}, {list(target.shape)}, "
+            f"{list(mask.shape)}."
+        )
+    if mask.dtype != torch.bool:
+        raise ValueError(f"`mask` must be a bool tensor, got {mask.dtype}.")
+    pred, target = pred.float(), target.float()
+    if reduction == "mean":
+        # `where`, not a product: whatever the model puts at padding (even inf/NaN) cannot leak into the loss.
+        squared = torch.where(mask, pred - target, 0).square()
+        return squared.sum() / mask.sum().clamp_min(1)
+    if reduction == "original":
+        return (pred * mask - target).square().mean()
+    raise ValueError(f"`reduction` must be one of {RECONSTRUCTION_REDUCTIONS}, got {reduction!r}.")
+
+
+def reconstruction_r2(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Coefficient of determination `1 - SS_res / SS_tot` over the real entries (a monitoring metric, no gradient).
+
+    Unlike upstream's `loss/rsq` (torchmetrics explained variance per token column across the batch, averaged), it
+    is one global R² over all real values of the batch, so padding columns cannot distort it.
+    """
+    with torch.no_grad():
+        pred, target = pred.float(), target.float()
+        count = mask.sum().clamp_min(1)
+        mean = torch.where(mask, target, 0).sum() / count
+        ss_res = torch.where(mask, pred - target, 0).square().sum()
+        ss_tot = torch.where(mask, target - mean, 0).square().sum()
+        return 1 - ss_res / ss_tot.clamp_min(torch.finfo(torch.float32).tiny)
+
+
+def nt_xent_loss(z_i: torch.Tensor, z_j: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """SimCLR's normalized temperature-scaled cross-entropy (SANE_METHOD §4.3).
+
+    With `u = cat(z_i, z_j)` (2B rows) and `s_ab = cos(u_a, u_b) / temperature`, row a's positive is its partner
+    `a ± B` and its negatives are the other 2B - 2 rows (itself excluded). The loss is the cross-entropy of picking
+    the positive, averaged over the 2B rows (upstream sums and divides by 2B: the same number).
+
+    Args:
+        z_i (`torch.Tensor` of shape `(B, P)`): projections of view 1.
+        z_j (`torch.Tensor` of shape `(B, P)`): projections of view 2 (row b is the positive of `z_i[b]`).
+        temperature (`float`, *optional*, defaults to 0.1): `tau`.
+
+    Returns:
+        A scalar float32 tensor. Any batch size works (no `drop_last` needed); B = 1 gives 0 (no negatives).
+    """
+    if z_i.ndim != 2 or z_i.shape != z_j.shape or z_i.shape[0] < 1:
+        raise ValueError(
+            f"`z_i` and `z_j` must both have shape [B, P] with B >= 1, got {list(z_i.shape)} and {list(z_j.shape)}."
+        )
+    if not (isinstance(temperature, int | float) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"`temperature` must be a positive float, got {temperature!r}.")
+    batch_size = z_i.shape[0]
+    u = F.normalize(torch.cat([z_i, z_j]).float(), dim=1)
+    similarity = u @ u.T / temperature
+    self_mask = torch.eye(2 * batch_size, dtype=torch.bool, device=u.device)
+    similarity = similarity.masked_fill(self_mask, float("-inf"))
+    positives = torch.cat([torch.arange(batch_size, 2 * batch_size), torch.arange(batch_size)]).to(u.device)
+    return F.cross_entropy(similarity, positives)
+
+
+def sane_pretraining_loss(
+    reconstructions: torch.Tensor,
+    projections: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float = 0.05,
+    temperature: float = 0.1,
+    reduction: str = "mean",
+) -> dict[str, torch.Tensor]:
+    """SANE's pretraining objective `gamma * L_contrast + (1 - gamma) * L_recon` on both views in one batch.
+
+    Args:
+        reconstructions (`torch.Tensor` of shape `(2B, W, T)`): the model's reconstructions of view 1 (rows `:B`)
+            then view 2 (rows `B:`).
+        projections (`torch.Tensor` of shape `(2B, P)`): the projection head's outputs, in the same order; row `b`
+            and row `B + b` are a positive pair.
+        targets (`torch.Tensor` of shape `(2B, W, T)`): what to reconstruct (each view's input, or its clean window
+            for a denoising autoencoder).
+        mask (`torch.BoolTensor` of shape `(2B, W, T)`): True on real entries.
+        gamma (`float`, *optional*, defaults to 0.05): weight of the contrastive term in [0, 1]. Below 1e-10 the
+            contrastive term is skipped (reconstruction only); within 1e-10 of 1 the reconstruction term is skipped.
+        temperature (`float`, *optional*, defaults to 0.1): NT-Xent temperature.
+        reduction (`str`, *optional*, defaults to `"mean"`): see `masked_reconstruction_loss`.
+
+    Returns:
+        `dict` with scalar tensors `loss` (to backpropagate), `loss_recon`, `loss_contrast` (a detached 0 when its
+        term is skipped) and `r2` (reconstruction R² over real entries, no gradient).
+    """
+    if not (isinstance(gamma, int | float) and 0 <= gamma <= 1):
+        raise ValueError(f"`gamma` must be in [0, 1], got {gamma!r}.")
+    if reconstructions.shape[0] % 2 or projections.shape[0] != reconstructions.shape[0]:
+        raise ValueError(
+            "`reconstructions` and `projections` must hold both views (2B rows each), got shapes "
+            f"{list(reconstructions.shape)} and {list(projections.shape)}."
+        )
+    zero = torch.zeros((), device=reconstructions.device)
+    use_contrast = gamma >= _GAMMA_EPS
+    use_recon = abs(1 - gamma) >= _GAMMA_EPS
+    # Both views in one tensor, as upstream: the mean runs over the real entries of the 2B windows together.
+    loss_recon = masked_reconstruction_loss(reconstructions, targets, mask, reduction) if use_recon else zero
+    if use_contrast:
+        z_i, z_j = projections.chunk(2)
+        loss_contrast = nt_xent_loss(z_i, z_j, temperature)
+    else:
+        loss_contrast = zero
+    if use_recon and use_contrast:
+        loss = gamma * loss_contrast + (1 - gamma) * loss_recon
+    else:
+        loss = loss_recon if use_recon else loss_contrast
+    return {
+        "loss": loss,
+        "loss_recon": loss_recon,
+        "loss_contrast": loss_contrast,
+        "r2": reconstruction_r2(reconstructions, targets, mask),
+    }
+
+
+@dataclass
+class SaneForPreTrainingOutput(ModelOutput):
+    r"""
+    Output of [`SaneForPreTraining`]: the SANE loss on a batch of two-view pairs, its terms, and the model outputs.
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`):
+            `gamma * loss_contrast + (1 - gamma) * loss_recon` (`config.gamma`), the loss to backpropagate.
+        loss_recon (`torch.FloatTensor` of shape `()`):
+            Mean squared reconstruction error over the real entries of both views.
+        loss_contrast (`torch.FloatTensor` of shape `()`):
+            NT-Xent of the two views' projections (temperature `config.temperature`).
+        r2 (`torch.FloatTensor` of shape `()`):
+            Reconstruction R² over the real entries of both views (a metric, no gradient).
+        latents (`torch.FloatTensor` of shape `(batch_size, 2, window_length, latent_dim)`):
+            Per-token latents of each view.
+        reconstructions (`torch.FloatTensor` of shape `(batch_size, 2, window_length, token_size)`):
+            Reconstructed tokens of each view.
+        projections (`torch.FloatTensor` of shape `(batch_size, 2, projection_dim)`):
+            Projection-head outputs of each view.
+        encoder_hidden_states, decoder_hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+            With `output_hidden_states=True`: the backbone's per-block hidden states, each `(batch_size, 2,
+            window_length, d_model)`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    loss_recon: torch.FloatTensor | None = None
+    loss_contrast: torch.FloatTensor | None = None
+    r2: torch.FloatTensor | None = None
+    latents: torch.FloatTensor | None = None
+    reconstructions: torch.FloatTensor | None = None
+    projections: torch.FloatTensor | None = None
+    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+def _stack_views(name: str, value: torch.Tensor, batch_size: int, trailing: tuple[int, ...]) -> torch.Tensor:
+    """`(B, 2, *trailing)` pairs -> `(2B, *trailing)`: every view 1, then every view 2 (rows `b` and `B + b` pair)."""
+    if value.ndim != 2 + len(trailing) or value.shape[0] != batch_size or value.shape[1] != 2:
+        raise ValueError(
+            f"`{name}` must have shape (batch_size, 2, {', '.join(map(str, trailing))}) with the two views of every "
+            f"sample, got {tuple(value.shape)} (batch_size {batch_size})."
+        )
+    return torch.cat([value[:, 0], value[:, 1]])
+
+
+def _split_views(value: torch.Tensor) -> torch.Tensor:
+    """`(2B, ...)` -> `(B, 2, ...)`, the inverse of `_stack_views`."""
+    view_1, view_2 = value.chunk(2)
+    return torch.stack([view_1, view_2], dim=1)
+
+
+class SaneForPreTraining(SanePreTrainedModel):
+    """
+    SANE with its pretraining objective (SANE_METHOD §4.3): [`SaneModel`] as the backbone (`model.sane`), and a
+    forward pass that takes the two views of every window and returns the loss, as ViTMAE's `ViTMAEForPreTraining`.
+
+    The views are built outside the model (window cutting, the permutation of view 2, noise: `sane_hf`'s
+    `PretrainingCollator`), so a batch is `tokens` / `positions` / `mask` of shape `(batch_size, 2, ...)`, view 1 at
+    index 0. `AutoModel` still loads the backbone; `AutoModelForPreTraining` loads this class, and both load each
+    other's checkpoints.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from sane_hf.models.sane import SaneConfig, SaneForPreTraining
+
+    >>> config = SaneConfig(token_size=12, d_model=32, n_heads=4, n_layers=2, latent_dim=8, window_size=16,
+    ...                     max_positions=[64, 8, 16])
+    >>> model = SaneForPreTraining(config)
+    >>> positions = torch.stack([torch.arange(16), torch.arange(16) // 4, torch.arange(16) % 4], dim=-1)
+    >>> view_1 = torch.randn(4, 16, 12)
+    >>> view_2 = view_1 * (1 + 0.1 * torch.randn_like(view_1))
+    >>> outputs = model(tokens=torch.stack([view_1, view_2], dim=1), positions=positions.expand(4, 2, 16, 3))
+    >>> outputs.loss.backward()
+    >>> outputs.reconstructions.shape
+    torch.Size([4, 2, 16, 12])
+
+    ```
+    """
+
+    # Trainer would otherwise pass `num_items_in_batch` to a forward with `**kwargs`; the SANE loss averages itself.
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: SaneConfig):
+        super().__init__(config)
+        self.sane = SaneModel(config)
+        # Initialize weights and apply final processing
+        self.post_init()
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs: Any,
+    ) -> SaneForPreTrainingOutput | tuple[torch.Tensor, ...]:
+        r"""
+        The SANE loss of a batch of two-view pairs.
+
+        Args:
+            tokens (`torch.FloatTensor` of shape `(batch_size, 2, window_length, token_size)`):
+                The two (augmented) views of every window: `tokens[:, 0]` is view 1, `tokens[:, 1]` view 2.
+            positions (`torch.LongTensor` of shape `(batch_size, 2, window_length, 3)`):
+                Global positions of the tokens of each view.
+            mask (`torch.BoolTensor` of shape `(batch_size, 2, window_length, token_size)`, *optional*):
+                `True` on real entries; padding entries do not count in the reconstruction loss. Defaults to all
+                `True`.
+            labels (`torch.FloatTensor` of shape `(batch_size, 2, window_length, token_size)`, *optional*):
+                What each view reconstructs; defaults to `tokens` (upstream SANE). The clean, un-noised windows make
+                a denoising autoencoder.
+            attention_mask (`torch.BoolTensor` of shape `(batch_size, 2, window_length)`, *optional*):
+                `True` for real tokens, `False` for padding tokens that no token may attend to.
+            return_dict (`bool`, *optional*):
+                Whether to return a [`SaneForPreTrainingOutput`] instead of a tuple.
+            output_hidden_states (`bool`, *optional*):
+                Also return the backbone's per-block hidden states.
+            output_attentions (`bool`, *optional*):
+                Not supported (see [`SaneModel`]).
+        """
+        _check_no_extra_inputs(type(self).__name__, kwargs)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if tokens.ndim != 4:
+            raise ValueError(
+                "`tokens` must have shape (batch_size, 2, window_length, token_size): the two views of every window "
+                f"(build them with sane_hf's PretrainingCollator), got {tuple(tokens.shape)}."
+            )
+        batch_size, _, length, token_size = tokens.shape
+        if positions.ndim == 4 and positions.shape[0] == 1:
+            positions = positions.expand(batch_size, -1, -1, -1)
+        flat_tokens = _stack_views("tokens", tokens, batch_size, (length, token_size))
+        flat_positions = _stack_views("positions", positions, batch_size, (length, 3))
+        flat_mask = (
+            torch.ones_like(flat_tokens, dtype=torch.bool)
+            if mask is None
+            else _stack_views("mask", mask, batch_size, (length, token_size))
+        )
+        flat_targets = (
+            flat_tokens if labels is None else _stack_views("labels", labels, batch_size, (length, token_size))
+        )
+        flat_attention = (
+            None if attention_mask is None else _stack_views("attention_mask", attention_mask, batch_size, (length,))
+        )
+        # Both views in one forward pass: one graph, one DDP reduction, a larger matmul.
+        outputs = self.sane(
+            tokens=flat_tokens,
+            positions=flat_positions,
+            attention_mask=flat_attention,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+        losses = sane_pretraining_loss(
+            outputs.reconstructions.float(),
+            outputs.projections.float(),
+            flat_targets,
+            flat_mask,
+            gamma=self.config.gamma,
+            temperature=self.config.temperature,
+        )
+        hidden = {
+            name: tuple(_split_views(state) for state in states)
+            for name in ("encoder_hidden_states", "decoder_hidden_states")
+            if (states := getattr(outputs, name)) is not None
+        }
+        output = SaneForPreTrainingOutput(
+            **losses,
+            latents=_split_views(outputs.latents),
+            reconstructions=_split_views(outputs.reconstructions),
+            projections=_split_views(outputs.projections),
+            **hidden,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+def _check_no_extra_inputs(model_name: str, extra: dict[str, Any]) -> None:
+    """A clear error for arguments a SANE forward does not take (e.g. `labels`, or a whole window batch)."""
+    if not extra:
+        return
+    hint = ""
+    if "labels" in extra and model_name == "SaneModel":
+        hint = " SaneModel computes no loss; SaneForPreTraining takes the two views and returns the SANE loss."
+    elif "mask" in extra and model_name == "SaneModel":
+        hint = (
+            " `mask` (real token entries) only serves the loss: pass `tokens` and `positions` of a window batch, or "
+            "give the batch of two views to SaneForPreTraining."
+        )
+    raise ValueError(f"{model_name}.forward got unexpected argument(s) {sorted(extra)}.{hint}")
+
+
 def _sdpa_key_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     """`[B, W]` padding mask (True = real token) -> boolean SDPA key mask `[B, 1, 1, W]` (True = may be attended)."""
     if attention_mask is None:
@@ -794,14 +1193,22 @@ def _write_json_atomic(path: str, payload: dict) -> None:
 # and write `auto_map` into config.json, so `AutoModel.from_pretrained(repo, trust_remote_code=True)` works without
 # `sane_hf` installed (STYLE_ANCHORS §2.1).
 SaneModel.register_for_auto_class("AutoModel")
+SaneForPreTraining.register_for_auto_class("AutoModelForPreTraining")
 
 __all__ = [
+    "RECONSTRUCTION_REDUCTIONS",
     "SANE_LAYOUT_NAME",
     "SANE_NORMALIZATION_NAME",
+    "SaneForPreTraining",
+    "SaneForPreTrainingOutput",
     "SaneModel",
     "SaneModelOutput",
     "SanePositionEmbedding",
     "SanePreTrainedModel",
     "SaneProjectionHead",
     "haloed_window_index",
+    "masked_reconstruction_loss",
+    "nt_xent_loss",
+    "reconstruction_r2",
+    "sane_pretraining_loss",
 ]
