@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -306,9 +307,20 @@ def run_quickstart(config: QuickstartConfig, stage_callback: Callable[[str, str]
                 if stage_callback:
                     stage_callback(stage, "skip")
                 continue
+            if changed and recorded and folder.exists():
+                # This run wrote the folder for other options (its own or an upstream stage's): resuming from it would
+                # continue another run, so start the stage afresh. A stage killed with the same options and
+                # unchanged inputs is not `changed` and resumes from its partial work.
+                logger.info(
+                    "Stage %s: options or inputs changed since %s was written; starting it afresh.", stage, folder
+                )
+                shutil.rmtree(folder)
             logger.info("Stage %d/%d %s: running into %s.", index, len(STAGES), stage, folder)
             if stage_callback:
                 stage_callback(stage, "start")
+            # Recorded before the stage runs, so an interrupted stage is resumed (same options) rather than cleared.
+            stages_state[stage] = {"options": options}
+            write_json_atomic(state_path, {"config": asdict(config), "stages": stages_state})
             stage_start = time.perf_counter()
             outcome = _run_stage(stage, stage_config)
             stages_state[stage] = {

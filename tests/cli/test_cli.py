@@ -30,12 +30,18 @@ def test_quickstart_runs_the_whole_pipeline_and_resumes(tmp_path, capsys):
     state = json.loads((tmp_path / "quickstart_state.json").read_text())
     assert list(state["stages"]) == ["zoo", "convert", "pretrain", "predict", "generate"]
 
+    for stage in ("zoo", "sane", "generated"):
+        (tmp_path / stage / "left_by_the_first_run").write_text("")
     main_quickstart(["--output_dir", str(tmp_path), "--preset", "smoke"])
     assert capsys.readouterr().out.count("already complete, skipped") == 5
-    # A changed option reruns its stage and everything after it, not the stages before.
+    # A changed option reruns its stage and everything after it, not the stages before; the rerun stages start
+    # afresh (their folders held another run's work, e.g. step checkpoints a resume would adopt).
     main_quickstart(["--output_dir", str(tmp_path), "--preset", "smoke", "--pretrain_epochs", "2"])
     out = capsys.readouterr().out
     assert out.count("already complete, skipped") == 2 and "[3/5] pretrain: done" in out
+    assert (tmp_path / "zoo" / "left_by_the_first_run").is_file()
+    assert not (tmp_path / "sane" / "left_by_the_first_run").exists()
+    assert not (tmp_path / "generated" / "left_by_the_first_run").exists()
 
 
 def test_quickstart_config_rejects_bad_values():
