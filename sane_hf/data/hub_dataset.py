@@ -55,7 +55,7 @@ from ..tokenization import (
     permute_state_dict,
     weight_matching,
 )
-from ..utils.io import make_temporary_dir, write_json_atomic
+from ..utils.io import check_output_apart_from_inputs, make_temporary_dir, output_lock, write_json_atomic
 from ..utils.memory import empty_hugepage
 from .info import (
     DATA_DIR,
@@ -801,9 +801,11 @@ def write_zoo_dataset(
 
     Raises:
         `FileExistsError`: `output_dir` is not empty and `overwrite=False`.
+        `ValueError`: `output_dir` is, contains or lies inside the zoo folder.
         `ZooFormatError`: bad zoo input (the message names the file); nothing is left behind.
     """
     output_dir = Path(output_dir)
+    check_output_apart_from_inputs(output_dir, {"zoo_dir": reader.path})
     _check_output_dir(output_dir, overwrite)
     if normalization not in ("standardize", "none"):
         raise ValueError(f"`normalization` must be 'standardize' or 'none', got {normalization!r}.")
@@ -966,28 +968,29 @@ def convert_zoo(config: ConvertConfig, *, show_progress: bool = True) -> Convert
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)
     try:
-        reader = open_zoo(
-            config.zoo_dir,
-            config.zoo_format,
-            epochs=config.epoch_list(),
-            weight_threshold=config.weight_threshold,
-        )
-        info = write_zoo_dataset(
-            reader,
-            config.output_dir,
-            token_size=config.token_size,
-            tokenize_bn_stats=config.tokenize_bn_stats,
-            ignore_bn=config.ignore_bn,
-            normalization=config.normalization,
-            canonicalize=config.canonicalize,
-            split_fractions=config.split_fractions,
-            seed=config.seed,
-            max_models=config.max_models,
-            shard_size_mb=config.shard_size_mb,
-            overwrite=config.overwrite,
-            repo_id=config.push_to_hub,
-            show_progress=show_progress,
-        )
+        with output_lock(config.output_dir):  # a second conversion would silently replace this one
+            reader = open_zoo(
+                config.zoo_dir,
+                config.zoo_format,
+                epochs=config.epoch_list(),
+                weight_threshold=config.weight_threshold,
+            )
+            info = write_zoo_dataset(
+                reader,
+                config.output_dir,
+                token_size=config.token_size,
+                tokenize_bn_stats=config.tokenize_bn_stats,
+                ignore_bn=config.ignore_bn,
+                normalization=config.normalization,
+                canonicalize=config.canonicalize,
+                split_fractions=config.split_fractions,
+                seed=config.seed,
+                max_models=config.max_models,
+                shard_size_mb=config.shard_size_mb,
+                overwrite=config.overwrite,
+                repo_id=config.push_to_hub,
+                show_progress=show_progress,
+            )
     finally:
         torch.set_num_threads(previous_threads)
     output_dir = Path(config.output_dir)
