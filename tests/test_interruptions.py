@@ -17,6 +17,9 @@ import os
 import random
 import shutil
 import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -27,8 +30,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 KILL_POINTS = {"make_zoo": 2, "convert_zoo": 3, "pretrain": 3}
 # Leftovers of atomic writes: `write_bytes_atomic` (.<name>.<random>.tmp), `make_temporary_dir` (.<name>.tmp-<pid>-*),
-# parquet shards being written (.partial), pretraining's `.step_<N>.tmp` and `.save_pretrained.tmp`, `.old-` swaps.
-TEMPORARY_MARKERS = (".tmp", ".partial", ".old-")
+# parquet shards being written (.partial), pretraining's `.step_<N>.tmp` and `.save_pretrained.tmp`, `.old-` swaps,
+# and the writer's lock (a killed writer's lock is taken over by the rerun, and released when it finishes).
+TEMPORARY_MARKERS = (".tmp", ".partial", ".old-", ".lock")
 
 
 def _zoo_args(output: Path) -> list[str]:
@@ -108,8 +112,10 @@ def _comparable(relative: str, path: Path) -> bytes:
     if name in drop and "/" not in relative:
         data = json.loads(path.read_text())
         return json.dumps({k: v for k, v in data.items() if k not in drop[name]}, sort_keys=True).encode()
-    if name == "custom_checkpoint_1.pkl":  # pretraining's log state: the log, and the wall time so far
-        return torch.load(path, weights_only=True)["log"].encode()
+    if name == "sane_state.json":  # a step checkpoint's loop state: counters, log and the wall time so far
+        state = json.loads(path.read_text())
+        del state["log"]["seconds"]
+        return json.dumps(state, sort_keys=True).encode()
     if relative == "README.md" and (path.parent / "trainer_state.json").is_file():
         # The SANE card shows the wall time of trainer_state.json.
         return "".join(line for line in path.read_text().splitlines(True) if "| wall time |" not in line).encode()
@@ -231,3 +237,23 @@ def test_killed_run_resumes_to_identical_outputs(script, references, tmp_path):
             assert (state["resumed_from_step"], state["steps_this_run"]) == (resumed_at, 60 - (resumed_at or 0)), left
     # Otherwise only finished runs were rerun, and nothing about interruptions was tested.
     assert any(killed), f"no kill of {script} landed before the run finished"
+
+
+def test_a_lock_left_by_a_killed_writer_is_taken_over_and_released(tmp_path):
+    from sane_hf.utils.io import output_lock
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(finished.stdout)
+    lock = tmp_path / ".out.lock"
+    lock.write_text(json.dumps({"pid": dead_pid, "host": socket.gethostname(), "started": "2026-01-01T00:00:00"}))
+    with output_lock(tmp_path / "out") as path:
+        assert path == lock
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not lock.exists()
+
+    # A lock of another host is never taken over: whether its process still runs cannot be checked from here.
+    lock.write_text(json.dumps({"pid": dead_pid, "host": "elsewhere", "started": "2026-01-01T00:00:00"}))
+    with pytest.raises(FileExistsError, match=f"being written by another process \\(pid {dead_pid} on host elsewhere"):
+        with output_lock(tmp_path / "out"):
+            pass
+    assert json.loads(lock.read_text())["host"] == "elsewhere"
