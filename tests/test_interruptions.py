@@ -6,9 +6,9 @@ torch and transformers per kill point on the 2-core CI machines); it runs the co
 with the same arguments as the reference and is killed with a real SIGKILL after a seeded-random delay drawn over
 the reference's duration. The rerun runs in the test process. Every output file is compared byte for byte,
 except for what legitimately differs between two runs (`_comparable`): the output folder recorded in
-`zoo_config.json` and `train_config.json`, and the wall time of pretraining (`seconds` in `trainer_state.json` and
-in the step checkpoints' log state, the "wall time" row of the SANE card). Step checkpoints (model, optimizer,
-scheduler, sampler and RNG states) are byte-compared too. Every kill point prints its outcome (run with `-s`).
+`zoo_config.json` and `train_config.json`, and the wall time of pretraining (`seconds` in `trainer_state.json`, in
+its log lines and in the step checkpoints' log state, the "wall time" row of the SANE card). Step checkpoints
+(model, optimizer, scheduler, sampler and RNG states) are byte-compared too. Every kill point prints its outcome (run with `-s`).
 """
 
 import json
@@ -101,6 +101,12 @@ def _files(root: Path) -> dict[str, Path]:
     return {str(p.relative_to(root)): p for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def _drop_log_seconds(history: list[dict]) -> None:
+    """Remove the wall time of each pretraining log line (the x-axis of quality-per-second curves)."""
+    for line in history:
+        line.pop("seconds", None)
+
+
 def _comparable(relative: str, path: Path) -> bytes:
     """The bytes two runs must share: the file, or for run records the JSON without per-run fields."""
     name = Path(relative).name
@@ -111,10 +117,12 @@ def _comparable(relative: str, path: Path) -> bytes:
     }
     if name in drop and "/" not in relative:
         data = json.loads(path.read_text())
+        _drop_log_seconds(data.get("log_history", []))
         return json.dumps({k: v for k, v in data.items() if k not in drop[name]}, sort_keys=True).encode()
     if name == "sane_state.json":  # a step checkpoint's loop state: counters, log and the wall time so far
         state = json.loads(path.read_text())
         del state["log"]["seconds"]
+        _drop_log_seconds(state["log"]["history"])
         return json.dumps(state, sort_keys=True).encode()
     if relative == "README.md" and (path.parent / "trainer_state.json").is_file():
         # The SANE card shows the wall time of trainer_state.json.

@@ -503,3 +503,12 @@ def test_log_with_sends_the_config_and_every_logged_line_to_the_tracker(tiny_dat
     assert records[1][0] == "config" and records[1][1]["lr"] == 3e-3 and records[1][1]["log_with"] == "tensorboard"
     train_steps = [step for kind, step, *values in records[2:] if kind == "log" and "train/loss" in values[0]]
     assert train_steps == [5, 10]
+
+
+def test_weights_that_diverge_without_a_nan_loss_are_never_saved(tiny_dataset, tmp_path):
+    """The last resort behind the loss check (an update that diverges on the last step, fp16 runs): the weights are
+    checked before saving, and a NaN model is not saved."""
+    with mock.patch.object(pretrain_module, "_check_finite_loss", lambda *args: None):
+        with pytest.raises(ValueError, match=r"not saved: the model after step 4: weight '.*' holds \d+ NaN/Inf"):
+            pretrain(_config(tiny_dataset, tmp_path / "sane", max_steps=4, lr=1e12))
+    assert not (tmp_path / "sane" / "model.safetensors").exists()
