@@ -128,8 +128,9 @@ def main_convert_zoo(args: Sequence[str] | None = None) -> None:
     (config,) = parse_config((ConvertConfig,), args)
     result = convert_zoo(config)
     info = result.info
+    done = "Already converted (same zoo models and options; skipped):" if result.skipped else "Converted"
     print(
-        f"Converted {info.num_checkpoints} checkpoints of {info.num_models} models into {result.output_dir} "
+        f"{done} {info.num_checkpoints} checkpoints of {info.num_models} models into {result.output_dir} "
         f"({result.num_bytes / 1e6:.1f} MB) in {result.seconds:.1f} s: {info.num_tokens} tokens x {info.token_size}."
     )
     for name, split in info.splits.items():

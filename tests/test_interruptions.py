@@ -211,13 +211,8 @@ def test_killed_run_resumes_to_identical_outputs(script, references, tmp_path):
             exit_code = _run_and_kill(main_name, args, delay)
         left = _state(script, output)
         checkpoint_steps = sorted(int(p.name[5:]) for p in output.glob("checkpoints/step_*"))
-        if script == "convert_zoo" and output.exists():
-            # The kill came after the dataset was renamed into place: it is complete, and the same command refuses
-            # to overwrite it (rerunning needs --overwrite); compare it as it is.
-            with pytest.raises(SystemExit):
-                _run_main(main_name, args)
-        else:
-            _run_main(main_name, args)  # the same command again
+        # The same command again (a dataset renamed into place before the kill is complete: the rerun skips it).
+        _run_main(main_name, args)
         differ = _compare(reference, output)
         leftovers = _leftovers(output.parent)
         row = json.dumps(
@@ -265,3 +260,24 @@ def test_a_lock_left_by_a_killed_writer_is_taken_over_and_released(tmp_path):
         with output_lock(tmp_path / "out"):
             pass
     assert json.loads(lock.read_text())["host"] == "elsewhere"
+
+
+def test_rerunning_a_finished_conversion_skips_it(tmp_path, zoo_tools, capsys):
+    zoo = zoo_tools.write_sane_hf_zoo(tmp_path / "zoo", num_models=4, num_epochs=1)
+    output = tmp_path / "zoo_ds"
+    args = ["--zoo_dir", str(zoo), "--output_dir", str(output), "--token_size", "16"]
+    _run_main("main_convert_zoo", args)
+    written = {relative: path.stat().st_mtime_ns for relative, path in _files(output).items()}
+    capsys.readouterr()
+
+    _run_main("main_convert_zoo", args)  # the same command: exit 0, nothing rewritten
+    assert capsys.readouterr().out.startswith("Already converted (same zoo models and options; skipped): ")
+    assert {relative: path.stat().st_mtime_ns for relative, path in _files(output).items()} == written
+
+    # Another option, or a zoo that gained a model, is another conversion: refused without --overwrite.
+    shutil.copytree(zoo / "models" / "model_0000", zoo / "models" / "model_0099")
+    for other in (args[:-1] + ["32"], args):
+        with pytest.raises(SystemExit) as info:
+            _run_main("main_convert_zoo", other)
+        assert info.value.code == 1
+        assert "output_dir exists and is not empty" in capsys.readouterr().err
