@@ -438,6 +438,13 @@ def resume_optimizer_pickle(good, d):
     return _resume_with_planted(good, d, "optimizer.bin")
 
 
+def resume_truncated_optimizer_state(good, d):
+    output = _pretrained_with_checkpoints(good, d)
+    optimizer = output / "checkpoints" / "step_2" / "optimizer.bin"
+    optimizer.write_bytes(optimizer.read_bytes()[:100])
+    return _resume(good, output, "--max_steps", 2, "--lr", 3e-3, "--resume_from_checkpoint", "auto")
+
+
 def convert_into_its_zoo(good, d):
     zoo = _copy(good["zoo"], d / "zoo")
     return _cli("main_convert_zoo", "--zoo_dir", zoo, "--output_dir", zoo, "--overwrite", "true")
@@ -707,6 +714,12 @@ CASES = [
         "resume: code-running optimizer state in the step checkpoint",
         resume_optimizer_pickle,
         ("step_2: refused to resume", "weights_only=True"),
+        "sane-pretrain",
+    ),
+    Case(
+        "resume: truncated optimizer state in the step checkpoint",
+        resume_truncated_optimizer_state,
+        ("step_2: cannot resume: a state file is corrupt or does not fit this run", "RuntimeError"),
         "sane-pretrain",
     ),
     Case(

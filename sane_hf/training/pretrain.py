@@ -621,6 +621,13 @@ def _pretrain(
                 f"{path}: refused to resume: torch.load(weights_only=True) rejected a state file "
                 f"({weights_only_rejection(error)})."
             ) from None
+        except (RuntimeError, EOFError) as error:
+            # A truncated or edited state file (torch's zip reader, `load_state_dict`): the checkpoint, not the code.
+            first_line = next(iter(str(error).strip().splitlines()), "")
+            raise ValueError(
+                f"{path}: cannot resume: a state file is corrupt or does not fit this run "
+                f"({type(error).__name__}: {first_line})."
+            ) from None
         counters.load_state_dict(resumed_state["counters"])
         log_state.load_state_dict(resumed_state["log"])
         logger.info("Resumed from %s at epoch %d, step %d.", path, counters.epoch, counters.optimizer_steps)
