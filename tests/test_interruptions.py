@@ -281,3 +281,37 @@ def test_rerunning_a_finished_conversion_skips_it(tmp_path, zoo_tools, capsys):
             _run_main("main_convert_zoo", other)
         assert info.value.code == 1
         assert "output_dir exists and is not empty" in capsys.readouterr().err
+
+
+def _child_with_stderr(main_name: str, args: list[str], stderr_path: str) -> None:
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    os.dup2(os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
+    sys.stderr = open(2, "w", closefd=False)  # pytest's capture object, inherited by the fork, is not fd 2
+    torch.set_num_threads(1)
+    _run_main(main_name, args)
+
+
+def test_ctrl_c_ends_with_one_line_and_leaves_nothing_half_written(tmp_path, zoo_tools):
+    zoo = zoo_tools.write_sane_hf_zoo(tmp_path / "zoo", num_models=4, num_epochs=1)
+    _run_main("main_convert_zoo", _convert_args(zoo, tmp_path / "zoo_ds"))
+    output = tmp_path / "sane"
+    args = _pretrain_args(tmp_path / "zoo_ds", output)
+    for option in ("--max_steps", "--epochs"):
+        args[args.index(option) + 1] = "100000"  # still training when Ctrl-C comes
+    stderr = tmp_path / "stderr.txt"
+    process = multiprocessing.get_context("fork").Process(
+        target=_child_with_stderr, args=("main_pretrain", args, str(stderr))
+    )
+    process.start()
+    process.join(3.0)
+    assert process.exitcode is None, "the run ended before Ctrl-C"
+    os.kill(process.pid, signal.SIGINT)
+    process.join(60)
+    lines = [line for line in stderr.read_text().splitlines() if line.strip()]
+    assert process.exitcode == 130, lines[-5:]
+    assert lines[-1] == (
+        "sane-pretrain: interrupted; no output file is half-written: run the same command to resume or redo it."
+    ), lines[-5:]
+    assert not any("Traceback" in line for line in lines)
+    assert not (output / "model.safetensors").exists()
+    assert _leftovers(tmp_path) == []

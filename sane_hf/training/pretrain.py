@@ -491,25 +491,30 @@ def _save_checkpoint(
     accelerator: Accelerator, output_dir: Path, step: int, limit: int | None, state: dict[str, Any]
 ) -> None:
     """`save_state` and the loop `state` (`CHECKPOINT_STATE_NAME`) into a temporary folder, renamed when complete:
-    a kill never leaves a half checkpoint."""
+    a kill never leaves a half checkpoint (and an interrupted save, Ctrl-C, removes its temporary folder)."""
     final = output_dir / CHECKPOINTS_DIR / f"step_{step}"
     tmp = output_dir / CHECKPOINTS_DIR / f".step_{step}.tmp"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.parent.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        write_json_atomic(tmp / CHECKPOINT_STATE_NAME, state)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        if limit:
-            folders = sorted(
-                (p for p in final.parent.glob("step_*") if p.name[5:].isdigit()), key=lambda p: int(p.name[5:])
-            )
-            for old in folders[:-limit]:
-                shutil.rmtree(old, ignore_errors=True)
+    try:
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            write_json_atomic(tmp / CHECKPOINT_STATE_NAME, state)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+    except BaseException:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if accelerator.is_main_process and limit:
+        folders = sorted(
+            (p for p in final.parent.glob("step_*") if p.name[5:].isdigit()), key=lambda p: int(p.name[5:])
+        )
+        for old in folders[:-limit]:
+            shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
 
 

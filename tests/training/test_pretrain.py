@@ -512,3 +512,17 @@ def test_weights_that_diverge_without_a_nan_loss_are_never_saved(tiny_dataset, t
         with pytest.raises(ValueError, match=r"not saved: the model after step 4: weight '.*' holds \d+ NaN/Inf"):
             pretrain(_config(tiny_dataset, tmp_path / "sane", max_steps=4, lr=1e12))
     assert not (tmp_path / "sane" / "model.safetensors").exists()
+
+
+def test_an_interrupted_step_checkpoint_leaves_no_temporary_folder(tiny_dataset, tmp_path):
+    from accelerate import Accelerator
+
+    real_save_state = Accelerator.save_state
+
+    def save_then_interrupt(self, *args, **kwargs):
+        real_save_state(self, *args, **kwargs)
+        raise KeyboardInterrupt("Ctrl-C while saving the step checkpoint")
+
+    with mock.patch.object(Accelerator, "save_state", save_then_interrupt), pytest.raises(KeyboardInterrupt):
+        pretrain(_config(tiny_dataset, tmp_path / "sane", max_steps=4, save_steps=2))
+    assert list((tmp_path / "sane" / "checkpoints").iterdir()) == []
