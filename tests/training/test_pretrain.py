@@ -526,3 +526,21 @@ def test_an_interrupted_step_checkpoint_leaves_no_temporary_folder(tiny_dataset,
     with mock.patch.object(Accelerator, "save_state", save_then_interrupt), pytest.raises(KeyboardInterrupt):
         pretrain(_config(tiny_dataset, tmp_path / "sane", max_steps=4, save_steps=2))
     assert list((tmp_path / "sane" / "checkpoints").iterdir()) == []
+
+
+def test_resume_accepts_changed_run_control_options(tiny_dataset, tmp_path):
+    """Options that steer a run but not what it trains (logging, saving, threads) may change on resume."""
+    output = pretrain(_config(tiny_dataset, tmp_path / "sane", max_steps=4, save_steps=2))
+    pretrain(
+        _config(
+            tiny_dataset,
+            output,
+            max_steps=4,
+            save_steps=1,
+            save_total_limit=None,
+            logging_steps=1,
+            num_threads=2,
+            resume_from_checkpoint="auto",
+        )
+    )
+    assert read_trainer_state(output)["resumed_from_step"] == 4
