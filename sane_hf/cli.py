@@ -19,11 +19,14 @@ logger = logging.getLogger(__name__)
 # `SANE_HF_TRACEBACK=1` shows the traceback of a user error too.
 USER_ERRORS = (ValueError, OSError)
 EXIT_USER_ERROR = 1
+# Ctrl-C: the shell's status for SIGINT (128 + 2). Outputs are written atomically, so an interrupted command leaves
+# nothing half-written, and rerunning it resumes or redoes the work; a traceback would only hide that.
+EXIT_INTERRUPTED = 130
 
 
 def one_line_errors(command: str) -> Callable:
     """Decorate a `main_*` entry point: user errors (`USER_ERRORS`) become `"<command>: error: <message>"` on stderr
-    and exit status 1, with no traceback."""
+    and exit status 1, and Ctrl-C `"<command>: interrupted ..."` and exit status 130, with no traceback."""
 
     def decorate(main: Callable) -> Callable:
         @functools.wraps(main)
@@ -37,10 +40,28 @@ def one_line_errors(command: str) -> Callable:
                 message = " ".join(str(error).split()) or type(error).__name__
                 print(f"{command}: error: {message}", file=sys.stderr, flush=True)
                 raise SystemExit(EXIT_USER_ERROR) from None
+            except KeyboardInterrupt:
+                if os.environ.get("SANE_HF_TRACEBACK", "") not in ("", "0"):
+                    raise
+                _close_progress_bars()
+                print(
+                    f"{command}: interrupted; no output file is half-written: run the same command to resume or redo it.",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                raise SystemExit(EXIT_INTERRUPTED) from None
 
         return wrapper
 
     return decorate
+
+
+def _close_progress_bars() -> None:
+    """Close the live tqdm bars, which would otherwise redraw themselves at exit, after the command's last line."""
+    from tqdm import tqdm
+
+    for bar in list(tqdm._instances):
+        bar.close()
 
 
 def parse_config(config_classes: tuple[type, ...], args: Sequence[str] | None = None) -> tuple:
@@ -128,8 +149,9 @@ def main_convert_zoo(args: Sequence[str] | None = None) -> None:
     (config,) = parse_config((ConvertConfig,), args)
     result = convert_zoo(config)
     info = result.info
+    done = "Already converted (same zoo models and options; skipped):" if result.skipped else "Converted"
     print(
-        f"Converted {info.num_checkpoints} checkpoints of {info.num_models} models into {result.output_dir} "
+        f"{done} {info.num_checkpoints} checkpoints of {info.num_models} models into {result.output_dir} "
         f"({result.num_bytes / 1e6:.1f} MB) in {result.seconds:.1f} s: {info.num_tokens} tokens x {info.token_size}."
     )
     for name, split in info.splits.items():

@@ -10,6 +10,7 @@ called directly. Every case prints its message (run with `-s` to list them).
 import hashlib
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -364,6 +365,150 @@ def make_zoo_other_config(good, d):
     return _cli("main_make_zoo", "--output_dir", zoo, "--num_models", 6, "--epochs", 3)
 
 
+# --- issue 16: resume only this run's checkpoints, safely; outputs apart from inputs; one writer; no NaN model ----
+
+TINY_SANE = ("--d_model", 16, "--n_heads", 2, "--n_layers", 1, "--latent_dim", 4, "--window_size", 8)
+
+
+def _pretrained_with_checkpoints(good, d: Path) -> Path:
+    """A finished 2-step run in `d/sane` with the step checkpoints step_1 and step_2 (lr 3e-3)."""
+    output = d / "sane"
+    _cli(
+        "main_pretrain",
+        "--dataset",
+        good["ds16"],
+        "--output_dir",
+        output,
+        *TINY_SANE,
+        "--batch_size",
+        4,
+        "--max_steps",
+        2,
+        "--save_steps",
+        1,
+        "--lr",
+        3e-3,
+        "--num_threads",
+        1,
+    )()
+    assert sorted(p.name for p in (output / "checkpoints").iterdir()) == ["step_1", "step_2"]
+    return output
+
+
+def _resume(good, output: Path, *options) -> Callable:
+    args = ["--dataset", good["ds16"], "--output_dir", output, *TINY_SANE, "--batch_size", 4, "--save_steps", 1]
+    return _cli("main_pretrain", *args, "--num_threads", 1, *options)
+
+
+def resume_other_configuration(good, d):
+    output = _pretrained_with_checkpoints(good, d)
+    return _resume(good, output, "--max_steps", 3, "--lr", 3e-4, "--resume_from_checkpoint", "auto")
+
+
+def fresh_run_over_other_checkpoints(good, d):
+    output = _pretrained_with_checkpoints(good, d)
+    return _resume(good, output, "--max_steps", 2, "--lr", 3e-4)
+
+
+def _resume_with_planted(good, d, name: str) -> Callable:
+    """Resume (same configuration) from a step checkpoint whose `name` is a code-running pickle."""
+    output = _pretrained_with_checkpoints(good, d)
+    marker = d.parent / f"{d.name}.marker"
+    good["tools"].write_malicious_checkpoint(output / "checkpoints" / "step_2" / name, marker)
+    run_resume = _resume(good, output, "--max_steps", 2, "--lr", 3e-3, "--resume_from_checkpoint", "auto")
+
+    def run():
+        try:
+            run_resume()
+        finally:
+            assert not marker.exists(), "the pickle's code ran"
+
+    return run
+
+
+def resume_custom_checkpoint_pickle(good, d):
+    return _resume_with_planted(good, d, "custom_checkpoint_0.pkl")
+
+
+def resume_random_states_pickle(good, d):
+    return _resume_with_planted(good, d, "random_states_0.pkl")
+
+
+def resume_optimizer_pickle(good, d):
+    return _resume_with_planted(good, d, "optimizer.bin")
+
+
+def resume_truncated_optimizer_state(good, d):
+    output = _pretrained_with_checkpoints(good, d)
+    optimizer = output / "checkpoints" / "step_2" / "optimizer.bin"
+    optimizer.write_bytes(optimizer.read_bytes()[:100])
+    return _resume(good, output, "--max_steps", 2, "--lr", 3e-3, "--resume_from_checkpoint", "auto")
+
+
+def convert_into_its_zoo(good, d):
+    zoo = _copy(good["zoo"], d / "zoo")
+    return _cli("main_convert_zoo", "--zoo_dir", zoo, "--output_dir", zoo, "--overwrite", "true")
+
+
+def convert_inside_its_zoo(good, d):
+    zoo = _copy(good["zoo"], d / "zoo")
+    return _cli("main_convert_zoo", "--zoo_dir", zoo, "--output_dir", zoo / "ds", "--overwrite", "true")
+
+
+def generate_into_its_sane(good, d):
+    sane = _copy(good["sane16"], d / "sane")
+    args = ["--model", sane, "--dataset", good["ds16"], "--output_dir", sane, "--overwrite", "true"]
+    return _cli("main_generate", *args, "--evaluate", "false")
+
+
+def generate_over_its_dataset(good, d):
+    dataset = _copy(good["ds16"], d / "data" / "ds")
+    args = ["--model", good["sane16"], "--dataset", dataset, "--output_dir", d / "data", "--overwrite", "true"]
+    return _cli("main_generate", *args, "--evaluate", "false")
+
+
+def pretrain_into_its_dataset(good, d):
+    dataset = _copy(good["ds16"], d / "ds")
+    return _cli("main_pretrain", "--dataset", dataset, "--output_dir", dataset, "--max_steps", 1)
+
+
+def predict_into_its_sane(good, d):
+    sane = _copy(good["sane16"], d / "sane")
+    return _cli("main_predict", "--model", sane, "--dataset", good["ds16"], "--output_dir", sane)
+
+
+def _locked(target: Path, command: Callable) -> Callable:
+    """`command`, run while this process holds `target`'s lock as another writer would."""
+    from sane_hf.utils.io import output_lock
+
+    lock = output_lock(target)
+    lock.__enter__()
+    command.held_lock = lock  # held (the lock file stays) until the test ends, like a writer still running
+    return command
+
+
+def convert_locked(good, d):
+    return _locked(d / "out", _cli("main_convert_zoo", "--zoo_dir", good["zoo"], "--output_dir", d / "out"))
+
+
+def pretrain_locked(good, d):
+    return _locked(d / "sane", _cli("main_pretrain", "--dataset", good["ds16"], "--output_dir", d / "sane"))
+
+
+def generate_locked(good, d):
+    args = ["--model", good["sane16"], "--dataset", good["ds16"], "--output_dir", d / "gen", "--evaluate", "false"]
+    return _locked(d / "gen", _cli("main_generate", *args))
+
+
+def make_zoo_locked(good, d):
+    return _locked(d / "zoo", _cli("main_make_zoo", "--output_dir", d / "zoo", "--num_models", 2, "--epochs", 1))
+
+
+def diverging_pretrain(good, d):
+    args = ["--dataset", good["ds16"], "--output_dir", d / "sane", *TINY_SANE, "--batch_size", 4, "--max_steps", 5]
+    return _cli("main_pretrain", *args, "--lr", 1e12, "--num_threads", 1)
+
+
 CASES = [
     Case("zoo folder missing", missing_zoo, ("no_such_zoo", "zoo folder not found"), "sane-convert-zoo"),
     Case("zoo folder empty", empty_zoo, ("empty_zoo", "zoo folder is empty"), "sane-convert-zoo"),
@@ -535,6 +680,95 @@ CASES = [
         make_zoo_other_config,
         ("different configuration", "epochs: stored 2, requested 3"),
         "sane-make-zoo",
+    ),
+    Case(
+        "resume from a checkpoint of another run configuration",
+        resume_other_configuration,
+        (
+            "step_2 is a checkpoint of a run with another configuration",
+            "differing options: lr, max_steps",
+            "lr: stored 0.003, requested 0.0003",
+            "max_steps: stored 2, requested 3",
+        ),
+        "sane-pretrain",
+    ),
+    Case(
+        "fresh run into a folder with another run's step checkpoints",
+        fresh_run_over_other_checkpoints,
+        ("holds step checkpoints of another run", "differing options: lr", "Use another output_dir"),
+        "sane-pretrain",
+    ),
+    Case(
+        "resume: code-running custom_checkpoint pickle in the step checkpoint",
+        resume_custom_checkpoint_pickle,
+        ("custom_checkpoint_0.pkl", "refused to resume", "never writes custom_checkpoint pickles"),
+        "sane-pretrain",
+    ),
+    Case(
+        "resume: code-running random-states pickle in the step checkpoint",
+        resume_random_states_pickle,
+        ("random_states_0.pkl", "refused to resume", "weights_only=True"),
+        "sane-pretrain",
+    ),
+    Case(
+        "resume: code-running optimizer state in the step checkpoint",
+        resume_optimizer_pickle,
+        ("step_2: refused to resume", "weights_only=True"),
+        "sane-pretrain",
+    ),
+    Case(
+        "resume: truncated optimizer state in the step checkpoint",
+        resume_truncated_optimizer_state,
+        ("step_2: cannot resume: a state file is corrupt or does not fit this run", "RuntimeError"),
+        "sane-pretrain",
+    ),
+    Case(
+        "convert --overwrite into its own zoo", convert_into_its_zoo, ("is the input `zoo_dir`",), "sane-convert-zoo"
+    ),
+    Case(
+        "convert --overwrite into a folder inside its zoo",
+        convert_inside_its_zoo,
+        ("is inside the input `zoo_dir`",),
+        "sane-convert-zoo",
+    ),
+    Case("generate --overwrite into its SANE", generate_into_its_sane, ("is the input `model`",), "sane-generate"),
+    Case(
+        "generate --overwrite into its dataset's parent",
+        generate_over_its_dataset,
+        ("contains the input `dataset`",),
+        "sane-generate",
+    ),
+    Case("pretrain into its dataset", pretrain_into_its_dataset, ("is the input `dataset`",), "sane-pretrain"),
+    Case("predict into its SANE", predict_into_its_sane, ("is the input `model`",), "sane-predict"),
+    Case(
+        "convert while another writer holds the output",
+        convert_locked,
+        ("is being written by another process", f"pid {os.getpid()} on host", "lock file"),
+        "sane-convert-zoo",
+    ),
+    Case(
+        "pretrain while another writer holds the output",
+        pretrain_locked,
+        ("is being written by another process", f"pid {os.getpid()} on host", "lock file"),
+        "sane-pretrain",
+    ),
+    Case(
+        "generate while another writer holds the output",
+        generate_locked,
+        ("is being written by another process", f"pid {os.getpid()} on host", "lock file"),
+        "sane-generate",
+    ),
+    Case(
+        "make_zoo while another writer holds the output",
+        make_zoo_locked,
+        ("is being written by another process", f"pid {os.getpid()} on host", "lock file"),
+        "sane-make-zoo",
+    ),
+    Case(
+        "diverging pretraining (lr 1e12)",
+        diverging_pretrain,
+        ("The loss became", "at step", "stopping without saving a model", "Lower --lr (now 1e+12)"),
+        "sane-pretrain",
     ),
 ]
 

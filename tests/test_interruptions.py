@@ -6,9 +6,9 @@ torch and transformers per kill point on the 2-core CI machines); it runs the co
 with the same arguments as the reference and is killed with a real SIGKILL after a seeded-random delay drawn over
 the reference's duration. The rerun runs in the test process. Every output file is compared byte for byte,
 except for what legitimately differs between two runs (`_comparable`): the output folder recorded in
-`zoo_config.json` and `train_config.json`, and the wall time of pretraining (`seconds` in `trainer_state.json` and
-in the step checkpoints' log state, the "wall time" row of the SANE card). Step checkpoints (model, optimizer,
-scheduler, sampler and RNG states) are byte-compared too. Every kill point prints its outcome (run with `-s`).
+`zoo_config.json` and `train_config.json`, and the wall time of pretraining (`seconds` in `trainer_state.json`, in
+its log lines and in the step checkpoints' log state, the "wall time" row of the SANE card). Step checkpoints
+(model, optimizer, scheduler, sampler and RNG states) are byte-compared too. Every kill point prints its outcome (run with `-s`).
 """
 
 import json
@@ -17,6 +17,9 @@ import os
 import random
 import shutil
 import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -27,8 +30,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 KILL_POINTS = {"make_zoo": 2, "convert_zoo": 3, "pretrain": 3}
 # Leftovers of atomic writes: `write_bytes_atomic` (.<name>.<random>.tmp), `make_temporary_dir` (.<name>.tmp-<pid>-*),
-# parquet shards being written (.partial), pretraining's `.step_<N>.tmp` and `.save_pretrained.tmp`, `.old-` swaps.
-TEMPORARY_MARKERS = (".tmp", ".partial", ".old-")
+# parquet shards being written (.partial), pretraining's `.step_<N>.tmp` and `.save_pretrained.tmp`, `.old-` swaps,
+# and the writer's lock (a killed writer's lock is taken over by the rerun, and released when it finishes).
+TEMPORARY_MARKERS = (".tmp", ".partial", ".old-", ".lock")
 
 
 def _zoo_args(output: Path) -> list[str]:
@@ -97,6 +101,12 @@ def _files(root: Path) -> dict[str, Path]:
     return {str(p.relative_to(root)): p for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def _drop_log_seconds(history: list[dict]) -> None:
+    """Remove the wall time of each pretraining log line (the x-axis of quality-per-second curves)."""
+    for line in history:
+        line.pop("seconds", None)
+
+
 def _comparable(relative: str, path: Path) -> bytes:
     """The bytes two runs must share: the file, or for run records the JSON without per-run fields."""
     name = Path(relative).name
@@ -107,9 +117,13 @@ def _comparable(relative: str, path: Path) -> bytes:
     }
     if name in drop and "/" not in relative:
         data = json.loads(path.read_text())
+        _drop_log_seconds(data.get("log_history", []))
         return json.dumps({k: v for k, v in data.items() if k not in drop[name]}, sort_keys=True).encode()
-    if name == "custom_checkpoint_1.pkl":  # pretraining's log state: the log, and the wall time so far
-        return torch.load(path, weights_only=True)["log"].encode()
+    if name == "sane_state.json":  # a step checkpoint's loop state: counters, log and the wall time so far
+        state = json.loads(path.read_text())
+        del state["log"]["seconds"]
+        _drop_log_seconds(state["log"]["history"])
+        return json.dumps(state, sort_keys=True).encode()
     if relative == "README.md" and (path.parent / "trainer_state.json").is_file():
         # The SANE card shows the wall time of trainer_state.json.
         return "".join(line for line in path.read_text().splitlines(True) if "| wall time |" not in line).encode()
@@ -197,13 +211,8 @@ def test_killed_run_resumes_to_identical_outputs(script, references, tmp_path):
             exit_code = _run_and_kill(main_name, args, delay)
         left = _state(script, output)
         checkpoint_steps = sorted(int(p.name[5:]) for p in output.glob("checkpoints/step_*"))
-        if script == "convert_zoo" and output.exists():
-            # The kill came after the dataset was renamed into place: it is complete, and the same command refuses
-            # to overwrite it (rerunning needs --overwrite); compare it as it is.
-            with pytest.raises(SystemExit):
-                _run_main(main_name, args)
-        else:
-            _run_main(main_name, args)  # the same command again
+        # The same command again (a dataset renamed into place before the kill is complete: the rerun skips it).
+        _run_main(main_name, args)
         differ = _compare(reference, output)
         leftovers = _leftovers(output.parent)
         row = json.dumps(
@@ -231,3 +240,78 @@ def test_killed_run_resumes_to_identical_outputs(script, references, tmp_path):
             assert (state["resumed_from_step"], state["steps_this_run"]) == (resumed_at, 60 - (resumed_at or 0)), left
     # Otherwise only finished runs were rerun, and nothing about interruptions was tested.
     assert any(killed), f"no kill of {script} landed before the run finished"
+
+
+def test_a_lock_left_by_a_killed_writer_is_taken_over_and_released(tmp_path):
+    from sane_hf.utils.io import output_lock
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(finished.stdout)
+    lock = tmp_path / ".out.lock"
+    lock.write_text(json.dumps({"pid": dead_pid, "host": socket.gethostname(), "started": "2026-01-01T00:00:00"}))
+    with output_lock(tmp_path / "out") as path:
+        assert path == lock
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not lock.exists()
+
+    # A lock of another host is never taken over: whether its process still runs cannot be checked from here.
+    lock.write_text(json.dumps({"pid": dead_pid, "host": "elsewhere", "started": "2026-01-01T00:00:00"}))
+    with pytest.raises(FileExistsError, match=f"being written by another process \\(pid {dead_pid} on host elsewhere"):
+        with output_lock(tmp_path / "out"):
+            pass
+    assert json.loads(lock.read_text())["host"] == "elsewhere"
+
+
+def test_rerunning_a_finished_conversion_skips_it(tmp_path, zoo_tools, capsys):
+    zoo = zoo_tools.write_sane_hf_zoo(tmp_path / "zoo", num_models=4, num_epochs=1)
+    output = tmp_path / "zoo_ds"
+    args = ["--zoo_dir", str(zoo), "--output_dir", str(output), "--token_size", "16"]
+    _run_main("main_convert_zoo", args)
+    written = {relative: path.stat().st_mtime_ns for relative, path in _files(output).items()}
+    capsys.readouterr()
+
+    _run_main("main_convert_zoo", args)  # the same command: exit 0, nothing rewritten
+    assert capsys.readouterr().out.startswith("Already converted (same zoo models and options; skipped): ")
+    assert {relative: path.stat().st_mtime_ns for relative, path in _files(output).items()} == written
+
+    # Another option, or a zoo that gained a model, is another conversion: refused without --overwrite.
+    shutil.copytree(zoo / "models" / "model_0000", zoo / "models" / "model_0099")
+    for other in (args[:-1] + ["32"], args):
+        with pytest.raises(SystemExit) as info:
+            _run_main("main_convert_zoo", other)
+        assert info.value.code == 1
+        assert "output_dir exists and is not empty" in capsys.readouterr().err
+
+
+def _child_with_stderr(main_name: str, args: list[str], stderr_path: str) -> None:
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    os.dup2(os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
+    sys.stderr = open(2, "w", closefd=False)  # pytest's capture object, inherited by the fork, is not fd 2
+    torch.set_num_threads(1)
+    _run_main(main_name, args)
+
+
+def test_ctrl_c_ends_with_one_line_and_leaves_nothing_half_written(tmp_path, zoo_tools):
+    zoo = zoo_tools.write_sane_hf_zoo(tmp_path / "zoo", num_models=4, num_epochs=1)
+    _run_main("main_convert_zoo", _convert_args(zoo, tmp_path / "zoo_ds"))
+    output = tmp_path / "sane"
+    args = _pretrain_args(tmp_path / "zoo_ds", output)
+    for option in ("--max_steps", "--epochs"):
+        args[args.index(option) + 1] = "100000"  # still training when Ctrl-C comes
+    stderr = tmp_path / "stderr.txt"
+    process = multiprocessing.get_context("fork").Process(
+        target=_child_with_stderr, args=("main_pretrain", args, str(stderr))
+    )
+    process.start()
+    process.join(3.0)
+    assert process.exitcode is None, "the run ended before Ctrl-C"
+    os.kill(process.pid, signal.SIGINT)
+    process.join(60)
+    lines = [line for line in stderr.read_text().splitlines() if line.strip()]
+    assert process.exitcode == 130, lines[-5:]
+    assert lines[-1] == (
+        "sane-pretrain: interrupted; no output file is half-written: run the same command to resume or redo it."
+    ), lines[-5:]
+    assert not any("Traceback" in line for line in lines)
+    assert not (output / "model.safetensors").exists()
+    assert _leftovers(tmp_path) == []

@@ -39,7 +39,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from itertools import chain
 from pathlib import Path
@@ -56,7 +56,7 @@ from ..tokenization import (
     permute_state_dict,
     weight_matching,
 )
-from ..utils.io import make_temporary_dir, write_json_atomic
+from ..utils.io import check_output_apart_from_inputs, make_temporary_dir, output_lock, write_json_atomic
 from ..utils.memory import empty_hugepage
 from .info import (
     DATA_DIR,
@@ -75,6 +75,11 @@ from .zoo import ZOO_FORMATS, CheckpointRecord, ZooFormat, ZooReader, open_zoo
 logger = logging.getLogger(__name__)
 
 TOKENS_COLUMN = "tokens"
+# What a conversion was made from (its options and the zoo's model ids), so that the same command run again can see
+# that the dataset is already complete and skip it.
+CONVERSION_PATH = f"{META_DIR}/conversion.json"
+# `ConvertConfig` options that do not change the dataset.
+_CONVERSION_RUN_CONTROL = ("output_dir", "overwrite", "num_threads", "push_to_hub", "private")
 # Properties first in this order (the original's result keys, SANE_METHOD §2.4), then the rest sorted.
 _PROPERTY_ORDER = ("test_acc", "train_acc", "val_acc", "test_loss", "train_loss", "val_loss", "ggap")
 # Tokenize this many checkpoints per call (bounded by bytes too): one batched gather instead of many small ones.
@@ -789,6 +794,7 @@ def write_zoo_dataset(
     overwrite: bool = False,
     repo_id: str | None = None,
     show_progress: bool = True,
+    conversion: Mapping[str, Any] | None = None,
 ) -> SaneDatasetInfo:
     """Tokenize the zoo of `reader` into a Hub-style dataset folder at `output_dir` (atomically).
 
@@ -801,6 +807,8 @@ def write_zoo_dataset(
         output_dir (`str` or `os.PathLike`): the dataset folder to create.
         repo_id (`str`, *optional*): the Hub repo the card's snippets should name.
         show_progress (`bool`, *optional*, defaults to `True`): tqdm progress bars.
+        conversion (`Mapping`, *optional*): what the dataset is converted from, written to `meta/conversion.json`
+            (`convert_zoo` reads it to skip a rerun of a finished conversion).
         Other arguments: see `ConvertConfig`.
 
     Returns:
@@ -808,9 +816,11 @@ def write_zoo_dataset(
 
     Raises:
         `FileExistsError`: `output_dir` is not empty and `overwrite=False`.
+        `ValueError`: `output_dir` is, contains or lies inside the zoo folder.
         `ZooFormatError`: bad zoo input (the message names the file); nothing is left behind.
     """
     output_dir = Path(output_dir)
+    check_output_apart_from_inputs(output_dir, {"zoo_dir": reader.path})
     _check_output_dir(output_dir, overwrite)
     if normalization not in ("standardize", "none"):
         raise ValueError(f"`normalization` must be 'standardize' or 'none', got {normalization!r}.")
@@ -923,6 +933,8 @@ def write_zoo_dataset(
         write_json_atomic(tmp / INFO_PATH, info.to_dict())
         write_json_atomic(tmp / LAYOUT_PATH, layout.to_dict())
         write_json_atomic(tmp / NORMALIZATION_PATH, norm.to_dict())
+        if conversion is not None:
+            write_json_atomic(tmp / CONVERSION_PATH, conversion)
         from ..hub.cards import build_dataset_card
 
         build_dataset_card(info, repo_id=repo_id, root=tmp).save(tmp / "README.md")
@@ -950,10 +962,30 @@ class ConvertResult:
     seconds: float
     num_bytes: int
     url: str | None = None
+    skipped: bool = False  # `output_dir` already held this conversion (same zoo models and options)
+
+
+def _conversion_record(config: ConvertConfig, reader: ZooReader) -> dict[str, Any]:
+    options = {key: value for key, value in asdict(config).items() if key not in _CONVERSION_RUN_CONTROL}
+    # Through JSON, so that it compares equal to the stored record (tuples become lists).
+    return json.loads(json.dumps({"options": options, "zoo_models": sorted(reader.model_ids)}))
+
+
+def _finished_conversion(output_dir: Path, record: dict[str, Any]) -> SaneDatasetInfo | None:
+    """The info of the complete dataset in `output_dir` if it was converted as `record` says, else `None`."""
+    try:
+        stored = json.loads((output_dir / CONVERSION_PATH).read_text(encoding="utf-8"))
+        info = json.loads((output_dir / INFO_PATH).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return SaneDatasetInfo.from_dict(info, source=str(output_dir / INFO_PATH)) if stored == record else None
 
 
 def convert_zoo(config: ConvertConfig, *, show_progress: bool = True) -> ConvertResult:
     """Convert a zoo into a tokenized Hub dataset folder (and push it if `config.push_to_hub`).
+
+    Running the same conversion again (same zoo models and options) finds the finished dataset and skips the work
+    (`ConvertResult.skipped`); `overwrite` converts again.
 
     Example:
 
@@ -973,28 +1005,38 @@ def convert_zoo(config: ConvertConfig, *, show_progress: bool = True) -> Convert
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)
     try:
-        reader = open_zoo(
-            config.zoo_dir,
-            config.zoo_format,
-            epochs=config.epoch_list(),
-            weight_threshold=config.weight_threshold,
-        )
-        info = write_zoo_dataset(
-            reader,
-            config.output_dir,
-            token_size=config.token_size,
-            tokenize_bn_stats=config.tokenize_bn_stats,
-            ignore_bn=config.ignore_bn,
-            normalization=config.normalization,
-            canonicalize=config.canonicalize,
-            split_fractions=config.split_fractions,
-            seed=config.seed,
-            max_models=config.max_models,
-            shard_size_mb=config.shard_size_mb,
-            overwrite=config.overwrite,
-            repo_id=config.push_to_hub,
-            show_progress=show_progress,
-        )
+        with output_lock(config.output_dir):  # a second conversion would silently replace this one
+            reader = open_zoo(
+                config.zoo_dir,
+                config.zoo_format,
+                epochs=config.epoch_list(),
+                weight_threshold=config.weight_threshold,
+            )
+            record = _conversion_record(config, reader)
+            info = None if config.overwrite else _finished_conversion(Path(config.output_dir), record)
+            skipped = info is not None
+            if skipped:
+                logger.info(
+                    "%s already holds this conversion (same zoo models and options): skipped.", config.output_dir
+                )
+            else:
+                info = write_zoo_dataset(
+                    reader,
+                    config.output_dir,
+                    token_size=config.token_size,
+                    tokenize_bn_stats=config.tokenize_bn_stats,
+                    ignore_bn=config.ignore_bn,
+                    normalization=config.normalization,
+                    canonicalize=config.canonicalize,
+                    split_fractions=config.split_fractions,
+                    seed=config.seed,
+                    max_models=config.max_models,
+                    shard_size_mb=config.shard_size_mb,
+                    overwrite=config.overwrite,
+                    repo_id=config.push_to_hub,
+                    show_progress=show_progress,
+                    conversion=record,
+                )
     finally:
         torch.set_num_threads(previous_threads)
     output_dir = Path(config.output_dir)
@@ -1003,7 +1045,9 @@ def convert_zoo(config: ConvertConfig, *, show_progress: bool = True) -> Convert
     url = None
     if config.push_to_hub:
         url = push_zoo_dataset(output_dir, config.push_to_hub, private=config.hub_private)
-    return ConvertResult(output_dir=output_dir, info=info, seconds=seconds, num_bytes=num_bytes, url=url)
+    return ConvertResult(
+        output_dir=output_dir, info=info, seconds=seconds, num_bytes=num_bytes, url=url, skipped=skipped
+    )
 
 
 # -------------------------------------------------------------------------------------------------------------------

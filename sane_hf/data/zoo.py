@@ -50,6 +50,8 @@ from typing import Any, ClassVar, Literal, get_args
 
 import torch
 
+from ..utils.checks import weights_only_rejection
+
 
 logger = logging.getLogger(__name__)
 
@@ -268,14 +270,9 @@ def load_pickle_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        # torch's message is long; keep its one informative line (e.g. "Trying to load unsupported GLOBAL
-        # posix.system ...", or "Unsupported operand 149" for garbage).
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        detail = next(
-            (line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[-1] if lines else ""
-        )
         raise ZooFormatError(
-            f"{path}: refused to load: torch.load(weights_only=True) rejected the pickle ({detail}); it references "
+            f"{path}: refused to load: torch.load(weights_only=True) rejected the pickle "
+            f"({weights_only_rejection(err)}); it references "
             "Python objects beyond tensors and containers (possibly code) or is corrupt. sane_hf never unpickles "
             "with weights_only=False: re-save it as a plain state_dict or as safetensors from a trusted environment."
         ) from None

@@ -64,7 +64,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..tasks import OPTIMIZERS, TaskData, TaskSplit, evaluate, load_task, make_optimizer, train_epoch
-from ..utils.io import remove_temporary_files, write_bytes_atomic, write_json_atomic, write_text_atomic
+from ..utils.checks import config_differences
+from ..utils.io import (
+    output_lock,
+    remove_temporary_files,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from ..zoo_models import ACTIVATIONS, CNN3, INITS, MLP, CNNSmall, ZooModel, build_zoo_model, get_zoo_architecture
 
 
@@ -786,9 +793,8 @@ def _check_or_write_zoo_config(output_dir: Path, record: dict[str, Any]) -> None
             f"writes {ZOO_FORMAT!r} version {ZOO_FORMAT_VERSION}. Use a new output_dir."
         )
     old, new = _comparable(stored), _comparable(record)
-    differing = sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
+    differing, details = config_differences(old, new)
     if differing:
-        details = "; ".join(f"{key}: stored {old.get(key)!r}, requested {new.get(key)!r}" for key in differing)
         raise ValueError(
             f"{output_dir} already holds a zoo built with a different configuration (differing fields: "
             f"{', '.join(differing)}). {details}. Use another output_dir, or the stored configuration to resume."
@@ -952,6 +958,7 @@ def build_zoo(config: ZooConfig, task: TaskData | None = None) -> dict[str, Any]
     Raises:
         `ValueError`: `output_dir` holds a zoo with a different configuration (the message names the differing
         fields), or the configuration does not fit the task or the architecture.
+        `FileExistsError`: another process is building into `output_dir` (its lock file names it).
 
     Example:
 
@@ -966,6 +973,11 @@ def build_zoo(config: ZooConfig, task: TaskData | None = None) -> dict[str, Any]
     elif task.name != config.task:
         raise ValueError(f"build_zoo: `task` is {task.name!r} but config.task is {config.task!r}.")
     output_dir = Path(config.output_dir)
+    with output_lock(output_dir):  # a second build into the same folder would train the same members twice
+        return _build_zoo(config, task, output_dir, start_time)
+
+
+def _build_zoo(config: ZooConfig, task: TaskData, output_dir: Path, start_time: float) -> dict[str, Any]:
     base_kwargs = resolve_model_kwargs(config, task)
     _check_or_write_zoo_config(output_dir, _zoo_record(config, task))
     # A build killed while writing zoo_config.json leaves its temporary file; unfinished model folders are redone.

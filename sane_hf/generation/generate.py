@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ..tasks import evaluate as evaluate_split
-from ..utils.io import make_temporary_dir
+from ..utils.io import check_output_apart_from_inputs, make_temporary_dir, output_lock
 from ..utils.repo_ids import hub_id_or_none
 from .bn_conditioning import condition_batchnorm, has_batchnorm
 from .configs import GenerateConfig
@@ -638,16 +638,26 @@ def generate(config: GenerateConfig) -> GenerationResult:
 
     Returns:
         `GenerationResult` (with `output_dir`, `url` and `report` set).
-    """
-    from ..data.hub_dataset import load_zoo_dataset
-    from ..models.sane import SaneModel
 
+    Raises:
+        `ValueError`: `output_dir` is, contains or lies inside `config.model` or `config.dataset`.
+        `FileExistsError`: `output_dir` is not empty without `config.overwrite`, or another process is writing it.
+    """
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     output_dir = Path(config.output_dir)
+    check_output_apart_from_inputs(output_dir, {"model": config.model, "dataset": config.dataset})
     if output_dir.exists() and any(output_dir.iterdir()) and not config.overwrite:
         # Fail before hours of work, not after.
         raise FileExistsError(f"{output_dir} exists and is not empty; pass --overwrite to replace it.")
+    with output_lock(output_dir):  # a second run would silently replace this one's models
+        return _generate_into(config, output_dir)
+
+
+def _generate_into(config: GenerateConfig, output_dir: Path) -> GenerationResult:
+    from ..data.hub_dataset import load_zoo_dataset
+    from ..models.sane import SaneModel
+
     start = time.perf_counter()
     from ..utils.checks import check_finite_weights
 

@@ -37,7 +37,7 @@ from ..tokenization import TokenLayout, TokenPermuter
 from ..tokenization.normalization import token_transform_for
 from ..utils.bootstrap import bootstrap_over_groups
 from ..utils.checks import check_finite_weights
-from ..utils.io import write_text_atomic
+from ..utils.io import check_output_apart_from_inputs, write_text_atomic
 from ..utils.repo_ids import looks_like_path
 from .baselines import raw_weights, weight_statistics
 from .configs import PredictConfig
@@ -232,9 +232,11 @@ def predict_properties(cfg: PredictConfig) -> dict[str, Any]:
 
     Raises:
         `FileNotFoundError`: the model or dataset folder does not exist (or the Hub id cannot be loaded).
-        `ValueError`: the SANE's token size (or position tables) do not fit the dataset, or a property is unknown.
+        `ValueError`: the SANE's token size (or position tables) do not fit the dataset, a property is unknown, or
+        `output_dir` is, contains or lies inside the model or dataset folder.
     """
     start = time.perf_counter()
+    check_output_apart_from_inputs(cfg.output_dir, {"model": cfg.model, "dataset": cfg.dataset})
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)

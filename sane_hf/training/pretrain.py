@@ -5,16 +5,23 @@ The loop has accelerate's canonical shape (STYLE_ANCHORS §3.3 rule 6): build, `
 
 Reproducibility and exact resume: every random draw of a step (window starts, permutations, noise, erasing) comes
 from a generator seeded by `(seed, micro-batch counter, process index)`, and the data order of an epoch from
-`(seed, epoch)`. A resumed run therefore needs nothing but the counters, which `save_state` stores next to the
-model, optimizer and scheduler states.
+`(seed, epoch)`. A resumed run therefore needs nothing but the counters, which each step checkpoint keeps in
+`sane_state.json` next to accelerate's model, optimizer and scheduler states.
+
+Safe resume: a checkpoint folder may come from elsewhere, so resuming unpickles nothing with code execution
+(accelerate's custom-object pickles are never written or read; its own states load with `weights_only=True`), and it
+refuses a checkpoint of another run configuration, naming the differing options.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import pickle
+import re
 import shutil
 import time
 from collections.abc import Iterator, Mapping
@@ -32,8 +39,8 @@ from ..hub.sane_cards import TRAINER_STATE_ZOO_KEY, write_sane_card, zoo_summary
 from ..models.sane import SaneConfig, SaneModel
 from ..tokenization.layout import TokenLayout
 from ..tokenization.permutations import TokenPermuter, permutation_spec_from_module
-from ..utils.checks import check_finite_weights
-from ..utils.io import remove_temporary_files, write_json_atomic
+from ..utils.checks import check_finite_weights, config_differences, weights_only_rejection
+from ..utils.io import check_output_apart_from_inputs, output_lock, remove_temporary_files, write_json_atomic
 from .augmentations import make_two_views
 from .configs import PretrainConfig
 from .losses import sane_pretraining_loss
@@ -45,6 +52,21 @@ logger = logging.getLogger(__name__)
 TRAIN_CONFIG_NAME = "train_config.json"
 TRAINER_STATE_NAME = "trainer_state.json"
 CHECKPOINTS_DIR = "checkpoints"
+# The loop's own state in a step checkpoint (counters, log, run configuration), as JSON: nothing to unpickle.
+CHECKPOINT_STATE_NAME = "sane_state.json"
+# Options that steer a run but not the model it trains: a resumed run may change them.
+RUN_CONTROL_FIELDS = (
+    "output_dir",
+    "resume_from_checkpoint",
+    "save_steps",
+    "save_total_limit",
+    "logging_steps",
+    "log_with",
+    "push_to_hub",
+    "hub_private",
+    "num_threads",
+    "compile",
+)
 # Where the final `save_pretrained` writes before its files are moved into the output folder.
 _FINAL_TMP = ".save_pretrained.tmp"
 
@@ -345,16 +367,89 @@ class _LogState:
         self.running_count = 0
         self.seconds = 0.0  # training wall time up to the checkpoint, so a resumed run reports the whole run's
 
-    def state_dict(self) -> dict[str, str | float]:
-        # JSON text: floats round-trip exactly, and the pickle accelerate writes holds only a string and a float.
-        return {"log": json.dumps([self.history, self.running, self.running_count]), "seconds": self.seconds}
+    def state_dict(self) -> dict[str, Any]:
+        # Stored as JSON (CHECKPOINT_STATE_NAME), where floats round-trip exactly.
+        return {
+            "history": self.history,
+            "running": self.running,
+            "running_count": self.running_count,
+            "seconds": self.seconds,
+        }
 
-    def load_state_dict(self, state: Mapping[str, str | float]) -> None:
-        history, running, running_count = json.loads(state["log"])
-        self.history[:] = history
-        self.running = running
-        self.running_count = int(running_count)
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.history[:] = state["history"]
+        self.running = dict(state["running"])
+        self.running_count = int(state["running_count"])
         self.seconds = float(state["seconds"])
+
+
+def _run_configuration(cfg: PretrainConfig) -> dict[str, Any]:
+    """The options that decide what a run trains (everything but `RUN_CONTROL_FIELDS`)."""
+    return {key: value for key, value in cfg.to_dict().items() if key not in RUN_CONTROL_FIELDS}
+
+
+def _check_checkpoint_pickles(path: Path) -> None:
+    """Refuse a step checkpoint holding pickles that need code execution to load.
+
+    Accelerate loads custom-object states (`custom_checkpoint_<i>.pkl`) with `weights_only=False`, which runs any
+    code a crafted file carries; pretraining never writes them, so their presence means the folder was written by an
+    older sane_hf or by someone else. The random states (`random_states_<i>.pkl`) load with `weights_only=True`, but
+    accelerate ignores one that fails to load, so they are checked here to refuse rather than silently skip them.
+    """
+    from accelerate.utils import load
+
+    for file in sorted(path.glob("*.pkl")):
+        if re.fullmatch(r"custom_checkpoint_\d+\.pkl", file.name):
+            raise ValueError(
+                f"{file}: refused to resume from {path}: sane_hf never writes custom_checkpoint pickles (loading one "
+                "can run code); it is from an older sane_hf or another tool. Start the run without "
+                "--resume_from_checkpoint, or in a new output_dir."
+            )
+        try:
+            load(file, map_location="cpu")  # accelerate's safe loader: weights_only=True plus numpy RNG states
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+            raise ValueError(
+                f"{file}: refused to resume from {path}: torch.load(weights_only=True) rejected the file "
+                f"({weights_only_rejection(error)})."
+            ) from None
+
+
+def _read_checkpoint_state(path: Path, cfg: PretrainConfig) -> dict[str, Any]:
+    """The loop state of the step checkpoint `path`, after checking that it is safe to load and of this run."""
+    _check_checkpoint_pickles(path)
+    state_file = path / CHECKPOINT_STATE_NAME
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+        stored = state["run_config"]
+        if not isinstance(stored, dict):
+            raise TypeError(f"`run_config` is a {type(stored).__name__}")
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"{state_file}: cannot resume from {path}: expected the step-checkpoint state sane_hf writes "
+            f"(counters, log, run_config), found {type(error).__name__}: {error}."
+        ) from None
+    differing, details = config_differences(stored, _run_configuration(cfg))
+    if differing:
+        raise ValueError(
+            f"{path} is a checkpoint of a run with another configuration (differing options: "
+            f"{', '.join(differing)}). {details}. Resume with the stored options, or use another output_dir."
+        )
+    return state
+
+
+def _check_no_other_run(cfg: PretrainConfig, output_dir: Path) -> None:
+    """A run started from scratch into a folder with step checkpoints of another configuration would mix the two
+    runs' checkpoints (and `save_total_limit` would delete the new run's ones first): refuse it."""
+    path = _latest_checkpoint(output_dir)
+    if path is None:
+        return
+    try:
+        _read_checkpoint_state(path, cfg)
+    except ValueError as error:
+        raise ValueError(
+            f"{output_dir} holds step checkpoints of another run ({error}) Use another output_dir, or delete "
+            f"{output_dir / CHECKPOINTS_DIR} to start over."
+        ) from None
 
 
 def _resume_path(cfg: PretrainConfig, output_dir: Path) -> Path | None:
@@ -391,25 +486,34 @@ def _latest_checkpoint(output_dir: Path) -> Path | None:
     return max(folders, key=lambda p: int(p.name[5:]), default=None)
 
 
-def _save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, limit: int | None) -> None:
-    """`save_state` into a temporary folder, renamed when complete: a kill never leaves a half checkpoint."""
+def _save_checkpoint(
+    accelerator: Accelerator, output_dir: Path, step: int, limit: int | None, state: dict[str, Any]
+) -> None:
+    """`save_state` and the loop `state` (`CHECKPOINT_STATE_NAME`) into a temporary folder, renamed when complete:
+    a kill never leaves a half checkpoint (and an interrupted save, Ctrl-C, removes its temporary folder)."""
     final = output_dir / CHECKPOINTS_DIR / f"step_{step}"
     tmp = output_dir / CHECKPOINTS_DIR / f".step_{step}.tmp"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.parent.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        if limit:
-            folders = sorted(
-                (p for p in final.parent.glob("step_*") if p.name[5:].isdigit()), key=lambda p: int(p.name[5:])
-            )
-            for old in folders[:-limit]:
-                shutil.rmtree(old, ignore_errors=True)
+    try:
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            write_json_atomic(tmp / CHECKPOINT_STATE_NAME, state)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+    except BaseException:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if accelerator.is_main_process and limit:
+        folders = sorted(
+            (p for p in final.parent.glob("step_*") if p.name[5:].isdigit()), key=lambda p: int(p.name[5:])
+        )
+        for old in folders[:-limit]:
+            shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
 
 
@@ -453,16 +557,42 @@ def pretrain(cfg: PretrainConfig, dataloaders: tuple | None = None, zoo: SaneZoo
     Returns:
         `Path`: the output folder (config.json, model.safetensors, sane_layout.json, sane_normalization.json,
         train_config.json, trainer_state.json, and the model card README.md).
+
+    Raises:
+        `ValueError`: the step checkpoint to resume from (or, without resuming, one already in `output_dir`) is of
+        another run configuration (the message names the differing options) or holds a pickle that is unsafe to
+        load; `output_dir` overlaps the dataset or `init_from`; the loss or the weights became NaN/Inf (nothing is
+        saved as the final model).
+        `FileExistsError`: another process is writing `output_dir` (its lock file names it).
     """
     output_dir = Path(cfg.output_dir)
+    check_output_apart_from_inputs(output_dir, {"dataset": cfg.dataset, "init_from": cfg.init_from})
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         mixed_precision=cfg.mixed_precision,
         log_with=cfg.log_with,
         project_config=ProjectConfiguration(project_dir=str(output_dir)),
     )
+    # One writer per output folder: a second run would train into the same checkpoints and final files.
+    with output_lock(output_dir) if accelerator.is_main_process else contextlib.nullcontext():
+        return _pretrain(cfg, accelerator, output_dir, dataloaders, zoo)
+
+
+def _pretrain(
+    cfg: PretrainConfig,
+    accelerator: Accelerator,
+    output_dir: Path,
+    dataloaders: tuple | None,
+    zoo: SaneZooDataset | None,
+) -> Path:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    # Before the expensive loading: refuse a checkpoint of another run (or one that is unsafe to load).
+    path = _resume_path(cfg, output_dir)
+    if path is not None:
+        resumed_state = _read_checkpoint_state(path, cfg)
+    else:
+        _check_no_other_run(cfg, output_dir)
     set_seed(cfg.seed)
     zoo = zoo if zoo is not None else load_zoo_dataset(cfg.dataset, revision=cfg.dataset_revision)
     layout = zoo.layout
@@ -486,19 +616,31 @@ def pretrain(cfg: PretrainConfig, dataloaders: tuple | None = None, zoo: SaneZoo
     scheduler = accelerator.prepare(scheduler)
     counters = _Counters()
     log_state = _LogState()
-    accelerator.register_for_checkpointing(counters)
-    accelerator.register_for_checkpointing(log_state)
-
-    path = _resume_path(cfg, output_dir)
     if path is not None:
-        accelerator.load_state(str(path))
+        try:
+            # Explicit, whatever accelerate's default: the optimizer and scheduler pickles come from the folder too.
+            accelerator.load_state(str(path), load_kwargs={"weights_only": True})
+        except pickle.UnpicklingError as error:
+            raise ValueError(
+                f"{path}: refused to resume: torch.load(weights_only=True) rejected a state file "
+                f"({weights_only_rejection(error)})."
+            ) from None
+        except (RuntimeError, EOFError) as error:
+            # A truncated or edited state file (torch's zip reader, `load_state_dict`): the checkpoint, not the code.
+            first_line = next(iter(str(error).strip().splitlines()), "")
+            raise ValueError(
+                f"{path}: cannot resume: a state file is corrupt or does not fit this run "
+                f"({type(error).__name__}: {first_line})."
+            ) from None
+        counters.load_state_dict(resumed_state["counters"])
+        log_state.load_state_dict(resumed_state["log"])
         logger.info("Resumed from %s at epoch %d, step %d.", path, counters.epoch, counters.optimizer_steps)
     first_step = counters.optimizer_steps
 
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
+    # Nothing is written before the first checkpoint: a run that fails early (or diverges) leaves no output. The
+    # run configuration is written with the final model; step checkpoints carry their own.
+    if accelerator.is_main_process and output_dir.is_dir():
         _remove_stale_temporaries(output_dir)
-        write_json_atomic(output_dir / TRAIN_CONFIG_NAME, cfg.to_dict())
     if cfg.log_with:
         accelerator.init_trackers("sane_pretrain", config={k: v for k, v in cfg.to_dict().items() if v is not None})
 
@@ -528,7 +670,12 @@ def pretrain(cfg: PretrainConfig, dataloaders: tuple | None = None, zoo: SaneZoo
     def checkpoint() -> None:
         log_state.running, log_state.running_count = running, running_count
         log_state.seconds = time.perf_counter() - start_time
-        _save_checkpoint(accelerator, output_dir, counters.optimizer_steps, cfg.save_total_limit)
+        state = {
+            "counters": counters.state_dict(),
+            "log": log_state.state_dict(),
+            "run_config": _run_configuration(cfg),
+        }
+        _save_checkpoint(accelerator, output_dir, counters.optimizer_steps, cfg.save_total_limit, state)
 
     running, running_count = log_state.running, log_state.running_count
     done = counters.optimizer_steps >= total_steps
@@ -551,6 +698,7 @@ def pretrain(cfg: PretrainConfig, dataloaders: tuple | None = None, zoo: SaneZoo
             )
             with accelerator.accumulate(model):
                 losses = train_step(model, batch, cfg, layout, permuter, generator, store=train_store)
+                _check_finite_loss(losses["loss"], counters.optimizer_steps + 1, cfg, progress)
                 accelerator.backward(losses["loss"])
                 if accelerator.sync_gradients and cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -603,6 +751,8 @@ def pretrain(cfg: PretrainConfig, dataloaders: tuple | None = None, zoo: SaneZoo
 
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
+    # The loss check misses an update that diverges on the last step (and fp16 runs): no NaN model is saved.
+    check_finite_weights(unwrapped, f"{output_dir}: not saved: the model after step {counters.optimizer_steps}")
     checksums = _parameter_checksums(unwrapped, accelerator)
     in_sync = bool((checksums == checksums[:1]).all())
     if not in_sync:
@@ -621,6 +771,7 @@ def pretrain(cfg: PretrainConfig, dataloaders: tuple | None = None, zoo: SaneZoo
             os.replace(file, output_dir / file.name)
         shutil.rmtree(final_tmp, ignore_errors=True)
     if accelerator.is_main_process:
+        write_json_atomic(output_dir / TRAIN_CONFIG_NAME, cfg.to_dict())
         write_json_atomic(
             output_dir / TRAINER_STATE_NAME,
             {
@@ -644,6 +795,24 @@ def pretrain(cfg: PretrainConfig, dataloaders: tuple | None = None, zoo: SaneZoo
             push_pretrained_folder(output_dir, cfg.push_to_hub, private=cfg.hub_private)
     accelerator.end_training()
     return output_dir
+
+
+def _check_finite_loss(loss: torch.Tensor, step: int, cfg: PretrainConfig, progress: tqdm) -> None:
+    """Stop a run whose loss became NaN/Inf (a diverged run would otherwise train on and save NaN weights); the
+    progress bar is closed first, so that the error starts a line of its own.
+
+    Under fp16 the gradient scaler expects overflowing steps and skips them, so the weights are checked instead (at
+    the end of the run).
+    """
+    if cfg.mixed_precision == "fp16":
+        return
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        progress.close()
+        raise ValueError(
+            f"The loss became {value} at step {step}: the run diverged; stopping without saving a model. Lower "
+            f"--lr (now {cfg.lr:g}) or set --max_grad_norm."
+        )
 
 
 def _parameter_checksums(model: torch.nn.Module, accelerator: Accelerator) -> torch.Tensor:

@@ -1,14 +1,23 @@
-"""Atomic file writes: a temporary file in the same folder, renamed over the target, so readers and crashes never
-leave half a file (DESIGN.md: "nothing half-written is left behind")."""
+"""Safe output: atomic file writes (a temporary file in the same folder, renamed over the target, so readers and
+crashes never leave half a file; DESIGN.md: "nothing half-written is left behind"), one writer per output folder, and
+outputs kept apart from inputs."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import glob
 import json
+import logging
 import os
 import shutil
+import socket
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+
+logger = logging.getLogger(__name__)
 
 
 # The process umask, read once at import: mkstemp creates 0600 files, and the renamed file should get the mode a
@@ -85,3 +94,92 @@ def remove_temporary_files(folder: str | os.PathLike) -> list[Path]:
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+def check_output_apart_from_inputs(output_dir: str | os.PathLike, inputs: dict[str, str | None]) -> None:
+    """Raise a `ValueError` when `output_dir` is, contains or lies inside one of the local `inputs`.
+
+    Writing an output replaces or deletes what is in its folder (`--overwrite`, a rename into place, stale-file
+    cleanup), so an output that overlaps an input could destroy the input. `inputs` maps an option name
+    (`"zoo_dir"`) to its value; values that are not existing local paths (Hub ids, `None`) cannot overlap and are
+    skipped.
+    """
+    output = Path(output_dir).resolve()
+    for option, value in inputs.items():
+        if value is None or not Path(value).exists():
+            continue
+        source = Path(value).resolve()
+        if output == source:
+            relation = "is"
+        elif source.is_relative_to(output):
+            relation = "contains"
+        elif output.is_relative_to(source):
+            relation = "is inside"
+        else:
+            continue
+        raise ValueError(
+            f"`output_dir` {output_dir} {relation} the input `{option}` {value}; writing it could replace or delete "
+            "that input. Choose an output_dir apart from every input."
+        )
+
+
+_LOCK_SUFFIX = ".lock"
+
+
+def _read_lock(path: Path) -> dict:
+    try:
+        holder = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # being written right now, or garbage: treat as held by an unknown writer
+    return holder if isinstance(holder, dict) else {}
+
+
+def _take_lock(path: Path, holder: dict) -> bool:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(holder, f)
+    return True
+
+
+@contextlib.contextmanager
+def output_lock(target: str | os.PathLike) -> Iterator[Path]:
+    """Hold `.<target name>.lock` next to `target` while writing `target`: one writer per output at a time.
+
+    The lock file names its holder (pid, host, start time). A second writer gets a `FileExistsError` naming the
+    holder; a lock left by a process of this host that no longer runs (killed hard) is taken over. The lock lies
+    next to the target rather than inside it because some writers build the target elsewhere and rename it into
+    place. Locks of other hosts are never taken over: their liveness cannot be checked from here.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    path = target.parent / f".{target.name}{_LOCK_SUFFIX}"
+    holder = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if not _take_lock(path, holder):
+        other = _read_lock(path)
+        stale = (
+            other.get("host") == holder["host"]
+            and isinstance(other.get("pid"), int)
+            and not _process_alive(other["pid"])
+        )
+        if stale:
+            logger.warning("Taking over %s, left by process %d, which no longer runs.", path, other["pid"])
+            path.unlink(missing_ok=True)
+        if not stale or not _take_lock(path, holder):
+            other = _read_lock(path) or other
+            raise FileExistsError(
+                f"{target} is being written by another process (pid {other.get('pid', '?')} on host "
+                f"{other.get('host', '?')} since {other.get('started', '?')}; lock file {path}). Wait for it to "
+                "finish, or delete the lock file if that process is gone."
+            )
+    try:
+        yield path
+    finally:
+        if _read_lock(path).get("pid") == holder["pid"]:
+            path.unlink(missing_ok=True)

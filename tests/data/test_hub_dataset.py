@@ -47,6 +47,7 @@ def test_folder_is_laid_out_like_a_hub_dataset_repo(converted):
         "data/test-00000-of-00001.parquet",
         "data/train-00000-of-00001.parquet",
         "data/val-00000-of-00001.parquet",
+        "meta/conversion.json",
         "meta/info.json",
         "meta/layout.json",
         "meta/normalization.json",

@@ -242,8 +242,8 @@ def test_kill_and_resume_reproduces_an_uninterrupted_run(tiny_dataset, tmp_path)
     interrupted = tmp_path / "interrupted"
     real_save = pretrain_module._save_checkpoint
 
-    def save_then_die(accelerator, output_dir, step, limit):
-        real_save(accelerator, output_dir, step, limit)
+    def save_then_die(accelerator, output_dir, step, limit, state):
+        real_save(accelerator, output_dir, step, limit, state)
         if step == 8:
             raise KeyboardInterrupt("simulated kill after the step-8 checkpoint")
 
@@ -503,3 +503,44 @@ def test_log_with_sends_the_config_and_every_logged_line_to_the_tracker(tiny_dat
     assert records[1][0] == "config" and records[1][1]["lr"] == 3e-3 and records[1][1]["log_with"] == "tensorboard"
     train_steps = [step for kind, step, *values in records[2:] if kind == "log" and "train/loss" in values[0]]
     assert train_steps == [5, 10]
+
+
+def test_weights_that_diverge_without_a_nan_loss_are_never_saved(tiny_dataset, tmp_path):
+    """The last resort behind the loss check (an update that diverges on the last step, fp16 runs): the weights are
+    checked before saving, and a NaN model is not saved."""
+    with mock.patch.object(pretrain_module, "_check_finite_loss", lambda *args: None):
+        with pytest.raises(ValueError, match=r"not saved: the model after step 4: weight '.*' holds \d+ NaN/Inf"):
+            pretrain(_config(tiny_dataset, tmp_path / "sane", max_steps=4, lr=1e12))
+    assert not (tmp_path / "sane" / "model.safetensors").exists()
+
+
+def test_an_interrupted_step_checkpoint_leaves_no_temporary_folder(tiny_dataset, tmp_path):
+    from accelerate import Accelerator
+
+    real_save_state = Accelerator.save_state
+
+    def save_then_interrupt(self, *args, **kwargs):
+        real_save_state(self, *args, **kwargs)
+        raise KeyboardInterrupt("Ctrl-C while saving the step checkpoint")
+
+    with mock.patch.object(Accelerator, "save_state", save_then_interrupt), pytest.raises(KeyboardInterrupt):
+        pretrain(_config(tiny_dataset, tmp_path / "sane", max_steps=4, save_steps=2))
+    assert list((tmp_path / "sane" / "checkpoints").iterdir()) == []
+
+
+def test_resume_accepts_changed_run_control_options(tiny_dataset, tmp_path):
+    """Options that steer a run but not what it trains (logging, saving, threads) may change on resume."""
+    output = pretrain(_config(tiny_dataset, tmp_path / "sane", max_steps=4, save_steps=2))
+    pretrain(
+        _config(
+            tiny_dataset,
+            output,
+            max_steps=4,
+            save_steps=1,
+            save_total_limit=None,
+            logging_steps=1,
+            num_threads=2,
+            resume_from_checkpoint="auto",
+        )
+    )
+    assert read_trainer_state(output)["resumed_from_step"] == 4
