@@ -5,6 +5,7 @@ Importing `sane_hf` registers `SaneConfig`/`SaneModel`/`SaneForPreTraining` with
 `trust_remote_code`.
 """
 
+from .constants import VERSION
 from .models.sane import (
     SaneConfig,
     SaneForPreTraining,
@@ -23,7 +24,7 @@ from .tokenization import (
 )
 
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 __all__ = [
     "SaneConfig",

@@ -9,3 +9,7 @@ LAYOUT_FORMAT_VERSION = 1
 NORMALIZATION_FORMAT_VERSION = 1
 
 PAPER_URL = "https://arxiv.org/abs/2406.09997"
+
+# The package version (`sane_hf.__version__`), here so that writers of files can record it without importing the
+# package root.
+VERSION = "0.1.0"

@@ -48,6 +48,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from ..constants import VERSION
 from ..tokenization import (
     TokenLayout,
     TokenNormalization,
@@ -79,7 +80,7 @@ TOKENS_COLUMN = "tokens"
 # that the dataset is already complete and skip it.
 CONVERSION_PATH = f"{META_DIR}/conversion.json"
 # `ConvertConfig` options that do not change the dataset.
-_CONVERSION_RUN_CONTROL = ("output_dir", "overwrite", "num_threads", "push_to_hub", "private")
+_CONVERSION_RUN_CONTROL = ("output_dir", "overwrite", "num_threads", "push_to_hub", "hub_private", "private")
 # Properties first in this order (the original's result keys, SANE_METHOD §2.4), then the rest sorted.
 _PROPERTY_ORDER = ("test_acc", "train_acc", "val_acc", "test_loss", "train_loss", "val_loss", "ggap")
 # Tokenize this many checkpoints per call (bounded by bytes too): one batched gather instead of many small ones.
@@ -902,8 +903,6 @@ def write_zoo_dataset(
         logger.info("Filtering: %s", reader.report.summary())
 
         # 3. Metadata and card.
-        from .. import __version__
-
         info = SaneDatasetInfo(
             token_size=layout.token_size,
             num_tokens=layout.num_tokens,
@@ -927,7 +926,7 @@ def write_zoo_dataset(
             source=reader.source_info(),
             filtering=reader.report.to_dict(),
             features=features.to_dict(),
-            codebase_version=__version__,
+            codebase_version=VERSION,
         )
         (tmp / META_DIR).mkdir()
         write_json_atomic(tmp / INFO_PATH, info.to_dict())

@@ -23,6 +23,7 @@ from ..constants import PAPER_URL
 from ..utils.io import write_text_atomic
 from ..utils.repo_ids import hub_id_or_none
 from .cards import SANE_CITATION, SANE_CODE_URL, load_template
+from .probe_records import MAIN_METHODS, main_records
 
 
 if TYPE_CHECKING:
@@ -159,8 +160,6 @@ def probe_eval_results(results: Mapping[str, Any]) -> list[EvalResult]:
     numeric properties (`metric_type: r_squared`), test accuracy for categorical ones. Baselines (W, s(W)) are not
     results of this model and stay in the card's text.
     """
-    from ..probing.report import main_records
-
     dataset = str((results.get("dataset") or {}).get("source") or (results.get("config") or {}).get("dataset"))
     dataset_id = hub_id_or_none(dataset) or Path(dataset).name
     eval_results = []
@@ -186,8 +185,6 @@ def probe_eval_results(results: Mapping[str, Any]) -> list[EvalResult]:
 
 
 def _probe_table(results: Mapping[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
-    from ..probing.report import MAIN_METHODS, main_records
-
     table = main_records(results)
     methods = [m for m in MAIN_METHODS if any(m in row for row in table.values())]
     rows = []

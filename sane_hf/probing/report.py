@@ -32,6 +32,16 @@ import numpy as np
 import torch
 
 from ..data.hub_dataset import SaneZooDataset, load_zoo_dataset
+from ..hub.probe_records import (
+    MAIN_METHODS,
+    METHOD_FINETUNED,
+    METHOD_SW,
+    METHOD_W,
+    best_record,
+    find_record,
+    main_records,
+    main_scaling,
+)
 from ..models.sane import SaneModel
 from ..tokenization import TokenLayout, TokenPermuter
 from ..tokenization.normalization import token_transform_for
@@ -54,10 +64,6 @@ PCA_PLOT = "pca_sane_embeddings.png"
 # The checkpoint's epoch is an id column of the dataset, not in `info.properties`, but a property to predict.
 EPOCH_COLUMN = "epoch"
 SPLITS = ("train", "val", "test")
-METHOD_W, METHOD_SW = "W", "s(W)"
-METHOD_FINETUNED = "SANE fine-tuned"
-# Column order of the main table (SANE_METHOD §5: W, s(W), SANE); the rest follow in the detailed table.
-MAIN_METHODS = (METHOD_W, METHOD_SW, "SANE mean", METHOD_FINETUNED)
 _MAIN_HEADERS = {"SANE mean": "SANE linear probe (mean)"}
 
 
@@ -509,54 +515,6 @@ def _format_test(record: Mapping[str, Any] | None) -> str:
     return text
 
 
-def best_record(records: Sequence[Mapping[str, Any]], prop: str, method: str = "SANE") -> Mapping[str, Any] | None:
-    """The row of `prop` with the best validation score among `method`'s rows (any scaling); `"SANE"` takes every
-    SANE row (each pooling and the fine-tuned encoder). Rows are never chosen on test."""
-    rows = [
-        r
-        for r in records
-        if r["property"] == prop
-        and (r["method"].startswith("SANE") if method == "SANE" else r["method"] == method)
-        and r["scores"].get("val") is not None
-        and r["scores"].get("test") is not None
-    ]
-    return max(rows, key=lambda r: r["scores"]["val"], default=None)
-
-
-def _find(records: Sequence[Mapping[str, Any]], prop: str, method: str, scaling: str | None) -> Mapping | None:
-    for record in records:
-        if (
-            record["property"] == prop
-            and record["method"] == method
-            and (scaling is None or record["scaling"] == scaling)
-        ):
-            return record
-    return None
-
-
-def main_scaling(records: Sequence[Mapping[str, Any]]) -> str:
-    """The feature scaling of the main comparison: upstream's unscaled features when they were probed."""
-    return "none" if any(r["scaling"] == "none" for r in records) else "standardize"
-
-
-def main_records(results: Mapping[str, Any]) -> dict[str, dict[str, Mapping[str, Any]]]:
-    """The main comparison: `{property: {method: record}}` for the `MAIN_METHODS` present, one record each (the
-    main scaling where a method has it; e.g. classifiers only run on standardized features). The model card's
-    `model-index` is built from it too."""
-    records = results["records"]
-    scaling = main_scaling(records)
-    table: dict[str, dict[str, Mapping[str, Any]]] = {}
-    for prop in dict.fromkeys(r["property"] for r in records):
-        row = {}
-        for method in MAIN_METHODS:
-            record = _find(records, prop, method, scaling if method != METHOD_FINETUNED else None)
-            record = record or _find(records, prop, method, None)
-            if record is not None:
-                row[method] = record
-        table[prop] = row
-    return table
-
-
 def results_markdown(results: Mapping[str, Any]) -> str:
     """The Markdown report: the main comparison (test scores), all probes by feature scaling, and every record."""
     records = results["records"]
@@ -594,7 +552,7 @@ def results_markdown(results: Mapping[str, Any]) -> str:
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method in methods:
         for scaling in dict.fromkeys(r["scaling"] for r in records if r["method"] == method):
-            row = [_find(records, prop, method, scaling) for prop in properties]
+            row = [find_record(records, prop, method, scaling) for prop in properties]
             cells = [_format_test(r) for r in row]
             lines.append(f"| {method} | {scaling} | " + " | ".join(cells) + " |")
 
