@@ -70,12 +70,12 @@ from .info import (
     SaneDatasetInfo,
     SplitInfo,
 )
+from .windows import TOKENS_COLUMN
 from .zoo import ZOO_FORMATS, CheckpointRecord, ZooFormat, ZooReader, open_zoo
 
 
 logger = logging.getLogger(__name__)
 
-TOKENS_COLUMN = "tokens"
 # What a conversion was made from (its options and the zoo's model ids), so that the same command run again can see
 # that the dataset is already complete and skip it.
 CONVERSION_PATH = f"{META_DIR}/conversion.json"

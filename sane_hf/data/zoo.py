@@ -51,6 +51,17 @@ from typing import Any, ClassVar, Literal, get_args
 import torch
 
 from ..utils.checks import weights_only_rejection
+from .zoo_format import (
+    CHECKPOINT_FILE,
+    CHECKPOINTS_DIR,
+    DONE_NAME,
+    METRICS_NAME,
+    MODELS_DIR,
+    PARAMS_NAME,
+    ZOO_CONFIG_NAME,
+    ZOO_FORMAT,
+    ZOO_FORMAT_VERSION,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -58,11 +69,6 @@ logger = logging.getLogger(__name__)
 ZooFormat = Literal["sane_hf", "modelzoo", "models"]
 ZOO_FORMATS = get_args(ZooFormat)
 
-# Our own zoo format (written by `sane_hf.data.zoo_builder`).
-SANE_HF_ZOO_FORMAT = "sane_hf-zoo"
-SANE_HF_ZOO_FORMAT_VERSION = 1
-SANE_HF_ZOO_CONFIG = "zoo_config.json"
-_SANE_HF_CHECKPOINT = re.compile(r"^epoch_(\d+)\.safetensors$")
 # params.json keys that describe the model rather than a hyper-parameter property.
 _SANE_HF_NON_PROPERTIES = {"model_id", "index", "architecture", "model_kwargs", "task"}
 # Renamed so that the number of training epochs is not confused with a checkpoint's `epoch`.
@@ -658,50 +664,46 @@ class SaneHfZooReader(ZooReader):
     """
 
     format_name = "sane_hf"
-    _metrics_name = "metrics.jsonl"
+    _metrics_name = METRICS_NAME
 
     def __init__(self, path: str | Path, **kwargs: Any) -> None:
         super().__init__(path, **kwargs)
-        expected = f"a sane_hf zoo ({SANE_HF_ZOO_CONFIG} and models/<model_id>/ folders)"
+        expected = f"a sane_hf zoo ({ZOO_CONFIG_NAME} and models/<model_id>/ folders)"
         _require_zoo_dir(self.path, expected)
-        config = _read_json(self.path / SANE_HF_ZOO_CONFIG, f"the zoo's config ({SANE_HF_ZOO_CONFIG})")
-        if not isinstance(config, dict) or config.get("format") != SANE_HF_ZOO_FORMAT:
+        config = _read_json(self.path / ZOO_CONFIG_NAME, f"the zoo's config ({ZOO_CONFIG_NAME})")
+        if not isinstance(config, dict) or config.get("format") != ZOO_FORMAT:
             found = config.get("format") if isinstance(config, dict) else type(config).__name__
+            raise ZooFormatError(f'{self.path / ZOO_CONFIG_NAME}: expected "format": {ZOO_FORMAT!r}, found {found!r}.')
+        if config.get("format_version") != ZOO_FORMAT_VERSION:
             raise ZooFormatError(
-                f'{self.path / SANE_HF_ZOO_CONFIG}: expected "format": {SANE_HF_ZOO_FORMAT!r}, found {found!r}.'
-            )
-        if config.get("format_version") != SANE_HF_ZOO_FORMAT_VERSION:
-            raise ZooFormatError(
-                f"{self.path / SANE_HF_ZOO_CONFIG}: expected format_version {SANE_HF_ZOO_FORMAT_VERSION}, found "
+                f"{self.path / ZOO_CONFIG_NAME}: expected format_version {ZOO_FORMAT_VERSION}, found "
                 f"{config.get('format_version')!r}."
             )
         self.zoo_config = config
-        if not (self.path / "models").is_dir():
-            raise ZooFormatError(f"{self.path / 'models'}: missing; expected one folder per model.")
+        if not (self.path / MODELS_DIR).is_dir():
+            raise ZooFormatError(f"{self.path / MODELS_DIR}: missing; expected one folder per model.")
 
     def source_info(self) -> dict[str, Any]:
         return {**super().source_info(), "task": self.zoo_config.get("task")}
 
     def _list_members(self) -> list[ZooMember]:
         members = []
-        for folder in sorted(p for p in (self.path / "models").iterdir() if p.is_dir()):
-            if not (folder / "DONE").is_file():
+        for folder in sorted(p for p in (self.path / MODELS_DIR).iterdir() if p.is_dir()):
+            if not (folder / DONE_NAME).is_file():
                 self.report.skipped_models.append({"model_id": folder.name, "reason": "unfinished (no DONE file)"})
                 logger.debug("Skipping unfinished model %s (no DONE file).", folder)
                 continue
-            params = _read_json(folder / "params.json", "the model's params.json")
+            params = _read_json(folder / PARAMS_NAME, f"the model's {PARAMS_NAME}")
             if not isinstance(params, dict):
-                raise ZooFormatError(
-                    f"{folder / 'params.json'}: expected a JSON object, found {type(params).__name__}."
-                )
+                raise ZooFormatError(f"{folder / PARAMS_NAME}: expected a JSON object, found {type(params).__name__}.")
             for key in ("architecture", "model_kwargs"):
                 if key not in params:
-                    raise ZooFormatError(f"{folder / 'params.json'}: missing key {key!r}.")
+                    raise ZooFormatError(f"{folder / PARAMS_NAME}: missing key {key!r}.")
             checkpoints = {}
-            checkpoint_dir = folder / "checkpoints"
+            checkpoint_dir = folder / CHECKPOINTS_DIR
             if checkpoint_dir.is_dir():
                 for file in checkpoint_dir.iterdir():
-                    match = _SANE_HF_CHECKPOINT.match(file.name)
+                    match = CHECKPOINT_FILE.match(file.name)
                     if match:
                         checkpoints[int(match.group(1))] = file
             if not checkpoints:
@@ -975,7 +977,7 @@ def detect_zoo_format(path: str | Path | Sequence[str]) -> str:
         )
     if not folder.is_dir():
         raise ZooFormatError(f"{folder}: expected a zoo folder, found a file.")
-    if (folder / SANE_HF_ZOO_CONFIG).is_file():
+    if (folder / ZOO_CONFIG_NAME).is_file():
         return "sane_hf"
     if _has_weights(folder):
         return "models"
@@ -988,7 +990,7 @@ def detect_zoo_format(path: str | Path | Sequence[str]) -> str:
         if _has_weights(sub):
             return "models"
     raise ZooFormatError(
-        f"{folder}: unknown zoo layout; expected {SANE_HF_ZOO_CONFIG} (a sane_hf zoo), trial folders with "
+        f"{folder}: unknown zoo layout; expected {ZOO_CONFIG_NAME} (a sane_hf zoo), trial folders with "
         f"params.json/result.json (an original model zoo), or model folders with one of {list(_WEIGHT_FILES)}."
     )
 

@@ -73,18 +73,22 @@ from ..utils.io import (
     write_text_atomic,
 )
 from ..zoo_models import ACTIVATIONS, CNN3, INITS, MLP, CNNSmall, ZooModel, build_zoo_model, get_zoo_architecture
+from .zoo_format import (
+    CHECKPOINTS_DIR,
+    DONE_NAME,
+    METRICS_NAME,
+    MODELS_DIR,
+    PARAMS_NAME,
+    ZOO_CONFIG_NAME,
+    ZOO_FORMAT,
+    ZOO_FORMAT_VERSION,
+    checkpoint_name,
+    model_id_for,
+)
 
 
 logger = logging.getLogger(__name__)
 
-ZOO_FORMAT = "sane_hf-zoo"
-ZOO_FORMAT_VERSION = 1
-ZOO_CONFIG_NAME = "zoo_config.json"
-MODELS_DIR = "models"
-PARAMS_NAME = "params.json"
-METRICS_NAME = "metrics.jsonl"
-CHECKPOINTS_DIR = "checkpoints"
-DONE_NAME = "DONE"
 # Keys of one metrics.jsonl line, in order. Non-finite values (a diverged model) are written as JSON null.
 METRIC_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "ggap")
 # ZooConfig fields that do not change what is trained, so a rerun may change them.
@@ -95,16 +99,6 @@ _FACTOR_KWARGS = {"activation": "activations", "init": "inits", "dropout": "drop
 # Offsets of the per-model random streams from the model seed (params.json "seed"): initialization, batch order,
 # dropout masks of the batched trainer.
 _INIT_STREAM, _ORDER_STREAM, _DROPOUT_STREAM = 0, 1, 2
-
-
-def model_id_for(index: int) -> str:
-    """The folder name of zoo model `index`: `f"model_{index:04d}"`."""
-    return f"model_{index:04d}"
-
-
-def checkpoint_name(epoch: int) -> str:
-    """The file name of the checkpoint of `epoch`: `f"epoch_{epoch:04d}.safetensors"`."""
-    return f"epoch_{epoch:04d}.safetensors"
 
 
 # ---------------------------------------------------------------------------------------------------------------

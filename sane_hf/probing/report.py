@@ -53,7 +53,7 @@ from .baselines import raw_weights, weight_statistics
 from .configs import PredictConfig
 from .embed import check_model_matches_layout, embed_zoo, iter_token_batches, read_columns
 from .finetune import finetune_property_predictor
-from .probe import fit_gradient_boosting, fit_probe, infer_task, r2_score, valid_rows
+from .probe import SPLITS, fit_gradient_boosting, fit_probe, infer_task, r2_score, valid_rows
 
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,6 @@ RESULTS_MD = "results.md"
 PCA_PLOT = "pca_sane_embeddings.png"
 # The checkpoint's epoch is an id column of the dataset, not in `info.properties`, but a property to predict.
 EPOCH_COLUMN = "epoch"
-SPLITS = ("train", "val", "test")
 _MAIN_HEADERS = {"SANE mean": "SANE linear probe (mean)"}
 
 
