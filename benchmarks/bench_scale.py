@@ -42,7 +42,7 @@ from bench_train import CONFIGS  # noqa: E402  (one definition of config (a) for
 
 
 _MODEL_FIELDS = ("token_size", "d_model", "n_heads", "n_layers", "latent_dim", "window_size", "max_positions")
-# The SANE of config (a) with the paper's ResNet-18 halo (SANE_METHOD §6.4: content 128 + 64 on each side).
+# The SANE of config (a) with the paper's ResNet-18 halo (docs/method.md#windows-and-halos: content 128 + 64 on each side).
 CONFIG_A = {**{name: CONFIGS["a"][name] for name in _MODEL_FIELDS}, "halo_size": 64}
 ORIGINAL = {  # BASELINE.md (original implementation, other machine with avx512_bf16)
     "pretrain": "5.9-6.1 s/step, peak RSS 4.1-4.2 GB (training step alone)",

@@ -4,7 +4,7 @@ Workloads (ISSUE: core; BASELINE.md):
   * one CIFAR ResNet-18 (100 classes, T=288, BatchNorm incl. running statistics -> 53,704 tokens, 81 layers);
   * a batch of 64 CNN3 checkpoints (T=289 -> 93 tokens each).
 
-The "loop reference" re-implements the original's algorithm (SANE_METHOD §1.2-1.7: walk the keys, reshape, append
+The "loop reference" re-implements the original's algorithm (docs/method.md#tokenization: walk the keys, reshape, append
 the bias, pad, concatenate; back: a `torch.where` on the layer id per layer) so both run in the same process on
 the same data. Prints a table and writes `benchmarks/results/tokenizer.json`.
 

@@ -3,7 +3,7 @@
 Stages, each a library call with its own config, outputs under `output_dir`:
 
 1. `zoo/`       `build_zoo`: a population of small CNNs trained on digits, checkpointed every epoch.
-2. `zoo_ds/`    `convert_zoo`: tokenized, canonicalized (SANE_METHOD §2.5) and normalized Hub-layout dataset.
+2. `zoo_ds/`    `convert_zoo`: tokenized, canonicalized (docs/method.md#canonicalization) and normalized Hub-layout dataset.
 3. `sane/`      `pretrain`: SANE pretrained on windows of the zoo's tokens (SANE §4).
 4. `predict/`   `predict_properties`: ridge probes on SANE embeddings next to the W and s(W) baselines (SANE §5).
 5. `generated/` `generate`: subsampled models (SANE_SUB, SANE §6) with zero-shot and fine-tuning evaluation

@@ -1,4 +1,4 @@
-"""Generate networks with a pretrained SANE (SANE_METHOD §6): sample, decode, BN-condition, evaluate, save, push.
+"""Generate networks with a pretrained SANE (docs/method.md#samplers): sample, decode, BN-condition, evaluate, save, push.
 
     python scripts/generate.py --config scripts/configs/generate_digits_cnn.yaml --model runs/sane --dataset runs/zoo_ds
     python scripts/generate.py --model runs/sane --dataset runs/zoo_ds --sampler kde --n 10 --output_dir runs/gen_kde

@@ -120,7 +120,7 @@ def write_sane_hf_zoo(
 
 
 def write_modelzoo(root: Path, num_models: int = 4, num_epochs: int = 3, *, with_init: bool = True) -> Path:
-    """A zoo in the original ray-tune layout (SANE_METHOD §2.1), `cnn_s` ("CNN") members on 28x28 inputs.
+    """A zoo in the original ray-tune layout (docs/zoo_dataset_format.md), `cnn_s` ("CNN") members on 28x28 inputs.
 
     With `with_init`, line 0 / `checkpoint_000000` is the initialization and `training_iteration` counts from 0
     (the zoo trainer's evaluation-only first step); without, both start at epoch 1.

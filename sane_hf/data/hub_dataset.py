@@ -13,7 +13,7 @@ README.md                                    dataset card; its `configs` let `da
 Conversion (`convert_zoo` / `write_zoo_dataset`) streams: checkpoints are read one model at a time, tokenized in
 small batches and written into parquet shards of bounded size, holding at most two shards in memory (one being
 filled, one being encoded and written by a background thread). Differences from the original preprocessing
-(SANE_METHOD §2.3, §2.7, §1.8), on purpose:
+(docs/zoo_dataset_format.md, docs/method.md#normalization), on purpose:
 
 * the model list is sorted before the seeded shuffle (the original shuffled the unsorted `iterdir()` order);
 * normalization statistics come from the train split only and are applied to every split (the original fitted
@@ -81,7 +81,7 @@ logger = logging.getLogger(__name__)
 CONVERSION_PATH = f"{META_DIR}/conversion.json"
 # `ConvertConfig` options that do not change the dataset.
 _CONVERSION_RUN_CONTROL = ("output_dir", "overwrite", "num_threads", "push_to_hub", "hub_private", "private")
-# Properties first in this order (the original's result keys, SANE_METHOD §2.4), then the rest sorted.
+# Properties first in this order (the original's result keys, docs/zoo_dataset_format.md), then the rest sorted.
 _PROPERTY_ORDER = ("test_acc", "train_acc", "val_acc", "test_loss", "train_loss", "val_loss", "ggap")
 # Tokenize this many checkpoints per call (bounded by bytes too): one batched gather instead of many small ones.
 # The byte bound caps peak memory for large checkpoints: a batch lives as weights, raw tokens, normalized tokens and
@@ -271,7 +271,7 @@ def split_model_ids(
     seed: int = 42,
     max_models: int | None = None,
 ) -> dict[str, list[str]]:
-    """Split models (never checkpoints) into train/val/test, as the original (SANE_METHOD §2.3).
+    """Split models (never checkpoints) into train/val/test, as the original (docs/zoo_dataset_format.md).
 
     The ids are sorted, shuffled with `random.Random(seed)`, truncated to `max_models`, and cut into the first
     `floor(f_train * N)` (train), the next `floor(f_val * N)` (val) and the rest (test). With two fractions there
@@ -611,7 +611,7 @@ def _permutation_spec_known(architecture: str | None, model_kwargs: Mapping[str,
 
 
 class _Canonicalizer:
-    """Per-model weight-matching permutations onto the reference model (SANE_METHOD §2.5).
+    """Per-model weight-matching permutations onto the reference model (docs/method.md#canonicalization).
 
     The target is the reference model's last converted epoch (a trained network; matching onto an initialization
     would align models by random init weights). Each model's permutation is found once, on its last converted

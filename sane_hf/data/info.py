@@ -44,7 +44,7 @@ class SplitInfo:
     """One split of a tokenized zoo.
 
     Args:
-        model_ids (`list[str]`): the models of the split, sorted (splits are by model, SANE_METHOD §2.3).
+        model_ids (`list[str]`): the models of the split, sorted (splits are by model, docs/zoo_dataset_format.md).
         num_checkpoints (`int`): rows (checkpoints) written.
         files (`list[str]`): the parquet shards, relative to the dataset root.
         num_bytes (`int`, *optional*, defaults to 0): size of the shards on disk.
@@ -79,7 +79,7 @@ class SaneDatasetInfo:
             (the reference checkpoint's; hyper-parameter arguments such as `activation` vary between members and
             are properties).
         reference (`dict`, *optional*): the reference checkpoint (`model_id`, `epoch`, `source`): the first kept
-            train checkpoint, which defines the layout and its non-tokenized values (SANE_METHOD §2.3 item 5).
+            train checkpoint, which defines the layout and its non-tokenized values (docs/zoo_dataset_format.md).
         max_positions (`list[int]`, *optional*): exclusive bound of each position coordinate.
         tokens_normalized (`bool`, *optional*, defaults to `True`): tokens are standardized with
             `meta/normalization.json` (fitted on the train split only).
@@ -87,10 +87,10 @@ class SaneDatasetInfo:
         tokenize_bn_stats (`bool`, *optional*, defaults to `True`), ignore_bn (`bool`, *optional*, defaults to
             `False`): the tokenization options.
         canonicalized (`bool`, *optional*, defaults to `False`): every model was mapped onto the reference model
-            (its `canonical_epoch`) with weight matching before normalization (SANE_METHOD §2.5).
+            (its `canonical_epoch`) with weight matching before normalization (docs/method.md#canonicalization).
         epochs (`list[int]`, *optional*): the epochs that were requested (`None`: all available).
         split_fractions (`list[float]`), split_seed (`int`), max_models (`int`, *optional*): how splits were drawn.
-        weight_threshold (`float`): checkpoints with any |w| above it were dropped (SANE_METHOD §2.2).
+        weight_threshold (`float`): checkpoints with any |w| above it were dropped (docs/zoo_dataset_format.md).
         source (`dict`): the source zoo (`zoo_dir`, `zoo_format`, `task`, ...).
         filtering (`dict`): the filtering report (`FilterReport.to_dict()`).
         features (`dict`): the `datasets.Features` of the parquet files (`Features.to_dict()`).

@@ -1,8 +1,8 @@
-"""Windows of consecutive tokens, batched straight from the Arrow data of a tokenized zoo (SANE_METHOD §2.6, §4.1).
+"""Windows of consecutive tokens, batched straight from the Arrow data of a tokenized zoo (docs/zoo_dataset_format.md, docs/method.md#windows-and-halos).
 
 SANE is pretrained on random windows of `W` consecutive tokens of a checkpoint, with their global positions and
 mask. The original materialized `[P+1, S, T]` per sample and drew one window start per sample with Python `random`
-(SANE_METHOD §2.6 step 4). Here:
+(docs/zoo_dataset_format.md step 4). Here:
 
 * `sample_windows` cuts one window per sample out of a `[B, S, T]` batch (one advanced-indexing gather on
   accelerators; contiguous per-sample copies on CPU, see below), with starts drawn from a `torch.Generator`

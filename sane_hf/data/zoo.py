@@ -1,21 +1,21 @@
 """Readers of model zoos: they list the models of a zoo and yield its checkpoints one at a time.
 
 A model zoo is a population of trained networks of one architecture, with a checkpoint per epoch and the metrics
-of each epoch (SANE_METHOD §2). Three layouts are read:
+of each epoch (docs/zoo_dataset_format.md). Three layouts are read:
 
 * `"sane_hf"`: the zoos `sane_hf` builds (`zoo_config.json`, `models/<model_id>/{params.json, metrics.jsonl,
   checkpoints/epoch_<E:04d>.safetensors, DONE}`), see `SaneHfZooReader`;
 * `"modelzoo"`: the original model zoos (modelzoos.cc, ray-tune trial folders with `params.json`, `result.json` and
-  `checkpoint_<E>/checkpoints` pickles; SANE_METHOD §2.1), see `ModelZooReader`;
+  `checkpoint_<E>/checkpoints` pickles; docs/zoo_dataset_format.md), see `ModelZooReader`;
 * `"models"`: independent models, as Hub repo ids or local folders with `model.safetensors` / `pytorch_model.bin`
   (e.g. models saved with `ZooModel.save_pretrained`), see `HubModelsReader`.
 
-Every reader lists models in sorted order (the original used the unsorted `Path.iterdir()` order, SANE_METHOD §2.3
+Every reader lists models in sorted order (the original used the unsorted `Path.iterdir()` order, docs/zoo_dataset_format.md
 [quirk]), loads one checkpoint at a time (a ResNet-18 zoo does not fit in memory), and applies the original's
-filtering (SANE_METHOD §2.2): a checkpoint with a NaN/Inf or any |w| > `weight_threshold` is dropped, and a model
+filtering (docs/zoo_dataset_format.md): a checkpoint with a NaN/Inf or any |w| > `weight_threshold` is dropped, and a model
 left without checkpoints is dropped; every drop is counted in `reader.report` (a `FilterReport`), never silent.
 
-Key order. SANE's token order is the state_dict order (SANE_METHOD §1.1), but safetensors files come back with
+Key order. SANE's token order is the state_dict order (docs/method.md#tokenization), but safetensors files come back with
 their keys sorted by name (`module_list.11` before `module_list.3`). Readers therefore put every state_dict in the
 order of its architecture's `state_dict()` (built on the meta device from `architecture` + `model_kwargs`); pickles
 keep their stored order; safetensors of unknown architectures fall back to a natural sort (numbers as numbers,
@@ -74,7 +74,7 @@ _SANE_HF_NON_PROPERTIES = {"model_id", "index", "architecture", "model_kwargs", 
 # Renamed so that the number of training epochs is not confused with a checkpoint's `epoch`.
 _SANE_HF_RENAMES = {"epochs": "num_epochs"}
 
-# The original model zoos (SANE_METHOD §2.1).
+# The original model zoos (docs/zoo_dataset_format.md).
 _MODELZOO_CHECKPOINT_DIR = re.compile(r"^checkpoint_(\d+)$")
 _MODELZOO_CHECKPOINT_FILE = "checkpoints"
 # `params.json` ("a::b" keys) -> property name; the same names our own zoos use, so datasets of both kinds share a
@@ -106,7 +106,7 @@ _WEIGHT_FILES = (_SAFETENSORS_WEIGHTS, _SAFETENSORS_INDEX, _PICKLE_WEIGHTS, _PIC
 _MODEL_PROPERTIES_FILE = "properties.json"
 _ZOO_ARCHITECTURE_KEY = "zoo_architecture"
 
-# Filter reasons (SANE_METHOD §2.2).
+# Filter reasons (docs/zoo_dataset_format.md).
 DROP_NON_FINITE = "non_finite"
 DROP_ABOVE_THRESHOLD = "above_threshold"
 DROP_MISSING = "missing_checkpoint"
@@ -174,7 +174,7 @@ class ZooMember:
 
 @dataclass
 class FilterReport:
-    """What a reader skipped or dropped, and why (SANE_METHOD §2.2).
+    """What a reader skipped or dropped, and why (docs/zoo_dataset_format.md).
 
     Args:
         weight_threshold (`float`): checkpoints with any |w| above this were dropped.
@@ -360,7 +360,7 @@ class ZooReader:
         epochs (`Iterable[int]`, *optional*): epochs to read; a requested epoch a model lacks is reported as
             `missing_checkpoint`. Defaults to every epoch each model has.
         weight_threshold (`float`, *optional*, defaults to `inf`): drop checkpoints with any |w| above it (the
-            original used 100 for CNN zoos, 15,000-25,000 for ResNets; SANE_METHOD §2.2).
+            original used 100 for CNN zoos, 15,000-25,000 for ResNets; docs/zoo_dataset_format.md).
 
     Example:
 
@@ -470,7 +470,7 @@ class ZooReader:
                 where = member.path / self._metrics_name if self._metrics_name else member.path
                 raise ZooFormatError(f"{where}: no metrics for epoch {epoch}, which has a checkpoint.")
             props = {k: _scalar(v) for k, v in values.items()}
-            # ggap = train_acc - test_acc, computed as in the original (SANE_METHOD §2.4) unless given.
+            # ggap = train_acc - test_acc, computed as in the original (docs/zoo_dataset_format.md) unless given.
             if props.get("ggap") is None and props.get("train_acc") is not None and props.get("test_acc") is not None:
                 props["ggap"] = float(props["train_acc"]) - float(props["test_acc"])
             props.update({k: _scalar(v) for k, v in member.hyperparameters.items()})
@@ -561,7 +561,7 @@ class ZooReader:
         )
 
     def _filter_reason(self, state_dict: Mapping[str, torch.Tensor]) -> str | None:
-        """Why a checkpoint is dropped (SANE_METHOD §2.2), or None to keep it."""
+        """Why a checkpoint is dropped (docs/zoo_dataset_format.md), or None to keep it."""
         tensors = [v.detach() for v in state_dict.values() if v.is_floating_point() and v.numel()]
         if not tensors:
             return None
@@ -743,7 +743,7 @@ class SaneHfZooReader(ZooReader):
 
 
 class ModelZooReader(ZooReader):
-    """Reader of the original model zoos (modelzoos.cc; ray-tune trial folders, SANE_METHOD §2.1).
+    """Reader of the original model zoos (modelzoos.cc; ray-tune trial folders, docs/zoo_dataset_format.md).
 
     ```
     <zoo_root>/<trial_dir>/params.json                 flat "a::b" config
@@ -755,7 +755,7 @@ class ModelZooReader(ZooReader):
     * The architecture comes from `zoo_params_to_kwargs(params)`; an unknown `model::type` leaves it `None` (the
       weights are still read and tokenized).
     * Properties of epoch `E` come from the `result.json` line whose `training_iteration` is `E`. This is the
-      original's offset logic (SANE_METHOD §2.4: line `E - offset`, offset 0 if line 0 is the initialization, else
+      original's offset logic (docs/zoo_dataset_format.md: line `E - offset`, offset 0 if line 0 is the initialization, else
       1), decided per model instead of on the first model only; lines without `training_iteration` are indexed
       by epoch. `ggap = train_acc - test_acc`.
     * Trial folders without any checkpoint (e.g. crashed before the first save) are skipped and reported.

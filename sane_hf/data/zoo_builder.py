@@ -1,6 +1,6 @@
 """Build a model zoo: a population of small networks trained with varied hyper-parameters, checkpointed every epoch.
 
-SANE learns from zoos of this kind (SANE_METHOD §0, §2): many models of one architecture, trained on one task with
+SANE learns from zoos of this kind (docs/method.md, docs/zoo_dataset_format.md): many models of one architecture, trained on one task with
 "generating factors" drawn from grids (optimizer, learning rate, weight decay, initialization, activation, dropout;
 the model-zoo paper's recipe), with a checkpoint and metrics per epoch. The zoo's design decides what is learnable
 from it (CALIBRATION.md: test accuracy was predictable from weights, epoch and gap were not), so the defaults spread

@@ -1,4 +1,4 @@
-"""Generating networks with a pretrained SANE (SANE_METHOD §6): samplers, haloed decoding, BatchNorm conditioning,
+"""Generating networks with a pretrained SANE (docs/method.md#samplers): samplers, haloed decoding, BatchNorm conditioning,
 evaluation against baselines, and saving/pushing the generated networks.
 
 Example:

@@ -1,4 +1,4 @@
-"""BatchNorm conditioning of generated networks (SANE_METHOD §6.7).
+"""BatchNorm conditioning of generated networks (docs/method.md#batchnorm-conditioning).
 
 Decoded BatchNorm running statistics are poor estimates of the statistics the decoded weights actually produce, and
 the ablation in PAPER_RESULTS §1.9 shows conditioning is the key ingredient of zero-shot sampling on ResNets (10% →
@@ -14,7 +14,7 @@ Three deliberate differences from the original `condition_bn.py`:
   original) the decoded statistics are forgotten anyway (0.9^200 ≈ 7e-10), so this changes nothing but noise.
   `reset=False` keeps the original exponential update from the decoded values.
 - The batch size is an argument; the original permanently set `training::batchsize=32`, which leaked into the
-  following fine-tuning (SANE_METHOD §6.7, §7.4 item 14).
+  following fine-tuning (docs/method.md#batchnorm-conditioning, docs/method.md#departures-at-a-glance).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def condition_batchnorm(
     generator: torch.Generator | None = None,
     reset: bool = True,
 ) -> nn.Module:
-    """Re-estimate the BatchNorm running statistics of `model` on `images`, in place (SANE_METHOD §6.7).
+    """Re-estimate the BatchNorm running statistics of `model` on `images`, in place (docs/method.md#batchnorm-conditioning).
 
     A no-op for networks without BatchNorm (the model is returned unchanged).
 

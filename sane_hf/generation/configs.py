@@ -20,7 +20,7 @@ SAMPLERS = get_args(Sampler)
 # Old sampler names, still accepted with a FutureWarning. `gaussian` was named after the paper's SANE_GAUSS, which
 # it is not (that one bootstraps from a Gaussian prior over the anchor embeddings; this one samples once).
 DEPRECATED_SAMPLERS = {"gaussian": "diagonal_gaussian"}
-# "token": one anchor per sample, noise independent per sample, token and dimension (the fix of SANE_METHOD §6.5).
+# "token": one anchor per sample, noise independent per sample, token and dimension (the fix of docs/method.md#samplers).
 # "original_token" / "original_individual": the original's semantics (one anchor per sample, noise shared by every
 # token / by every entry); "mixed": a true per-token KDE whose tokens may come from different anchors.
 KdeMode = Literal["token", "original_token", "original_individual", "mixed", "anchor_covariance"]
@@ -72,7 +72,7 @@ def _check_positive_float(owner: str, name: str, value: Any, allow_zero: bool = 
 
 @dataclass
 class FinetuneConfig:
-    """How generated models and their baselines are fine-tuned and compared (SANE_METHOD §6.9).
+    """How generated models and their baselines are fine-tuned and compared (docs/method.md#evaluation).
 
     Every population (generated models, models trained from scratch, the anchors, the noise control) gets exactly
     this schedule, so the curves are comparable.
@@ -158,7 +158,7 @@ class FinetuneConfig:
 
 @dataclass
 class GenerateConfig(FinetuneConfig):
-    """Options of `sane-generate` (`scripts/generate.py`): sample models from a pretrained SANE (SANE_METHOD §6).
+    """Options of `sane-generate` (`scripts/generate.py`): sample models from a pretrained SANE (docs/method.md#samplers).
 
     Args:
         > Inputs and outputs
@@ -180,7 +180,7 @@ class GenerateConfig(FinetuneConfig):
             Hub id of the source SANE written as `base_model` in the cards; defaults to `model` when it is not a
             local folder.
 
-        > Anchors (SANE_METHOD §6.3)
+        > Anchors (docs/method.md#samplers)
 
         anchor_split (`str`, *optional*, defaults to `"train"`):
             Split of the zoo the anchors come from.
@@ -195,7 +195,7 @@ class GenerateConfig(FinetuneConfig):
         anchor_filter (`dict`, *optional*):
             Property values the anchors must have, e.g. `{"activation": "relu"}` (a JSON object on the command line).
 
-        > Sampling (SANE_METHOD §6.5, §6.8)
+        > Sampling (docs/method.md#samplers)
 
         sampler (`str`, *optional*, defaults to `"subsample"`):
             `"kde"` (SANE_KDE), `"subsample"` (SANE_SUB: draw `num_candidates`, keep the best `n`), `"bootstrap"`
@@ -232,7 +232,7 @@ class GenerateConfig(FinetuneConfig):
             Haloed windows per SANE forward pass; default: the model's (64 on accelerators, ~8 MB of activations
             per pass on CPU, see `SaneModel.haloed_encode`).
 
-        > Target architecture (SANE_METHOD §6.6)
+        > Target architecture (docs/method.md#samplers)
 
         task (`str`, *optional*):
             Task of the generated models (`sane_hf.tasks.load_task`); defaults to the zoo's task.
@@ -245,7 +245,7 @@ class GenerateConfig(FinetuneConfig):
         target_model_kwargs (`dict`, *optional*):
             Extra constructor arguments of the generated architecture (JSON object).
 
-        > BatchNorm conditioning (SANE_METHOD §6.7)
+        > BatchNorm conditioning (docs/method.md#batchnorm-conditioning)
 
         bn_condition (`bool`, *optional*, defaults to `True`):
             Re-estimate BatchNorm running statistics on task images (a no-op without BatchNorm).
@@ -256,7 +256,7 @@ class GenerateConfig(FinetuneConfig):
         bn_batch_size (`int`, *optional*, defaults to 64):
             Images per conditioning pass.
 
-        > Evaluation (SANE_METHOD §6.9): the `FinetuneConfig` fields, plus
+        > Evaluation (docs/method.md#evaluation): the `FinetuneConfig` fields, plus
 
         evaluate (`bool`, *optional*, defaults to `True`):
             Fine-tune and compare the generated models after generating them.
@@ -432,7 +432,7 @@ class EvaluateConfig(FinetuneConfig):
         output_dir (`str`, *optional*):
             Where `evaluation.{json,md,png}` go; defaults to `models`.
         bn_condition (`bool`, *optional*, defaults to `True`), bn_split, bn_iterations, bn_batch_size:
-            BatchNorm conditioning of the noise-control and scratch models (SANE_METHOD §6.7).
+            BatchNorm conditioning of the noise-control and scratch models (docs/method.md#batchnorm-conditioning).
         plot (`bool`, *optional*, defaults to `True`):
             Write `evaluation.png`.
         num_threads (`int`, *optional*):

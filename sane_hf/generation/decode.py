@@ -1,11 +1,11 @@
-"""From sampled latents to runnable zoo-member networks (SANE_METHOD §6.6).
+"""From sampled latents to runnable zoo-member networks (docs/method.md#samplers).
 
 latents `[n, S, L]` → haloed decoding (`SaneModel.haloed_decode`) → tokens `[n, S, T]` → de-normalization with the
 zoo's train statistics → `TokenLayout.detokenize` → a state_dict per sample → the zoo architecture rebuilt with
 `build_zoo_model(architecture, **kwargs)` and loaded *strictly*.
 
 Transfer to another head size (the original's `reset_classifier`): the original zero-padded or truncated the token
-sequence at its end, assuming only the tail differs (SANE_METHOD §6.6 step 3, §7.4 item 6). Here the layouts of the
+sequence at its end, assuming only the tail differs (docs/method.md#samplers step 3, §7.4 item 6). Here the layouts of the
 source and the target architecture are compared layer by layer instead: every layer whose shape agrees is copied,
 the classifier (the target's last tokenized weight layer) keeps the target's fresh PyTorch initialization, and any
 other mismatch is an error naming the layer.
@@ -171,7 +171,7 @@ def _build_model(
         reference = target_state[target_key]
         target_state[target_key] = state_dict[source_key].detach().to(reference.dtype).reshape(reference.shape)
     # Entries the layout does not tokenize (num_batches_tracked, untokenized BN statistics) keep the fresh model's
-    # values; BN conditioning re-estimates the statistics (SANE_METHOD §6.7).
+    # values; BN conditioning re-estimates the statistics (docs/method.md#batchnorm-conditioning).
     model.load_state_dict(target_state, strict=True)
     return model.eval(), target_layout
 
@@ -187,7 +187,7 @@ def layout_for_module(model: nn.Module, source_layout: TokenLayout) -> TokenLayo
 
 
 class ModelDecoder:
-    """Turn sampled latents (or zoo tokens) into zoo-member networks, the whole path of SANE_METHOD §6.6.
+    """Turn sampled latents (or zoo tokens) into zoo-member networks, the whole path of docs/method.md#samplers.
 
     Args:
         sane (`SaneModel`): the pretrained SANE (in eval mode).

@@ -1,4 +1,4 @@
-"""Evaluation of generated networks against baselines (SANE_METHOD §6.9).
+"""Evaluation of generated networks against baselines (docs/method.md#evaluation).
 
 Every population gets the same treatment: zero-shot metrics ("epoch 0"), then fine-tuning for `E` epochs with the
 same optimizer, learning rate, batch size and per-model batch order, with train/val/test loss and accuracy recorded
@@ -13,7 +13,7 @@ after every epoch. The populations:
   (CALIBRATION.md: SANE beat it only in its best run).
 
 Ensembles average the raw logits of a population's models on each split in its fixed order; the original shuffled
-the train loader per model, which made its ensemble train accuracy meaningless (SANE_METHOD §6.9).
+the train loader per model, which made its ensemble train accuracy meaningless (docs/method.md#evaluation).
 """
 
 from __future__ import annotations
@@ -544,7 +544,7 @@ def compare_with_baselines(
     extra_populations: Mapping[str, Sequence[nn.Module]] | None = None,
     generation_seconds: float = 0.0,
 ) -> EvaluationReport:
-    """Evaluate generated networks next to scratch, fine-tuned anchors and the noise control (SANE_METHOD §6.9).
+    """Evaluate generated networks next to scratch, fine-tuned anchors and the noise control (docs/method.md#evaluation).
 
     Args:
         generated (`Sequence[nn.Module]`): the generated (already BN-conditioned) networks.

@@ -1,6 +1,6 @@
 """Generate networks with a pretrained SANE: anchors → sampling → decoding → BN conditioning → evaluation → Hub.
 
-The whole of SANE_METHOD §6 behind one call, `generate(GenerateConfig(...))` (`sane-generate`):
+The whole of docs/method.md#samplers behind one call, `generate(GenerateConfig(...))` (`sane-generate`):
 
 1. Load the SANE (`SaneModel.from_pretrained`, with its `sane_layout.json` / `sane_normalization.json`) and the
    tokenized zoo; choose anchors (best models by a property at one epoch) and embed them with haloed windows.
@@ -130,7 +130,7 @@ class GenerationResult:
 
 
 class SaneGenerator:
-    """Sampling, decoding and BN conditioning of networks from one SANE and one anchor set (SANE_METHOD §6).
+    """Sampling, decoding and BN conditioning of networks from one SANE and one anchor set (docs/method.md#samplers).
 
     Args:
         sane (`SaneModel`): the pretrained SANE.
@@ -237,7 +237,7 @@ class SaneGenerator:
 
     # ---------------------------------------------------------------------------------------------------- networks
     def condition(self, model: nn.Module) -> nn.Module:
-        """BN conditioning on `config.bn_split` images (SANE_METHOD §6.7); the batch order is fixed per call."""
+        """BN conditioning on `config.bn_split` images (docs/method.md#batchnorm-conditioning); the batch order is fixed per call."""
         if not self.config.bn_condition or not has_batchnorm(model):
             return model
         generator = torch.Generator().manual_seed(self.config.seed)

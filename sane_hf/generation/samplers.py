@@ -1,4 +1,4 @@
-"""Sampling new models in SANE's latent space: anchors, KDE, diagonal Gaussian, subsampling and bootstrapping (SANE_METHOD §6).
+"""Sampling new models in SANE's latent space: anchors, KDE, diagonal Gaussian, subsampling and bootstrapping (docs/method.md#samplers).
 
 A generated model starts as a latent sequence `[S, L]` (one latent per token). The samplers here work on batches of
 such sequences and are vectorized over samples and tokens: one draw of anchor indices and one draw of noise for the
@@ -7,8 +7,8 @@ whole batch, instead of the original's one scikit-learn KDE per token (53,704 fi
 Randomness is an argument (STYLE_ANCHORS §3.3 rule 8): every sampler takes a `torch.Generator`, so a seeded
 generator reproduces a draw exactly.
 
-KDE semantics (SANE_METHOD §6.5). The original fits a KDE per token with a fresh `random_state=42` each time, so
-every token of a sample gets the *same* anchor index and the *same* standard-normal draw (SANE_METHOD §7.4 item 7).
+KDE semantics (docs/method.md#samplers). The original fits a KDE per token with a fresh `random_state=42` each time, so
+every token of a sample gets the *same* anchor index and the *same* standard-normal draw (docs/method.md#departures-at-a-glance).
 The modes here:
 
 - `"token"` (default): one anchor index per sample, Gaussian noise independent per sample, token and dimension.
@@ -94,7 +94,7 @@ class LatentSamples:
 
 @dataclass
 class AnchorSet:
-    """The anchor models of a generation run (SANE_METHOD §6.3): zoo checkpoints and their haloed embeddings.
+    """The anchor models of a generation run (docs/method.md#samplers): zoo checkpoints and their haloed embeddings.
 
     Args:
         tokens (`torch.FloatTensor` of shape `(num_anchors, seq_len, token_size)`):
@@ -293,7 +293,7 @@ def load_anchors(
 def embed_anchors(
     sane: Any, anchors: AnchorSet, positions: torch.Tensor, batch_size: int | None = None
 ) -> torch.Tensor:
-    """Haloed embeddings `[N_a, S, L]` of the anchors (SANE_METHOD §6.3); also stored in `anchors.latents`."""
+    """Haloed embeddings `[N_a, S, L]` of the anchors (docs/method.md#samplers); also stored in `anchors.latents`."""
     latents = sane.haloed_encode(anchors.tokens, positions, batch_size=batch_size).float()
     anchors.latents = latents
     return latents
@@ -333,7 +333,7 @@ def sample_kde(
     generator: torch.Generator | None = None,
     random_state: int | None = None,
 ) -> LatentSamples:
-    """Kernel density sampling around anchor latents with a Gaussian kernel (SANE_KDE, SANE_METHOD §6.5).
+    """Kernel density sampling around anchor latents with a Gaussian kernel (SANE_KDE, docs/method.md#samplers).
 
     Args:
         anchor_latents (`torch.FloatTensor` of shape `(num_anchors, seq_len, latent_dim)`):
@@ -486,7 +486,7 @@ def top_k(samples: LatentSamples, k: int) -> LatentSamples:
 
 
 def subsample(candidates: LatentSamples, score_fn: ScoreFunction, keep: int) -> LatentSamples:
-    """SANE_SUB (SANE_METHOD §6.8): score every candidate and keep the best `keep`, best first.
+    """SANE_SUB (docs/method.md#samplers): score every candidate and keep the best `keep`, best first.
 
     Args:
         candidates (`LatentSamples`):
@@ -523,7 +523,7 @@ def bootstrap(
     generator: torch.Generator | None = None,
     pool: str = "last",
 ) -> BootstrapResult:
-    """SANE_BOOT (SANE_METHOD §6.8): sample, score, refit the KDE on the best, repeat.
+    """SANE_BOOT (docs/method.md#samplers): sample, score, refit the KDE on the best, repeat.
 
     Round 1 draws around the anchors; every later round draws around the `keep_top` best samples of the previous
     round. The final models are the true top `num_models` by score (of the last round, or of all rounds with

@@ -37,7 +37,7 @@ SANE_CITATION = """```bibtex
 DATASET_CARD_TAGS = ("sane", "weight-space-learning", "model-zoo")
 DATASET_CARD_TEMPLATE = "dataset_card.md"
 
-# Descriptions of the properties the zoo readers produce (SANE_METHOD §2.4 and the zoo formats).
+# Descriptions of the properties the zoo readers produce (docs/zoo_dataset_format.md and the zoo formats).
 PROPERTY_DESCRIPTIONS = {
     "test_acc": "test accuracy of the checkpoint",
     "train_acc": "training accuracy",

@@ -1,4 +1,4 @@
-"""Property prediction from SANE embeddings (SANE_METHOD §5): embeddings, linear probes, baselines, fine-tuning.
+"""Property prediction from SANE embeddings (docs/method.md#probes): embeddings, linear probes, baselines, fine-tuning.
 
 ```python
 >>> from sane_hf.probing import PredictConfig, predict_properties

@@ -1,4 +1,4 @@
-"""Weight-space baselines for property prediction (SANE_METHOD §5.4): raw weights W and layer statistics s(W).
+"""Weight-space baselines for property prediction (docs/method.md#probes): raw weights W and layer statistics s(W).
 
 Both are computed from the same normalized tokens SANE sees, so every method is probed on the same splits, rows and
 scale (upstream computes them on the standardized weights too).
@@ -7,7 +7,7 @@ scale (upstream computes them on the standardized weights too).
   the tokens including their padding; padding is constant zero, so dropping it changes nothing but the width).
 * `weight_statistics`: per layer the mean, variance and the 1/25/50/75/99th percentiles (upstream's
   `LayerQuintiles`): 7 features per layer. Upstream flattens each layer's tokens *including* the zero padding
-  (SANE_METHOD §5.4 quirk), which biases every statistic towards zero by the layer's padding fraction; the default
+  (docs/method.md#probes quirk), which biases every statistic towards zero by the layer's padding fraction; the default
   here uses the real values only, and `include_padding=True` reproduces upstream.
 
 Statistics follow torch conventions: unbiased variance (`torch.var`) and linearly interpolated percentiles
@@ -59,7 +59,7 @@ def _layer_slots(layout: TokenLayout, include_padding: bool) -> Iterator[torch.T
 
 
 def weight_statistics(tokens: torch.Tensor, layout: TokenLayout, include_padding: bool = False) -> torch.Tensor:
-    """Per-layer statistics s(W) of each checkpoint (SANE_METHOD §5.4, `LayerQuintiles`).
+    """Per-layer statistics s(W) of each checkpoint (docs/method.md#probes, `LayerQuintiles`).
 
     Args:
         tokens (`torch.Tensor` of shape `(num_checkpoints, num_tokens, token_size)`): (normalized) tokens.

@@ -14,7 +14,7 @@ EMBED_DTYPES = ("float32", "bf16")
 
 @dataclass
 class PredictConfig:
-    """Predict model properties from SANE embeddings, with the W and s(W) baselines (SANE_METHOD §5).
+    """Predict model properties from SANE embeddings, with the W and s(W) baselines (docs/method.md#probes).
 
     Args:
         > Inputs and outputs
@@ -35,7 +35,7 @@ class PredictConfig:
             (`"mean"`: upstream's mean over tokens; `"layers"`, `"mean+layers"`, `"concat"`: see `embed_zoo`).
         baselines (`bool`, *optional*, defaults to `True`): also probe raw weights W and layer statistics s(W).
         include_padding (`bool`, *optional*, defaults to `False`): compute s(W) over the zero padding too (upstream's
-            quirk, SANE_METHOD §5.4).
+            quirk, docs/method.md#probes).
         max_raw_features (`int`, *optional*, defaults to 100000): skip the W baseline above this many values per
             checkpoint (infeasible for ResNets, as in the paper).
         feature_scaling (`str`, *optional*, defaults to `"both"`): ridge features as upstream (`"none"`),

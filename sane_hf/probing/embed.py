@@ -1,7 +1,7 @@
-"""Embed every checkpoint of a tokenized zoo with a pretrained SANE (SANE_METHOD §5.1).
+"""Embed every checkpoint of a tokenized zoo with a pretrained SANE (docs/method.md#probes).
 
 Upstream encodes each whole token sequence in one full-attention pass and takes the mean over tokens (`[N, L]`).
-Here the sequence goes through `SaneModel.embed` (haloed windows, SANE_METHOD §6.4, robust to every length; identical
+Here the sequence goes through `SaneModel.embed` (haloed windows, docs/method.md#windows-and-halos, robust to every length; identical
 to one full-attention pass when the sequence fits into one window), and one encoder pass yields every pooling:
 
 * `"mean"`: the mean over all tokens, `[N, L]` (upstream's embedding);
@@ -152,7 +152,7 @@ def embed_zoo(
     num_permutations: int = 8,
     generator: torch.Generator | None = None,
 ) -> dict[str, Any]:
-    """Embed every checkpoint of one split with a SANE encoder (SANE_METHOD §5.1), without gradients.
+    """Embed every checkpoint of one split with a SANE encoder (docs/method.md#probes), without gradients.
 
     Args:
         model (`SaneModel`): the pretrained SANE; put in eval mode here (dropout off) and restored afterwards.
@@ -169,7 +169,7 @@ def embed_zoo(
             re-normalize tokens with the model's own statistics).
         permuter (`TokenPermuter`, *optional*): average every output over `num_permutations` random
             function-preserving permutations of each checkpoint (test-time augmentation). A network and its
-            permutations are the same function (SANE_METHOD §2.5, §4.2), but SANE's latents are not invariant to
+            permutations are the same function (docs/method.md#canonicalization, docs/method.md#objective), but SANE's latents are not invariant to
             them; the average is an embedding of the function rather than of one arbitrary ordering of its units.
         num_permutations (`int`, *optional*, defaults to 8): permutations per checkpoint when `permuter` is set.
         generator (`torch.Generator`, *optional*): draws the permutations (reproducible runs).

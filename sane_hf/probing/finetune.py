@@ -1,9 +1,9 @@
 """Fine-tuning route of property prediction: the SANE encoder plus a regression head, trained end to end.
 
-The paper only probes frozen embeddings linearly (SANE_METHOD §5.2). A frozen mean over token latents keeps what the
+The paper only probes frozen embeddings linearly (docs/method.md#probes). A frozen mean over token latents keeps what the
 pretraining objective (reconstruction + contrast) put into the mean, which need not be what predicts accuracy;
 `SaneForPropertyPrediction` lets the encoder learn to put it there. It encodes whole models with haloed windows
-(SANE_METHOD §6.4) *with* gradients, mean-pools the token latents (as the probe embedding, SANE_METHOD §5.1) and
+(docs/method.md#windows-and-halos) *with* gradients, mean-pools the token latents (as the probe embedding, docs/method.md#probes) and
 predicts all (standardized) numeric properties jointly with a small head. `finetune_property_predictor` trains it with
 AdamW (linear warm-up, cosine decay) and early stopping on the validation loss, restoring the best epoch.
 
@@ -139,7 +139,7 @@ class SaneForPropertyPrediction(nn.Module):
 
 
 def _masked_mse(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over the finite targets only (a checkpoint may lack a property, SANE_METHOD §5.2)."""
+    """Mean squared error over the finite targets only (a checkpoint may lack a property, docs/method.md#probes)."""
     valid = torch.isfinite(targets)
     if not valid.any():
         return predictions.sum() * 0.0
@@ -222,7 +222,7 @@ def finetune_property_predictor(
         token_transform (`Callable`, *optional*): applied to each token batch (as in `embed_zoo`).
         max_grad_norm (`float`, *optional*, defaults to 1.0): gradient clipping (None: off).
         permuter (`TokenPermuter`, *optional*): permutation augmentation: every train checkpoint is replaced by a
-            random function-preserving permutation of itself at every step (SANE_METHOD §4.2). The properties of a
+            random function-preserving permutation of itself at every step (docs/method.md#objective). The properties of a
             network do not change under these permutations, so this is free, label-preserving data augmentation
             against the fast overfitting of a fine-tuned encoder.
         pooling (`str`, *optional*, defaults to `"mean"`): `SaneForPropertyPrediction`'s pooling.

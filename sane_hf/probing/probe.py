@@ -1,10 +1,10 @@
-"""Linear probes that predict model properties from features of their weights (SANE_METHOD §5.2-5.3).
+"""Linear probes that predict model properties from features of their weights (docs/method.md#probes).
 
 * `fit_ridge` is the upstream regression probe: ridge regression in closed form in float64 on `[X, 1]` (the intercept
   column is regularized too), the 17-value alpha grid, alpha chosen by the best validation R², and
-  `R² = 1 - mean((y - ŷ)²) / mean((y - ȳ)²)` with `ȳ` the mean of the *evaluated* split (SANE_METHOD §5.2). Rows
+  `R² = 1 - mean((y - ŷ)²) / mean((y - ȳ)²)` with `ȳ` the mean of the *evaluated* split (docs/method.md#probes). Rows
   whose target is NaN are dropped per split.
-* `fit_classifier` is the probe for categorical properties (SANE_METHOD §5.3): a linear softmax classifier
+* `fit_classifier` is the probe for categorical properties (docs/method.md#probes): a linear softmax classifier
   (scikit-learn's `LogisticRegression` instead of upstream's 50 epochs of Adam on a `Linear` layer), classes are the
   sorted unique train values, accuracy per split.
 * `fit_gradient_boosting` is a non-linear extra (not part of SANE's protocol): CALIBRATION.md found gradient boosting
@@ -31,7 +31,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-# SANE_METHOD §5.2: the alpha grid of the upstream ridge probe, in its order (ties keep the first, i.e. larger alpha).
+# docs/method.md#probes: the alpha grid of the upstream ridge probe, in its order (ties keep the first, i.e. larger alpha).
 RIDGE_ALPHAS = (1e3, 3e2, 1e2, 3e1, 1e1, 3.0, 1.0, 3e-1, 1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
 # Inverse regularization strengths of the classification probe, chosen by validation accuracy.
 CLASSIFIER_CS = (1e-2, 1e-1, 1.0, 1e1)
@@ -44,7 +44,7 @@ SPLITS = ("train", "val", "test")
 
 
 def r2_score(targets: np.ndarray | torch.Tensor, predictions: np.ndarray | torch.Tensor) -> float:
-    """`1 - mean((y - ŷ)²) / mean((y - ȳ)²)` with `ȳ` the mean of `targets` themselves (SANE_METHOD §5.2).
+    """`1 - mean((y - ŷ)²) / mean((y - ȳ)²)` with `ȳ` the mean of `targets` themselves (docs/method.md#probes).
 
     Returns NaN for fewer than one target or a constant target (no variance to explain).
     """
@@ -131,7 +131,7 @@ class RidgeSolver:
 
     One symmetric eigendecomposition of the smaller Gram matrix (`X'ᵀX'` when `n >= d + 1`, else `X'X'ᵀ`, the dual
     form) replaces one `torch.linalg.solve` per alpha: the solutions are the same closed form in float64
-    (SANE_METHOD §5.2), and a 2,465-feature raw-weight probe costs one decomposition instead of 17 solves.
+    (docs/method.md#probes), and a 2,465-feature raw-weight probe costs one decomposition instead of 17 solves.
 
     Args:
         features (`torch.Tensor` of shape `(num_samples, num_features)`): the train features (float64 inside).
@@ -166,7 +166,7 @@ def fit_ridge(
     standardize: bool = False,
     solver_cache: dict | None = None,
 ) -> dict[str, Any]:
-    """Fit the ridge probe of SANE_METHOD §5.2 and evaluate it on every split.
+    """Fit the ridge probe of docs/method.md#probes and evaluate it on every split.
 
     Args:
         features_by_split (`Mapping[str, array]`): `{"train": [N_train, F], "val": ..., "test": ...}`; a missing
@@ -234,7 +234,7 @@ def fit_classifier(
     cs: Sequence[float] = CLASSIFIER_CS,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Linear softmax classifier for a categorical property (SANE_METHOD §5.3), scored by accuracy.
+    """Linear softmax classifier for a categorical property (docs/method.md#probes), scored by accuracy.
 
     Upstream trains `Linear(F, n_classes)` for 50 epochs with Adam; here scikit-learn's `LogisticRegression` (L-BFGS,
     multinomial) on train-standardized features, with `C` chosen by validation accuracy, so the result does not
@@ -344,7 +344,7 @@ def fit_gradient_boosting(
 
 
 def infer_task(name: str, train_values: Sequence[Any], dtype: str | None = None) -> str:
-    """`"regression"` or `"classification"` for a property (SANE_METHOD §5.3, extended to few-valued integers).
+    """`"regression"` or `"classification"` for a property (docs/method.md#probes, extended to few-valued integers).
 
     Strings and bools are categorical. Floats are regression targets. Integers are regression targets when their
     name is a known quantity (`REGRESSION_KEYS`, e.g. `epoch`) or they take more than `MAX_INTEGER_CLASSES` distinct

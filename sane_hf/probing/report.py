@@ -1,13 +1,13 @@
 """Property prediction end to end: features, probes, fine-tuning, and the report (`results.json`, `results.md`, plots).
 
-`predict_properties(PredictConfig)` reproduces SANE's downstream evaluation (SANE_METHOD §5) on a tokenized zoo:
+`predict_properties(PredictConfig)` reproduces SANE's downstream evaluation (docs/method.md#probes) on a tokenized zoo:
 
 1. embed every checkpoint of every split with the SANE encoder (`embed_zoo`; mean pooling as upstream, plus the
    per-layer and concatenated variants);
 2. compute the baselines on the same rows from the same normalized tokens: raw weights W and layer statistics s(W)
-   (`baselines.py`, SANE_METHOD §5.4);
+   (`baselines.py`, docs/method.md#probes);
 3. fit the linear probe of each property on each feature set (ridge R² with alpha chosen on val, or the classifier's
-   accuracy; `probe.py`, SANE_METHOD §5.2-5.3), with features as upstream and/or standardized on train;
+   accuracy; `probe.py`, docs/method.md#probes), with features as upstream and/or standardized on train;
 4. optionally fine-tune the encoder end to end (`SaneForPropertyPrediction`) and gradient boosting as extra rows;
 5. write `results.json` (one record per property x method x feature scaling: scores on train/val/test, the chosen
    alpha), `results.md` (the comparison tables) and PNG plots (predicted vs. true per property for SANE, a 2-D PCA of
@@ -150,7 +150,7 @@ def baseline_features(
     include_padding: bool = False,
     raw: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """W (`raw=True`) and s(W) features of one split, from its normalized tokens, in batches (SANE_METHOD §5.4)."""
+    """W (`raw=True`) and s(W) features of one split, from its normalized tokens, in batches (docs/method.md#probes)."""
     mask = layout.mask
     outputs: dict[str, list[torch.Tensor]] = {METHOD_W: []} if raw else {}
     outputs[METHOD_SW] = []
@@ -527,7 +527,7 @@ def results_markdown(results: Mapping[str, Any]) -> str:
         f"Model: `{config.get('model')}`. Dataset: `{config.get('dataset')}` "
         f"({', '.join(f'{k} {v}' for k, v in results['dataset']['num_checkpoints'].items())} checkpoints).",
         "",
-        "Test R² (numeric properties: ridge probe, alpha chosen on val, SANE_METHOD §5.2) or test accuracy "
+        "Test R² (numeric properties: ridge probe, alpha chosen on val, docs/method.md#probes) or test accuracy "
         "(categorical properties: linear classifier, §5.3). Linear probes use "
         + ("features as upstream (not standardized)." if scaling_main == "none" else "train-standardized features.")
         + " The fine-tuned SANE trains the encoder and a head end to end. The last column is the SANE row (any "

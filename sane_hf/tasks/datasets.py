@@ -16,7 +16,7 @@ Two sources:
   `"uoft-cs/cifar10"` or a local folder of parquet files), with an image column and an integer label column.
 
 Pixels are standardized per channel with statistics of the *train* split (or the published constants of MNIST,
-CIFAR-10 and CIFAR-100, SANE_METHOD §2.9). CALIBRATION.md: without standardization about 2/3 of the sigmoid nets
+CIFAR-10 and CIFAR-100, docs/zoo_dataset_format.md). CALIBRATION.md: without standardization about 2/3 of the sigmoid nets
 of a digits zoo stayed stuck at one class.
 """
 
@@ -39,7 +39,7 @@ EMBEDDED_TASKS = ("digits", "digits32")
 # Train / validation / test sizes of the digits task; they add up to the 1,797 images of `load_digits`.
 DIGITS_SPLIT_SIZES = (1000, 400, 397)
 
-# Per-channel (mean, std) of pixels in [0, 1]. CIFAR values are those of the SANE zoo generators (SANE_METHOD §2.9);
+# Per-channel (mean, std) of pixels in [0, 1]. CIFAR values are those of the SANE zoo generators (docs/zoo_dataset_format.md);
 # MNIST's are the usual torchvision-example constants. Keys are matched against the dataset name without its
 # organization and lower-cased ("uoft-cs/cifar10" -> "cifar10").
 KNOWN_NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -168,7 +168,7 @@ def load_task(
     `datasets.load_dataset(name, **load_dataset_kwargs)`: its `"train"` split is required, a
     `"validation"`/`"valid"`/`"val"` split and a `"test"` split are used when present, and otherwise carved from the
     train split at random (seeded, not stratified), as the zoo generators carve CIFAR's validation set
-    (SANE_METHOD §2.9).
+    (docs/zoo_dataset_format.md).
 
     Args:
         name (`str`):

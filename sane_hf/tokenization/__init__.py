@@ -1,4 +1,4 @@
-"""Checkpoint <-> token sequence (SANE_METHOD §1): layouts, per-layer normalization, permutations."""
+"""Checkpoint <-> token sequence (docs/method.md#tokenization): layouts, per-layer normalization, permutations."""
 
 from .layout import (
     StateDictEntry,

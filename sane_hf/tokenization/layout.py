@@ -1,6 +1,6 @@
 """The token layout of an architecture: which weights become which tokens, and back.
 
-SANE (SANE_METHOD §1) cuts a checkpoint into a sequence of tokens: every output channel / neuron of a layer is a
+SANE (docs/method.md#tokenization) cuts a checkpoint into a sequence of tokens: every output channel / neuron of a layer is a
 row (the bias appended as one more column), rows are split into tokens of width `token_size` with zero padding,
 and every token carries a 3-coordinate position (global index, layer index, row index).
 
@@ -203,7 +203,7 @@ def _rows_of(shape: Sequence[int]) -> tuple[int, int]:
 
 
 class TokenLayout:
-    """How the state_dict of one architecture maps to a sequence of SANE tokens, and back (SANE_METHOD §1).
+    """How the state_dict of one architecture maps to a sequence of SANE tokens, and back (docs/method.md#tokenization).
 
     Build it once from a reference state_dict (or module) and reuse it for every checkpoint of that architecture.
     Every floating-point tensor is tokenized (Conv/Linear weights with their bias as an extra column, 1-d
@@ -777,7 +777,7 @@ class TokenLayout:
 
     # ------------------------------------------------------------------------------------------------ persistence
     def to_dict(self) -> dict:
-        """A JSON-serializable description (SANE_METHOD §7.5 "layout"), readable without `sane_hf`."""
+        """A JSON-serializable description (docs/method.md#departures-at-a-glance "layout"), readable without `sane_hf`."""
         return {
             "format_version": LAYOUT_FORMAT_VERSION,
             "token_size": self.token_size,

@@ -1,6 +1,6 @@
-"""Per-layer standardization of tokens (SANE_METHOD §1.8), fitted once on the train split and applied to all.
+"""Per-layer standardization of tokens (docs/method.md#normalization), fitted once on the train split and applied to all.
 
-Differences from the original, on purpose (SANE_METHOD §7.4 items 3 and 4):
+Differences from the original, on purpose (docs/method.md#departures-at-a-glance):
 
 * statistics come from the train split only and are applied to every split (the original fitted each split on
   itself);

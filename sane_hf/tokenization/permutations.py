@@ -4,14 +4,14 @@ Hidden units of a network can be reordered without changing the function it comp
 one layer (its weight, bias and the BatchNorm that follows) and, with the same permutation, the input columns of the
 layer that consumes them. SANE uses this symmetry twice:
 
-* **canonicalization** (SANE_METHOD §2.5, §7.1): every zoo member is mapped onto a reference checkpoint by git
+* **canonicalization** (docs/method.md#canonicalization): every zoo member is mapped onto a reference checkpoint by git
   re-basin weight matching, so that the zoo lives in one "basin" of the symmetry;
-* **augmentation** (SANE_METHOD §2.6, §4.2): view 2 of a training pair is a randomly permuted copy of the model.
+* **augmentation** (docs/zoo_dataset_format.md, docs/method.md#objective): view 2 of a training pair is a randomly permuted copy of the model.
 
-The original stores P=200 permuted copies of every window (SANE_METHOD §7.4 item 2). Here a permutation is applied
-on the fly, inside the window only (SANE_METHOD §7.5): `TokenPermuter` turns per-sample permutations into one gather
+The original stores P=200 permuted copies of every window (docs/method.md#departures-at-a-glance). Here a permutation is applied
+on the fly, inside the window only (docs/method.md#departures-at-a-glance): `TokenPermuter` turns per-sample permutations into one gather
 index into the flat token buffer. Its padding slots point at a zero sentinel; the original's unused index-level
-implementation mapped them to flat index 0, so padding received the first weight (SANE_METHOD §7.4 item 2).
+implementation mapped them to flat index 0, so padding received the first weight (docs/method.md#departures-at-a-glance).
 
 Which groups exist and which axes they permute is derived from the architecture (`permutation_spec_from_module`),
 not hand-written per model as in the original (`zoo_cnn_large_permutation_spec`, `resnet18_permutation_spec`).
@@ -55,7 +55,7 @@ class AxisPermutation:
         in_block (`int`, *optional*, defaults to 1): axis 1 has `in_block * size(in_group)` entries and input unit
             `c` owns the contiguous block `[c * in_block, (c + 1) * in_block)`. This is the flattened conv feature
             map feeding a Linear (`in_features = C * h * w`, channel-major), the original's "block-wise expansion"
-            (SANE_METHOD §2.5, §7.1).
+            (docs/method.md#canonicalization).
     """
 
     out_group: str | None = None
@@ -538,12 +538,12 @@ def permutation_spec_from_module(model: nn.Module) -> PermutationSpec:
 
     * ResNets of BasicBlocks with torchvision's attribute names (`ResNet18`/`ResNet34` of the zoos, torchvision's
       `resnet18`/`resnet34`): residual-tied groups, one inner group per block, BatchNorm parameters and running
-      statistics following their conv, `fc` inputs following the last stage (SANE_METHOD §2.5).
+      statistics following their conv, `fc` inputs following the last stage (docs/method.md#canonicalization).
     * Chains of Conv1d/2d/3d / Linear layers with channel-wise modules in between (activations, pooling, dropout,
       BatchNorm, LayerNorm over the features, Flatten): a model's `module_list` `nn.Sequential` (the zoo `CNNSmall`,
       `CNN3`, `MLP`), any `nn.Sequential`, or a module whose forward torch.fx traces into such a chain. Every weight
       layer but the last gets a group for its outputs; a Flatten between a conv and a Linear gives the Linear an
-      input block of `h * w` (SANE_METHOD §7.1). The last layer's outputs are never permuted.
+      input block of `h * w` (docs/method.md#canonicalization). The last layer's outputs are never permuted.
 
     Args:
         model (`nn.Module`): the architecture (its weights are not read, only shapes and structure).
@@ -587,7 +587,7 @@ def _permute_tensor(
 def permute_state_dict(
     state_dict: Mapping[str, torch.Tensor], spec: PermutationSpec, perms: Permutations
 ) -> dict[str, torch.Tensor]:
-    """Apply one permutation per group to a checkpoint (the un-tokenized reference path, SANE_METHOD §7.1).
+    """Apply one permutation per group to a checkpoint (the un-tokenized reference path, docs/method.md#canonicalization).
 
     Args:
         state_dict (`Mapping[str, torch.Tensor]`): the checkpoint.
@@ -622,7 +622,7 @@ def weight_matching(
     generator: torch.Generator | None = None,
     init_perms: Permutations | None = None,
 ) -> Permutations:
-    """Git re-basin weight matching (Ainsworth et al. 2023; SANE_METHOD §7.1): permutations that bring `sd` to
+    """Git re-basin weight matching (Ainsworth et al. 2023; docs/method.md#canonicalization): permutations that bring `sd` to
     `reference_sd`.
 
     Coordinate descent: visit the groups in random order; for a group of size n, build
@@ -684,7 +684,7 @@ def canonicalize(
     generator: torch.Generator | None = None,
     return_permutations: bool = False,
 ) -> list[dict[str, torch.Tensor]] | tuple[list[dict[str, torch.Tensor]], list[Permutations]]:
-    """Map every checkpoint onto `reference` with `weight_matching` (SANE_METHOD §2.5, `map_to_canonical=True`).
+    """Map every checkpoint onto `reference` with `weight_matching` (docs/method.md#canonicalization, `map_to_canonical=True`).
 
     The original matches a model's *last* epoch and applies that permutation to all its epochs; do that with
     `perms = weight_matching(spec, reference, epochs[-1])` and `permute_state_dict(sd, spec, perms)` per epoch.
@@ -727,13 +727,13 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
 
 
 class TokenPermuter:
-    """Applies per-sample permutations to token windows with one gather (SANE_METHOD §7.5 "Permutations").
+    """Applies per-sample permutations to token windows with one gather (docs/method.md#departures-at-a-glance "Permutations").
 
     A permutation moves whole rows inside a layer (permuted row r is old row `perm_out[r]`, all its chunks) and, inside
     every row, the input-channel blocks of the layer's weight (block c is old block `perm_in[c]`, where the block of
     an input channel is `weight_width / size(in_group)` values: `kh * kw` for a conv, `h * w` for a Linear after a
     flattened conv map). The bias column and the padding stay in place. A permuted slot therefore always reads from
-    the same layer, and the token layout, mask and positions of a window do not change (SANE_METHOD §2.6).
+    the same layer, and the token layout, mask and positions of a window do not change (docs/zoo_dataset_format.md).
 
     Everything is precomputed once: per token its layer base slot, row stride, out-group pointer and "chunk type",
     and per chunk type (one per `(layer, chunk of a row)`; the column map of a token depends on its layer and chunk,
@@ -839,8 +839,8 @@ class TokenPermuter:
                 add[weight] = j[weight] % block
             # Padding reads column 0 of the source row (always a real, finite value) and `apply` multiplies it by
             # 0. For the index with a sentinel it reads `S*T` instead: every row base is >= 0, so base + S*T >= S*T
-            # and `clamp_max(S*T)` lands on the sentinel exactly (the original mapped padding to index 0, SANE_METHOD
-            # §7.4 item 2).
+            # and `clamp_max(S*T)` lands on the sentinel exactly (the original mapped padding to index 0,
+            # docs/method.md#departures-at-a-glance).
             padding = j >= layer.row_width
             add[padding] = 0
             mul[padding] = 0
@@ -1025,7 +1025,7 @@ class TokenPermuter:
         values = _empty((batch_size, window_size * T), full_tokens.dtype, device)
         torch.gather(source, 1, index.view(batch_size, -1), out=values)
         # Padding read a real value of its source row; a multiplication by the 0/1 mask makes it exactly zero (the
-        # original's index-level permutation filled padding with the first weight, SANE_METHOD §7.4 item 2). It is
+        # original's index-level permutation filled padding with the first weight, docs/method.md#departures-at-a-glance). It is
         # several times cheaper than `torch.where` on CPU.
         mask = _empty((batch_size * window_size, T), values.dtype, device)
         torch.index_select(self._mask(device, values.dtype), 0, tokens.view(-1), out=mask)

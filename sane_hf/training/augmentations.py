@@ -1,9 +1,9 @@
-"""Augmentations of token windows and the two views of a SANE training pair (SANE_METHOD §4.2).
+"""Augmentations of token windows and the two views of a SANE training pair (docs/method.md#objective).
 
 A training step sees every window twice. View 1 is the canonical window and view 2 a randomly permuted copy of the
 same model (`TokenPermuter`), then each view gets its own noise (and optionally random erasing). This is the
 *intended* SANE pipeline: the released configs set `training::view_2_canon` twice, so upstream both views stayed
-canonical and the permutation augmentation was silently off (SANE_METHOD §7.4 item 1). Here a view asked to be
+canonical and the permutation augmentation was silently off (docs/method.md#departures-at-a-glance). Here a view asked to be
 permuted is permuted, or the call fails loudly.
 
 Padding stays exactly zero through every augmentation (the mask is applied after each one), and all randomness comes
@@ -53,7 +53,7 @@ def _randn_like(tokens: torch.Tensor, generator: torch.Generator | None) -> torc
 def multiplicative_noise(
     tokens: torch.Tensor, mask: torch.Tensor, sigma: float = 0.1, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """`x * (1 + sigma * N(0, 1))` elementwise, padding kept at zero (SANE_METHOD §4.2 `NoiseAugmentation`).
+    """`x * (1 + sigma * N(0, 1))` elementwise, padding kept at zero (docs/method.md#objective `NoiseAugmentation`).
 
     Args:
         tokens (`torch.Tensor` of shape `(..., T)`): token values.
@@ -76,7 +76,7 @@ def multiplicative_noise(
 def additive_noise(
     tokens: torch.Tensor, mask: torch.Tensor, sigma: float = 0.1, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """`x + sigma * N(0, 1)` on real values, padding kept at zero (the original's additive variant, SANE_METHOD §4.2).
+    """`x + sigma * N(0, 1)` on real values, padding kept at zero (the original's additive variant, docs/method.md#objective).
 
     Same arguments as `multiplicative_noise`.
     """
@@ -130,7 +130,7 @@ def random_erasing(
     """Erase one random rectangle of the `[W, T]` plane per sample with probability `p`; padding stays zero.
 
     A vectorized reimplementation of torchvision's `RandomErasing` as upstream applies it to `[..., 1, W, T]`
-    (SANE_METHOD §4.2): per sample, up to 10 attempts draw an area `U(scale) * W * T` and a log-uniform aspect ratio;
+    (docs/method.md#objective): per sample, up to 10 attempts draw an area `U(scale) * W * T` and a log-uniform aspect ratio;
     the first rectangle that fits (`h < W` and `w < T`) is placed uniformly at random; a sample without a fitting
     attempt is left unchanged.
 
@@ -219,7 +219,7 @@ def make_two_views(
     permute_view_2: bool = True,
     generator: torch.Generator | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Build the two views of a batch of windows (SANE_METHOD §4.2, as intended: view 1 canonical, view 2 permuted).
+    """Build the two views of a batch of windows (docs/method.md#objective, as intended: view 1 canonical, view 2 permuted).
 
     For each view, in this order: draw per-sample permutations of every group and permute the window (if asked),
     then multiplicative noise, additive noise and random erasing, each drawn independently per view. The random
@@ -236,7 +236,7 @@ def make_two_views(
         erase (`ErasingConfig` or `dict`, *optional*): see `augment_tokens`.
         permute_view_1 (`bool`, *optional*, defaults to `False`): permute view 1 (SANE: canonical).
         permute_view_2 (`bool`, *optional*, defaults to `True`): permute view 2 (SANE's intent; upstream's duplicated
-            config key turned it off, SANE_METHOD §7.4 item 1).
+            config key turned it off, docs/method.md#departures-at-a-glance).
         generator (`torch.Generator`, *optional*): source of all randomness, on the device of the tokens (mainly used
             for testing purposes).
 

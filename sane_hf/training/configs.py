@@ -22,7 +22,7 @@ class PretrainConfig:
             zoo); its token size must match the dataset's.
 
         d_model, n_heads, n_layers, n_decoder_layers, latent_dim, window_size, halo_size, dropout,
-        projection_dim, projection_pooling: the `SaneConfig` fields (SANE_METHOD §3).
+        projection_dim, projection_pooling: the `SaneConfig` fields (docs/method.md#model).
         max_positions (`list[int]`, *optional*): position-table sizes; defaults to the dataset layout's.
 
         gamma (`float`, defaults to 0.05) / temperature (`float`, defaults to 0.1): loss weights (SANE §4.3).
@@ -32,7 +32,7 @@ class PretrainConfig:
             un-erased) window rather than its augmented input, which makes SANE a denoising autoencoder whose decoder
             maps perturbed latents back towards weights of real models (upstream reconstructs the noisy input).
         permutation_augmentation (`bool`, defaults to `True`): view 2 is a random function-preserving permutation
-            (what upstream intended; its configs disabled it by accident, SANE_METHOD §7.4 item 1).
+            (what upstream intended; its configs disabled it by accident, docs/method.md#departures-at-a-glance).
         windows_per_checkpoint (`int`, defaults to 1): windows drawn per checkpoint and epoch (upstream
             "supersample").
 

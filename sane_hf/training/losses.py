@@ -1,11 +1,11 @@
-"""SANE's pretraining losses (SANE_METHOD §4.3, upstream `GammaContrastReconLoss`) as plain functions.
+"""SANE's pretraining losses (docs/method.md#objective, upstream `GammaContrastReconLoss`) as plain functions.
 
 `loss = gamma * NT-Xent(projections of the two views) + (1 - gamma) * masked MSE(reconstructions, inputs)`.
 
 Differences from upstream, each behind an option where the upstream behaviour is a choice rather than a bug:
 
 * the reconstruction mean runs over real (mask True) entries only; upstream divides by all entries, padding included,
-  so a layer's weight in the loss depends on its padding density (SANE_METHOD §7.4 item 11). `reduction="original"`
+  so a layer's weight in the loss depends on its padding density (docs/method.md#departures-at-a-glance). `reduction="original"`
   keeps upstream's number;
 * the NT-Xent batch size is read from the inputs, not fixed at construction (upstream needs `drop_last=True`);
 * the reconstruction target can be the clean (permuted, un-noised) window instead of the noisy input.
@@ -48,7 +48,7 @@ def sane_loss(
     reduction: str = "mean",
     clean_targets: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """SANE's pretraining objective `gamma * L_contrast + (1 - gamma) * L_recon` (SANE_METHOD §4.3).
+    """SANE's pretraining objective `gamma * L_contrast + (1 - gamma) * L_recon` (docs/method.md#objective).
 
     Args:
         out_1 (`SaneModelOutput` or tuple): the model's output on view 1 (`reconstructions` `[B, W, T]` and
@@ -62,7 +62,7 @@ def sane_loss(
         temperature (`float`, *optional*, defaults to 0.1): NT-Xent temperature.
         reduction (`str`, *optional*, defaults to `"mean"`): see `masked_reconstruction_loss`.
         clean_targets (`bool`, *optional*, defaults to `False`): reconstruct each view's clean (un-noised) window
-            instead of its noisy input (upstream's target, SANE_METHOD §7.4 item 11).
+            instead of its noisy input (upstream's target, docs/method.md#departures-at-a-glance).
 
     Returns:
         `dict` with scalar tensors `loss` (to backpropagate), `loss_recon`, `loss_contrast` (a detached 0 when its

@@ -1,4 +1,4 @@
-"""Optimizer and schedule of SANE pretraining (SANE_METHOD §4.4)."""
+"""Optimizer and schedule of SANE pretraining (docs/method.md#objective)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from torch import nn
 
 def optimizer_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two AdamW groups as upstream: weight decay on tensors with ndim >= 2 (linear weights, embeddings), none on
-    biases and LayerNorm weights (SANE_METHOD §4.4)."""
+    biases and LayerNorm weights (docs/method.md#objective)."""
     decay, no_decay = [], []
     for parameter in model.parameters():
         if not parameter.requires_grad:

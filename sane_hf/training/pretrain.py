@@ -1,4 +1,4 @@
-"""SANE pretraining with Accelerate: one process, several GPUs or several nodes (SANE_METHOD §4).
+"""SANE pretraining with Accelerate: one process, several GPUs or several nodes (docs/method.md#objective).
 
 The loop has accelerate's canonical shape (STYLE_ANCHORS §3.3 rule 6): build, `prepare`, then `accumulate` /
 `backward` / clip on sync / `step`. The per-step work is the pure `train_step`, which tests call directly.
@@ -97,7 +97,7 @@ class _RepeatedRows(torch.utils.data.Dataset):
 
     Items are row numbers only: `train_step` reads each window, and the layers a permuted view gathers from, out of
     the memory-mapped `store` (`read_windows`), so a batch never holds whole checkpoints (62 MB each for a
-    ResNet-18; SANE_METHOD §4.1).
+    ResNet-18; docs/method.md#windows-and-halos).
     """
 
     def __init__(self, store: ArrowTokenStore, repeats: int):
@@ -140,7 +140,7 @@ def get_dataloaders(
         train_set,
         batch_size=cfg.batch_size,
         sampler=_EpochSampler(len(train_set), cfg.seed),
-        drop_last=True,  # NT-Xent compares full batches (SANE_METHOD §4.1)
+        drop_last=True,  # NT-Xent compares full batches (docs/method.md#windows-and-halos)
         collate_fn=_collate_rows,
         # Own generators: a DataLoader without one draws a seed from the global RNG at every `iter()`, and a run
         # resumed mid-epoch calls `iter()` once more than an uninterrupted one, which would shift dropout masks.

@@ -1,7 +1,7 @@
 """The small CNNs of the model zoos: `CNNSmall` ("cnn_s") and `CNN3` ("cnn3").
 
 Both follow the zoo generators' `CNN` and `CNN3` classes (upstream `src/SANE/models/def_net.py`, summarized in
-PAPER_RESULTS §2.2 and SANE_METHOD §1.6): conv → max-pool → activation blocks, then two linear layers, all kept in
+PAPER_RESULTS §2.2 and docs/method.md#tokenization): conv → max-pool → activation blocks, then two linear layers, all kept in
 one `nn.Sequential` called `module_list`. The module indices inside `module_list` are part of the state_dict keys,
 so they are laid out exactly as upstream and zoo checkpoints load without renaming.
 
@@ -252,7 +252,7 @@ class CNNSmall(_ZooCNN, tags=["cnn-s"]):
 
 @register_zoo_model("cnn3")
 class CNN3(_ZooCNN, tags=["cnn3"]):
-    """The CIFAR-10 zoo CNN used by SANE ("CNN-l", upstream class `CNN3`; SANE_METHOD §1.6).
+    """The CIFAR-10 zoo CNN used by SANE ("CNN-l", upstream class `CNN3`; docs/method.md#tokenization).
 
     Layers (32x32x3 input, 10,853 parameters), one `nn.Sequential` `module_list` with indices 0..16:
     Conv(3→16, 3) → MaxPool(2) → act → Dropout | Conv(16→32, 3) → MaxPool(2) → act → Dropout |

@@ -1,6 +1,6 @@
 """Registry of model-zoo architectures and the `ZooModel` base class they share.
 
-SANE learns from, and generates, checkpoints of small networks trained in "model zoos" (SANE_METHOD §0, §1.6).
+SANE learns from, and generates, checkpoints of small networks trained in "model zoos" (docs/method.md, docs/method.md#tokenization).
 Generated weights are only useful once they are loaded into the right architecture, so every architecture a zoo
 can contain is a `ZooModel` registered here under a short name (timm's `@register_model` pattern, STYLE_ANCHORS
 §1.7), and is a `PyTorchModelHubMixin` so a generated network is pushed with `model.push_to_hub(...)`: one commit
@@ -364,7 +364,7 @@ def build_zoo_model(name: str, **kwargs: Any) -> ZooModel:
     return cls(**kwargs)
 
 
-# Upstream zoo `params.json`: `model::type` -> registry name (SANE_METHOD §2.1, upstream `def_net.py`).
+# Upstream zoo `params.json`: `model::type` -> registry name (docs/zoo_dataset_format.md, upstream `def_net.py`).
 UPSTREAM_MODEL_TYPES = {"CNN": "cnn_s", "CNN3": "cnn3", "Resnet18": "resnet18", "Resnet34": "resnet34", "MLP": "mlp"}
 
 

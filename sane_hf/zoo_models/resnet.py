@@ -1,10 +1,10 @@
 """ResNets of the model zoos: `ResNet18` ("resnet18"), `ResNet34` ("resnet34") and the generic `ResNet`.
 
 The zoos' ResNets are torchvision's `ResNet` with `BasicBlock`, a CIFAR stem (3x3 stride-1 conv1, no max-pool) and
-a custom class count (upstream `src/SANE/models/def_net.py`; SANE_METHOD §1.6). This is a reimplementation that
+a custom class count (upstream `src/SANE/models/def_net.py`; docs/method.md#tokenization). This is a reimplementation that
 does not need torchvision: module names, registration order and thus state_dict keys and their order are the
 same as torchvision's (`conv1`, `bn1`, `layer1.0.conv1`, ..., `layerX.0.downsample.{0,1}`, ..., `fc`), because
-SANE tokenizes a checkpoint in state_dict order (SANE_METHOD §1.1).
+SANE tokenizes a checkpoint in state_dict order (docs/method.md#tokenization).
 """
 
 import torch

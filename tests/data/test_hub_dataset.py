@@ -389,7 +389,7 @@ def test_reloading_a_rewritten_folder_is_not_stale(sane_zoo, tmp_path):
 
 
 def test_canonicalize_maps_permuted_copies_onto_one_token_sequence(tmp_path, zoo_tools):
-    """SANE_METHOD §2.5: models that are function-preserving permutations of one network become identical tokens,
+    """docs/method.md#canonicalization: models that are function-preserving permutations of one network become identical tokens,
     by default."""
     from sane_hf.tokenization import permutation_spec_from_module, permute_state_dict
 

@@ -1,4 +1,4 @@
-"""Window sampling (SANE_METHOD §2.6, §4.1): exact slices, per-sample starts, reproducibility, every W vs S."""
+"""Window sampling (docs/zoo_dataset_format.md, docs/method.md#windows-and-halos): exact slices, per-sample starts, reproducibility, every W vs S."""
 
 import datasets
 import pytest

@@ -1,4 +1,4 @@
-"""Zoo readers (SANE_METHOD §2.1, §2.2, §2.4): sorted listing, lazy records, properties, filtering, bad input."""
+"""Zoo readers (docs/zoo_dataset_format.md): sorted listing, lazy records, properties, filtering, bad input."""
 
 import json
 import math
@@ -110,7 +110,7 @@ def test_modelzoo_reader_aligns_properties_with_epochs(tmp_path, zoo_tools, with
     for record in records:
         index = int(record.model_id[-1])
         metrics = zoo_tools.metrics_line(index, record.epoch)
-        # The line with training_iteration == epoch, whatever the offset (SANE_METHOD §2.4).
+        # The line with training_iteration == epoch, whatever the offset (docs/zoo_dataset_format.md).
         assert record.properties["test_acc"] == metrics["test_acc"]
         assert record.properties["training_iteration"] == record.epoch
         assert record.properties["ggap"] == pytest.approx(metrics["train_acc"] - metrics["test_acc"])

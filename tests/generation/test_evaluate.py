@@ -1,4 +1,4 @@
-"""Evaluation of generated networks (SANE_METHOD §6.9): fine-tuning curves, baselines, noise control, ensembles."""
+"""Evaluation of generated networks (docs/method.md#evaluation): fine-tuning curves, baselines, noise control, ensembles."""
 
 import copy
 import json

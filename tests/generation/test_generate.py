@@ -1,4 +1,4 @@
-"""Decoding, BatchNorm conditioning, the generation pipeline, saving/reloading and the Hub push (SANE_METHOD §6)."""
+"""Decoding, BatchNorm conditioning, the generation pipeline, saving/reloading and the Hub push (docs/method.md#samplers)."""
 
 import copy
 import json

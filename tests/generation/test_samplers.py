@@ -1,4 +1,4 @@
-"""Samplers in latent space (SANE_METHOD §6.3-6.5, §6.8): seeded, vectorized, and the original's quirks fixed."""
+"""Samplers in latent space (docs/method.md#samplers): seeded, vectorized, and the original's quirks fixed."""
 
 import numpy as np
 import pytest
@@ -62,7 +62,7 @@ def test_kde_original_modes_share_noise_like_the_original():
 
 @pytest.mark.parametrize("mode", ["original_token", "original_individual"])
 def test_kde_original_modes_reproduce_scikit_learn_with_random_state(mode):
-    """SANE_METHOD §6.5: one KernelDensity per token (or per scalar), each sampled with random_state=42."""
+    """docs/method.md#samplers: one KernelDensity per token (or per scalar), each sampled with random_state=42."""
     anchors = _anchors(num_anchors=5, seq_len=4, latent_dim=3)
     ours = sample_kde(anchors, 6, 0.2, mode=mode, random_state=42).latents
     data = anchors.double().numpy()

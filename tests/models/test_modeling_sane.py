@@ -1,4 +1,4 @@
-"""Tests of `SaneModel`: shapes, SANE_METHOD §3 parameter counts and init, haloed windows, Hub-portable save/load."""
+"""Tests of `SaneModel`: shapes, docs/method.md#model parameter counts and init, haloed windows, Hub-portable save/load."""
 
 import json
 import math
@@ -59,7 +59,7 @@ def long_model() -> SaneModel:
 
 
 def expected_parameter_count(config: SaneConfig) -> int:
-    """SANE_METHOD §3.6, generalized to `bias`, separate decoder depth and the projection pooling."""
+    """docs/method.md#model, generalized to `bias`, separate decoder depth and the projection pooling."""
     d, t, latent, p = config.d_model, config.token_size, config.latent_dim, config.projection_dim
     per_block = 12 * d * d + 2 * d  # qkv 3D^2, out-proj D^2, MLP 8D^2, two LayerNorm weights
     if config.bias:
@@ -124,7 +124,7 @@ def test_training_mode_with_dropout_runs_and_backpropagates():
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Parameter counts and initialization (SANE_METHOD §3.5-3.6)
+# Parameter counts and initialization (docs/method.md#model)
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -252,7 +252,7 @@ def test_masked_tokens_do_not_influence_real_tokens():
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Haloed windows (SANE_METHOD §6.4, robust for every length)
+# Haloed windows (docs/method.md#windows-and-halos, robust for every length)
 # ---------------------------------------------------------------------------------------------------------------------
 
 

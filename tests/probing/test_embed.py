@@ -1,4 +1,4 @@
-"""SANE embeddings of whole models (SANE_METHOD §5.1): haloed windows vs. full attention, every length, poolings."""
+"""SANE embeddings of whole models (docs/method.md#probes): haloed windows vs. full attention, every length, poolings."""
 
 import json
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Probes (SANE_METHOD §5.2-5.3) and the W / s(W) baselines (§5.4), against closed forms and slow references."""
+"""Probes (docs/method.md#probes) and the W / s(W) baselines (§5.4), against closed forms and slow references."""
 
 import math
 

@@ -131,7 +131,7 @@ def test_token_counts_match_the_original_resnet18():
     layout = TokenLayout.from_module(model, token_size=288, tokenize_bn_stats=True)
     assert (layout.num_tokens, layout.num_layers) == (53_704, 81)
     assert layout.positions[:, 2].max() == 511
-    # the original's ignore_bn=True (SANE_METHOD §1.6)
+    # the original's ignore_bn=True (docs/method.md#tokenization)
     assert TokenLayout.from_module(model, token_size=288, ignore_bn=True).num_tokens == 39_304
     assert TokenLayout.from_module(build_zoo_model("resnet18"), token_size=288, ignore_bn=True).num_tokens == 39_124
     kinds = [layer.kind for layer in layout.layers]

@@ -1,4 +1,4 @@
-"""Per-layer standardization (SANE_METHOD §1.8): fitted on train, applied to all, exactly invertible."""
+"""Per-layer standardization (docs/method.md#normalization): fitted on train, applied to all, exactly invertible."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Permutation specs, state_dict and token-window permutations, and weight matching (SANE_METHOD §2.5-2.6, §7.1)."""
+"""Permutation specs, state_dict and token-window permutations, and weight matching (docs/method.md#canonicalization)."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Noise, random erasing and the two views (SANE_METHOD §4.2): padding stays zero, seeds reproduce, view 2 permutes."""
+"""Noise, random erasing and the two views (docs/method.md#objective): padding stays zero, seeds reproduce, view 2 permutes."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""SANE losses (SANE_METHOD §4.3): masked reconstruction, NT-Xent against a slow reference, gamma edge cases."""
+"""SANE losses (docs/method.md#objective): masked reconstruction, NT-Xent against a slow reference, gamma edge cases."""
 
 import math
 

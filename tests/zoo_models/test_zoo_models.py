@@ -98,7 +98,7 @@ def _assert_same_state_dict(expected: dict[str, torch.Tensor], actual: dict[str,
 
 
 def _count_sane_tokens(state_dict: dict[str, torch.Tensor], token_size: int, ignore_bn: bool = False):
-    """Tokens per tokenized layer following SANE_METHOD §1.1-1.3 (shapes only; not the package tokenizer)."""
+    """Tokens per tokenized layer following docs/method.md#tokenization (shapes only; not the package tokenizer)."""
     counts = []
     for key, tensor in state_dict.items():
         is_bn = "bn" in key or "downsample.1" in key
@@ -140,7 +140,7 @@ def single_torch_thread():
 
 @pytest.fixture(scope="module")
 def resnet18_cifar100() -> ResNet18:
-    # The SANE ResNet-18 zoo architecture at full size (SANE_METHOD §0, §1.6), built once for several tests.
+    # The SANE ResNet-18 zoo architecture at full size (docs/method.md, docs/method.md#tokenization), built once for several tests.
     return ResNet18(num_classes=100)
 
 
@@ -325,7 +325,7 @@ def test_forward_shape(name):
         ("cnn_s", {}, 2_464),  # PAPER_RESULTS §2.2, 28x28x1
         ("cnn_s", {"in_channels": 3}, 2_864),  # PAPER_RESULTS §2.2, 3-channel variant
         ("cnn_s", {"input_size": 8, "padding": "auto"}, 2_464),  # digits: flatten is 4*3*3 = 36 again
-        ("cnn3", {}, 10_853),  # SANE_METHOD §0, 32x32x3
+        ("cnn3", {}, 10_853),  # docs/method.md, 32x32x3
         ("cnn3", {"padding": "auto"}, 10_853),  # "auto" keeps the paper architecture when it fits
         ("mlp", {}, 3_466),  # 64*32+32 + 32*32+32 + 32*10+10
     ],
@@ -380,7 +380,7 @@ def test_resnet_state_dict_matches_torchvision_layout(cls):
 
 
 def test_sane_token_counts_of_the_paper_zoos(resnet18_cifar100):
-    # Cross-check of the layer shapes against the token counts in SANE_METHOD §1.6.
+    # Cross-check of the layer shapes against the token counts in docs/method.md#tokenization.
     cnn3_tokens = _count_sane_tokens(CNN3().state_dict(), token_size=289)
     assert cnn3_tokens == [16, 32, 15, 20, 10] and sum(cnn3_tokens) == 93
     resnet_tokens = _count_sane_tokens(resnet18_cifar100.state_dict(), token_size=288)

@@ -90,7 +90,7 @@ class SaneConfig(PreTrainedConfig):
 
     # `temperature` is also a text-generation parameter: transformers 5 refuses to save a model config that holds one
     # unless the config declares it as a dataclass field. Declaring it keeps the upstream name of the NT-Xent
-    # temperature (SANE_METHOD §4.3).
+    # temperature (docs/method.md#objective).
     temperature: float = 0.1
 
     def __init__(

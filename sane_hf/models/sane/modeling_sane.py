@@ -2,10 +2,10 @@
 """PyTorch SANE model: a sequential transformer autoencoder over weight tokens.
 
 Reimplements the model of Schürholt, Mahoney, Borth, "Towards Scalable and Versatile Weight Space Learning"
-(ICML 2024), following SANE_METHOD §3: per-token linear "tokenizer", a learned 3-coordinate position embedding shared
+(ICML 2024), following docs/method.md#model: per-token linear "tokenizer", a learned 3-coordinate position embedding shared
 by encoder and decoder, nanoGPT-style pre-LN blocks without a final LayerNorm, a per-token linear bottleneck and a
 projection head for the contrastive loss. Full token sequences (whole models) are embedded and decoded with haloed
-windows (SANE_METHOD §6.4), reimplemented to work for every sequence length.
+windows (docs/method.md#windows-and-halos), reimplemented to work for every sequence length.
 
 This file is copied verbatim into every Hub repository of a SANE checkpoint (`trust_remote_code`), so it may import
 only the standard library, `torch`, `transformers` and, relatively, its sibling `configuration_sane.py`.
@@ -81,14 +81,14 @@ def haloed_window_index(
     seq_len: int, content_size: int, halo_size: int, device: torch.device | str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """
-    Index of the haloed windows that cover a sequence of `seq_len` tokens (SANE_METHOD §6.4, made robust).
+    Index of the haloed windows that cover a sequence of `seq_len` tokens (docs/method.md#windows-and-halos, made robust).
 
     The sequence is cut into `n_win = ceil(seq_len / content_size)` content windows; window `k` owns the tokens
     `[k * content_size, min((k + 1) * content_size, seq_len))`. Its snippet (what the model sees) is the range of
     length `min(seq_len, content_size + 2 * halo_size)` centred on the content with `halo_size` context tokens on each
     side, shifted to stay inside `[0, seq_len)`. Unlike the upstream `haloify`, which asserts that every snippet is
     full-length, this works for every `seq_len >= 1`, including `seq_len < content_size + 2 * halo_size` and
-    `0 < seq_len % content_size < halo_size` (SANE_METHOD §7.4 item 8).
+    `0 < seq_len % content_size < halo_size` (docs/method.md#departures-at-a-glance).
 
     Args:
         seq_len (`int`):
@@ -130,9 +130,9 @@ def haloed_window_index(
 
 class SanePositionEmbedding(nn.Module):
     """
-    Learned 3-coordinate position embedding (SANE_METHOD §3.2): `concat(E1[global] + E2[layer], E3[row])`.
+    Learned 3-coordinate position embedding (docs/method.md#model): `concat(E1[global] + E2[layer], E3[row])`.
 
-    Positions stay global, also inside a window, so `E1` must cover the longest model (SANE_METHOD §7.4 item 9).
+    Positions stay global, also inside a window, so `E1` must cover the longest model (docs/method.md#departures-at-a-glance).
     """
 
     def __init__(self, config: SaneConfig):
@@ -172,7 +172,7 @@ class SanePositionEmbedding(nn.Module):
 
 
 class SaneSelfAttention(nn.Module):
-    """Bidirectional multi-head self-attention with a fused QKV projection (SANE_METHOD §3.3, nanoGPT style)."""
+    """Bidirectional multi-head self-attention with a fused QKV projection (docs/method.md#model, nanoGPT style)."""
 
     def __init__(self, config: SaneConfig):
         super().__init__()
@@ -235,7 +235,7 @@ class SaneMLP(nn.Module):
 
 
 class SaneBlock(GradientCheckpointingLayer):
-    """Pre-LN transformer block: `x = x + Attn(LN1(x)); x = x + MLP(LN2(x))` (SANE_METHOD §3.3).
+    """Pre-LN transformer block: `x = x + Attn(LN1(x)); x = x + MLP(LN2(x))` (docs/method.md#model).
 
     A `GradientCheckpointingLayer`: after `model.gradient_checkpointing_enable()`, training recomputes each block's
     activations in the backward pass instead of storing them.
@@ -243,7 +243,7 @@ class SaneBlock(GradientCheckpointingLayer):
 
     def __init__(self, config: SaneConfig):
         super().__init__()
-        # SANE's LayerNorms have a weight and, with bias=False, no bias (SANE_METHOD §3.3).
+        # SANE's LayerNorms have a weight and, with bias=False, no bias (docs/method.md#model).
         self.ln_1 = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps, bias=config.bias)
         self.attn = SaneSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps, bias=config.bias)
@@ -266,11 +266,11 @@ class SaneBlock(GradientCheckpointingLayer):
 
 class SaneProjectionHead(nn.Module):
     """
-    Projection head for the contrastive loss (SANE_METHOD §3.4): pooled latents -> Linear -> LayerNorm -> ReLU ->
+    Projection head for the contrastive loss (docs/method.md#model): pooled latents -> Linear -> LayerNorm -> ReLU ->
     Linear -> LayerNorm -> ReLU.
 
     With `projection_pooling="flatten"` the input is the flattened window (`window_size * latent_dim` features, the
-    upstream head, tied to the window length, SANE_METHOD §7.4 item 10); with `"mean"` it is the latent averaged over
+    upstream head, tied to the window length, docs/method.md#departures-at-a-glance); with `"mean"` it is the latent averaged over
     the (unmasked) tokens of the window.
     """
 
@@ -328,7 +328,7 @@ class SanePreTrainedModel(PreTrainedModel):
     sane_normalization: dict | None = None
 
     def _init_weights(self, module: nn.Module) -> None:
-        # GPT-2 style (SANE_METHOD §3.5). transformers calls this once per module, children before parents, and the
+        # GPT-2 style (docs/method.md#model). transformers calls this once per module, children before parents, and the
         # `init` functions skip tensors that were loaded from a checkpoint.
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
@@ -435,7 +435,7 @@ class SanePreTrainedModel(PreTrainedModel):
 
 class SaneModel(SanePreTrainedModel):
     """
-    The SANE autoencoder (SANE_METHOD §3.1): encoder, per-token latent bottleneck, decoder and projection head.
+    The SANE autoencoder (docs/method.md#model): encoder, per-token latent bottleneck, decoder and projection head.
 
     ```
     encode:  h = Linear(T->D)(tokens) + PE(positions) -> dropout -> encoder blocks -> Linear(D->L) = latents
@@ -567,7 +567,7 @@ class SaneModel(SanePreTrainedModel):
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         self._check_window_inputs("tokens", tokens, self.config.token_size, positions, attention_mask)
-        # One position embedding for both stacks: encoder and decoder share the PE module (SANE_METHOD §3.1).
+        # One position embedding for both stacks: encoder and decoder share the PE module (docs/method.md#model).
         position_embeddings = self.position_embedding(positions)
         attn_mask = _sdpa_key_mask(attention_mask)
         encoder_states = [] if output_hidden_states else None
@@ -672,7 +672,7 @@ class SaneModel(SanePreTrainedModel):
         self, tokens: torch.Tensor, positions: torch.Tensor, batch_size: int | None = None
     ) -> torch.Tensor:
         """
-        Encode full token sequences of any length with haloed windows (SANE_METHOD §6.3-6.4), without gradients.
+        Encode full token sequences of any length with haloed windows (docs/method.md#samplers), without gradients.
 
         Each sequence is cut into content windows of `config.window_size - 2 * config.halo_size` tokens; every window
         is encoded together with up to `config.halo_size` context tokens on each side (a snippet of at most
@@ -699,7 +699,7 @@ class SaneModel(SanePreTrainedModel):
         self, latents: torch.Tensor, positions: torch.Tensor, batch_size: int | None = None
     ) -> torch.Tensor:
         """
-        Decode full latent sequences of any length with haloed windows (SANE_METHOD §6.6), without gradients.
+        Decode full latent sequences of any length with haloed windows (docs/method.md#samplers), without gradients.
 
         The counterpart of [`~SaneModel.haloed_encode`], with the same windows.
 
@@ -725,7 +725,7 @@ class SaneModel(SanePreTrainedModel):
         return_token_latents: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """
-        Embed whole models: haloed encoding of the full token sequence, then the mean over tokens (SANE_METHOD §5.1).
+        Embed whole models: haloed encoding of the full token sequence, then the mean over tokens (docs/method.md#probes).
 
         Runs without gradients and in the model's current mode: call `model.eval()` first when `config.dropout > 0`
         (models returned by `from_pretrained` already are in eval mode).
@@ -826,14 +826,14 @@ class SaneModel(SanePreTrainedModel):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Pretraining objective (SANE_METHOD §4.3, upstream `GammaContrastReconLoss`):
+# Pretraining objective (docs/method.md#objective, upstream `GammaContrastReconLoss`):
 # `loss = gamma * NT-Xent(projections of the two views) + (1 - gamma) * masked MSE(reconstructions, targets)`.
 # It lives in this file so that SaneForPreTraining returns its loss also under `trust_remote_code`, without `sane_hf`;
 # `sane_hf.training.losses` re-exports these functions.
 # ----------------------------------------------------------------------------------------------------------------------
 
 RECONSTRUCTION_REDUCTIONS = ("mean", "original")
-# Upstream switches a term off below this distance of gamma to 0 or 1 (SANE_METHOD §4.3).
+# Upstream switches a term off below this distance of gamma to 0 or 1 (docs/method.md#objective).
 _GAMMA_EPS = 1e-10
 
 
@@ -885,7 +885,7 @@ def reconstruction_r2(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tens
 
 
 def nt_xent_loss(z_i: torch.Tensor, z_j: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
-    """SimCLR's normalized temperature-scaled cross-entropy (SANE_METHOD §4.3).
+    """SimCLR's normalized temperature-scaled cross-entropy (docs/method.md#objective).
 
     With `u = cat(z_i, z_j)` (2B rows) and `s_ab = cos(u_a, u_b) / temperature`, row a's positive is its partner
     `a ± B` and its negatives are the other 2B - 2 rows (itself excluded). The loss is the cross-entropy of picking
@@ -1025,7 +1025,7 @@ def _split_views(value: torch.Tensor) -> torch.Tensor:
 
 class SaneForPreTraining(SanePreTrainedModel):
     """
-    SANE with its pretraining objective (SANE_METHOD §4.3): [`SaneModel`] as the backbone (`model.sane`), and a
+    SANE with its pretraining objective (docs/method.md#objective): [`SaneModel`] as the backbone (`model.sane`), and a
     forward pass that takes the two views of every window and returns the loss, as ViTMAE's `ViTMAEForPreTraining`.
 
     The views are built outside the model (window cutting, the permutation of view 2, noise: `sane_hf`'s
