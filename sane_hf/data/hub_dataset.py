@@ -1,6 +1,6 @@
 """A model zoo as a Hub dataset: convert (zoo -> parquet + meta + card), push, and load.
 
-The dataset folder is laid out like the Hub repo it becomes (lerobot's layout, STYLE_ANCHORS §2.2 and §3.3 rule 9):
+The dataset folder is laid out like the Hub repo it becomes (lerobot's layout):
 
 ```
 data/<split>-<shard:05d>-of-<n:05d>.parquet   one row per checkpoint: model_id, epoch, tokens [S, T], properties

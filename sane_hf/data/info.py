@@ -1,6 +1,6 @@
-"""`meta/info.json` of a tokenized zoo: a typed, validated description of the dataset (STYLE_ANCHORS §3.3 rule 9).
+"""`meta/info.json` of a tokenized zoo: a typed, validated description of the dataset.
 
-Like lerobot's `DatasetInfo` (STYLE_ANCHORS §2.2), the whole structure of a dataset is described by this one small
+Like lerobot's `DatasetInfo`, the whole structure of a dataset is described by this one small
 JSON file, which can be read on the Hub before any data is downloaded: format version, architecture, token layout
 sizes, splits (model ids, counts, files), property schema, normalization mode, source zoo and filtering report.
 Readers refuse other format versions with a typed error and tolerate unknown keys (forward compatibility).

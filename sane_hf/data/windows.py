@@ -6,7 +6,7 @@ mask. The original materialized `[P+1, S, T]` per sample and drew one window sta
 
 * `sample_windows` cuts one window per sample out of a `[B, S, T]` batch (one advanced-indexing gather on
   accelerators; contiguous per-sample copies on CPU, see below), with starts drawn from a `torch.Generator`
-  (reproducible; STYLE_ANCHORS §3.3 rule 8);
+  (reproducible);
 * `WindowDataLoader` reads only the window rows of each checkpoint from the memory-mapped Arrow table (zero-copy
   views, one copy per batch); with a `permuter`, also the whole layers the window overlaps (`full_tokens` +
   `source_start`: what a permuted view gathers from, `TokenPermuter.required_token_range`); or, with

@@ -3,7 +3,8 @@
 SANE learns from zoos of this kind (docs/method.md, docs/zoo_dataset_format.md): many models of one architecture, trained on one task with
 "generating factors" drawn from grids (optimizer, learning rate, weight decay, initialization, activation, dropout;
 the model-zoo paper's recipe), with a checkpoint and metrics per epoch. The zoo's design decides what is learnable
-from it (CALIBRATION.md: test accuracy was predictable from weights, epoch and gap were not), so the defaults spread
+from it (in an early prototype's zoo, test accuracy was predictable from weights while epoch and gap were not), so
+the defaults spread
 test accuracy widely on purpose: small SGD learning rates, saturating activations, high dropout, SGD next to
 Adam.
 
@@ -32,7 +33,7 @@ Training: models whose architecture is a plain `nn.Sequential` stack (`cnn_s`, `
 architecture configuration and optimizer are trained together as one batched computation (grouped convolutions,
 batched matmuls, a batched optimizer with the `torch.optim` update rules): per-operation overhead dominates a
 2,464-parameter CNN, and on the project's 2-core machines 20 digits CNNs took 63-86 ms per model-epoch batched vs
-250-270 ms in a loop (CALIBRATION.md saw 1.7x with another batching).
+250-270 ms in a loop.
 Without dropout, batched and one-at-a-time training agree to ~1e-7 after two epochs. Other architectures (ResNets
 with BatchNorm) are trained one at a time with `sane_hf.tasks.train_epoch`.
 
@@ -173,7 +174,7 @@ class ZooConfig:
             Largest number of models trained together.
         num_threads (`int`, *optional*, defaults to 1):
             `torch.set_num_threads` during the build (restored afterwards); 0 keeps torch's setting. One thread was
-            the fastest for these tiny networks on the 2-core machines (CALIBRATION.md).
+            the fastest for these tiny networks on the 2-core machines.
     """
 
     output_dir: str = field(default="runs/zoo", metadata={"help": "Zoo folder (rerunning resumes)."})

@@ -1,7 +1,7 @@
 """Run configurations of model generation and of the evaluation of generated models (plain dataclasses).
 
 `GenerateConfig` drives `sane-generate` / `scripts/generate.py`, `EvaluateConfig` drives `sane-evaluate` /
-`scripts/evaluate.py`. Both are saved as JSON next to their outputs (STYLE_ANCHORS §3.3 rule 3) and every field
+`scripts/evaluate.py`. Both are saved as JSON next to their outputs and every field
 carries its `--help` text (rule 5).
 """
 
@@ -209,9 +209,9 @@ class GenerateConfig(FinetuneConfig):
             `"original_individual"` (the original's correlated noise) and `"mixed"` (tokens from different
             anchors).
         bandwidth (`float`, *optional*, defaults to 0.01):
-            KDE bandwidth `h` in latent space, in the latents' own units. CALIBRATION.md: `h <= 0.1` was needed on
-            digits (`h = 0.5`: chance). With the default digits SANE (latent std ≈ 0.2), `h = 0.01` was best and
-            `h = 0.05` already halved the zero-shot accuracy of plain KDE samples (0.70 → 0.28).
+            KDE bandwidth `h` in latent space, in the latents' own units. Its best value depends on the SANE: for
+            the quickstart's digits SANE, docs/quality_study.md measures zero-shot accuracy and the lead over the
+            noise control from `h = 0.01` to `h = 1` (the quickstart uses 0.3).
         num_candidates (`int`, *optional*, defaults to 100):
             Subsampling: candidates drawn and scored before the best `n` are kept.
         bootstrap_iterations (`int`, *optional*, defaults to 3):

@@ -10,7 +10,7 @@ after every epoch. The populations:
 - `noise_control`: the memorization control. For each generated model, its nearest anchor in weight space plus
   isotropic Gaussian noise scaled to exactly the same L2 distance. A generator that only copies its anchors and adds
   decoding error would match this control; beating it means the decoded deviations are better than random ones
-  (CALIBRATION.md: SANE beat it only in its best run).
+  (docs/quality_study.md measures both, with the control given SUB's selection too).
 
 Ensembles average the raw logits of a population's models on each split in its fixed order; the original shuffled
 the train loader per model, which made its ensemble train accuracy meaningless (docs/method.md#evaluation).

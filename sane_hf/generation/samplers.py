@@ -4,7 +4,7 @@ A generated model starts as a latent sequence `[S, L]` (one latent per token). T
 such sequences and are vectorized over samples and tokens: one draw of anchor indices and one draw of noise for the
 whole batch, instead of the original's one scikit-learn KDE per token (53,704 fits for a ResNet-18, BASELINE.md).
 
-Randomness is an argument (STYLE_ANCHORS §3.3 rule 8): every sampler takes a `torch.Generator`, so a seeded
+Randomness is an argument: every sampler takes a `torch.Generator`, so a seeded
 generator reproduces a draw exactly.
 
 KDE semantics (docs/method.md#samplers). The original fits a KDE per token with a fresh `random_state=42` each time, so
@@ -341,7 +341,7 @@ def sample_kde(
         num_samples (`int`):
             Number of latent sequences to draw.
         bandwidth (`float`):
-            Kernel bandwidth `h` (standard deviation of the noise). CALIBRATION.md: `h <= 0.1` on digits.
+            Kernel bandwidth `h` (standard deviation of the noise; docs/quality_study.md studies it).
         mode (`str`, *optional*, defaults to `"token"`):
             `"token"`, `"original_token"`, `"original_individual"` or `"mixed"` (see the module docstring).
         generator (`torch.Generator`, *optional*):

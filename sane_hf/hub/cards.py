@@ -1,6 +1,6 @@
 """Cards of the artifacts `sane_hf` publishes, rendered from Jinja templates shipped as package data.
 
-STYLE_ANCHORS §3.3 rule 11: every card comes from `ModelCard`/`DatasetCard.from_template(...)` with a template in
+every card comes from `ModelCard`/`DatasetCard.from_template(...)` with a template in
 `sane_hf/hub/templates/`; optional slots use `| default("[More Information Needed]", true)`; YAML front matter is
 produced by `huggingface_hub` (never concatenated by hand).
 """
@@ -144,8 +144,7 @@ def build_dataset_card(
     """The `README.md` of a tokenized zoo.
 
     The front matter's `configs` map each non-empty split to `data/<split>-*.parquet`, which makes
-    `datasets.load_dataset(repo_or_folder)` and the Hub viewer read the parquet without `sane_hf`
-    (STYLE_ANCHORS §2.2).
+    `datasets.load_dataset(repo_or_folder)` and the Hub viewer read the parquet without `sane_hf`.
 
     Args:
         info (`SaneDatasetInfo`): the dataset's `meta/info.json`.

@@ -12,8 +12,8 @@ to one full-attention pass when the sequence fits into one window), and one enco
   the s(W) baseline's idea (per-layer statistics, SANE §5) applied to SANE's latents instead of the raw weights.
   A linear probe cannot compute a spread from means alone, and the spread of a layer's latents carries what the
   weight statistics carry (how far training has moved the layer);
-* `"concat"`: every token latent, flattened, `[N, S * L]` (MZ-SANE's `aggregate_embeddings="flatten"`; the best SANE
-  number of CALIBRATION.md; only sensible for short sequences).
+* `"concat"`: every token latent, flattened, `[N, S * L]` (MZ-SANE's `aggregate_embeddings="flatten"`; only
+  sensible for short sequences).
 
 Tokens are read in batches straight from the memory-mapped Arrow split (`ArrowTokenStore`), so a zoo never has to fit
 in memory, and the encoder runs without gradients, optionally under bf16 autocast.

@@ -7,8 +7,8 @@
 * `fit_classifier` is the probe for categorical properties (docs/method.md#probes): a linear softmax classifier
   (scikit-learn's `LogisticRegression` instead of upstream's 50 epochs of Adam on a `Linear` layer), classes are the
   sorted unique train values, accuracy per split.
-* `fit_gradient_boosting` is a non-linear extra (not part of SANE's protocol): CALIBRATION.md found gradient boosting
-  on s(W) far above every linear probe on the digits zoo, so reports show it as a separate row.
+* `fit_gradient_boosting` is a non-linear extra (not part of SANE's protocol): gradient boosting on s(W) can
+  be far above every linear probe on a digits zoo, so reports show it as a separate row.
 * `fit_probe` picks the probe from the target's type (`infer_task`).
 
 Feature standardization (`standardize=True`) centres and scales every feature with the *train* mean and std before

@@ -8,7 +8,7 @@ directly instead of going through a `DataLoader`, which on the project's 2-core 
 Two sources:
 
 - `"digits"`: scikit-learn's `load_digits` (1,797 8x8 grayscale images, 10 classes). It ships inside scikit-learn,
-  so it is the embedded, offline default task (DESIGN.md; CALIBRATION.md uses the same 1000/400/397 split).
+  so it is the embedded, offline default task (split 1000/400/397).
 - `"digits32"`: the same images and split, bilinearly upsampled to 32x32 and repeated over 3 channels: an offline
   stand-in with CIFAR's input shape, so CIFAR-style ResNet zoos (`scripts/configs/zoo_resnet_tiny.yaml`) run without
   a download. It is no harder than `"digits"`; it only exercises the 32x32, 3-channel path.
@@ -16,8 +16,8 @@ Two sources:
   `"uoft-cs/cifar10"` or a local folder of parquet files), with an image column and an integer label column.
 
 Pixels are standardized per channel with statistics of the *train* split (or the published constants of MNIST,
-CIFAR-10 and CIFAR-100, docs/zoo_dataset_format.md). CALIBRATION.md: without standardization about 2/3 of the sigmoid nets
-of a digits zoo stayed stuck at one class.
+CIFAR-10 and CIFAR-100, docs/zoo_dataset_format.md). Without standardization, most
+sigmoid nets of an early digits zoo stayed stuck at one class.
 """
 
 from __future__ import annotations

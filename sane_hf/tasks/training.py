@@ -1,8 +1,8 @@
 """Plain, seeded training and evaluation of one zoo model on an in-memory task.
 
 Used by the zoo builder (one model at a time, for architectures its batched trainer does not cover) and later by
-the fine-tuning and evaluation of generated models (docs/method.md#evaluation). Randomness is an argument
-(STYLE_ANCHORS §3.3 rule 8): the batch order comes from the `torch.Generator` passed in, so a run is reproduced by
+the fine-tuning and evaluation of generated models (docs/method.md#evaluation). Randomness is an argument:
+the batch order comes from the `torch.Generator` passed in, so a run is reproduced by
 seeding that generator (and `torch.manual_seed` for dropout). Nothing here prints or logs per step.
 """
 

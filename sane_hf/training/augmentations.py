@@ -7,7 +7,7 @@ canonical and the permutation augmentation was silently off (docs/method.md#depa
 permuted is permuted, or the call fails loudly.
 
 Padding stays exactly zero through every augmentation (the mask is applied after each one), and all randomness comes
-from an optional `torch.Generator` (STYLE_ANCHORS §3.3 rule 8).
+from an optional `torch.Generator`.
 """
 
 from __future__ import annotations

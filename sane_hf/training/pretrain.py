@@ -1,6 +1,6 @@
 """SANE pretraining with Accelerate: one process, several GPUs or several nodes (docs/method.md#objective).
 
-The loop has accelerate's canonical shape (STYLE_ANCHORS §3.3 rule 6): build, `prepare`, then `accumulate` /
+The loop has accelerate's canonical shape: build, `prepare`, then `accumulate` /
 `backward` / clip on sync / `step`. The per-step work is the pure `train_step`, which tests call directly.
 
 Reproducibility and exact resume: every random draw of a step (window starts, permutations, noise, erasing) comes
@@ -125,7 +125,7 @@ def get_dataloaders(
 ) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader | None]:
     """Train/val loaders of row numbers (`{"rows": [B]}`); `train_step` reads the windows from `token_store(loader)`.
 
-    This is the seam tests replace with a tiny in-memory zoo (STYLE_ANCHORS §3.3 rule 7): a loader may also yield
+    This is the seam tests replace with a tiny in-memory zoo: a loader may also yield
     full checkpoints (`{"full_tokens": [B, S, T]}`), which `train_step` cuts windows from.
     """
     if "train" not in zoo.splits or len(zoo.splits["train"]) == 0:

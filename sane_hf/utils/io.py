@@ -1,5 +1,5 @@
 """Safe output: atomic file writes (a temporary file in the same folder, renamed over the target, so readers and
-crashes never leave half a file; DESIGN.md: "nothing half-written is left behind"), one writer per output folder, and
+crashes never leave half a file), one writer per output folder, and
 outputs kept apart from inputs."""
 
 from __future__ import annotations

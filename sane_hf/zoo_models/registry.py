@@ -1,10 +1,10 @@
 """Registry of model-zoo architectures and the `ZooModel` base class they share.
 
-SANE learns from, and generates, checkpoints of small networks trained in "model zoos" (docs/method.md, docs/method.md#tokenization).
+SANE learns from, and generates, checkpoints of small networks trained in "model zoos" (docs/method.md#tokenization).
 Generated weights are only useful once they are loaded into the right architecture, so every architecture a zoo
-can contain is a `ZooModel` registered here under a short name (timm's `@register_model` pattern, STYLE_ANCHORS
-§1.7), and is a `PyTorchModelHubMixin` so a generated network is pushed with `model.push_to_hub(...)`: one commit
-with `config.json` + `model.safetensors` + `README.md` (STYLE_ANCHORS §3.3 rule 12).
+can contain is a `ZooModel` registered here under a short name (timm's `@register_model` pattern), and is a
+`PyTorchModelHubMixin` so a generated network is pushed with `model.push_to_hub(...)`: one commit with `config.json`
++ `model.safetensors` + `README.md`.
 
 This module also holds the small helpers the architectures share (activations, weight initialization, argument
 validation), so that `cnn.py`, `mlp.py` and `resnet.py` only describe their layers.
@@ -97,7 +97,7 @@ model = {{ architecture }}.from_pretrained("{{ repo_id | default("<repo_id>", tr
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Argument validation (STYLE_ANCHORS §3.3 rule 2: name the argument, the value received and what is allowed).
+# Argument validation (name the argument, the value received and what is allowed).
 # Types are checked strictly: `PyTorchModelHubMixin` silently leaves non-JSON values out of `config.json`, so a
 # `numpy.int64` accepted here would come back as the default value after `from_pretrained`.
 # ---------------------------------------------------------------------------------------------------------------

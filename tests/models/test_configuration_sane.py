@@ -1,4 +1,4 @@
-"""Tests of `SaneConfig`: defaults, validation, serialization (STYLE_ANCHORS §3.3 rules 2 and 13)."""
+"""Tests of `SaneConfig`: defaults, validation, serialization."""
 
 import json
 

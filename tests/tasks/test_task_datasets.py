@@ -26,7 +26,7 @@ requires_pillow = pytest.mark.skipif(importlib.util.find_spec("PIL") is None, re
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    # Tiny networks: one thread is faster than two on the shared 2-core machines (CALIBRATION.md).
+    # Tiny networks: one thread is faster than two on the shared 2-core machines.
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -150,7 +150,7 @@ class SaneConfig(PreTrainedConfig):
 
     def _validate_sane_fields(self) -> None:
         # Named `_validate_*` (not `validate_*`) so that transformers' `@strict` machinery does not pick it up: the
-        # checks run once here, at construction, and raise ValueErrors that name the field (STYLE_ANCHORS §3.3 rule 2).
+        # checks run once here, at construction, and raise ValueErrors that name the field.
         for name in ("token_size", "d_model", "n_heads", "n_layers", "n_decoder_layers", "latent_dim"):
             _require_positive_int(name, getattr(self, name))
         _require_positive_int("window_size", self.window_size)
@@ -221,7 +221,7 @@ def _require_positive_int(name: str, value: Any) -> None:
 
 
 # Copy this file into the repository on `save_pretrained` and write `auto_map` into config.json, so that
-# `AutoConfig.from_pretrained(repo, trust_remote_code=True)` works without `sane_hf` installed (STYLE_ANCHORS §2.1).
+# `AutoConfig.from_pretrained(repo, trust_remote_code=True)` works without `sane_hf` installed.
 SaneConfig.register_for_auto_class()
 
 __all__ = ["SaneConfig"]

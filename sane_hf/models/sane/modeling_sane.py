@@ -311,7 +311,7 @@ class SanePreTrainedModel(PreTrainedModel):
     `sane_layout` and `sane_normalization` are plain JSON dicts (the token layout of the zoo architecture and the
     per-layer normalization statistics; the `sane_hf` package gives them meaning). `save_pretrained` writes them next
     to `config.json` when set, and `from_pretrained` reads them back when present, so that a checkpoint alone suffices
-    to embed or generate models (STYLE_ANCHORS §3.3 rule 10).
+    to embed or generate models.
     """
 
     config_class = SaneConfig
@@ -1191,7 +1191,7 @@ def _write_json_atomic(path: str, payload: dict) -> None:
 
 # Copy this file (and, through its relative import, configuration_sane.py) into the repository on `save_pretrained`
 # and write `auto_map` into config.json, so `AutoModel.from_pretrained(repo, trust_remote_code=True)` works without
-# `sane_hf` installed (STYLE_ANCHORS §2.1).
+# `sane_hf` installed.
 SaneModel.register_for_auto_class("AutoModel")
 SaneForPreTraining.register_for_auto_class("AutoModelForPreTraining")
 
