@@ -1,9 +1,12 @@
 """sane_hf: SANE weight-space learning (Schürholt, Mahoney, Borth, ICML 2024) as a Hugging Face integration.
 
 Importing `sane_hf` registers `SaneConfig`/`SaneModel`/`SaneForPreTraining` with `AutoConfig`/`AutoModel`/
-`AutoModelForPreTraining` (model_type `"sane"`), so `AutoModel.from_pretrained(...)` loads SANE checkpoints without
+`AutoModelForPreTraining` (model_type `"sane"`), and the weight processor `SaneProcessor` with `AutoFeatureExtractor`,
+so `AutoModel.from_pretrained(...)` / `AutoFeatureExtractor.from_pretrained(...)` load SANE checkpoints without
 `trust_remote_code`.
 """
+
+from transformers import AutoFeatureExtractor
 
 from .constants import VERSION
 from .models.sane import (
@@ -16,6 +19,7 @@ from .models.sane import (
 )
 from .tokenization import (
     PermutationSpec,
+    SaneProcessor,
     TokenizedLayer,
     TokenLayout,
     TokenNormalization,
@@ -26,6 +30,9 @@ from .tokenization import (
 
 __version__ = VERSION
 
+# exist_ok: re-importing (e.g. after importlib.reload, or a remote-code copy registered first) must not fail.
+AutoFeatureExtractor.register(SaneConfig, SaneProcessor, exist_ok=True)
+
 __all__ = [
     "SaneConfig",
     "SaneForPreTraining",
@@ -33,6 +40,7 @@ __all__ = [
     "SaneModel",
     "SaneModelOutput",
     "SanePreTrainedModel",
+    "SaneProcessor",
     "PermutationSpec",
     "TokenLayout",
     "TokenPermuter",

@@ -1,12 +1,4 @@
-"""File names and format versions shared across `sane_hf` (one place, so readers and writers agree)."""
-
-# Sidecar files saved next to a SANE checkpoint (and inside a tokenized zoo under `meta/`).
-SANE_LAYOUT_NAME = "sane_layout.json"
-SANE_NORMALIZATION_NAME = "sane_normalization.json"
-
-# Bumped whenever the JSON schema of a TokenLayout changes in a way older readers cannot parse.
-LAYOUT_FORMAT_VERSION = 1
-NORMALIZATION_FORMAT_VERSION = 1
+"""Constants shared across `sane_hf` (one place, so readers and writers agree)."""
 
 PAPER_URL = "https://arxiv.org/abs/2406.09997"
 

@@ -596,7 +596,7 @@ CASES = [
     Case(
         "SANE token size != dataset token size (generate)",
         generate_token_size,
-        ("token_size 16 vs 32", "sane_layout.json", "sane_t16", "zoo_ds_t32"),
+        ("token_size 16 vs 32", "weight processor", "sane_t16", "zoo_ds_t32"),
         "sane-generate",
     ),
     Case(

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from sane_hf import SaneConfig, SaneModel
+from sane_hf import SaneConfig, SaneModel, SaneProcessor
 from sane_hf.data.hub_dataset import ConvertConfig, convert_zoo, load_zoo_dataset
 
 
@@ -21,6 +21,7 @@ def test_the_readme_has_zoo_snippets():
     snippets = _zoo_snippets()
     assert len(snippets) >= 2
     assert any("SaneForPreTraining" in snippet for snippet in snippets)
+    assert any("processor.decode" in snippet for snippet in snippets)
 
 
 @pytest.mark.parametrize("index", range(len(_zoo_snippets())))
@@ -34,7 +35,8 @@ def test_readme_zoo_snippet_runs_verbatim(index, tmp_path_factory, zoo_tools, mo
         )
         dataset = root / "runs" / "zoo_ds"
         convert_zoo(ConvertConfig(zoo_dir=str(zoo), output_dir=str(dataset), seed=0), show_progress=False)
-        layout = load_zoo_dataset(str(dataset)).layout
+        zoo = load_zoo_dataset(str(dataset))
+        layout = zoo.layout
         config = SaneConfig(
             token_size=layout.token_size,
             d_model=16,
@@ -45,5 +47,6 @@ def test_readme_zoo_snippet_runs_verbatim(index, tmp_path_factory, zoo_tools, mo
             max_positions=[max(bound, 8) for bound in layout.max_positions],
         )
         SaneModel(config).save_pretrained(root / "runs" / "sane")
+        SaneProcessor(layout, zoo.normalization).save_pretrained(root / "runs" / "sane")  # as sane-pretrain saves
     monkeypatch.chdir(root)
     exec(compile(_zoo_snippets()[index], f"README.md python snippet {index}", "exec"), {})

@@ -57,8 +57,8 @@ from ..tokenization import (
     permute_state_dict,
     weight_matching,
 )
+from ..tokenization.memory import empty_hugepage
 from ..utils.io import check_output_apart_from_inputs, make_temporary_dir, output_lock, write_json_atomic
-from ..utils.memory import empty_hugepage
 from .info import (
     DATA_DIR,
     DATA_PATH_TEMPLATE,

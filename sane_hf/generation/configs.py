@@ -164,7 +164,7 @@ class GenerateConfig(FinetuneConfig):
         > Inputs and outputs
 
         model (`str`):
-            Pretrained SANE: a folder or Hub model id (with `sane_layout.json` / `sane_normalization.json`).
+            Pretrained SANE: a folder or Hub model id (with its weight processor, `preprocessor_config.json`).
         dataset (`str`):
             The tokenized zoo the anchors come from (folder or Hub dataset id, `sane_hf.data.load_zoo_dataset`).
         output_dir (`str`, *optional*, defaults to `"runs/generated"`):

@@ -2,7 +2,7 @@
 
 The whole of docs/method.md#samplers behind one call, `generate(GenerateConfig(...))` (`sane-generate`):
 
-1. Load the SANE (`SaneModel.from_pretrained`, with its `sane_layout.json` / `sane_normalization.json`) and the
+1. Load the SANE (`SaneModel.from_pretrained`, and its weight processor: layout and normalization) and the
    tokenized zoo; choose anchors (best models by a property at one epoch) and embed them with haloed windows.
 2. Sample latents with the chosen sampler (`samplers.py`): KDE, subsampling (draw `num_candidates`, keep the best `n`
    by accuracy on train/validation images), bootstrapping, or a diagonal Gaussian.
@@ -137,6 +137,8 @@ class SaneGenerator:
         zoo (`SaneZooDataset`): the tokenized zoo (anchors, layout, normalization, architecture).
         config (`GenerateConfig`): sampler, anchors, target and conditioning settings.
         task (`TaskData`, *optional*): the task; by default `config.task` or the zoo's task.
+        processor (`SaneProcessor`, *optional*): the SANE's weight processor; its layout must be the zoo's, and its
+            normalization (when it differs from the zoo's) encodes the anchors and decodes the samples.
 
     Example:
 
@@ -147,16 +149,17 @@ class SaneGenerator:
     ```
     """
 
-    def __init__(self, sane: Any, zoo: Any, config: GenerateConfig, task: Any | None = None):
+    def __init__(
+        self, sane: Any, zoo: Any, config: GenerateConfig, task: Any | None = None, processor: Any | None = None
+    ):
         from ..tasks import load_task
-        from ..tokenization import TokenLayout, TokenNormalization
         from ..tokenization.normalization import token_transform_for
 
         self.sane = sane.eval()
         self.zoo = zoo
         self.config = config
         self.layout = zoo.layout
-        sane_layout = TokenLayout.from_dict(sane.sane_layout) if getattr(sane, "sane_layout", None) else None
+        sane_layout = processor.layout if processor is not None else None
         if sane_layout is not None and sane_layout != zoo.layout:
             differences = [
                 f"{name} {getattr(sane_layout, name)} vs {getattr(zoo.layout, name)}"
@@ -164,7 +167,7 @@ class SaneGenerator:
                 if getattr(sane_layout, name) != getattr(zoo.layout, name)
             ]
             raise ValueError(
-                f"The SANE {config.model} was trained on another token layout (sane_layout.json) than the zoo "
+                f"The SANE {config.model} was trained on another token layout (its weight processor's) than the zoo "
                 f"{config.dataset} uses (meta/layout.json): {', '.join(differences) or 'same sizes, other layers'}; "
                 "anchors must come from a zoo tokenized like the SANE's training data."
             )
@@ -191,10 +194,10 @@ class SaneGenerator:
         )
         # Anchors are encoded, and samples decoded, in ONE normalization: the SANE's own when it ships one and the
         # zoo's differs (another zoo of the same layout), else the zoo's; mixing the two rescales every weight.
-        to_sane_tokens = token_transform_for(sane, zoo)
+        to_sane_tokens = token_transform_for(processor, zoo)
         if to_sane_tokens is not None:
             self.anchors.tokens = to_sane_tokens(self.anchors.tokens)
-            self.normalization = TokenNormalization.from_dict(sane.sane_normalization)
+            self.normalization = processor.normalization
         else:
             self.normalization = zoo.normalization if zoo.info.tokens_normalized else None
         embed_anchors(sane, self.anchors, self.layout.positions, batch_size=config.decode_batch_size)
@@ -365,7 +368,12 @@ def _zero_shot(model: nn.Module, task: Any) -> dict[str, float]:
 
 
 def generate_models(
-    sane: Any, zoo: Any, config: GenerateConfig, task: Any | None = None, generator: torch.Generator | None = None
+    sane: Any,
+    zoo: Any,
+    config: GenerateConfig,
+    task: Any | None = None,
+    generator: torch.Generator | None = None,
+    processor: Any | None = None,
 ) -> GenerationResult:
     """Generate `config.n` networks (no files written): anchors, sampling, decoding, conditioning, optional evaluation.
 
@@ -376,10 +384,12 @@ def generate_models(
         task (`TaskData`, *optional*): the task; defaults to `config.task` or the zoo's.
         generator (`torch.Generator`, *optional*): source of the sampling randomness; defaults to one seeded with
             `config.seed`.
+        processor (`SaneProcessor`, *optional*): the SANE's weight processor (`load_sane_processor`); its layout
+            must be the zoo's, and its normalization encodes the anchors and decodes the samples.
     """
     timings = {}
     start = time.perf_counter()
-    engine = SaneGenerator(sane, zoo, config, task=task)
+    engine = SaneGenerator(sane, zoo, config, task=task, processor=processor)
     timings["anchors"] = time.perf_counter() - start
     generator = generator if generator is not None else torch.Generator().manual_seed(config.seed)
 
@@ -657,15 +667,17 @@ def generate(config: GenerateConfig) -> GenerationResult:
 def _generate_into(config: GenerateConfig, output_dir: Path) -> GenerationResult:
     from ..data.hub_dataset import load_zoo_dataset
     from ..models.sane import SaneModel
+    from ..tokenization.processing_sane import load_sane_processor
 
     start = time.perf_counter()
     from ..utils.checks import check_finite_weights
 
     sane = SaneModel.from_pretrained(config.model).eval()
     check_finite_weights(sane, f"--model {config.model}")
+    processor = load_sane_processor(config.model)
     zoo = load_zoo_dataset(config.dataset)
     load_seconds = time.perf_counter() - start
-    result = generate_models(sane, zoo, config)
+    result = generate_models(sane, zoo, config, processor=processor)
     result.timings["load"] = load_seconds
     save_generated_models(result, output_dir, overwrite=config.overwrite, plot=config.plot and config.evaluate)
     if config.push_to_hub:

@@ -1,8 +1,6 @@
 """Models of `sane_hf`."""
 
 from .sane import (
-    SANE_LAYOUT_NAME,
-    SANE_NORMALIZATION_NAME,
     SaneConfig,
     SaneForPreTraining,
     SaneForPreTrainingOutput,
@@ -14,8 +12,6 @@ from .sane import (
 
 
 __all__ = [
-    "SANE_LAYOUT_NAME",
-    "SANE_NORMALIZATION_NAME",
     "SaneConfig",
     "SaneForPreTraining",
     "SaneForPreTrainingOutput",

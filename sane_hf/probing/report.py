@@ -45,6 +45,7 @@ from ..hub.probe_records import (
 from ..models.sane import SaneModel
 from ..tokenization import TokenLayout, TokenPermuter
 from ..tokenization.normalization import token_transform_for
+from ..tokenization.processing_sane import load_sane_processor
 from ..utils.bootstrap import bootstrap_over_groups
 from ..utils.checks import check_finite_weights
 from ..utils.io import check_output_apart_from_inputs, write_text_atomic
@@ -251,7 +252,7 @@ def predict_properties(cfg: PredictConfig) -> dict[str, Any]:
     model = load_sane(cfg.model, device)
     layout = zoo.layout
     check_model_matches_layout(model, layout, cfg.model, cfg.dataset)
-    transform = token_transform_for(model, zoo)
+    transform = token_transform_for(load_sane_processor(cfg.model), zoo)
     splits = {name: zoo.splits[name] for name in SPLITS if name in zoo.splits}
     rows = {name: select_rows(dataset, cfg.checkpoint_epochs) for name, dataset in splits.items()}
     if len(rows.get("train", [])) == 0:

@@ -1,4 +1,5 @@
-"""Checkpoint <-> token sequence (docs/method.md#tokenization): layouts, per-layer normalization, permutations."""
+"""Checkpoint <-> token sequence (docs/method.md#tokenization): layouts, per-layer normalization, permutations, and
+the weight processor that bundles layout and normalization for a SANE."""
 
 from .layout import (
     StateDictEntry,
@@ -17,11 +18,13 @@ from .permutations import (
     permute_state_dict,
     weight_matching,
 )
+from .processing_sane import SaneProcessor
 
 
 __all__ = [
     "AxisPermutation",
     "PermutationSpec",
+    "SaneProcessor",
     "StateDictEntry",
     "TokenLayout",
     "TokenNormalization",

@@ -13,6 +13,9 @@ into a `TokenLayout` (JSON-serializable), and both directions are two vectorized
 * detokenize: the mirror image: every aligned chunk of the flat output that maps to one contiguous run of token
   slots is gathered as a row; the remaining chunks are filled element by element. The returned tensors are views
   into one freshly allocated buffer.
+
+This file travels into every SANE Hub repository with the weight processor (`processing_sane.py`, for
+`trust_remote_code`), so it imports only the standard library, numpy, torch, transformers and its siblings.
 """
 
 from __future__ import annotations
@@ -28,13 +31,20 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from transformers.utils import FEATURE_EXTRACTOR_NAME, cached_file
 
-from ..constants import LAYOUT_FORMAT_VERSION, SANE_LAYOUT_NAME
-from ..utils.io import write_json_atomic
-from ..utils.memory import empty_hugepage
+from .memory import empty_hugepage
 
 
 logger = logging.getLogger(__name__)
+
+# Bumped whenever the JSON schema of a TokenLayout changes in a way older readers cannot parse.
+LAYOUT_FORMAT_VERSION = 1
+# A SANE's layout and normalization live in its weight processor's config (`preprocessor_config.json`, transformers'
+# feature-extractor file); checkpoints saved before the processor existed carry them as two sidecar files.
+SANE_LAYOUT_NAME = "sane_layout.json"
+# `from_pretrained` options that locate a file in a folder or Hub repository (transformers' `cached_file`).
+HUB_OPTIONS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
 
 # Layer kinds (SANE §1.1). A BatchNorm module yields up to three tokenized layers: [gamma|beta], running_mean,
 # running_var.
@@ -859,23 +869,66 @@ class TokenLayout:
                 )
         return layout
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
-        """Write `sane_layout.json` into `save_directory` (atomically: temp file + rename). Returns the file path."""
-        save_directory = Path(save_directory)
-        save_directory.mkdir(parents=True, exist_ok=True)
-        path = save_directory / SANE_LAYOUT_NAME
-        write_json_atomic(path, self.to_dict())
-        return path
-
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> TokenLayout:
-        """Read a layout from a folder holding `sane_layout.json` or from a JSON file."""
-        path = Path(path)
-        file = path / SANE_LAYOUT_NAME if path.is_dir() else path
-        if not file.is_file():
-            raise FileNotFoundError(f"No token layout at {file} (expected a {SANE_LAYOUT_NAME} file).")
-        try:
-            data = json.loads(file.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"Token layout {file} is not valid JSON: {err}.") from None
-        return cls.from_dict(data)
+    def from_pretrained(cls, source: str | os.PathLike, **hub_options) -> TokenLayout:
+        """The layout of a SANE's weight processor, from a folder or Hub repository id (through the Hub cache, with
+        `revision`, `subfolder`, `token`, ... as in transformers) or a JSON file; see `load_processor_part`."""
+        return cls.from_dict(load_processor_part(source, "layout", SANE_LAYOUT_NAME, required=True, **hub_options))
+
+
+def load_processor_part(
+    source: str | os.PathLike, part: str, legacy_name: str, required: bool = False, **hub_options
+) -> dict | None:
+    """One part (`"layout"` or `"normalization"`) of a SANE weight processor's config, as a JSON dict.
+
+    Args:
+        source (`str` or `os.PathLike`): a JSON file (the processor config, or the part itself), or a folder or Hub
+            repository id: its `preprocessor_config.json`, else the sidecar `legacy_name` of older checkpoints.
+        part (`str`): the key of the part in the processor config.
+        legacy_name (`str`): the sidecar file that held the part before the processor existed.
+        required (`bool`, *optional*, defaults to `False`): raise `FileNotFoundError` instead of returning `None`.
+        hub_options: options of transformers' `cached_file` (`HUB_OPTIONS`).
+
+    Returns:
+        `dict`, or `None` when the source holds neither file or its processor has no such part.
+    """
+    data = _find_processor_part(source, part, legacy_name, hub_options)
+    if data is None and required:
+        raise FileNotFoundError(
+            f"No {part} in {source} (expected {FEATURE_EXTRACTOR_NAME} with a {part!r} entry, or {legacy_name})."
+        )
+    return data
+
+
+def _find_processor_part(source: str | os.PathLike, part: str, legacy_name: str, hub_options: dict) -> dict | None:
+    unknown = sorted(set(hub_options) - set(HUB_OPTIONS))
+    if unknown:
+        raise TypeError(f"Unknown option(s) {unknown}; expected some of {list(HUB_OPTIONS)}.")
+    path = Path(source)
+    if path.is_file():
+        data = _read_json_file(path)
+        # A processor config holds the part under its key; a part's own file has its `format_version` on top.
+        return data.get(part) if part in data and "format_version" not in data else data
+    options = {key: value for key, value in hub_options.items() if value is not None}
+    for filename in (FEATURE_EXTRACTOR_NAME, legacy_name):
+        resolved = cached_file(
+            os.fspath(source),
+            filename,
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_gated_repo=False,
+            **options,
+        )
+        if resolved is not None:
+            data = _read_json_file(Path(resolved))
+            return data if filename == legacy_name else data.get(part)
+    return None
+
+
+def _read_json_file(file: Path) -> dict:
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{file} is not valid JSON: {err}.") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{file} must hold a JSON object, got {type(data).__name__}.")
+    return data

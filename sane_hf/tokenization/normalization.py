@@ -9,30 +9,32 @@ Differences from the original, on purpose (docs/method.md#departures-at-a-glance
 
 Like the original, the weight and its bias column share one mean and std, and a layer's statistics are
 `mean_i(mean_i)` and `sqrt(mean_i(var_i))` over checkpoints `i` (unbiased within-checkpoint variance).
+
+This file travels into every SANE Hub repository with the weight processor (`processing_sane.py`, for
+`trust_remote_code`), so it imports only the standard library, torch, transformers and its siblings.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..constants import NORMALIZATION_FORMAT_VERSION, SANE_NORMALIZATION_NAME
-from ..utils.io import write_json_atomic
-from ..utils.memory import empty_hugepage
-from .layout import TokenLayout
+from .layout import TokenLayout, load_processor_part
+from .memory import empty_hugepage
 
 
 logger = logging.getLogger(__name__)
 
 NORMALIZATION_MODES = ("standardize", "none")
+NORMALIZATION_FORMAT_VERSION = 1
+# The sidecar that held a SANE's normalization before its weight processor (`preprocessor_config.json`) existed.
+SANE_NORMALIZATION_NAME = "sane_normalization.json"
 # Values per block of `fit` and `normalize` on CPU (2 MB in float64): each op of a block runs on cache-resident
 # data instead of streaming whole checkpoints through memory once per op. On a ResNet-18 checkpoint (15.5M values)
 # this took the statistics from ~165 to ~30 ms and normalize from ~95 to ~35 ms (benchmarks/bench_scale.py).
@@ -275,51 +277,34 @@ class TokenNormalization:
             raise ValueError(f"Normalization entries need 'mean' and 'std' fields ({err!r}).") from None
         return cls(names, mean, std, mode=mode, num_checkpoints=data.get("num_checkpoints"))
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
-        """Write `sane_normalization.json` into `save_directory` atomically; returns the file path."""
-        save_directory = Path(save_directory)
-        save_directory.mkdir(parents=True, exist_ok=True)
-        path = save_directory / SANE_NORMALIZATION_NAME
-        write_json_atomic(path, self.to_dict())
-        return path
-
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> TokenNormalization:
-        """Read from a folder holding `sane_normalization.json` or from a JSON file."""
-        path = Path(path)
-        file = path / SANE_NORMALIZATION_NAME if path.is_dir() else path
-        if not file.is_file():
-            raise FileNotFoundError(f"No normalization at {file} (expected a {SANE_NORMALIZATION_NAME} file).")
-        try:
-            data = json.loads(file.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"Normalization {file} is not valid JSON: {err}.") from None
-        return cls.from_dict(data)
+    def from_pretrained(cls, source: str | os.PathLike, **hub_options) -> TokenNormalization:
+        """The normalization of a SANE's weight processor (`TokenLayout.from_pretrained` reads its layout the same
+        way): a folder or Hub repository id, through the Hub cache, or a JSON file."""
+        part = load_processor_part(source, "normalization", SANE_NORMALIZATION_NAME, required=True, **hub_options)
+        return cls.from_dict(part)
 
 
-def token_transform_for(model: Any, zoo: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
+def token_transform_for(processor: Any, zoo: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """Map a zoo's tokens into the normalization a SANE was trained with, when the two differ (else None).
 
-    A SANE carries the normalization of its pretraining zoo (`sane_normalization.json`); encoding another zoo's
-    checkpoints with it (to embed them, or as anchors to generate from) must use those statistics, not the zoo's own,
-    and whatever it decodes is then de-normalized with them too.
+    A SANE's weight processor carries the normalization of its pretraining zoo; encoding another zoo's checkpoints
+    with it (to embed them, or as anchors to generate from) must use those statistics, not the zoo's own, and
+    whatever it decodes is then de-normalized with them too.
 
     Args:
-        model (`SaneModel`): reads `sane_layout` and `sane_normalization` (either may be None).
+        processor (`SaneProcessor`, *optional*): the SANE's weight processor (reads `layout` and `normalization`);
+            `None` for a SANE saved without one.
         zoo (`SaneZooDataset`): reads `layout`, `normalization` and `info.tokens_normalized`.
     """
     layout = zoo.layout
-    sane_layout, sane_normalization = getattr(model, "sane_layout", None), getattr(model, "sane_normalization", None)
-    if sane_layout is not None:
-        try:
-            same_layout = TokenLayout.from_dict(sane_layout) == layout
-        except (ValueError, KeyError, TypeError):
-            same_layout = False
-        if not same_layout:
-            logger.warning("The SANE model was pretrained on another token layout than this dataset's.")
-    if sane_normalization is None:
+    if processor is None:
         return None
-    model_norm = TokenNormalization.from_dict(sane_normalization)
+    if processor.layout != layout:
+        logger.warning("The SANE model was pretrained on another token layout than this dataset's.")
+    model_norm = processor.normalization
+    if model_norm is None:
+        return None
     zoo_norm = zoo.normalization if zoo.info.tokens_normalized else None
     if zoo_norm is not None and (
         model_norm.mode == zoo_norm.mode

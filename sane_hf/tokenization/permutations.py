@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..utils.memory import empty_hugepage
 from .layout import TokenLayout
+from .memory import empty_hugepage
 
 
 logger = logging.getLogger(__name__)
@@ -716,7 +716,7 @@ _HUGEPAGE_MIN_BYTES = 4 << 20
 
 
 def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """`torch.empty`, backed by transparent huge pages for large CPU buffers (see `sane_hf.utils.memory`).
+    """`torch.empty`, backed by transparent huge pages for large CPU buffers (see `sane_hf.tokenization.memory`).
 
     The window index and values are fresh multi-megabyte buffers on every batch; with 4 KiB pages the kernel's page
     faults cost more than the gathers that fill them. `empty_hugepage` covers float dtypes; int64 is added here.

@@ -39,6 +39,7 @@ from ..hub.sane_cards import TRAINER_STATE_ZOO_KEY, write_sane_card, zoo_summary
 from ..models.sane import SaneConfig, SaneModel
 from ..tokenization.layout import TokenLayout
 from ..tokenization.permutations import TokenPermuter, permutation_spec_from_module
+from ..tokenization.processing_sane import SaneProcessor
 from ..utils.checks import check_finite_weights, config_differences, weights_only_rejection
 from ..utils.io import check_output_apart_from_inputs, output_lock, remove_temporary_files, write_json_atomic
 from .augmentations import make_two_views
@@ -219,8 +220,6 @@ def load_or_build_model(cfg: PretrainConfig, zoo: SaneZooDataset) -> SaneModel:
                     f"{needed}."
                 )
         logger.info("Starting from %s; its architecture overrides the model fields of the run config.", cfg.init_from)
-    model.sane_layout = layout.to_dict()
-    model.sane_normalization = zoo.normalization.to_dict()
     return model
 
 
@@ -555,8 +554,8 @@ def pretrain(cfg: PretrainConfig, dataloaders: tuple | None = None, zoo: SaneZoo
         zoo (`SaneZooDataset`, *optional*): an already loaded dataset (default: `load_zoo_dataset(cfg.dataset)`).
 
     Returns:
-        `Path`: the output folder (config.json, model.safetensors, sane_layout.json, sane_normalization.json,
-        train_config.json, trainer_state.json, and the model card README.md).
+        `Path`: the output folder (config.json, model.safetensors, the weight processor's preprocessor_config.json
+        (layout and normalization of the zoo), the remote-code files, train_config.json, trainer_state.json, and the model card README.md).
 
     Raises:
         `ValueError`: the step checkpoint to resume from (or, without resuming, one already in `output_dir`) is of
@@ -765,6 +764,9 @@ def _pretrain(
         shutil.rmtree(final_tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     unwrapped.save_pretrained(final_tmp, is_main_process=accelerator.is_main_process, save_function=accelerator.save)
+    if accelerator.is_main_process:
+        # The weight processor travels with the weights: it turns checkpoints into this SANE's inputs and back.
+        SaneProcessor(zoo.layout, zoo.normalization).save_pretrained(final_tmp)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         for file in sorted(final_tmp.iterdir()):

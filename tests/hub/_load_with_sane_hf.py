@@ -30,13 +30,17 @@ from sane_hf.zoo_models import load_zoo_model
 
 def main(out: Path, sane_repo: str, zoo_repo: str, generated_repo: str, *member_repos: str) -> None:
     model, loading_info = AutoModel.from_pretrained(sane_repo, output_loading_info=True)
+    processor = sane_hf.SaneProcessor.from_pretrained(sane_repo)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "sane.safetensors")
     meta = {
         "class": f"{type(model).__module__}.{type(model).__qualname__}",
         "is_sane_hf_class": type(model) is sane_hf.SaneModel,
         "loading_info": {k: sorted(map(str, v)) for k, v in loading_info.items()},
-        "sane_layout": model.sane_layout,
-        "sane_normalization": model.sane_normalization,
+        "processor": processor.to_dict(),
+        "is_sane_hf_processor": type(processor) is sane_hf.SaneProcessor,
+        # The layout and normalization read on their own, by repo id at a revision (through the Hub cache).
+        "layout": sane_hf.TokenLayout.from_pretrained(sane_repo, revision="main").to_dict(),
+        "normalization": sane_hf.TokenNormalization.from_pretrained(sane_repo, revision="main").to_dict(),
         "config": model.config.to_dict(),
     }
     (out / "sane.json").write_text(json.dumps(meta))

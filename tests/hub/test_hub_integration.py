@@ -219,14 +219,20 @@ def _assert_sane_loaded(out: Path, saved: Path) -> dict:
     meta = _read_json(out / "sane.json")
     assert all(not keys for keys in meta["loading_info"].values()), meta["loading_info"]
     assert_same_state(load_file(out / "sane.safetensors"), load_file(saved / "model.safetensors"))
-    assert meta["sane_layout"] == _read_json(saved / "sane_layout.json")
-    assert meta["sane_normalization"] == _read_json(saved / "sane_normalization.json")
+    # The weight processor's config (layout and normalization of the zoo) came from the repo, as pushed.
+    pushed = _read_json(saved / "preprocessor_config.json")
+    assert pushed["auto_map"] == {"AutoFeatureExtractor": "processing_sane.SaneProcessor"}
+    for part in ("layout", "normalization", "feature_extractor_type"):
+        assert meta["processor"][part] == pushed[part], part
     return meta
 
 
 def test_sane_loads_by_repo_id_with_auto_model_registered(loaded_with_sane_hf, hub_artifacts):
     meta = _assert_sane_loaded(loaded_with_sane_hf, hub_artifacts.sane)
     assert meta["is_sane_hf_class"], meta["class"]
+    assert meta["is_sane_hf_processor"]
+    processor = _read_json(hub_artifacts.sane / "preprocessor_config.json")
+    assert meta["layout"] == processor["layout"] and meta["normalization"] == processor["normalization"]
     config = _read_json(hub_artifacts.sane / "config.json")
     for key in ("token_size", "d_model", "n_layers", "latent_dim", "window_size", "max_positions"):
         assert meta["config"][key] == config[key], key
@@ -236,6 +242,31 @@ def test_sane_loads_by_repo_id_with_remote_code_and_no_sane_hf(loaded_without_sa
     meta = _assert_sane_loaded(loaded_without_sane_hf, hub_artifacts.sane)
     # The class came from the modeling file in the repo, not from an installed package.
     assert meta["class"].startswith("transformers_modules.") and meta["class"].endswith("modeling_sane.SaneModel")
+    processor_class = meta["processor_class"]
+    assert processor_class.startswith("transformers_modules.") and processor_class.endswith(".SaneProcessor")
+
+
+def test_the_remote_processor_turns_zoo_tokens_into_checkpoints_and_back(loaded_without_sane_hf, hub_artifacts):
+    """Without sane_hf: de-normalize + detokenize two train rows into state_dicts, then tokenize + normalize them;
+    the tokens are the dataset's, and the state_dict holds the zoo's weights (de-normalized by hand here)."""
+    result = load_file(loaded_without_sane_hf / "processor.safetensors")
+    tokens, retokenized = result["tokens"], result["retokenized"]
+    assert retokenized.shape == tokens.shape
+    torch.testing.assert_close(retokenized, tokens, rtol=1e-5, atol=1e-5)
+    processor = _read_json(hub_artifacts.sane / "preprocessor_config.json")
+    layout, statistics = processor["layout"], processor["normalization"]["layers"]
+    first = layout["layers"][0]  # its weight rows: the first tokens, `row_width` values per row (bias last)
+    rows, width, per_row = first["num_rows"], first["row_width"], first["tokens_per_row"]
+    mean, std = statistics[first["name"]]["mean"], statistics[first["name"]]["std"]
+    offset = first["token_offset"]
+    raw = tokens[0, offset : offset + rows * per_row].reshape(rows, -1)[:, :width] * std + mean
+    weight = result[f"state_dict.{first['weight_key']}"]
+    bias_key = first["bias_key"]
+    torch.testing.assert_close(weight.reshape(rows, -1), raw[:, : width - (bias_key is not None)])
+    if bias_key is not None:
+        torch.testing.assert_close(result[f"state_dict.{bias_key}"], raw[:, -1])
+    assert result["positions"].shape == (2, tokens.shape[1], 3)
+    assert result["embeddings"].shape[0] == 2 and torch.isfinite(result["embeddings"]).all()
 
 
 def _saved_zoo(folder: Path) -> dict[str, dict]:

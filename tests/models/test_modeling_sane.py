@@ -1,4 +1,5 @@
-"""Tests of `SaneModel`: shapes, docs/method.md#model parameter counts and init, haloed windows, Hub-portable save/load."""
+"""Tests of `SaneModel`: shapes, docs/method.md#model parameter counts and init, haloed windows, Hub-portable save/load
+(the weight processor that travels with it: tests/tokenization/test_processing_sane.py)."""
 
 import json
 import math
@@ -10,12 +11,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from huggingface_hub import HfApi
 from transformers import AutoModel
 
 from sane_hf.models.sane import (
-    SANE_LAYOUT_NAME,
-    SANE_NORMALIZATION_NAME,
     SaneConfig,
     SaneModel,
     SaneModelOutput,
@@ -366,14 +364,6 @@ def test_embed_rejects_sequences_beyond_the_global_position_table(model):
 # save_pretrained / from_pretrained / Auto classes / trust_remote_code
 # ---------------------------------------------------------------------------------------------------------------------
 
-LAYOUT = {
-    "format": "sane_layout",
-    "keys": ["conv.weight", "conv.bias"],
-    "shapes": [[4, 1, 3, 3], [4]],
-    "token_size": 12,
-}
-NORMALIZATION = {"mode": "standardize", "layers": {"conv.weight": {"mean": 0.01, "std": 0.2}}}
-
 
 def assert_same_weights(model_a, model_b):
     state_a, state_b = model_a.state_dict(), model_b.state_dict()
@@ -382,11 +372,10 @@ def assert_same_weights(model_a, model_b):
         assert torch.equal(state_a[key], state_b[key]), key
 
 
-def test_save_and_load_are_exact_with_sidecars(tmp_path):
+def test_save_and_load_are_exact(tmp_path):
     model = make_model(seed=1, n_decoder_layers=3, bias=True)
-    model.sane_layout, model.sane_normalization = LAYOUT, NORMALIZATION
     model.save_pretrained(tmp_path)
-    assert {"config.json", "model.safetensors", SANE_LAYOUT_NAME, SANE_NORMALIZATION_NAME} <= set(os.listdir(tmp_path))
+    assert {"config.json", "model.safetensors"} <= set(os.listdir(tmp_path))
     assert {"configuration_sane.py", "modeling_sane.py"} <= set(os.listdir(tmp_path))  # Hub-portable code
     assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
     saved_config = json.loads((tmp_path / "config.json").read_text())
@@ -403,32 +392,18 @@ def test_save_and_load_are_exact_with_sidecars(tmp_path):
     assert {k: v for k, v in loaded.config.to_dict().items() if k not in ignored} == {
         k: v for k, v in model.config.to_dict().items() if k not in ignored
     }
-    assert loaded.sane_layout == LAYOUT and loaded.sane_normalization == NORMALIZATION
-
-
-def test_sidecars_are_optional(tmp_path):
-    model = make_model()
-    model.sane_normalization = NORMALIZATION
-    model.save_pretrained(tmp_path)
-    assert not (tmp_path / SANE_LAYOUT_NAME).exists()
-    loaded = SaneModel.from_pretrained(tmp_path)
-    assert loaded.sane_layout is None and loaded.sane_normalization == NORMALIZATION
-    assert SaneModel(model.config).sane_layout is None
 
 
 def test_auto_model_uses_the_registered_class(tmp_path):
     model = make_model(seed=2)
-    model.sane_layout = LAYOUT
     model.save_pretrained(tmp_path)
     loaded = AutoModel.from_pretrained(tmp_path)
     assert type(loaded) is SaneModel
     assert_same_weights(model, loaded)
-    assert loaded.sane_layout == LAYOUT
 
 
 def test_trust_remote_code_without_sane_hf(tmp_path):
     model = make_model(seed=3)
-    model.sane_layout = LAYOUT
     folder = tmp_path / "sane-tiny"
     model.save_pretrained(folder)
     tokens, positions = torch.randn(2, 16, 12, generator=torch.Generator().manual_seed(0)), make_positions(16, 2)
@@ -450,7 +425,6 @@ def test_trust_remote_code_without_sane_hf(tmp_path):
             "class": type(model).__module__ + "." + type(model).__name__,
             "sane_hf_imported": any(name == "sane_hf" or name.startswith("sane_hf.") for name in sys.modules),
             "missing": sorted(info["missing_keys"]), "unexpected": sorted(info["unexpected_keys"]),
-            "layout": model.sane_layout,
             "checksum": {{k: float(v.double().sum()) for k, v in model.state_dict().items()}},
             "embedding_shape": list(embedding.shape),
         }}))
@@ -468,7 +442,6 @@ def test_trust_remote_code_without_sane_hf(tmp_path):
     assert report["class"].startswith("transformers_modules.") and report["class"].endswith("modeling_sane.SaneModel")
     assert report["sane_hf_imported"] is False
     assert report["missing"] == [] and report["unexpected"] == []
-    assert report["layout"] == LAYOUT
     assert report["embedding_shape"] == [1, 8]
     assert report["checksum"] == {k: float(v.double().sum()) for k, v in model.state_dict().items()}
     remote = torch.load(tmp_path / "outputs.pt")
@@ -476,38 +449,3 @@ def test_trust_remote_code_without_sane_hf(tmp_path):
         local = model(tokens, positions)
     for key in ("latents", "reconstructions", "projections"):
         torch.testing.assert_close(remote[key], local[key], atol=0, rtol=0)
-
-
-def test_push_to_hub_includes_sidecars(tmp_path, monkeypatch):
-    # Offline: capture what would be committed (ENVIRONMENT.md, "Hub access in tests and CI").
-    commits = []
-
-    def fake_create_commit(self, repo_id, operations, **kwargs):
-        commits.append(
-            {
-                op.path_in_repo: (
-                    json.loads(open(op.path_or_fileobj).read())
-                    if op.path_in_repo.endswith("sane_layout.json")
-                    else None
-                )
-                for op in operations
-            }
-        )
-
-    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: SimpleNamespace(repo_id=repo_id))
-    monkeypatch.setattr(HfApi, "create_commit", fake_create_commit)
-    fake_card = SimpleNamespace(save=lambda path: open(path, "w").write("card"))
-    monkeypatch.setattr("transformers.utils.hub.create_and_tag_model_card", lambda *args, **kwargs: fake_card)
-    monkeypatch.setattr(
-        "transformers.modeling_utils.create_and_tag_model_card", lambda *a, **k: fake_card, raising=False
-    )
-
-    model = make_model()
-    model.sane_layout = LAYOUT
-    model.push_to_hub("org/sane-tiny")
-    model.save_pretrained(tmp_path / "local", push_to_hub=True, repo_id="org/sane-tiny")
-    assert len(commits) == 2
-    for files in commits:
-        assert {"config.json", "model.safetensors", "modeling_sane.py", SANE_LAYOUT_NAME} <= set(files)
-        assert files[SANE_LAYOUT_NAME] == LAYOUT
-    assert (tmp_path / "local" / SANE_LAYOUT_NAME).is_file()

@@ -18,7 +18,8 @@ from sane_hf.probing import report
 from sane_hf.probing.configs import PredictConfig
 from sane_hf.probing.finetune import finetune_property_predictor
 from sane_hf.probing.report import predict_properties, token_transform_for
-from sane_hf.tokenization import TokenNormalization
+from sane_hf.tokenization import SaneProcessor, TokenNormalization
+from sane_hf.tokenization.processing_sane import load_sane_processor
 from sane_hf.zoo_models import build_zoo_model
 
 
@@ -98,9 +99,8 @@ def _save_sane(zoo, folder: Path, token_size: int | None = None, normalization: 
         max_positions=[max(b, 8) for b in layout.max_positions],
     )
     model = SaneModel(config)
-    model.sane_layout = layout.to_dict()
-    model.sane_normalization = normalization or zoo.normalization.to_dict()
     model.save_pretrained(folder)
+    SaneProcessor(layout, normalization or zoo.normalization).save_pretrained(folder)
     return model
 
 
@@ -211,11 +211,11 @@ def test_bad_inputs(tiny, tmp_path):
 
 def test_tokens_are_renormalized_for_a_sane_trained_with_other_statistics(tiny, tmp_path):
     zoo = tiny["zoo"]
-    assert token_transform_for(SaneModel.from_pretrained(tiny["model"]), zoo) is None
+    assert token_transform_for(load_sane_processor(tiny["model"]), zoo) is None
     other = TokenNormalization.from_dict(zoo.normalization.to_dict())
     other = TokenNormalization(other.layer_names, [m + 1.0 for m in other.mean], [2 * s for s in other.std])
-    model = _save_sane(zoo, tmp_path / "other_sane", normalization=other.to_dict())
-    transform = token_transform_for(model, zoo)
+    _save_sane(zoo, tmp_path / "other_sane", normalization=other.to_dict())
+    transform = token_transform_for(load_sane_processor(tmp_path / "other_sane"), zoo)
     tokens = zoo.splits["train"][0:3]["tokens"]
     raw = zoo.normalization.denormalize(tokens, zoo.layout)
     torch.testing.assert_close(transform(tokens), other.normalize(raw, zoo.layout), rtol=1e-5, atol=1e-5)

@@ -206,7 +206,7 @@ def test_pretraining_never_reads_whole_checkpoints(tiny_dataset, tmp_path):
 
 
 def test_pretraining_learns_and_saves_a_loadable_model(tiny_dataset, tmp_path):
-    from transformers import AutoModel
+    from transformers import AutoFeatureExtractor, AutoModel
 
     output = pretrain(_config(tiny_dataset, tmp_path / "run", epochs=40, d_model=32, latent_dim=8, lr=1e-2))
     state = read_trainer_state(output)
@@ -218,13 +218,15 @@ def test_pretraining_learns_and_saves_a_loadable_model(tiny_dataset, tmp_path):
     for name in (
         "config.json",
         "model.safetensors",
-        "sane_layout.json",
-        "sane_normalization.json",
+        "preprocessor_config.json",
+        "processing_sane.py",
         "train_config.json",
     ):
         assert (output / name).is_file(), name
-    model = AutoModel.from_pretrained(output)
-    assert model.sane_layout["num_tokens"] == load_zoo_dataset(tiny_dataset).layout.num_tokens
+    AutoModel.from_pretrained(output)
+    zoo = load_zoo_dataset(tiny_dataset)
+    processor = AutoFeatureExtractor.from_pretrained(output)  # the weight processor of the zoo
+    assert processor.layout == zoo.layout and processor.normalization == zoo.normalization
     assert json.loads((output / "train_config.json").read_text())["lr"] == 1e-2
 
 
@@ -347,7 +349,7 @@ def test_init_from_and_push_to_hub(tiny_dataset, tmp_path):
     assert create_repo.call_args.args[0] == "org/sane-test"
     ((repo_id, files, ignored),) = uploads
     assert repo_id == "org/sane-test" and "checkpoints/*" in ignored
-    assert {"config.json", "model.safetensors", "sane_layout.json", "train_config.json"} <= set(files)
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "train_config.json"} <= set(files)
     # The second run starts from the first run's weights exactly (a fresh model would differ), then trains.
     before, after = _weights(first), _weights(second)
     assert sorted(spy.first_weights) == sorted(before)

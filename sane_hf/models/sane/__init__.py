@@ -9,8 +9,6 @@ from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
 
 from .configuration_sane import SaneConfig
 from .modeling_sane import (
-    SANE_LAYOUT_NAME,
-    SANE_NORMALIZATION_NAME,
     SaneForPreTraining,
     SaneForPreTrainingOutput,
     SaneModel,
@@ -26,8 +24,6 @@ AutoModel.register(SaneConfig, SaneModel, exist_ok=True)
 AutoModelForPreTraining.register(SaneConfig, SaneForPreTraining, exist_ok=True)
 
 __all__ = [
-    "SANE_LAYOUT_NAME",
-    "SANE_NORMALIZATION_NAME",
     "SaneConfig",
     "SaneForPreTraining",
     "SaneForPreTrainingOutput",

@@ -11,10 +11,8 @@ This file is copied verbatim into every Hub repository of a SANE checkpoint (`tr
 only the standard library, `torch`, `transformers` and, relatively, its sibling `configuration_sane.py`.
 """
 
-import json
 import math
 import numbers
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import PreTrainedModel
-from transformers.utils import ModelOutput, cached_file, logging
+from transformers.utils import ModelOutput, logging
 
 from .configuration_sane import SaneConfig
 
@@ -37,9 +35,6 @@ except ImportError:  # pragma: no cover - transformers 4.x
 
 logger = logging.get_logger(__name__)
 
-SANE_LAYOUT_NAME = "sane_layout.json"
-SANE_NORMALIZATION_NAME = "sane_normalization.json"
-
 _POSITION_COORDINATES = ("global token index", "layer index", "row index")
 # Snippets per forward pass of the haloed methods when `batch_size` is not given. On CPU, a pass whose widest
 # activation (the MLP's 4 * d_model hidden units) stays near 8 MB runs a ResNet-18 embedding ~20% faster than
@@ -47,8 +42,6 @@ _POSITION_COORDINATES = ("global token index", "layer index", "row index")
 # "snippets per pass"). Accelerators want large passes.
 _CPU_PASS_ACTIVATIONS = 2**21
 _ACCELERATOR_SNIPPETS_PER_PASS = 64
-# `from_pretrained` arguments that also locate the JSON sidecars next to the weights.
-_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
 
 
 @dataclass
@@ -305,13 +298,11 @@ class SaneProjectionHead(nn.Module):
 
 class SanePreTrainedModel(PreTrainedModel):
     """
-    Base class of SANE models: weight initialization, and the `sane_layout.json` / `sane_normalization.json` sidecars
-    that travel with the weights.
+    Base class of SANE models: configuration class and weight initialization.
 
-    `sane_layout` and `sane_normalization` are plain JSON dicts (the token layout of the zoo architecture and the
-    per-layer normalization statistics; the `sane_hf` package gives them meaning). `save_pretrained` writes them next
-    to `config.json` when set, and `from_pretrained` reads them back when present, so that a checkpoint alone suffices
-    to embed or generate models.
+    The token layout and the normalization that turn checkpoints into a SANE's inputs (and its outputs back into
+    checkpoints) travel next to the weights as the SANE's weight processor (`preprocessor_config.json`, `sane_hf`'s
+    `SaneProcessor`), as a tokenizer travels with a language model.
     """
 
     config_class = SaneConfig
@@ -323,9 +314,6 @@ class SanePreTrainedModel(PreTrainedModel):
     # Attention always runs through `F.scaled_dot_product_attention`; declaring it lets `attn_implementation="sdpa"`
     # through `from_pretrained` / `from_config`.
     _supports_sdpa = True
-
-    sane_layout: dict | None = None
-    sane_normalization: dict | None = None
 
     def _init_weights(self, module: nn.Module) -> None:
         # GPT-2 style (docs/method.md#model). transformers calls this once per module, children before parents, and the
@@ -349,88 +337,6 @@ class SanePreTrainedModel(PreTrainedModel):
                 init.ones_(module.weight)
             if module.bias is not None:
                 init.zeros_(module.bias)
-
-    def save_pretrained(
-        self,
-        save_directory: str | os.PathLike,
-        is_main_process: bool = True,
-        state_dict: dict | None = None,
-        push_to_hub: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        """
-        Save the model with [`~PreTrainedModel.save_pretrained`], plus `sane_layout.json` and
-        `sane_normalization.json` when `sane_layout` / `sane_normalization` are set.
-
-        With `push_to_hub=True` and a sidecar set, the folder is saved locally first and then uploaded with
-        [`~PreTrainedModel.push_to_hub`], so that the sidecars are part of the commit (the upload serializes the
-        model's own `state_dict`).
-        """
-        has_sidecars = self.sane_layout is not None or self.sane_normalization is not None
-        if push_to_hub and has_sidecars:
-            # The parent uploads before returning, i.e. before the sidecars exist: save locally, then push.
-            hub_options = {
-                key: kwargs.pop(key)
-                for key in ("commit_message", "commit_description", "create_pr", "private", "revision")
-                if key in kwargs
-            }
-            repo_id = kwargs.pop("repo_id", os.fspath(save_directory).rstrip(os.sep).split(os.sep)[-1])
-            self.save_pretrained(save_directory, is_main_process=is_main_process, state_dict=state_dict, **kwargs)
-            if is_main_process:
-                self.push_to_hub(
-                    repo_id,
-                    token=kwargs.get("token"),
-                    max_shard_size=kwargs.get("max_shard_size", "50GB"),
-                    **hub_options,
-                )
-            return
-
-        super().save_pretrained(
-            save_directory, is_main_process=is_main_process, state_dict=state_dict, push_to_hub=push_to_hub, **kwargs
-        )
-        if not is_main_process:
-            return
-        for filename, payload in (
-            (SANE_LAYOUT_NAME, self.sane_layout),
-            (SANE_NORMALIZATION_NAME, self.sane_normalization),
-        ):
-            path = os.path.join(save_directory, filename)
-            if payload is not None:
-                _write_json_atomic(path, payload)
-            elif os.path.isfile(path):
-                logger.warning(
-                    f"{path} exists but this model has no `{filename[:-5]}` set; the stale file is left in place and "
-                    "will be loaded with the model. Delete it if it does not belong to these weights."
-                )
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args: Any, **kwargs: Any):
-        """
-        Load a model with [`~PreTrainedModel.from_pretrained`] and attach `sane_layout` / `sane_normalization` from
-        `sane_layout.json` / `sane_normalization.json` when the folder or repository has them. Takes the same
-        arguments; `cache_dir`, `force_download`, `local_files_only`, `token`, `revision`, `subfolder` and `proxies`
-        are also used to fetch the sidecars.
-        """
-        hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if kwargs.get(key) is not None}
-        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
-        if pretrained_model_name_or_path is not None:
-            for attribute, filename in (
-                ("sane_layout", SANE_LAYOUT_NAME),
-                ("sane_normalization", SANE_NORMALIZATION_NAME),
-            ):
-                resolved = cached_file(
-                    pretrained_model_name_or_path,
-                    filename,
-                    _raise_exceptions_for_missing_entries=False,
-                    _raise_exceptions_for_gated_repo=False,
-                    _raise_exceptions_for_connection_errors=False,
-                    **hub_kwargs,
-                )
-                if resolved is not None:
-                    with open(resolved, encoding="utf-8") as handle:
-                        setattr(model, attribute, json.load(handle))
-        return loaded
 
 
 class SaneModel(SanePreTrainedModel):
@@ -1174,21 +1080,6 @@ def _sdpa_key_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     return attention_mask.bool()[:, None, None, :]
 
 
-def _write_json_atomic(path: str, payload: dict) -> None:
-    if not isinstance(payload, dict):
-        raise TypeError(f"{os.path.basename(path)} must hold a JSON dict, got {type(payload).__name__}.")
-    # Write a temporary file in the same folder, then rename it: readers never see a half-written file.
-    tmp_path = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp_path, "w", encoding="utf-8") as file:
-            json.dump(payload, file, indent=2)
-            file.write("\n")
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-
-
 # Copy this file (and, through its relative import, configuration_sane.py) into the repository on `save_pretrained`
 # and write `auto_map` into config.json, so `AutoModel.from_pretrained(repo, trust_remote_code=True)` works without
 # `sane_hf` installed.
@@ -1197,8 +1088,6 @@ SaneForPreTraining.register_for_auto_class("AutoModelForPreTraining")
 
 __all__ = [
     "RECONSTRUCTION_REDUCTIONS",
-    "SANE_LAYOUT_NAME",
-    "SANE_NORMALIZATION_NAME",
     "SaneForPreTraining",
     "SaneForPreTrainingOutput",
     "SaneModel",

@@ -4,6 +4,9 @@ A fresh multi-megabyte `torch.empty` on CPU is backed by 4 KiB pages that the ke
 touch; for a ResNet-18's tokens (62 MB) that cost 3-4x the copy itself on the project machines
 (BENCHMARKS.md). numpy asks the kernel for transparent huge pages (`madvise(MADV_HUGEPAGE)`) for large arrays, which
 cuts the faults 512-fold, so large CPU outputs are allocated through numpy and wrapped without a copy.
+
+This file travels into every SANE Hub repository with the weight processor (`processing_sane.py`, for
+`trust_remote_code`), so it imports only numpy and torch.
 """
 
 from __future__ import annotations
