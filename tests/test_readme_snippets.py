@@ -7,6 +7,7 @@ import pytest
 
 from sane_hf import SaneConfig, SaneModel, SaneProcessor
 from sane_hf.data.hub_dataset import ConvertConfig, convert_zoo, load_zoo_dataset
+from sane_hf.models.sane import add_embedding_pipeline
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,7 +47,9 @@ def test_readme_zoo_snippet_runs_verbatim(index, tmp_path_factory, zoo_tools, mo
             window_size=8,
             max_positions=[max(bound, 8) for bound in layout.max_positions],
         )
-        SaneModel(config).save_pretrained(root / "runs" / "sane")
+        sane = SaneModel(config)
+        add_embedding_pipeline(sane, root / "runs" / "sane")
+        sane.save_pretrained(root / "runs" / "sane")
         SaneProcessor(layout, zoo.normalization).save_pretrained(root / "runs" / "sane")  # as sane-pretrain saves
     monkeypatch.chdir(root)
     exec(compile(_zoo_snippets()[index], f"README.md python snippet {index}", "exec"), {})

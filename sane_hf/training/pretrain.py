@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from ..data.hub_dataset import SaneZooDataset, load_zoo_dataset
 from ..data.windows import ArrowTokenStore, read_windows, sample_windows
 from ..hub.sane_cards import TRAINER_STATE_ZOO_KEY, write_sane_card, zoo_summary
-from ..models.sane import SaneConfig, SaneModel
+from ..models.sane import SaneConfig, SaneModel, add_embedding_pipeline
 from ..tokenization.layout import TokenLayout
 from ..tokenization.permutations import TokenPermuter, permutation_spec_from_module
 from ..tokenization.processing_sane import SaneProcessor
@@ -763,6 +763,8 @@ def _pretrain(
     if accelerator.is_main_process:
         shutil.rmtree(final_tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
+    # The card's pipeline_tag is true: pipeline("feature-extraction", model=<this folder or repo>) embeds checkpoints.
+    add_embedding_pipeline(unwrapped, final_tmp)
     unwrapped.save_pretrained(final_tmp, is_main_process=accelerator.is_main_process, save_function=accelerator.save)
     if accelerator.is_main_process:
         # The weight processor travels with the weights: it turns checkpoints into this SANE's inputs and back.

@@ -220,9 +220,12 @@ def test_pretraining_learns_and_saves_a_loadable_model(tiny_dataset, tmp_path):
         "model.safetensors",
         "preprocessor_config.json",
         "processing_sane.py",
+        "pipeline_sane.py",
         "train_config.json",
     ):
         assert (output / name).is_file(), name
+    pipelines = json.loads((output / "config.json").read_text())["custom_pipelines"]
+    assert pipelines["feature-extraction"]["impl"] == "pipeline_sane.SaneEmbeddingPipeline"  # the card's pipeline_tag
     AutoModel.from_pretrained(output)
     zoo = load_zoo_dataset(tiny_dataset)
     processor = AutoFeatureExtractor.from_pretrained(output)  # the weight processor of the zoo
