@@ -5,6 +5,8 @@ layout, and model folders (the `zoo_tools` fixture)."""
 import atexit
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
 
@@ -213,6 +215,25 @@ def assert_no_output(output: Path) -> None:
     assert not output.exists()
     leftovers = [p.name for p in output.parent.iterdir() if p.name.startswith(f".{output.name}.")]
     assert leftovers == []
+
+
+@pytest.fixture
+def run_without_sane_hf(tmp_path):
+    """Run a Python script in a fresh, offline process where `import sane_hf` raises ImportError (no PYTHONPATH, an
+    empty working folder, `sys.modules["sane_hf"] = None` before the script); returns its stdout, asserting exit 0."""
+
+    def run(script: str) -> str:
+        workdir = tmp_path / "cwd_without_sane_hf"
+        workdir.mkdir(exist_ok=True)
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "PYTHONPATH": ""}
+        guard = 'import sys\nsys.modules["sane_hf"] = None\n'
+        result = subprocess.run(
+            [sys.executable, "-c", guard + script], cwd=workdir, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    return run
 
 
 @pytest.fixture(scope="session")

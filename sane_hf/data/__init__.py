@@ -15,6 +15,7 @@ from .hub_dataset import (
 from .info import ZOO_DATASET_FORMAT_VERSION, ZOO_DATASET_TAG, SaneDatasetInfo, SplitInfo, ZooDatasetVersionError
 from .windows import (
     ArrowTokenStore,
+    StreamingWindowLoader,
     WindowCollator,
     WindowDataLoader,
     ZooCheckpointDataset,
@@ -47,6 +48,7 @@ __all__ = [
     "ZOO_DATASET_FORMAT_VERSION",
     "ZOO_DATASET_TAG",
     "ArrowTokenStore",
+    "StreamingWindowLoader",
     "CheckpointRecord",
     "ConvertConfig",
     "ConvertResult",

@@ -1190,6 +1190,7 @@ def load_zoo_dataset(
     *,
     cache_dir: str | None = None,
     token: str | None = None,
+    streaming: bool = False,
 ) -> SaneZooDataset:
     """Load a tokenized zoo from a local folder or a Hub dataset repo.
 
@@ -1201,6 +1202,9 @@ def load_zoo_dataset(
         path_or_repo_id (`str` or `os.PathLike`): a dataset folder or a Hub dataset repo id.
         revision (`str`, *optional*): Hub revision (e.g. the format tag `sane-zoo-v1`); ignored for folders.
         cache_dir (`str`, *optional*), token (`str`, *optional*): passed to the Hub/datasets calls.
+        streaming (`bool`, *optional*, defaults to `False`): stream the shards instead of downloading them (a zoo
+            larger than the disk): the splits are `datasets.IterableDataset`s (no row counts, no random access),
+            batched into windows by `StreamingWindowLoader`. The meta files are still downloaded.
 
     Raises:
         `ZooDatasetVersionError`: the dataset has another format version.
@@ -1236,7 +1240,7 @@ def load_zoo_dataset(
         )
         source = str(path_or_repo_id)
     info, layout, normalization = load_zoo_meta(root)
-    if root is path:
+    if root is path and not streaming:
         for split, split_info in info.splits.items():
             for file in split_info.files:
                 if not (root / file).is_file():
@@ -1249,10 +1253,17 @@ def load_zoo_dataset(
             split: [str((root / file).resolve()) for file in info.splits[split].files]
             for split in info.nonempty_splits
         }
-        splits = datasets.load_dataset(str(root), data_files=data_files, cache_dir=cache_dir)
+        splits = datasets.load_dataset(str(root), data_files=data_files, cache_dir=cache_dir, streaming=streaming)
     else:
-        splits = datasets.load_dataset(source, revision=revision, cache_dir=cache_dir, token=token)
+        splits = datasets.load_dataset(
+            source, revision=revision, cache_dir=cache_dir, token=token, streaming=streaming
+        )
     expected = info.nonempty_splits
+    if streaming:
+        if sorted(splits) != sorted(expected):
+            raise ValueError(f"{source}: streamed splits {sorted(splits)}, but {INFO_PATH} describes {expected}.")
+        splits = datasets.IterableDatasetDict({split: splits[split].with_format("torch") for split in expected})
+        return SaneZooDataset(splits=splits, layout=layout, normalization=normalization, info=info, root=root)
     if sorted(splits) != sorted(expected):
         raise ValueError(f"{source}: loaded splits {sorted(splits)}, but {INFO_PATH} describes {expected}.")
     for split in expected:

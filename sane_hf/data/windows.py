@@ -14,7 +14,9 @@ mask. The original materialized `[P+1, S, T]` per sample and drew one window sta
 * `read_windows` does those reads for given rows and a generator: what `pretrain`'s `train_step` uses, drawing the
   starts exactly as `sample_windows` does, so both give the same windows;
 * `ZooCheckpointDataset` + `WindowCollator` give the same batches through a plain `torch.utils.data.DataLoader`
-  (for `accelerate.prepare`).
+  (for `accelerate.prepare`);
+* `StreamingWindowLoader` batches windows out of a streamed split (`load_zoo_dataset(..., streaming=True)`, a zoo
+  larger than the disk), through a shuffle buffer, and saves and restores its position.
 
 A window longer than the sequence (`W >= S`) is the whole sequence (start 0, length `S`).
 
@@ -510,3 +512,107 @@ class WindowCollator:
             values = [item["properties"][name] for item in items]
             out["properties"][name] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
         return out
+
+
+class StreamingWindowLoader:
+    """Batches of random token windows from a streamed split (`load_zoo_dataset(..., streaming=True)`).
+
+    The checkpoints arrive in shard order through a shuffle buffer of `shuffle_buffer` rows (datasets'
+    `IterableDataset.shuffle`: each shard visit and each buffer draw seeded from `seed`), are grouped into batches
+    of `batch_size` and cut into one random window each, exactly as `WindowCollator` cuts them. `state_dict()`
+    records where the stream stands after the last batch handed out (datasets' stream position and the window
+    generator); `load_state_dict` on a new loader continues from there: with the very batches an uninterrupted loader
+    would yield when `shuffle_buffer=0`; with a shuffle buffer, datasets refills the buffer on resume, so the rows
+    that sat in it at the checkpoint are skipped in that pass.
+
+    Args:
+        dataset (`datasets.IterableDataset`): one streamed split in torch format.
+        layout (`TokenLayout`): the zoo's layout (positions and mask).
+        window_size (`int`): `W` (`W >= S` gives whole sequences).
+        batch_size (`int`): checkpoints per batch.
+        shuffle_buffer (`int`, *optional*, defaults to 256): rows in the shuffle buffer; 0 keeps the stream order.
+        seed (`int`, *optional*, defaults to 0): seed of the shuffle and of the window starts.
+        full_tokens (`bool`, *optional*, defaults to `False`): also return `full_tokens [B, S, T]`.
+
+    Yields:
+        `dict` with the keys of `WindowCollator` batches: `tokens [B, W, T]`, `positions [B, W, 3]`,
+        `mask [B, W, T]`, `start [B]`, `model_id`, `epoch [B]`, `properties`, `index [B]` (the row's place in this
+        loader's stream), and `full_tokens` if requested. A last incomplete batch is dropped (NT-Xent compares full
+        batches); a stream without one full batch raises a `ValueError`.
+
+    Example:
+
+    ```python
+    >>> zoo = load_zoo_dataset("org/sane-zoo-cnn-digits", streaming=True)
+    >>> loader = StreamingWindowLoader(zoo.splits["train"], zoo.layout, window_size=64, batch_size=32)
+    >>> batch = next(iter(loader))
+    >>> state = loader.state_dict()              # save with the training checkpoint; later:
+    >>> resumed = StreamingWindowLoader(zoo.splits["train"], zoo.layout, window_size=64, batch_size=32)
+    >>> resumed.load_state_dict(state)           # continues with the batch after `batch`
+    ```
+    """
+
+    def __init__(
+        self,
+        dataset,
+        layout: TokenLayout,
+        window_size: int,
+        batch_size: int,
+        *,
+        shuffle_buffer: int = 256,
+        seed: int = 0,
+        full_tokens: bool = False,
+    ) -> None:
+        for name, value, minimum in (("batch_size", batch_size, 1), ("shuffle_buffer", shuffle_buffer, 0)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
+        import datasets
+
+        if not isinstance(dataset, datasets.IterableDataset):
+            raise ValueError(
+                f"StreamingWindowLoader takes a streamed split (datasets.IterableDataset, from "
+                f"load_zoo_dataset(..., streaming=True)), got {type(dataset).__name__}; use WindowDataLoader."
+            )
+        self.dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer) if shuffle_buffer else dataset
+        self.collate = WindowCollator(layout, window_size, torch.Generator().manual_seed(seed), full_tokens)
+        self.batch_size = batch_size
+        self._rows_seen = 0
+        self._state: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the stream stands after the last batch handed out (start of the stream before the first)."""
+        if self._state is None:
+            return {"dataset": self.dataset.state_dict(), "generator": self.collate.generator.get_state(), "rows": 0}
+        return self._state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from a `state_dict` of a loader over the same split with the same arguments."""
+        self.dataset.load_state_dict(state["dataset"])
+        self.collate.generator.set_state(state["generator"])
+        self._rows_seen = int(state["rows"])
+        self._state = dict(state)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        yielded = False
+        for row in self.dataset:
+            properties = {k: v for k, v in row.items() if k not in (TOKENS_COLUMN, *ID_COLUMNS)}
+            items.append({TOKENS_COLUMN: row[TOKENS_COLUMN], "index": self._rows_seen, "properties": properties,
+                          **{name: row[name] for name in ID_COLUMNS if name in row}})  # fmt: skip
+            self._rows_seen += 1
+            if len(items) == self.batch_size:
+                batch = self.collate(items)
+                items = []
+                # Recorded before handing the batch out: a checkpoint saved after training on it resumes after it.
+                self._state = {
+                    "dataset": self.dataset.state_dict(),
+                    "generator": self.collate.generator.get_state(),
+                    "rows": self._rows_seen,
+                }
+                yielded = True
+                yield batch
+        if not yielded and self._rows_seen < self.batch_size:
+            raise ValueError(
+                f"The streamed split yields {self._rows_seen} checkpoint(s), fewer than batch_size={self.batch_size}: "
+                "no full batch (NT-Xent compares full batches); lower batch_size."
+            )

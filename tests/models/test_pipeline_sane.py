@@ -3,9 +3,6 @@ trust_remote_code=True)` embeds checkpoints with the SANE and its weight process
 imported (pretraining declares the pipeline: tests/training/test_pretrain.py)."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -67,13 +64,11 @@ def test_feature_extraction_pipeline_embeds_checkpoints_of_every_kind(sane_folde
         embed(nets[0], pooling="max")
 
 
-def test_feature_extraction_pipeline_runs_where_sane_hf_cannot_be_imported(sane_folder, tmp_path):
+def test_feature_extraction_pipeline_runs_where_sane_hf_cannot_be_imported(sane_folder, tmp_path, run_without_sane_hf):
     net = _net(3)
     save_file(net.state_dict(), tmp_path / "net.safetensors")
     script = textwrap.dedent(
         f"""
-        import sys
-        sys.modules["sane_hf"] = None  # `import sane_hf` raises ImportError from here on
         import torch
         from transformers import pipeline
 
@@ -83,13 +78,7 @@ def test_feature_extraction_pipeline_runs_where_sane_hf_cannot_be_imported(sane_
                    {str(tmp_path / "out.pt")!r})
         """
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "PYTHONPATH": ""}
-    workdir = tmp_path / "cwd"
-    workdir.mkdir()
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=workdir, env=env, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr
+    run_without_sane_hf(script)
     out = torch.load(tmp_path / "out.pt", weights_only=True)
     assert all(name.startswith("transformers_modules.") for name in out["classes"]), out["classes"]
     torch.testing.assert_close(out["embedding"], _expected_embedding(sane_folder, net))

@@ -6,8 +6,6 @@ By repo id through the Hub cache (and without `sane_hf`): tests/hub/test_hub_int
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 from collections import OrderedDict
 
@@ -163,7 +161,7 @@ def test_checkpoint_folders_saved_before_the_processor_still_load(tmp_path):
         SaneProcessor.from_pretrained(tmp_path / "bare")
 
 
-def test_remote_code_processor_loads_where_sane_hf_cannot_be_imported(tmp_path):
+def test_remote_code_processor_loads_where_sane_hf_cannot_be_imported(tmp_path, run_without_sane_hf):
     processor = _processor()
     folder = tmp_path / "sane-tiny"
     _old_checkpoint(folder, processor)
@@ -173,7 +171,6 @@ def test_remote_code_processor_loads_where_sane_hf_cannot_be_imported(tmp_path):
     script = textwrap.dedent(
         f"""
         import json, sys
-        sys.modules["sane_hf"] = None  # `import sane_hf` raises ImportError from here on
         import torch
         from transformers import AutoFeatureExtractor, AutoProcessor
 
@@ -189,14 +186,7 @@ def test_remote_code_processor_loads_where_sane_hf_cannot_be_imported(tmp_path):
         }}))
         """
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "PYTHONPATH": ""}
-    workdir = tmp_path / "cwd"  # not the repository root, so `sane_hf` is not importable from the cwd either
-    workdir.mkdir()
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=workdir, env=env, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = json.loads(run_without_sane_hf(script).strip().splitlines()[-1])
     for name in report["classes"]:
         assert name.startswith("transformers_modules.") and name.endswith("processing_sane.SaneProcessor")
     assert report["sane_hf_imported"] is False
