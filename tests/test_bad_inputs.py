@@ -509,6 +509,60 @@ def diverging_pretrain(good, d):
     return _cli("main_pretrain", *args, "--lr", 1e12, "--num_threads", 1)
 
 
+# --- issue 16: shard checksums, corrupt files, sizes, messages --------------------------------------------------
+
+
+def _train_shard(dataset: Path) -> Path:
+    return next((dataset / "data").glob("train-*.parquet"))
+
+
+def shard_bytes_flipped(good, d):
+    dataset = _copy(good["ds16"], d / "ds")
+    shard = _train_shard(dataset)
+    data = bytearray(shard.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 4] = bytes(255 - b for b in data[middle : middle + 4])  # same size, 4 bytes flipped
+    shard.write_bytes(bytes(data))
+    return _cli("main_pretrain", "--dataset", dataset, "--output_dir", d / "sane", "--max_steps", 1)
+
+
+def shard_truncated(good, d):
+    dataset = _copy(good["ds16"], d / "ds")
+    shard = _train_shard(dataset)
+    shard.write_bytes(shard.read_bytes()[:1000])
+    args = ["--model", good["sane16"], "--dataset", dataset, "--output_dir", d / "p", "--plots", "false"]
+    return _cli("main_predict", *args)
+
+
+def copied_test_shard(good, d):
+    dataset = _copy(good["ds16"], d / "ds")
+    shutil.copyfile(next((dataset / "data").glob("test-*.parquet")), _train_shard(dataset))
+    return _cli("main_pretrain", "--dataset", dataset, "--output_dir", d / "sane", "--max_steps", 1)
+
+
+def _without_checksums(good, d: Path) -> Path:
+    """The dataset as written before shards carried checksums (no `checksums` in meta/info.json)."""
+    dataset = _copy(good["ds16"], d / "ds")
+    info = json.loads((dataset / "meta" / "info.json").read_text())
+    del info["checksums"]
+    (dataset / "meta" / "info.json").write_text(json.dumps(info))
+    return dataset
+
+
+def unverified_shard_bad_magic(good, d):
+    dataset = _without_checksums(good, d)
+    shard = _train_shard(dataset)
+    shard.write_bytes(shard.read_bytes()[:-4] + b"XXXX")  # parquet files end with the magic "PAR1"
+    args = ["--model", good["sane16"], "--dataset", dataset, "--output_dir", d / "gen", "--evaluate", "false"]
+    return _cli("main_generate", *args)
+
+
+def unverified_shard_emptied(good, d):
+    dataset = _without_checksums(good, d)
+    _train_shard(dataset).write_bytes(b"")
+    return _cli("main_pretrain", "--dataset", dataset, "--output_dir", d / "sane", "--max_steps", 1)
+
+
 CASES = [
     Case("zoo folder missing", missing_zoo, ("no_such_zoo", "zoo folder not found"), "sane-convert-zoo"),
     Case("zoo folder empty", empty_zoo, ("empty_zoo", "zoo folder is empty"), "sane-convert-zoo"),
@@ -770,6 +824,36 @@ CASES = [
         ("The loss became", "at step", "stopping without saving a model", "Lower --lr (now 1e+12)"),
         "sane-pretrain",
     ),
+    Case(
+        "dataset shard with 4 bytes flipped",
+        shard_bytes_flipped,
+        ("train-00000-of-00001.parquet: sha256", "does not match", "meta/info.json (train shard)"),
+        "sane-pretrain",
+    ),
+    Case(
+        "truncated dataset shard",
+        shard_truncated,
+        ("train-00000-of-00001.parquet: 1000 bytes, but", "truncated"),
+        "sane-predict",
+    ),
+    Case(
+        "test shard copied over a train shard",
+        copied_test_shard,
+        ("train-00000-of-00001.parquet: has the content of the test shard data/test-00000", "copied over"),
+        "sane-pretrain",
+    ),
+    Case(
+        "unverified dataset: shard with a bad magic number",
+        unverified_shard_bad_magic,
+        ("train-00000-of-00001.parquet: corrupt or truncated parquet shard",),
+        "sane-generate",
+    ),
+    Case(
+        "unverified dataset: emptied shard",
+        unverified_shard_emptied,
+        ("train-00000-of-00001.parquet: corrupt or truncated parquet shard",),
+        "sane-pretrain",
+    ),
 ]
 
 
@@ -848,3 +932,21 @@ def test_window_larger_than_the_sequence_is_clipped_with_a_warning(good, tmp_pat
     config = build_sane_config(PretrainConfig(dataset=str(good["ds16"]), window_size=10_000), layout)
     assert config.window_size == layout.num_tokens
     assert f"`window_size`=10000 is larger than the dataset's sequence ({layout.num_tokens} tokens)" in caplog.text
+
+
+def test_a_dataset_written_before_checksums_loads_unverified_with_a_warning(good, tmp_path, caplog):
+    from sane_hf.data.hub_dataset import load_zoo_dataset
+
+    zoo = load_zoo_dataset(_without_checksums(good, tmp_path))
+    assert zoo.splits["train"].num_rows == 8
+    assert "its shards are loaded unverified" in caplog.text
+
+
+def test_written_shards_carry_their_split_size_and_sha256(good):
+    info = json.loads((good["ds16"] / "meta" / "info.json").read_text())
+    shards = sorted(p.relative_to(good["ds16"]).as_posix() for p in (good["ds16"] / "data").glob("*.parquet"))
+    assert sorted(info["checksums"]) == shards
+    for name, recorded in info["checksums"].items():
+        data = (good["ds16"] / name).read_bytes()
+        split = Path(name).name.split("-")[0]
+        assert recorded == {"split": split, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}

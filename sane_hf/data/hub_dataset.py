@@ -57,7 +57,14 @@ from ..tokenization import (
     permute_state_dict,
     weight_matching,
 )
-from ..utils.io import check_output_apart_from_inputs, make_temporary_dir, output_lock, write_json_atomic
+from ..utils.io import (
+    check_output_apart_from_inputs,
+    file_checksum,
+    make_temporary_dir,
+    output_lock,
+    verify_file_checksum,
+    write_json_atomic,
+)
 from ..utils.memory import empty_hugepage
 from .info import (
     DATA_DIR,
@@ -890,8 +897,10 @@ def write_zoo_dataset(
             writers[split] = (writer, kept)
         writes.close()  # every shard is on disk
         split_infos: dict[str, SplitInfo] = {}
+        checksums: dict[str, dict[str, Any]] = {}  # verified by `load_zoo_dataset`, each shard tied to its split
         for split, (writer, kept) in writers.items():
             files = writer.rename()
+            checksums.update({f"{DATA_DIR}/{f.name}": {"split": split, **file_checksum(f)} for f in files})
             split_infos[split] = SplitInfo(
                 model_ids=sorted(kept),
                 num_checkpoints=writer.num_rows,
@@ -926,6 +935,7 @@ def write_zoo_dataset(
             source=reader.source_info(),
             filtering=reader.report.to_dict(),
             features=features.to_dict(),
+            checksums=checksums,
             codebase_version=VERSION,
         )
         (tmp / META_DIR).mkdir()
@@ -1184,6 +1194,57 @@ def load_zoo_meta(root: str | os.PathLike) -> tuple[SaneDatasetInfo, TokenLayout
     return info, layout, normalization
 
 
+def _verify_shards(root: Path, info: SaneDatasetInfo) -> None:
+    """Check that every shard `meta/info.json` lists exists and, for datasets that record checksums, has the size
+    and sha256 written for it under its own split (a shard of another split copied over it is named as such)."""
+    if info.checksums is None:
+        logger.warning(
+            "%s: written before datasets carried shard checksums (sane_hf %s); its shards are loaded unverified.",
+            root,
+            info.codebase_version or "?",
+        )
+    for split, split_info in info.splits.items():
+        for file in split_info.files:
+            if not (root / file).is_file():
+                raise FileNotFoundError(f"{root / file}: missing; {INFO_PATH} lists it as a {split} shard.")
+            if info.checksums is None:
+                continue
+            recorded = info.checksums.get(file)
+            if recorded is None or recorded.get("split") != split:
+                raise ValueError(
+                    f"{root / INFO_PATH}: lists {file} as a {split} shard but records no {split} checksum for it; "
+                    "expected one per shard (an edited meta file?)."
+                )
+            try:
+                verify_file_checksum(root / file, recorded, f"{root / INFO_PATH} ({split} shard)")
+            except ValueError as err:
+                digest = file_checksum(root / file)["sha256"]
+                same = [
+                    f"{other['split']} shard {name}"
+                    for name, other in info.checksums.items()
+                    if name != file and other.get("sha256") == digest
+                ]
+                if same:
+                    raise ValueError(
+                        f"{root / file}: has the content of the {same[0]}, not of the {split} shard {INFO_PATH} "
+                        "records; a shard was copied over another. Restore it (or convert the zoo again)."
+                    ) from None
+                raise err from None
+
+
+def _unreadable_shard(root: Path, info: SaneDatasetInfo) -> str:
+    """The first shard of `info` that pyarrow cannot read (for a one-line error), or the folder if all read."""
+    import pyarrow.parquet as pq
+
+    for split_info in info.splits.values():
+        for file in split_info.files:
+            try:
+                pq.read_table(root / file)
+            except Exception:  # noqa: BLE001 - any failure names this file
+                return f"{root / file}: corrupt or truncated parquet shard; restore it or convert the zoo again"
+    return f"{root}: cannot read the parquet shards"
+
+
 def load_zoo_dataset(
     path_or_repo_id: str | os.PathLike,
     revision: str | None = None,
@@ -1215,6 +1276,7 @@ def load_zoo_dataset(
     ```
     """
     import datasets
+    import pyarrow
 
     path = Path(path_or_repo_id)
     if path.is_dir():
@@ -1237,11 +1299,7 @@ def load_zoo_dataset(
         source = str(path_or_repo_id)
     info, layout, normalization = load_zoo_meta(root)
     if root is path:
-        for split, split_info in info.splits.items():
-            for file in split_info.files:
-                if not (root / file).is_file():
-                    raise FileNotFoundError(f"{root / file}: missing; {INFO_PATH} lists it as a {split} shard.")
-    if root is path:
+        _verify_shards(root, info)
         # Absolute shard paths for local folders: datasets 5.2 keys the cache of `load_dataset(folder)` on the folder
         # *name* and the card's patterns only, so two folders named alike (or a folder converted again with
         # `overwrite=True`) would silently share one stale Arrow cache. Explicit files are keyed on path and mtime.
@@ -1249,7 +1307,10 @@ def load_zoo_dataset(
             split: [str((root / file).resolve()) for file in info.splits[split].files]
             for split in info.nonempty_splits
         }
-        splits = datasets.load_dataset(str(root), data_files=data_files, cache_dir=cache_dir)
+        try:
+            splits = datasets.load_dataset(str(root), data_files=data_files, cache_dir=cache_dir)
+        except (datasets.exceptions.DatasetGenerationError, pyarrow.ArrowException) as err:
+            raise ValueError(f"{_unreadable_shard(root, info)}: {err.__cause__ or err}") from None
     else:
         splits = datasets.load_dataset(source, revision=revision, cache_dir=cache_dir, token=token)
     expected = info.nonempty_splits

@@ -94,6 +94,9 @@ class SaneDatasetInfo:
         source (`dict`): the source zoo (`zoo_dir`, `zoo_format`, `task`, ...).
         filtering (`dict`): the filtering report (`FilterReport.to_dict()`).
         features (`dict`): the `datasets.Features` of the parquet files (`Features.to_dict()`).
+        checksums (`dict`, *optional*): shard path -> `{"split", "size", "sha256"}` of every parquet shard, which
+            `load_zoo_dataset` verifies before reading a local folder (`None`: a dataset written before checksums
+            existed, loaded unverified).
         data_path (`str`): template of the shard paths.
         format (`str`), format_version (`int`), codebase_version (`str`): what wrote the dataset.
     """
@@ -120,6 +123,7 @@ class SaneDatasetInfo:
     source: dict[str, Any] = field(default_factory=dict)
     filtering: dict[str, Any] = field(default_factory=dict)
     features: dict[str, Any] = field(default_factory=dict)
+    checksums: dict[str, dict[str, Any]] | None = None
     data_path: str = DATA_PATH_TEMPLATE
     format: str = ZOO_DATASET_FORMAT
     format_version: int = ZOO_DATASET_FORMAT_VERSION

@@ -183,3 +183,30 @@ def output_lock(target: str | os.PathLike) -> Iterator[Path]:
     finally:
         if _read_lock(path).get("pid") == holder["pid"]:
             path.unlink(missing_ok=True)
+
+
+def file_checksum(path: str | os.PathLike) -> dict[str, int | str]:
+    """`{"size": bytes, "sha256": hex digest}` of a file, as recorded next to the files the project writes."""
+    import hashlib
+
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"size": os.path.getsize(path), "sha256": digest}
+
+
+def verify_file_checksum(path: str | os.PathLike, recorded: dict, recorded_in: str) -> None:
+    """Raise a `ValueError` naming `path` when its size or sha256 differs from `recorded` (a `file_checksum` result
+    read from the file `recorded_in`). The size is compared first, so a truncated file costs no hashing."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size != recorded.get("size"):
+        raise ValueError(
+            f"{path}: {size} bytes, but {recorded_in} records {recorded.get('size')}; the file is truncated, "
+            "replaced or corrupt. Restore it (or write it again)."
+        )
+    actual = file_checksum(path)["sha256"]
+    if actual != recorded.get("sha256"):
+        raise ValueError(
+            f"{path}: sha256 {actual[:16]}... does not match {recorded.get('sha256', '?')[:16]}... recorded in "
+            f"{recorded_in}; the file is corrupt or replaced. Restore it (or write it again)."
+        )
