@@ -563,6 +563,30 @@ def unverified_shard_emptied(good, d):
     return _cli("main_pretrain", "--dataset", dataset, "--output_dir", d / "sane", "--max_steps", 1)
 
 
+def zoo_checkpoint_changed(good, d):
+    zoo = good["tools"].write_sane_hf_zoo(d / "zoo", num_models=6, num_epochs=1, checksums=True)
+    file = _first_checkpoint(zoo)
+    save_file({k: v + 0.5 for k, v in load_file(file).items()}, file)  # a valid file, other weights
+    return _cli("main_convert_zoo", "--zoo_dir", zoo, "--output_dir", d / "out", "--token_size", 16)
+
+
+def done_with_epoch_missing(good, d):
+    zoo = _copy(good["zoo"], d / "zoo")
+    _first_checkpoint(zoo).unlink()
+    return _cli("main_convert_zoo", "--zoo_dir", zoo, "--output_dir", d / "out", "--token_size", 16)
+
+
+def empty_done(good, d):
+    zoo = _copy(good["zoo"], d / "zoo")
+    (zoo / "models" / "model_0002" / "DONE").write_bytes(b"")
+    return _cli("main_convert_zoo", "--zoo_dir", zoo, "--output_dir", d / "out", "--token_size", 16)
+
+
+def epochs_the_zoo_lacks(good, d):
+    args = ["--zoo_dir", good["zoo"], "--output_dir", d / "out", "--token_size", 16, "--epochs", 7, 8]
+    return _cli("main_convert_zoo", *args)
+
+
 CASES = [
     Case("zoo folder missing", missing_zoo, ("no_such_zoo", "zoo folder not found"), "sane-convert-zoo"),
     Case("zoo folder empty", empty_zoo, ("empty_zoo", "zoo folder is empty"), "sane-convert-zoo"),
@@ -854,6 +878,30 @@ CASES = [
         ("train-00000-of-00001.parquet: corrupt or truncated parquet shard",),
         "sane-pretrain",
     ),
+    Case(
+        "zoo checkpoint changed after its model finished",
+        zoo_checkpoint_changed,
+        ("epoch_0001.safetensors: sha256", "does not match", "model_0000/DONE"),
+        "sane-convert-zoo",
+    ),
+    Case(
+        "model marked DONE with an epoch file missing",
+        done_with_epoch_missing,
+        ("epoch_0001.safetensors: missing", "DONE marks the model finished with 2 checkpoints (1 missing)"),
+        "sane-convert-zoo",
+    ),
+    Case(
+        "empty DONE file",
+        empty_done,
+        ("model_0002/DONE: found an empty file", "expected the JSON summary sane-make-zoo writes"),
+        "sane-convert-zoo",
+    ),
+    Case(
+        "--epochs the zoo does not have",
+        epochs_the_zoo_lacks,
+        ("`epochs` [7, 8] selects no checkpoint of the train split", "its models have epochs 0-1"),
+        "sane-convert-zoo",
+    ),
 ]
 
 
@@ -950,3 +998,33 @@ def test_written_shards_carry_their_split_size_and_sha256(good):
         data = (good["ds16"] / name).read_bytes()
         split = Path(name).name.split("-")[0]
         assert recorded == {"split": split, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def test_make_zoo_records_each_checkpoint_size_and_sha256_in_done(tmp_path):
+    from sane_hf import cli
+
+    cli.main_make_zoo(["--output_dir", str(tmp_path / "zoo"), "--num_models", "1", "--epochs", "1"])
+    folder = tmp_path / "zoo" / "models" / "model_0000"
+    recorded = json.loads((folder / "DONE").read_text())["checkpoints"]
+    files = sorted((folder / "checkpoints").iterdir())
+    assert [f.name for f in files] == ["epoch_0000.safetensors", "epoch_0001.safetensors"]
+    assert recorded == {
+        f.name: {"size": f.stat().st_size, "sha256": hashlib.sha256(f.read_bytes()).hexdigest()} for f in files
+    }
+
+
+def test_a_weight_beyond_the_default_threshold_is_dropped_and_counted(good, tmp_path):
+    """One |w| = 1e30 would set its layer's normalization scale; by default its checkpoint is dropped, counted."""
+    from sane_hf.data.hub_dataset import ConvertConfig, convert_zoo
+
+    zoo = _copy(good["zoo"], tmp_path / "zoo")
+    file = _first_checkpoint(zoo)
+    weights = load_file(file)
+    weights["module_list.0.weight"][0, 0, 0, 0] = 1e30
+    save_file(weights, file)
+    info = convert_zoo(ConvertConfig(zoo_dir=str(zoo), output_dir=str(tmp_path / "ds"), token_size=16, seed=0)).info
+    assert info.weight_threshold == 1e6
+    assert info.filtering["dropped_checkpoint_counts"] == {"above_threshold": 1}
+    assert info.num_checkpoints == 12 - 1
+    stds = json.loads((tmp_path / "ds" / "meta" / "normalization.json").read_text())["layers"]
+    assert max(layer["std"] for layer in stds.values()) < 10

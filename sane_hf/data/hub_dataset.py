@@ -78,7 +78,7 @@ from .info import (
     SplitInfo,
 )
 from .windows import TOKENS_COLUMN
-from .zoo import ZOO_FORMATS, CheckpointRecord, ZooFormat, ZooReader, open_zoo
+from .zoo import DEFAULT_WEIGHT_THRESHOLD, ZOO_FORMATS, CheckpointRecord, ZooFormat, ZooReader, open_zoo
 
 
 logger = logging.getLogger(__name__)
@@ -128,7 +128,8 @@ class ConvertConfig:
 
         epochs (`list[str]`, *optional*, defaults to `["all"]`): epochs to convert: `all`, or numbers / ranges
             such as `21-25`.
-        weight_threshold (`float`, *optional*, defaults to `inf`): drop checkpoints with any |w| above it.
+        weight_threshold (`float`, *optional*, defaults to 1e6): drop checkpoints with any |w| above it, counted
+            like NaN ones (docs/zoo_dataset_format.md#filtering); `inf` turns the check off.
         max_models (`int`, *optional*): keep this many models of the shuffled list (before splitting).
         split_fractions (`list[float]`, *optional*, defaults to `[0.7, 0.15, 0.15]`): train/val/test (or
             train/test) fractions of the models.
@@ -179,8 +180,11 @@ class ConvertConfig:
         metadata={"help": "Epochs to convert: 'all', or numbers and ranges, e.g. --epochs 21-25 or --epochs 0 5 10."},
     )
     weight_threshold: float = field(
-        default=math.inf,
-        metadata={"help": "Drop checkpoints with any |weight| above this (SANE §2.2; 100 for CNN zoos)."},
+        default=DEFAULT_WEIGHT_THRESHOLD,
+        metadata={
+            "help": "Drop checkpoints with any |weight| above this, counted like NaN ones (SANE §2.2; the original "
+            "used 100 for CNN zoos); inf turns the check off."
+        },
     )
     max_models: int | None = field(
         default=None, metadata={"help": "Use only this many models of the shuffled list (before splitting)."}
@@ -260,6 +264,17 @@ def parse_epochs(epochs: str | int | Iterable[str | int] | None) -> list[int] | 
     if not result:
         raise ValueError(f"`epochs` selects no epoch: {epochs!r}.")
     return sorted(result)
+
+
+def _epoch_ranges(epochs: Sequence[int]) -> str:
+    """`[0, 1, 2, 5]` -> `"0-2, 5"` (for messages)."""
+    parts: list[str] = []
+    for epoch in epochs:
+        if parts and epoch == int(parts[-1].split("-")[-1]) + 1:
+            parts[-1] = f"{parts[-1].split('-')[0]}-{epoch}"
+        else:
+            parts.append(str(epoch))
+    return ", ".join(parts) or "none"
 
 
 def check_split_fractions(fractions: Sequence[float]) -> list[float]:
@@ -852,6 +867,12 @@ def write_zoo_dataset(
         first = next(train_records, None)
         if first is None:
             threshold = "inf" if math.isinf(reader.weight_threshold) else reader.weight_threshold
+            if not any(reader.selected_epochs(reader.member(m)) for m in splits["train"]):
+                available = sorted({e for m in splits["train"] for e in reader.member(m).epochs})
+                raise ValueError(
+                    f"{reader.path}: `epochs` {reader.epochs} selects no checkpoint of the train split; its models "
+                    f"have epochs {_epoch_ranges(available)}."
+                )
             raise ValueError(
                 f"{reader.path}: no checkpoint of the train split survived filtering: each of its "
                 f"{sum(len(reader.selected_epochs(reader.member(m))) for m in splits['train'])} checkpoints has "

@@ -67,6 +67,7 @@ from tqdm.auto import tqdm
 from ..tasks import OPTIMIZERS, TaskData, TaskSplit, evaluate, load_task, make_optimizer, train_epoch
 from ..utils.checks import config_differences
 from ..utils.io import (
+    bytes_checksum,
     output_lock,
     remove_temporary_files,
     write_bytes_atomic,
@@ -85,6 +86,7 @@ from .zoo_format import (
     ZOO_FORMAT_VERSION,
     checkpoint_name,
     model_id_for,
+    read_done,
 )
 
 
@@ -471,6 +473,7 @@ class _ModelWriter:
         self.folder = folder
         self.model_id = model_id
         self.lines: list[dict[str, Any]] = []
+        self.checksums: dict[str, dict[str, Any]] = {}  # checkpoint file name -> size and sha256, recorded in DONE
 
     def start(self, params: dict[str, Any]) -> None:
         if self.folder.exists():
@@ -482,12 +485,14 @@ class _ModelWriter:
     def write_epoch(self, epoch: int, state_dict: dict[str, torch.Tensor], line: dict[str, Any]) -> None:
         metadata = {"epoch": str(epoch), "model_id": self.model_id, "format": "pt"}
         path = self.folder / CHECKPOINTS_DIR / checkpoint_name(epoch)
-        write_bytes_atomic(path, safetensors_bytes(state_dict, metadata))
+        data = safetensors_bytes(state_dict, metadata)
+        write_bytes_atomic(path, data)
+        self.checksums[path.name] = bytes_checksum(data)
         self.lines.append(line)
         write_text_atomic(self.folder / METRICS_NAME, "".join(json.dumps(item) + "\n" for item in self.lines))
 
     def finish(self, summary: dict[str, Any]) -> None:
-        write_json_atomic(self.folder / DONE_NAME, summary)
+        write_json_atomic(self.folder / DONE_NAME, {**summary, "checkpoints": self.checksums})
 
 
 def _params_record(config: ZooConfig, plan: ModelPlan, model: ZooModel) -> dict[str, Any]:
@@ -899,7 +904,7 @@ class _ZooRun:
 
 
 def _is_done(folder: Path) -> bool:
-    return (folder / DONE_NAME).is_file()
+    return read_done(folder) is not None
 
 
 def summarize_zoo(output_dir: str | os.PathLike) -> dict[str, Any]:
@@ -913,9 +918,9 @@ def summarize_zoo(output_dir: str | os.PathLike) -> dict[str, Any]:
     config = json.loads((output_dir / ZOO_CONFIG_NAME).read_text(encoding="utf-8"))
     accuracies = []
     for index in range(config["num_models"]):
-        done = output_dir / MODELS_DIR / model_id_for(index) / DONE_NAME
-        if done.is_file():
-            accuracies.append(json.loads(done.read_text(encoding="utf-8"))["final_metrics"]["test_acc"])
+        done = read_done(output_dir / MODELS_DIR / model_id_for(index))
+        if done is not None:
+            accuracies.append(done["final_metrics"]["test_acc"])
     size = sum(path.stat().st_size for path in output_dir.rglob("*") if path.is_file())
     spread = None
     if accuracies:
