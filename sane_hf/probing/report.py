@@ -42,7 +42,7 @@ from ..hub.probe_records import (
     main_records,
     main_scaling,
 )
-from ..models.sane import SaneModel
+from ..models.sane import SaneModel, load_sane_folder
 from ..tokenization import TokenLayout, TokenPermuter
 from ..tokenization.normalization import token_transform_for
 from ..utils.bootstrap import bootstrap_over_groups
@@ -98,7 +98,7 @@ def load_sane(value: str, device: str | torch.device = "cpu") -> SaneModel:
     def loader(source: str) -> SaneModel:
         if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
             raise FileNotFoundError(f"--model {source}: the folder has no config.json; is it a saved SANE?")
-        return SaneModel.from_pretrained(source)
+        return load_sane_folder(source)
 
     model = _load_source(value, "SANE model", "model", loader)
     check_finite_weights(model, f"--model {value}")

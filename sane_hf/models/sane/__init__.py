@@ -8,7 +8,9 @@ package also registers the model with the Auto classes, so `sane_hf` users never
 from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
 
 from .configuration_sane import SaneConfig
+from .loading import check_sane_folder, load_sane_folder
 from .modeling_sane import (
+    SANE_CHECKSUMS_NAME,
     SANE_LAYOUT_NAME,
     SANE_NORMALIZATION_NAME,
     SaneForPreTraining,
@@ -26,6 +28,7 @@ AutoModel.register(SaneConfig, SaneModel, exist_ok=True)
 AutoModelForPreTraining.register(SaneConfig, SaneForPreTraining, exist_ok=True)
 
 __all__ = [
+    "SANE_CHECKSUMS_NAME",
     "SANE_LAYOUT_NAME",
     "SANE_NORMALIZATION_NAME",
     "SaneConfig",
@@ -34,5 +37,7 @@ __all__ = [
     "SaneModel",
     "SaneModelOutput",
     "SanePreTrainedModel",
+    "check_sane_folder",
     "haloed_window_index",
+    "load_sane_folder",
 ]

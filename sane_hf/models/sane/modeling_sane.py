@@ -11,6 +11,7 @@ This file is copied verbatim into every Hub repository of a SANE checkpoint (`tr
 only the standard library, `torch`, `transformers` and, relatively, its sibling `configuration_sane.py`.
 """
 
+import hashlib
 import json
 import math
 import numbers
@@ -39,6 +40,8 @@ logger = logging.get_logger(__name__)
 
 SANE_LAYOUT_NAME = "sane_layout.json"
 SANE_NORMALIZATION_NAME = "sane_normalization.json"
+# Size and sha256 of every `*.safetensors` file `save_pretrained` wrote, which sane_hf's loaders verify.
+SANE_CHECKSUMS_NAME = "sane_checksums.json"
 
 _POSITION_COORDINATES = ("global token index", "layer index", "row index")
 # Snippets per forward pass of the haloed methods when `batch_size` is not given. On CPU, a pass whose widest
@@ -360,7 +363,8 @@ class SanePreTrainedModel(PreTrainedModel):
     ) -> None:
         """
         Save the model with [`~PreTrainedModel.save_pretrained`], plus `sane_layout.json` and
-        `sane_normalization.json` when `sane_layout` / `sane_normalization` are set.
+        `sane_normalization.json` when `sane_layout` / `sane_normalization` are set, and `sane_checksums.json` (size
+        and sha256 of each `*.safetensors` file, which `sane_hf.models.sane.load_sane_folder` verifies).
 
         With `push_to_hub=True` and a sidecar set, the folder is saved locally first and then uploaded with
         [`~PreTrainedModel.push_to_hub`], so that the sidecars are part of the commit (the upload serializes the
@@ -390,9 +394,12 @@ class SanePreTrainedModel(PreTrainedModel):
         )
         if not is_main_process:
             return
+        weights = sorted(name for name in os.listdir(save_directory) if name.endswith(".safetensors"))
+        checksums = {name: _file_checksum(os.path.join(save_directory, name)) for name in weights}
         for filename, payload in (
             (SANE_LAYOUT_NAME, self.sane_layout),
             (SANE_NORMALIZATION_NAME, self.sane_normalization),
+            (SANE_CHECKSUMS_NAME, checksums or None),
         ):
             path = os.path.join(save_directory, filename)
             if payload is not None:
@@ -1172,6 +1179,12 @@ def _sdpa_key_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     if attention_mask is None:
         return None
     return attention_mask.bool()[:, None, None, :]
+
+
+def _file_checksum(path: str) -> dict:
+    # `{"size", "sha256"}` as sane_hf records it for every file it writes (this file may import the stdlib only).
+    with open(path, "rb") as file:
+        return {"size": os.path.getsize(path), "sha256": hashlib.file_digest(file, "sha256").hexdigest()}
 
 
 def _write_json_atomic(path: str, payload: dict) -> None:
