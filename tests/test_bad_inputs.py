@@ -261,6 +261,7 @@ def _nan_sane(good, d: Path) -> Path:
     name = sorted(weights)[0]
     weights[name] = torch.full_like(weights[name], math.nan)
     save_file(weights, sane / "model.safetensors", metadata={"format": "pt"})
+    (sane / "sane_checksums.json").unlink()  # as saved before checksums existed: the NaN check is what must fail
     return sane
 
 
@@ -587,6 +588,118 @@ def epochs_the_zoo_lacks(good, d):
     return _cli("main_convert_zoo", *args)
 
 
+def _damaged_sane(good, d: Path, damage: str, checksums: bool = True) -> Path:
+    """A copy of the pretrained SANE with `damage` done to it (with or without its `sane_checksums.json`)."""
+    sane = _copy(good["sane16"], d / "sane_bad")
+    weights = sane / "model.safetensors"
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "flip_header":  # the 8-byte header length, little-endian, becomes huge
+        weights.write_bytes(b"\xff\xff\xff\x7f" + weights.read_bytes()[4:])
+    elif damage in ("d_model", "token_size"):
+        _edit_json(sane / "config.json", **{damage: 32})
+    elif damage == "layout":
+        (sane / "sane_layout.json").write_text("garbage")
+    if not checksums:
+        (sane / "sane_checksums.json").unlink()
+    return sane
+
+
+def _predict_with(sane: Path, good, d: Path) -> Callable:
+    args = ["--model", sane, "--dataset", good["ds16"], "--output_dir", d / "p", "--plots", "false"]
+    return _cli("main_predict", *args)
+
+
+def _generate_with(sane: Path, good, d: Path) -> Callable:
+    args = ["--model", sane, "--dataset", good["ds16"], "--output_dir", d / "gen", "--evaluate", "false"]
+    return _cli("main_generate", *args, "--num_anchors", 2)
+
+
+def _init_from(sane: Path, good, d: Path) -> Callable:
+    return _cli(
+        "main_pretrain", "--dataset", good["ds16"], "--init_from", sane, "--output_dir", d / "s", "--max_steps", 1
+    )
+
+
+def sane_truncated_predict(good, d):
+    return _predict_with(_damaged_sane(good, d, "truncate"), good, d)
+
+
+def sane_header_flipped_generate(good, d):
+    return _generate_with(_damaged_sane(good, d, "flip_header"), good, d)
+
+
+def unverified_sane_truncated_init_from(good, d):
+    return _init_from(_damaged_sane(good, d, "truncate", checksums=False), good, d)
+
+
+def unverified_sane_header_flipped_predict(good, d):
+    return _predict_with(_damaged_sane(good, d, "flip_header", checksums=False), good, d)
+
+
+def sane_config_d_model_predict(good, d):
+    return _predict_with(_damaged_sane(good, d, "d_model"), good, d)
+
+
+def sane_config_token_size_init_from(good, d):
+    return _init_from(_damaged_sane(good, d, "token_size"), good, d)
+
+
+def sane_garbage_layout_generate(good, d):
+    return _generate_with(_damaged_sane(good, d, "layout"), good, d)
+
+
+def generated_model_truncated_evaluate(good, d):
+    _generate_with(good["sane16"], good, d)()
+    weights = d / "gen" / "model_000" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    return _cli("main_evaluate", "--models", d / "gen", "--output_dir", d / "eval")
+
+
+def yaml_duplicate_key(good, d):
+    return _cli("main_make_zoo", "--config", _yaml(d, f"output_dir: {d / 'zoo'}\nepochs: 1\nepochs: 2\n"))
+
+
+def yaml_null_output_dir(good, d):
+    config = _yaml(d, f"dataset: {good['ds16']}\noutput_dir: null\n")
+    return _cli("main_pretrain", "--config", config, "--max_steps", 1)
+
+
+def yaml_max_positions_int(good, d):
+    config = _yaml(d, f"dataset: {good['ds16']}\noutput_dir: {d / 'sane'}\nmax_positions: 5\n")
+    return _cli("main_pretrain", "--config", config, "--max_steps", 1)
+
+
+def absent_gpu(good, d):
+    device = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU: absent on every machine
+    args = ["--model", good["sane16"], "--dataset", good["ds16"], "--output_dir", d / "p", "--device", device]
+    return _cli("main_predict", *args)
+
+
+def huge_token_size(good, d):
+    args = ["--zoo_dir", good["zoo"], "--output_dir", d / "out", "--token_size", 10**11]
+    return _cli("main_convert_zoo", *args)
+
+
+def huge_d_model(good, d):
+    args = ["--dataset", good["ds16"], "--output_dir", d / "sane", "--d_model", 10**6, "--max_steps", 1]
+    return _cli("main_pretrain", *args)
+
+
+def huge_n(good, d):
+    args = ["--model", good["sane16"], "--dataset", good["ds16"], "--output_dir", d / "gen", "--n", 10**9]
+    return _cli("main_generate", *args, "--sampler", "kde", "--evaluate", "false")
+
+
+def _weight_rows(zoo: Path) -> int:
+    return sum(t.shape[0] for t in load_file(_first_checkpoint(zoo)).values() if t.dim() >= 2)
+
+
+def _generated_gib(dataset: Path, n: int) -> str:
+    layout = json.loads((dataset / "meta" / "layout.json").read_text())
+    return f"{n * layout['num_tokens'] * layout['token_size'] * 4 / 2**30:,.1f} GiB"
+
+
 CASES = [
     Case("zoo folder missing", missing_zoo, ("no_such_zoo", "zoo folder not found"), "sane-convert-zoo"),
     Case("zoo folder empty", empty_zoo, ("empty_zoo", "zoo folder is empty"), "sane-convert-zoo"),
@@ -902,6 +1015,100 @@ CASES = [
         ("`epochs` [7, 8] selects no checkpoint of the train split", "its models have epochs 0-1"),
         "sane-convert-zoo",
     ),
+    Case(
+        "SANE model.safetensors truncated (predict)",
+        sane_truncated_predict,
+        ("sane_bad/model.safetensors: 22416 bytes, but", "sane_checksums.json records 44832", "truncated"),
+        "sane-predict",
+    ),
+    Case(
+        "SANE model.safetensors header flipped (generate)",
+        sane_header_flipped_generate,
+        ("sane_bad/model.safetensors: sha256", "does not match", "sane_checksums.json"),
+        "sane-generate",
+    ),
+    Case(
+        "SANE saved without checksums, model.safetensors truncated (pretrain --init_from)",
+        unverified_sane_truncated_init_from,
+        ("sane_bad/model.safetensors: corrupt or truncated safetensors file",),
+        "sane-pretrain",
+    ),
+    Case(
+        "SANE saved without checksums, model.safetensors header flipped (predict)",
+        unverified_sane_header_flipped_predict,
+        ("sane_bad/model.safetensors: corrupt or truncated safetensors file", "header too large"),
+        "sane-predict",
+    ),
+    Case(
+        "SANE config.json d_model does not fit the weights (predict)",
+        sane_config_d_model_predict,
+        ("sane_bad/config.json: does not fit the weights", "[48, 16] there but [96, 32] by the config"),
+        "sane-predict",
+    ),
+    Case(
+        "SANE config.json token_size does not fit the weights (pretrain --init_from)",
+        sane_config_token_size_init_from,
+        ("sane_bad/config.json: does not fit the weights", "input_projection.weight is [16, 16] there but [16, 32]"),
+        "sane-pretrain",
+    ),
+    Case(
+        "SANE sane_layout.json garbage (generate)",
+        sane_garbage_layout_generate,
+        ("sane_bad/sane_layout.json: invalid JSON", "expected the token layout"),
+        "sane-generate",
+    ),
+    Case(
+        "generated model.safetensors truncated (evaluate)",
+        generated_model_truncated_evaluate,
+        ("model_000/model.safetensors: corrupt or truncated safetensors file",),
+        "sane-evaluate",
+    ),
+    Case(
+        "YAML config: duplicate key",
+        yaml_duplicate_key,
+        ("config.yaml", "duplicate key 'epochs'", "line 3"),
+        "sane-make-zoo",
+        2,
+    ),
+    Case(
+        "YAML config: output_dir null",
+        yaml_null_output_dir,
+        ("config.yaml: `output_dir: null`", "needs a value (default 'runs/sane')"),
+        "sane-pretrain",
+        2,
+    ),
+    Case(
+        "YAML config: max_positions an int",
+        yaml_max_positions_int,
+        ("`max_positions` must be a list of 3 positive ints", "got 5", "config.yaml"),
+        "sane-pretrain",
+        2,
+    ),
+    Case(
+        "--device of a GPU this machine lacks (predict)",
+        absent_gpu,
+        (f"`device` 'cuda:{torch.cuda.device_count()}'", f"{torch.cuda.device_count()} CUDA device(s)"),
+        "sane-predict",
+        2,
+    ),
+    Case(
+        "token_size too large for memory (convert)",
+        huge_token_size,
+        ("`token_size`=100000000000", "GiB of memory, more than this machine's"),
+        "sane-convert-zoo",
+    ),
+    Case(
+        "d_model too large for memory (pretrain)",
+        huge_d_model,
+        ("`d_model`=1000000", "parameters x 4 bytes x 4", "GiB of memory, more than this machine's"),
+        "sane-pretrain",
+    ),
+    Case(
+        "n too large for memory (generate)",
+        huge_n,
+        ("`n`=1000000000", "x 4 bytes) needs about", "more than this machine's"),
+        "sane-generate",
+    ),
 ]
 
 
@@ -1028,3 +1235,16 @@ def test_a_weight_beyond_the_default_threshold_is_dropped_and_counted(good, tmp_
     assert info.num_checkpoints == 12 - 1
     stds = json.loads((tmp_path / "ds" / "meta" / "normalization.json").read_text())["layers"]
     assert max(layer["std"] for layer in stds.values()) < 10
+
+
+def test_size_errors_name_the_estimated_bytes(good, tmp_path, capsys):
+    """The estimates in the size errors, against sizes computed here from the zoo's and the dataset's files."""
+    rows = _weight_rows(good["zoo"])
+    with pytest.raises(SystemExit):
+        huge_token_size(good, tmp_path)()
+    err = capsys.readouterr().err
+    assert f"at least {rows} tokens x 100000000000 values" in err
+    assert f"needs about {rows * 10**11 * 4 * 2 / 2**30:,.1f} GiB" in err
+    with pytest.raises(SystemExit):
+        huge_n(good, tmp_path)()
+    assert f"needs about {_generated_gib(good['ds16'], 10**9)}" in capsys.readouterr().err

@@ -65,7 +65,7 @@ from ..utils.io import (
     verify_file_checksum,
     write_json_atomic,
 )
-from ..utils.memory import empty_hugepage
+from ..utils.memory import check_fits_in_memory, empty_hugepage
 from .info import (
     DATA_DIR,
     DATA_PATH_TEMPLATE,
@@ -727,6 +727,15 @@ def build_layout(
         )
         token_size = max(layer.row_width for layer in widths.layers)
         logger.info("Token size 0: using the widest row, T = %d.", token_size)
+    else:
+        # A token holds at most one row, so a checkpoint has at least one token per weight row: check the least
+        # the conversion holds (a checkpoint's raw tokens and its row of a shard) before anything [S, T] is allocated.
+        rows = sum(v.shape[0] for v in state_dict.values() if v.is_floating_point() and v.dim() >= 2)
+        check_fits_in_memory(
+            f"`token_size`={token_size} (at least {rows} tokens x {token_size} values x 4 bytes, twice, per "
+            "checkpoint)",
+            rows * token_size * 4 * 2,
+        )
     return TokenLayout.from_state_dict(
         state_dict,
         token_size=token_size,

@@ -157,7 +157,9 @@ class SaneDatasetInfo:
                 raise ValueError(
                     f"SaneDatasetInfo: property {name!r} has dtype {dtype!r}; expected one of {PROPERTY_DTYPES}."
                 )
-        if self.max_positions is not None and len(self.max_positions) != 3:
+        if self.max_positions is not None and (
+            not isinstance(self.max_positions, list) or len(self.max_positions) != 3
+        ):
             raise ValueError(f"SaneDatasetInfo: `max_positions` must have 3 entries, got {self.max_positions!r}.")
 
     @property

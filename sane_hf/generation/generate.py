@@ -656,14 +656,21 @@ def generate(config: GenerateConfig) -> GenerationResult:
 
 def _generate_into(config: GenerateConfig, output_dir: Path) -> GenerationResult:
     from ..data.hub_dataset import load_zoo_dataset
-    from ..models.sane import SaneModel
+    from ..models.sane import load_sane_folder
 
     start = time.perf_counter()
     from ..utils.checks import check_finite_weights
+    from ..utils.memory import check_fits_in_memory
 
-    sane = SaneModel.from_pretrained(config.model).eval()
+    sane = load_sane_folder(config.model).eval()
     check_finite_weights(sane, f"--model {config.model}")
     zoo = load_zoo_dataset(config.dataset)
+    count = max(config.n, config.num_candidates if config.sampler == "subsample" else 0)
+    layout = zoo.layout
+    check_fits_in_memory(
+        f"`n`={config.n} ({count} networks x {layout.num_tokens} tokens x {layout.token_size} values x 4 bytes)",
+        count * layout.num_tokens * layout.token_size * 4,
+    )
     load_seconds = time.perf_counter() - start
     result = generate_models(sane, zoo, config)
     result.timings["load"] = load_seconds
