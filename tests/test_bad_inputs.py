@@ -700,6 +700,23 @@ def _generated_gib(dataset: Path, n: int) -> str:
     return f"{n * layout['num_tokens'] * layout['token_size'] * 4 / 2**30:,.1f} GiB"
 
 
+def sane_card_unwritable_predict(good, d):
+    # Root (as in CI containers) writes into read-only folders, so the card write is made to fail another way: the
+    # file it replaces is a folder. The results must not be written before the card fails.
+    sane = _copy(good["sane16"], d / "sane")
+    (sane / "sane_probe_results.json").mkdir()
+    args = ["--model", sane, "--dataset", good["ds16"], "--output_dir", d / "p", "--plots", "false"]
+    return _cli("main_predict", *args, "--properties", "test_acc", "--poolings", "mean")
+
+
+def rows_disagree_with_meta(good, d):
+    dataset = _copy(good["ds16"], d / "ds")
+    info = json.loads((dataset / "meta" / "info.json").read_text())
+    info["splits"]["train"]["num_checkpoints"] = 9
+    (dataset / "meta" / "info.json").write_text(json.dumps(info))
+    return _cli("main_pretrain", "--dataset", dataset, "--output_dir", d / "sane", "--max_steps", 1)
+
+
 CASES = [
     Case("zoo folder missing", missing_zoo, ("no_such_zoo", "zoo folder not found"), "sane-convert-zoo"),
     Case("zoo folder empty", empty_zoo, ("empty_zoo", "zoo folder is empty"), "sane-convert-zoo"),
@@ -1108,6 +1125,18 @@ CASES = [
         huge_n,
         ("`n`=1000000000", "x 4 bytes) needs about", "more than this machine's"),
         "sane-generate",
+    ),
+    Case(
+        "predict cannot update the SANE's card",
+        sane_card_unwritable_predict,
+        ("Is a directory", "sane_probe_results.json"),
+        "sane-predict",
+    ),
+    Case(
+        "dataset rows disagree with meta/info.json",
+        rows_disagree_with_meta,
+        ("the train split has 8 rows, meta/info.json says 9",),
+        "sane-pretrain",
     ),
 ]
 

@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -242,6 +243,12 @@ def predict_properties(cfg: PredictConfig) -> dict[str, Any]:
     """
     start = time.perf_counter()
     check_output_apart_from_inputs(cfg.output_dir, {"model": cfg.model, "dataset": cfg.dataset})
+    model_folder = Path(cfg.model).expanduser()
+    if cfg.update_model_card and model_folder.is_dir() and not os.access(model_folder, os.W_OK):
+        raise PermissionError(
+            f"--model {cfg.model}: the folder is read-only, but predict adds the probe results to its README.md "
+            "(update_model_card); make it writable or pass --update_model_card false."
+        )
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
@@ -437,46 +444,52 @@ def predict_properties(cfg: PredictConfig) -> dict[str, Any]:
         finetune_info = {"history": tuned["history"], "best_epoch": tuned["best_epoch"], "seconds": tuned["seconds"]}
         timings["finetune"] = round(time.perf_counter() - t0, 2)
 
-    # 5. Report.
+    # 5. Report. A folder this run creates is removed again if writing fails (e.g. the card cannot be written).
     output_dir = Path(cfg.output_dir)
+    created = not output_dir.exists()
     output_dir.mkdir(parents=True, exist_ok=True)
-    files = [RESULTS_JSON, RESULTS_MD]
-    if cfg.plots:
-        t0 = time.perf_counter()
-        files += write_plots(output_dir, plot_data, tasks, embedded, targets)
-        timings["plots"] = round(time.perf_counter() - t0, 2)
-    timings["total"] = round(time.perf_counter() - start, 2)
-    results = {
-        "config": cfg.to_dict(),
-        "dataset": {
-            "source": cfg.dataset,
-            "num_checkpoints": {name: len(r) for name, r in rows.items()},
-            "num_tokens": layout.num_tokens,
-            "token_size": layout.token_size,
-            "num_layers": layout.num_layers,
-            "num_real_values": int(layout.mask.sum()),
-        },
-        "model": {
-            "source": cfg.model,
-            "latent_dim": model.config.latent_dim,
-            "window_size": model.config.window_size,
-            "num_parameters": int(model.num_parameters()),
-        },
-        "tasks": tasks,
-        "skipped": skipped,
-        "records": records,
-        "finetune": finetune_info,
-        "timings": timings,
-        "files": files,
-    }
-    write_text_atomic(output_dir / RESULTS_JSON, json.dumps(_json_safe(results), indent=2) + "\n")
-    write_text_atomic(output_dir / RESULTS_MD, results_markdown(results))
-    model_folder = Path(cfg.model).expanduser()
-    if cfg.update_model_card and model_folder.is_dir():
-        # The probe R² belong in the model's own card (`model-index`), which a later push uploads.
-        from ..hub.sane_cards import write_sane_card
+    try:
+        files = [RESULTS_JSON, RESULTS_MD]
+        if cfg.plots:
+            t0 = time.perf_counter()
+            files += write_plots(output_dir, plot_data, tasks, embedded, targets)
+            timings["plots"] = round(time.perf_counter() - t0, 2)
+        timings["total"] = round(time.perf_counter() - start, 2)
+        results = {
+            "config": cfg.to_dict(),
+            "dataset": {
+                "source": cfg.dataset,
+                "num_checkpoints": {name: len(r) for name, r in rows.items()},
+                "num_tokens": layout.num_tokens,
+                "token_size": layout.token_size,
+                "num_layers": layout.num_layers,
+                "num_real_values": int(layout.mask.sum()),
+            },
+            "model": {
+                "source": cfg.model,
+                "latent_dim": model.config.latent_dim,
+                "window_size": model.config.window_size,
+                "num_parameters": int(model.num_parameters()),
+            },
+            "tasks": tasks,
+            "skipped": skipped,
+            "records": records,
+            "finetune": finetune_info,
+            "timings": timings,
+            "files": files,
+        }
+        if cfg.update_model_card and model_folder.is_dir():
+            # The probe R² belong in the model's own card (`model-index`), which a later push uploads. Written before
+            # the results, so that a card that cannot be written leaves no results behind either.
+            from ..hub.sane_cards import write_sane_card
 
-        write_sane_card(model_folder, probe_results=_json_safe(results))
+            write_sane_card(model_folder, probe_results=_json_safe(results))
+        write_text_atomic(output_dir / RESULTS_JSON, json.dumps(_json_safe(results), indent=2) + "\n")
+        write_text_atomic(output_dir / RESULTS_MD, results_markdown(results))
+    except BaseException:
+        if created:
+            shutil.rmtree(output_dir, ignore_errors=True)
+        raise
     logger.info("Wrote %s to %s in %.1f s.", ", ".join(files), output_dir, timings["total"])
     return results
 
