@@ -254,10 +254,17 @@ def main_predict(args: Sequence[str] | None = None) -> None:
 @one_line_errors("sane-generate")
 def main_generate(args: Sequence[str] | None = None) -> None:
     """`sane-generate`: sample networks from a pretrained SANE, evaluate, save `model_000/`, ... (and push)."""
-    from .generation import GenerateConfig, generate
+    from .generation import GenerateConfig, finished_generation, generate
 
     _setup_logging()
     (config,) = parse_config((GenerateConfig,), args)
+    stored = finished_generation(config)
+    if stored is not None:
+        print(
+            f"Already generated (same options; skipped): {len(stored.get('models', []))} {config.sampler} networks "
+            f"in {config.output_dir}."
+        )
+        return
     result = generate(config)
     timings = ", ".join(f"{key} {value:.1f} s" for key, value in result.timings.items())
     print(f"Generated {len(result.models)} {config.sampler} networks into {result.output_dir} ({timings}).")

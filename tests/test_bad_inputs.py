@@ -717,6 +717,11 @@ def rows_disagree_with_meta(good, d):
     return _cli("main_pretrain", "--dataset", dataset, "--output_dir", d / "sane", "--max_steps", 1)
 
 
+def make_zoo_epochs_beyond_bound(good, d):
+    config = _yaml(d, f"output_dir: {d / 'zoo'}\nepochs: {10**21}\n")
+    return _cli("main_make_zoo", "--config", config)
+
+
 CASES = [
     Case("zoo folder missing", missing_zoo, ("no_such_zoo", "zoo folder not found"), "sane-convert-zoo"),
     Case("zoo folder empty", empty_zoo, ("empty_zoo", "zoo folder is empty"), "sane-convert-zoo"),
@@ -1137,6 +1142,13 @@ CASES = [
         rows_disagree_with_meta,
         ("the train split has 8 rows, meta/info.json says 9",),
         "sane-pretrain",
+    ),
+    Case(
+        "make_zoo epochs beyond the documented bound",
+        make_zoo_epochs_beyond_bound,
+        ("`epochs` must be <= 10,000, got 1,000,000,000,000,000,000,000", "config.yaml"),
+        "sane-make-zoo",
+        2,
     ),
 ]
 

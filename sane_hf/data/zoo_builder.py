@@ -109,6 +109,13 @@ _INIT_STREAM, _ORDER_STREAM, _DROPOUT_STREAM = 0, 1, 2
 # ---------------------------------------------------------------------------------------------------------------
 
 
+# Upper bounds of a zoo, so that a typo (`epochs: 1000000000000`) is an error instead of a build that fills the disk.
+# Model folders are named with 4 digits (`model_id_for`), so beyond 10,000 models their sorted order would no longer
+# be the index order; the paper's zoos train for at most 60 epochs, one checkpoint per epoch and model.
+MAX_MODELS = 10_000
+MAX_EPOCHS = 10_000
+
+
 @dataclass
 class ZooConfig:
     """Options of `build_zoo` (`scripts/make_zoo.py`). The defaults build the digits CNN zoo.
@@ -137,9 +144,10 @@ class ZooConfig:
         > Training
 
         num_models (`int`, *optional*, defaults to 120):
-            Number of models.
+            Number of models, at most `MAX_MODELS` (10,000).
         epochs (`int`, *optional*, defaults to 15):
-            Training epochs per model; checkpoints are written for epochs 0 (initialization) to `epochs`.
+            Training epochs per model, at most `MAX_EPOCHS` (10,000); checkpoints are written for epochs 0
+            (initialization) to `epochs`.
         batch_size (`int`, *optional*, defaults to 32):
             Mini-batch size.
         seed (`int`, *optional*, defaults to 0):
@@ -192,8 +200,10 @@ class ZooConfig:
             "num_classes come from the task, activation/init/dropout from the grids."
         },
     )
-    num_models: int = field(default=120, metadata={"help": "Number of models in the zoo."})
-    epochs: int = field(default=15, metadata={"help": "Training epochs; checkpoints for epochs 0..epochs."})
+    num_models: int = field(default=120, metadata={"help": "Number of models in the zoo (at most 10,000)."})
+    epochs: int = field(
+        default=15, metadata={"help": "Training epochs (at most 10,000); checkpoints for epochs 0..epochs."}
+    )
     batch_size: int = field(default=32, metadata={"help": "Mini-batch size."})
     seed: int = field(default=0, metadata={"help": "Zoo seed: model i's factors and seed come from (seed, i)."})
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum."})
@@ -241,6 +251,10 @@ class ZooConfig:
                     f"{name}: `model_kwargs` must not set {key!r}; it is a generating factor, set the grid "
                     f"`{_FACTOR_KWARGS[key]}` instead (e.g. a single value)."
                 )
+        for attr, maximum in (("num_models", MAX_MODELS), ("epochs", MAX_EPOCHS)):
+            value = getattr(self, attr)
+            if isinstance(value, int) and value > maximum:
+                raise ValueError(f"{name}: `{attr}` must be <= {maximum:,}, got {value:,}.")
         for attr, minimum in (
             ("num_models", 1),
             ("epochs", 0),

@@ -633,6 +633,30 @@ def push_generated_models(
     return url
 
 
+# `GenerateConfig` options that do not change the generated networks: a rerun that differs only in these is the same.
+_GENERATION_RUN_CONTROL = ("overwrite", "push_to_hub", "hub_private", "num_threads")
+
+
+def finished_generation(config: GenerateConfig) -> dict[str, Any] | None:
+    """The `generation.json` in `config.output_dir` if the folder holds a finished run with the same options (the
+    folder is renamed into place complete, so the file means finished), else `None`; always `None` with
+    `config.overwrite`. Lets the same command run again skip the work instead of refusing the non-empty folder."""
+    if config.overwrite:
+        return None
+    try:
+        stored = json.loads((Path(config.output_dir) / GENERATION_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+    def options(values: Any) -> dict[str, Any] | None:
+        if not isinstance(values, dict):
+            return None
+        return {key: value for key, value in values.items() if key not in _GENERATION_RUN_CONTROL}
+
+    same = isinstance(stored, dict) and options(stored.get("config")) == options(config.to_dict())
+    return stored if same else None
+
+
 def generate(config: GenerateConfig) -> GenerationResult:
     """`sane-generate`: load the SANE and the zoo, generate, evaluate, save to `config.output_dir`, optionally push.
 
@@ -648,8 +672,11 @@ def generate(config: GenerateConfig) -> GenerationResult:
     output_dir = Path(config.output_dir)
     check_output_apart_from_inputs(output_dir, {"model": config.model, "dataset": config.dataset})
     if output_dir.exists() and any(output_dir.iterdir()) and not config.overwrite:
-        # Fail before hours of work, not after.
-        raise FileExistsError(f"{output_dir} exists and is not empty; pass --overwrite to replace it.")
+        # Fail before hours of work, not after. (`finished_generation` tells a rerun of the same run apart.)
+        raise FileExistsError(
+            f"{output_dir} exists and is not empty (and does not hold a generation with these options); pass "
+            "--overwrite to replace it."
+        )
     with output_lock(output_dir):  # a second run would silently replace this one's models
         return _generate_into(config, output_dir)
 
