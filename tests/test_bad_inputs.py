@@ -722,6 +722,38 @@ def make_zoo_epochs_beyond_bound(good, d):
     return _cli("main_make_zoo", "--config", config)
 
 
+def missing_dataset_path(good, d):
+    return _cli("main_pretrain", "--dataset", d / "no_such_ds", "--output_dir", d / "sane", "--max_steps", 1)
+
+
+def missing_init_from_path(good, d):
+    args = ["--dataset", good["ds16"], "--init_from", d / "no_such_sane", "--output_dir", d / "sane"]
+    return _cli("main_pretrain", *args, "--max_steps", 1)
+
+
+def missing_generate_dataset_path(good, d):
+    args = ["--model", good["sane16"], "--dataset", d / "no_such_ds", "--output_dir", d / "gen", "--evaluate", "false"]
+    return _cli("main_generate", *args)
+
+
+def cnn_sane_on_mlp_dataset(good, d):
+    from sane_hf.data.hub_dataset import ConvertConfig, convert_zoo
+
+    mlp = {"in_features": 64, "hidden_sizes": [8], "num_classes": 10}
+    zoo = good["tools"].write_sane_hf_zoo(
+        d / "mlp_zoo", num_models=6, num_epochs=1, architecture="mlp", model_kwargs=mlp
+    )
+    convert_zoo(ConvertConfig(zoo_dir=str(zoo), output_dir=str(d / "mlp_ds"), token_size=16), show_progress=False)
+    args = ["--model", good["sane16"], "--dataset", d / "mlp_ds", "--output_dir", d / "p", "--plots", "false"]
+    return _cli("main_predict", *args)
+
+
+def make_zoo_over_empty_done(good, d):
+    _cli("main_make_zoo", "--output_dir", d / "zoo", "--num_models", 2, "--epochs", 1)()
+    (d / "zoo" / "models" / "model_0001" / "DONE").write_bytes(b"")
+    return _cli("main_make_zoo", "--output_dir", d / "zoo", "--num_models", 2, "--epochs", 1)
+
+
 CASES = [
     Case("zoo folder missing", missing_zoo, ("no_such_zoo", "zoo folder not found"), "sane-convert-zoo"),
     Case("zoo folder empty", empty_zoo, ("empty_zoo", "zoo folder is empty"), "sane-convert-zoo"),
@@ -1149,6 +1181,36 @@ CASES = [
         ("`epochs` must be <= 10,000, got 1,000,000,000,000,000,000,000", "config.yaml"),
         "sane-make-zoo",
         2,
+    ),
+    Case(
+        "--dataset path missing (pretrain)",
+        missing_dataset_path,
+        ("--dataset", "no_such_ds: no such tokenized zoo dataset folder"),
+        "sane-pretrain",
+    ),
+    Case(
+        "--init_from path missing (pretrain)",
+        missing_init_from_path,
+        ("--init_from", "no_such_sane: no such SANE model folder"),
+        "sane-pretrain",
+    ),
+    Case(
+        "--dataset path missing (generate)",
+        missing_generate_dataset_path,
+        ("--dataset", "no_such_ds: no such tokenized zoo dataset folder"),
+        "sane-generate",
+    ),
+    Case(
+        "CNN SANE on an MLP dataset (predict)",
+        cnn_sane_on_mlp_dataset,
+        ("pretrained on another architecture", "sane_layout.json has 5 layers", "meta/layout.json has 2"),
+        "sane-predict",
+    ),
+    Case(
+        "make_zoo rerun over an empty DONE",
+        make_zoo_over_empty_done,
+        ("model_0001/DONE: found an empty file", "delete DONE and rerun sane-make-zoo"),
+        "sane-make-zoo",
     ),
 ]
 

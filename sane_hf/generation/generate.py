@@ -688,10 +688,11 @@ def _generate_into(config: GenerateConfig, output_dir: Path) -> GenerationResult
     start = time.perf_counter()
     from ..utils.checks import check_finite_weights
     from ..utils.memory import check_fits_in_memory
+    from ..utils.repo_ids import load_local_or_hub
 
-    sane = load_sane_folder(config.model).eval()
+    sane = load_local_or_hub(config.model, "SANE model", "model", load_sane_folder).eval()
     check_finite_weights(sane, f"--model {config.model}")
-    zoo = load_zoo_dataset(config.dataset)
+    zoo = load_local_or_hub(config.dataset, "tokenized zoo dataset", "dataset", load_zoo_dataset)
     count = max(config.n, config.num_candidates if config.sampler == "subsample" else 0)
     layout = zoo.layout
     check_fits_in_memory(

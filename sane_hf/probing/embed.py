@@ -136,6 +136,16 @@ def check_model_matches_layout(
                 f"{sane} has max_positions[{coordinate}]={have}, but the layout of {dataset} needs {needed} "
                 f"(positions {layout.max_positions}); this SANE cannot embed these models."
             )
+    sane_layout = getattr(model, "sane_layout", None)
+    trained = [layer.get("name") for layer in sane_layout.get("layers", [])] if isinstance(sane_layout, dict) else []
+    layers = [layer.name for layer in layout.layers]
+    if trained and trained != layers:
+        # Another architecture: its tokens sit at positions and in normalization layers the SANE never saw.
+        raise ValueError(
+            f"{sane} was pretrained on another architecture than {dataset}: sane_layout.json has {len(trained)} "
+            f"layers ({', '.join(trained[:3])}, ...), meta/layout.json has {len(layers)} ({', '.join(layers[:3])}, "
+            "...); expected a dataset of the architecture the SANE was trained on."
+        )
 
 
 def embed_zoo(

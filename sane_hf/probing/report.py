@@ -25,7 +25,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from ..tokenization.normalization import token_transform_for
 from ..utils.bootstrap import bootstrap_over_groups
 from ..utils.checks import check_finite_weights
 from ..utils.io import check_output_apart_from_inputs, write_text_atomic
-from ..utils.repo_ids import looks_like_path
+from ..utils.repo_ids import load_local_or_hub
 from .baselines import raw_weights, weight_statistics
 from .configs import PredictConfig
 from .embed import check_model_matches_layout, embed_zoo, iter_token_batches, read_columns
@@ -77,22 +77,6 @@ def sane_method_name(pooling: str) -> str:
 # -------------------------------------------------------------------------------------------------------------------
 
 
-def _load_source(value: str, what: str, flag: str, loader: Callable[[str], Any]) -> Any:
-    path = Path(value).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise ValueError(f"--{flag} {value}: expected a {what} folder or a Hub id, found a file.")
-        return loader(str(path))
-    if looks_like_path(value):
-        raise FileNotFoundError(f"--{flag} {value}: no such {what} folder.")
-    try:
-        return loader(value)
-    except OSError as err:  # includes the Hub's connection and not-found errors
-        raise FileNotFoundError(
-            f"--{flag} {value}: not a local {what} folder, and loading it as a Hub repo failed ({err})."
-        ) from None
-
-
 def load_sane(value: str, device: str | torch.device = "cpu") -> SaneModel:
     """A pretrained `SaneModel` from a folder or Hub id, with clear errors for missing folders/repos."""
 
@@ -101,14 +85,16 @@ def load_sane(value: str, device: str | torch.device = "cpu") -> SaneModel:
             raise FileNotFoundError(f"--model {source}: the folder has no config.json; is it a saved SANE?")
         return load_sane_folder(source)
 
-    model = _load_source(value, "SANE model", "model", loader)
+    model = load_local_or_hub(value, "SANE model", "model", loader)
     check_finite_weights(model, f"--model {value}")
     return model.to(device).eval()
 
 
 def load_zoo(value: str, revision: str | None = None) -> SaneZooDataset:
     """A tokenized zoo from a folder or Hub dataset id, with clear errors for missing folders/repos."""
-    return _load_source(value, "tokenized zoo dataset", "dataset", lambda s: load_zoo_dataset(s, revision=revision))
+    return load_local_or_hub(
+        value, "tokenized zoo dataset", "dataset", lambda s: load_zoo_dataset(s, revision=revision)
+    )
 
 
 def available_properties(zoo: SaneZooDataset) -> list[str]:

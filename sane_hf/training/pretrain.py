@@ -25,6 +25,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterator, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from ..tokenization.permutations import TokenPermuter, permutation_spec_from_mod
 from ..utils.checks import check_finite_weights, config_differences, weights_only_rejection
 from ..utils.io import check_output_apart_from_inputs, output_lock, remove_temporary_files, write_json_atomic
 from ..utils.memory import check_fits_in_memory
+from ..utils.repo_ids import load_local_or_hub
 from .augmentations import make_two_views
 from .configs import PretrainConfig
 from .losses import sane_pretraining_loss
@@ -213,7 +215,7 @@ def load_or_build_model(cfg: PretrainConfig, zoo: SaneZooDataset) -> SaneModel:
         )
         model = SaneModel(config)
     else:
-        model = load_sane_folder(cfg.init_from)
+        model = load_local_or_hub(cfg.init_from, "SANE model", "init_from", load_sane_folder)
         check_finite_weights(model, f"`init_from` {cfg.init_from}")
         config = model.config
         if config.token_size != layout.token_size:
@@ -603,7 +605,9 @@ def _pretrain(
     else:
         _check_no_other_run(cfg, output_dir)
     set_seed(cfg.seed)
-    zoo = zoo if zoo is not None else load_zoo_dataset(cfg.dataset, revision=cfg.dataset_revision)
+    if zoo is None:
+        load = partial(load_zoo_dataset, revision=cfg.dataset_revision)
+        zoo = load_local_or_hub(cfg.dataset, "tokenized zoo dataset", "dataset", load)
     layout = zoo.layout
     model = load_or_build_model(cfg, zoo)
     permuter = build_permuter(zoo) if cfg.permutation_augmentation else None
