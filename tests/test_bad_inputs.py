@@ -656,6 +656,9 @@ def sane_garbage_layout_generate(good, d):
 
 def generated_model_truncated_evaluate(good, d):
     _generate_with(good["sane16"], good, d)()
+    generation = json.loads((d / "gen" / "generation.json").read_text())
+    del generation["checksums"]  # as written before checksums existed: the header check is what must fail
+    (d / "gen" / "generation.json").write_text(json.dumps(generation))
     weights = d / "gen" / "model_000" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     return _cli("main_evaluate", "--models", d / "gen", "--output_dir", d / "eval")
@@ -757,6 +760,15 @@ def make_zoo_over_empty_done(good, d):
     _cli("main_make_zoo", "--output_dir", d / "zoo", "--num_models", 2, "--epochs", 1)()
     (d / "zoo" / "models" / "model_0001" / "DONE").write_bytes(b"")
     return _cli("main_make_zoo", "--output_dir", d / "zoo", "--num_models", 2, "--epochs", 1)
+
+
+def generated_model_changed_evaluate(good, d):
+    _generate_with(good["sane16"], good, d)()
+    weights = d / "gen" / "model_001" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-4:] = bytes(255 - b for b in data[-4:])  # same size, a weight's bytes flipped: loads fine, other values
+    weights.write_bytes(bytes(data))
+    return _cli("main_evaluate", "--models", d / "gen", "--output_dir", d / "eval")
 
 
 CASES = [
@@ -1222,6 +1234,12 @@ CASES = [
         make_zoo_over_empty_done,
         ("model_0001/DONE: found an empty file", "delete DONE and rerun sane-make-zoo"),
         "sane-make-zoo",
+    ),
+    Case(
+        "generated model.safetensors changed after generation (evaluate)",
+        generated_model_changed_evaluate,
+        ("model_001/model.safetensors: sha256", "does not match", "gen/generation.json"),
+        "sane-evaluate",
     ),
 ]
 

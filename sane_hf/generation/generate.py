@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ..tasks import evaluate as evaluate_split
-from ..utils.io import check_output_apart_from_inputs, make_temporary_dir, output_lock
+from ..utils.io import check_output_apart_from_inputs, file_checksum, make_temporary_dir, output_lock
 from ..utils.repo_ids import hub_id_or_none
 from .bn_conditioning import condition_batchnorm, has_batchnorm
 from .configs import GenerateConfig
@@ -575,7 +575,12 @@ def save_generated_models(
             results=results,
             members=members,
         ).save(tmp / "README.md")
-        (tmp / GENERATION_JSON).write_text(json.dumps(result.to_dict(), indent=1, default=str) + "\n")
+        record = result.to_dict()
+        # Size and sha256 of every weight file, which `sane-evaluate` verifies before loading the networks.
+        record["checksums"] = {
+            path.relative_to(tmp).as_posix(): file_checksum(path) for path in sorted(tmp.rglob("*.safetensors"))
+        }
+        (tmp / GENERATION_JSON).write_text(json.dumps(record, indent=1, default=str) + "\n")
         if result.report is not None:
             write_evaluation_report(result.report, tmp, plot=plot)
         if output_dir.exists():
