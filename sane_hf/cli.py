@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -64,6 +65,29 @@ def _close_progress_bars() -> None:
         bar.close()
 
 
+def _unique_key_loader() -> type:
+    """A `yaml.SafeLoader` that refuses a key given twice in one mapping (plain YAML keeps the last one silently,
+    so `epochs: 5` ... `epochs: 50` would run with 50)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        pass
+
+    def construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}; expected each option once", key_node.start_mark
+                )
+            seen.add(key)
+        return loader.construct_mapping(node, deep=deep)
+
+    UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    return UniqueKeyLoader
+
+
 def parse_config(config_classes: tuple[type, ...], args: Sequence[str] | None = None) -> tuple:
     """Parse `config_classes` from `--config file.yaml` (optional) and command-line flags, flags winning.
 
@@ -81,7 +105,7 @@ def parse_config(config_classes: tuple[type, ...], args: Sequence[str] | None = 
 
         try:
             with open(namespace.config, encoding="utf-8") as f:
-                yaml_values = yaml.safe_load(f) or {}
+                yaml_values = yaml.load(f, Loader=_unique_key_loader()) or {}
         except OSError as error:
             parser.error(f"--config {namespace.config}: cannot read the file ({error.strerror or error}).")
         except yaml.YAMLError as error:
@@ -95,6 +119,16 @@ def parse_config(config_classes: tuple[type, ...], args: Sequence[str] | None = 
         unknown = sorted(set(yaml_values) - known)
         if unknown:
             parser.error(f"unknown key(s) {unknown} in {namespace.config}; valid keys: {sorted(known)}")
+        for key in sorted(k for k, v in yaml_values.items() if v is None):
+            spec = next(cls.__dataclass_fields__[key] for cls in config_classes if key in cls.__dataclass_fields__)
+            value = spec.default
+            if value is dataclasses.MISSING:
+                value = None if spec.default_factory is dataclasses.MISSING else spec.default_factory()
+            if value is not None:  # null where the option needs a value would surface later as a TypeError
+                parser.error(
+                    f"{namespace.config}: `{key}: null`, but {key} needs a value (default {value!r}); remove the "
+                    "line to use the default."
+                )
         # A value of the wrong type in the file fails in argparse's conversion or in the config's validation; say
         # where the values came from, since the message names only the option.
         report = parser.error
@@ -220,10 +254,17 @@ def main_predict(args: Sequence[str] | None = None) -> None:
 @one_line_errors("sane-generate")
 def main_generate(args: Sequence[str] | None = None) -> None:
     """`sane-generate`: sample networks from a pretrained SANE, evaluate, save `model_000/`, ... (and push)."""
-    from .generation import GenerateConfig, generate
+    from .generation import GenerateConfig, finished_generation, generate
 
     _setup_logging()
     (config,) = parse_config((GenerateConfig,), args)
+    stored = finished_generation(config)
+    if stored is not None:
+        print(
+            f"Already generated (same options; skipped): {len(stored.get('models', []))} {config.sampler} networks "
+            f"in {config.output_dir}."
+        )
+        return
     result = generate(config)
     timings = ", ".join(f"{key} {value:.1f} s" for key, value in result.timings.items())
     print(f"Generated {len(result.models)} {config.sampler} networks into {result.output_dir} ({timings}).")

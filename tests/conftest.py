@@ -26,7 +26,8 @@ if "HF_HOME" not in os.environ:
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import json  # noqa: E402  (after the environment above)
+import hashlib  # noqa: E402  (after the environment above)
+import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
@@ -76,8 +77,12 @@ def write_sane_hf_zoo(
     unfinished: tuple[int, ...] = (),
     architecture: str = "cnn_s",
     model_kwargs: dict | None = None,
+    checksums: bool = False,
 ) -> Path:
     """A zoo in our own format: `num_models` models with epochs 0..num_epochs (epoch 0 = initialization).
+
+    Finished models get a `DONE` record as `sane-make-zoo` writes it; with `checksums`, it records each checkpoint's
+    size and sha256 (as zoos written since checksums exist), else not (as older zoos, whose files tests may edit).
 
     As in real zoos, `model_kwargs` carry each model's dropout (for `cnn_s`, odd models have Dropout modules, which
     shifts their `module_list` key indices).
@@ -111,13 +116,21 @@ def write_sane_hf_zoo(
         }
         (folder / "params.json").write_text(json.dumps(params))
         base = model_state_dict(index, architecture, **model_kwargs)
-        lines = []
+        lines, recorded = [], {}
         for epoch in range(num_epochs + 1):
-            save_file(epoch_state_dict(base, index, epoch), folder / "checkpoints" / f"epoch_{epoch:04d}.safetensors")
+            path = folder / "checkpoints" / f"epoch_{epoch:04d}.safetensors"
+            save_file(epoch_state_dict(base, index, epoch), path)
+            recorded[path.name] = {
+                "size": path.stat().st_size,
+                "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            }
             lines.append(json.dumps(metrics_line(index, epoch)))
         (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
         if index not in unfinished:
-            (folder / "DONE").write_text("")
+            done = {"format": "sane_hf-zoo", "format_version": 1, "model_id": model_id, "index": index}
+            done |= {"epochs": num_epochs, "num_checkpoints": num_epochs + 1}
+            done["final_metrics"] = metrics_line(index, num_epochs)
+            (folder / "DONE").write_text(json.dumps(done | ({"checkpoints": recorded} if checksums else {})))
     return root
 
 

@@ -261,6 +261,7 @@ def _nan_sane(good, d: Path) -> Path:
     name = sorted(weights)[0]
     weights[name] = torch.full_like(weights[name], math.nan)
     save_file(weights, sane / "model.safetensors", metadata={"format": "pt"})
+    (sane / "sane_checksums.json").unlink()  # as saved before checksums existed: the NaN check is what must fail
     return sane
 
 
@@ -405,6 +406,11 @@ def resume_other_configuration(good, d):
     return _resume(good, output, "--max_steps", 3, "--lr", 3e-4, "--resume_from_checkpoint", "auto")
 
 
+def resume_other_d_model(good, d):
+    output = _pretrained_with_checkpoints(good, d)
+    return _resume(good, output, "--max_steps", 2, "--lr", 3e-3, "--resume_from_checkpoint", "auto", "--d_model", 32)
+
+
 def fresh_run_over_other_checkpoints(good, d):
     output = _pretrained_with_checkpoints(good, d)
     return _resume(good, output, "--max_steps", 2, "--lr", 3e-4)
@@ -507,6 +513,262 @@ def make_zoo_locked(good, d):
 def diverging_pretrain(good, d):
     args = ["--dataset", good["ds16"], "--output_dir", d / "sane", *TINY_SANE, "--batch_size", 4, "--max_steps", 5]
     return _cli("main_pretrain", *args, "--lr", 1e12, "--num_threads", 1)
+
+
+# --- issue 16: shard checksums, corrupt files, sizes, messages --------------------------------------------------
+
+
+def _train_shard(dataset: Path) -> Path:
+    return next((dataset / "data").glob("train-*.parquet"))
+
+
+def shard_bytes_flipped(good, d):
+    dataset = _copy(good["ds16"], d / "ds")
+    shard = _train_shard(dataset)
+    data = bytearray(shard.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 4] = bytes(255 - b for b in data[middle : middle + 4])  # same size, 4 bytes flipped
+    shard.write_bytes(bytes(data))
+    return _cli("main_pretrain", "--dataset", dataset, "--output_dir", d / "sane", "--max_steps", 1)
+
+
+def shard_truncated(good, d):
+    dataset = _copy(good["ds16"], d / "ds")
+    shard = _train_shard(dataset)
+    shard.write_bytes(shard.read_bytes()[:1000])
+    args = ["--model", good["sane16"], "--dataset", dataset, "--output_dir", d / "p", "--plots", "false"]
+    return _cli("main_predict", *args)
+
+
+def copied_test_shard(good, d):
+    dataset = _copy(good["ds16"], d / "ds")
+    shutil.copyfile(next((dataset / "data").glob("test-*.parquet")), _train_shard(dataset))
+    return _cli("main_pretrain", "--dataset", dataset, "--output_dir", d / "sane", "--max_steps", 1)
+
+
+def _without_checksums(good, d: Path) -> Path:
+    """The dataset as written before shards carried checksums (no `checksums` in meta/info.json)."""
+    dataset = _copy(good["ds16"], d / "ds")
+    info = json.loads((dataset / "meta" / "info.json").read_text())
+    del info["checksums"]
+    (dataset / "meta" / "info.json").write_text(json.dumps(info))
+    return dataset
+
+
+def unverified_shard_bad_magic(good, d):
+    dataset = _without_checksums(good, d)
+    shard = _train_shard(dataset)
+    shard.write_bytes(shard.read_bytes()[:-4] + b"XXXX")  # parquet files end with the magic "PAR1"
+    args = ["--model", good["sane16"], "--dataset", dataset, "--output_dir", d / "gen", "--evaluate", "false"]
+    return _cli("main_generate", *args)
+
+
+def unverified_shard_emptied(good, d):
+    dataset = _without_checksums(good, d)
+    _train_shard(dataset).write_bytes(b"")
+    return _cli("main_pretrain", "--dataset", dataset, "--output_dir", d / "sane", "--max_steps", 1)
+
+
+def zoo_checkpoint_changed(good, d):
+    zoo = good["tools"].write_sane_hf_zoo(d / "zoo", num_models=6, num_epochs=1, checksums=True)
+    file = _first_checkpoint(zoo)
+    save_file({k: v + 0.5 for k, v in load_file(file).items()}, file)  # a valid file, other weights
+    return _cli("main_convert_zoo", "--zoo_dir", zoo, "--output_dir", d / "out", "--token_size", 16)
+
+
+def done_with_epoch_missing(good, d):
+    zoo = _copy(good["zoo"], d / "zoo")
+    _first_checkpoint(zoo).unlink()
+    return _cli("main_convert_zoo", "--zoo_dir", zoo, "--output_dir", d / "out", "--token_size", 16)
+
+
+def empty_done(good, d):
+    zoo = _copy(good["zoo"], d / "zoo")
+    (zoo / "models" / "model_0002" / "DONE").write_bytes(b"")
+    return _cli("main_convert_zoo", "--zoo_dir", zoo, "--output_dir", d / "out", "--token_size", 16)
+
+
+def epochs_the_zoo_lacks(good, d):
+    args = ["--zoo_dir", good["zoo"], "--output_dir", d / "out", "--token_size", 16, "--epochs", 7, 8]
+    return _cli("main_convert_zoo", *args)
+
+
+def _damaged_sane(good, d: Path, damage: str, checksums: bool = True) -> Path:
+    """A copy of the pretrained SANE with `damage` done to it (with or without its `sane_checksums.json`)."""
+    sane = _copy(good["sane16"], d / "sane_bad")
+    weights = sane / "model.safetensors"
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "flip_header":  # the 8-byte header length, little-endian, becomes huge
+        weights.write_bytes(b"\xff\xff\xff\x7f" + weights.read_bytes()[4:])
+    elif damage in ("d_model", "token_size"):
+        _edit_json(sane / "config.json", **{damage: 32})
+    elif damage == "processor":
+        (sane / "preprocessor_config.json").write_text("garbage")
+    if not checksums:
+        (sane / "sane_checksums.json").unlink()
+    return sane
+
+
+def _predict_with(sane: Path, good, d: Path) -> Callable:
+    args = ["--model", sane, "--dataset", good["ds16"], "--output_dir", d / "p", "--plots", "false"]
+    return _cli("main_predict", *args)
+
+
+def _generate_with(sane: Path, good, d: Path) -> Callable:
+    args = ["--model", sane, "--dataset", good["ds16"], "--output_dir", d / "gen", "--evaluate", "false"]
+    return _cli("main_generate", *args, "--num_anchors", 2)
+
+
+def _init_from(sane: Path, good, d: Path) -> Callable:
+    return _cli(
+        "main_pretrain", "--dataset", good["ds16"], "--init_from", sane, "--output_dir", d / "s", "--max_steps", 1
+    )
+
+
+def sane_truncated_predict(good, d):
+    return _predict_with(_damaged_sane(good, d, "truncate"), good, d)
+
+
+def sane_header_flipped_generate(good, d):
+    return _generate_with(_damaged_sane(good, d, "flip_header"), good, d)
+
+
+def unverified_sane_truncated_init_from(good, d):
+    return _init_from(_damaged_sane(good, d, "truncate", checksums=False), good, d)
+
+
+def unverified_sane_header_flipped_predict(good, d):
+    return _predict_with(_damaged_sane(good, d, "flip_header", checksums=False), good, d)
+
+
+def sane_config_d_model_predict(good, d):
+    return _predict_with(_damaged_sane(good, d, "d_model"), good, d)
+
+
+def sane_config_token_size_init_from(good, d):
+    return _init_from(_damaged_sane(good, d, "token_size"), good, d)
+
+
+def sane_garbage_processor_generate(good, d):
+    return _generate_with(_damaged_sane(good, d, "processor"), good, d)
+
+
+def generated_model_truncated_evaluate(good, d):
+    _generate_with(good["sane16"], good, d)()
+    generation = json.loads((d / "gen" / "generation.json").read_text())
+    del generation["checksums"]  # as written before checksums existed: the header check is what must fail
+    (d / "gen" / "generation.json").write_text(json.dumps(generation))
+    weights = d / "gen" / "model_000" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    return _cli("main_evaluate", "--models", d / "gen", "--output_dir", d / "eval")
+
+
+def yaml_duplicate_key(good, d):
+    return _cli("main_make_zoo", "--config", _yaml(d, f"output_dir: {d / 'zoo'}\nepochs: 1\nepochs: 2\n"))
+
+
+def yaml_null_output_dir(good, d):
+    config = _yaml(d, f"dataset: {good['ds16']}\noutput_dir: null\n")
+    return _cli("main_pretrain", "--config", config, "--max_steps", 1)
+
+
+def yaml_max_positions_int(good, d):
+    config = _yaml(d, f"dataset: {good['ds16']}\noutput_dir: {d / 'sane'}\nmax_positions: 5\n")
+    return _cli("main_pretrain", "--config", config, "--max_steps", 1)
+
+
+def absent_gpu(good, d):
+    device = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU: absent on every machine
+    args = ["--model", good["sane16"], "--dataset", good["ds16"], "--output_dir", d / "p", "--device", device]
+    return _cli("main_predict", *args)
+
+
+def huge_token_size(good, d):
+    args = ["--zoo_dir", good["zoo"], "--output_dir", d / "out", "--token_size", 10**11]
+    return _cli("main_convert_zoo", *args)
+
+
+def huge_d_model(good, d):
+    args = ["--dataset", good["ds16"], "--output_dir", d / "sane", "--d_model", 10**6, "--max_steps", 1]
+    return _cli("main_pretrain", *args)
+
+
+def huge_n(good, d):
+    args = ["--model", good["sane16"], "--dataset", good["ds16"], "--output_dir", d / "gen", "--n", 10**9]
+    return _cli("main_generate", *args, "--sampler", "kde", "--evaluate", "false")
+
+
+def _weight_rows(zoo: Path) -> int:
+    return sum(t.shape[0] for t in load_file(_first_checkpoint(zoo)).values() if t.dim() >= 2)
+
+
+def _generated_gib(dataset: Path, n: int) -> str:
+    layout = json.loads((dataset / "meta" / "layout.json").read_text())
+    return f"{n * layout['num_tokens'] * layout['token_size'] * 4 / 2**30:,.1f} GiB"
+
+
+def sane_card_unwritable_predict(good, d):
+    # Root (as in CI containers) writes into read-only folders, so the card write is made to fail another way: the
+    # file it replaces is a folder. The results must not be written before the card fails.
+    sane = _copy(good["sane16"], d / "sane")
+    (sane / "sane_probe_results.json").mkdir()
+    args = ["--model", sane, "--dataset", good["ds16"], "--output_dir", d / "p", "--plots", "false"]
+    return _cli("main_predict", *args, "--properties", "test_acc", "--poolings", "mean")
+
+
+def rows_disagree_with_meta(good, d):
+    dataset = _copy(good["ds16"], d / "ds")
+    info = json.loads((dataset / "meta" / "info.json").read_text())
+    info["splits"]["train"]["num_checkpoints"] = 9
+    (dataset / "meta" / "info.json").write_text(json.dumps(info))
+    return _cli("main_pretrain", "--dataset", dataset, "--output_dir", d / "sane", "--max_steps", 1)
+
+
+def make_zoo_epochs_beyond_bound(good, d):
+    config = _yaml(d, f"output_dir: {d / 'zoo'}\nepochs: {10**21}\n")
+    return _cli("main_make_zoo", "--config", config)
+
+
+def missing_dataset_path(good, d):
+    return _cli("main_pretrain", "--dataset", d / "no_such_ds", "--output_dir", d / "sane", "--max_steps", 1)
+
+
+def missing_init_from_path(good, d):
+    args = ["--dataset", good["ds16"], "--init_from", d / "no_such_sane", "--output_dir", d / "sane"]
+    return _cli("main_pretrain", *args, "--max_steps", 1)
+
+
+def missing_generate_dataset_path(good, d):
+    args = ["--model", good["sane16"], "--dataset", d / "no_such_ds", "--output_dir", d / "gen", "--evaluate", "false"]
+    return _cli("main_generate", *args)
+
+
+def cnn_sane_on_mlp_dataset(good, d):
+    from sane_hf.data.hub_dataset import ConvertConfig, convert_zoo
+
+    mlp = {"in_features": 64, "hidden_sizes": [8], "num_classes": 10}
+    zoo = good["tools"].write_sane_hf_zoo(
+        d / "mlp_zoo", num_models=6, num_epochs=1, architecture="mlp", model_kwargs=mlp
+    )
+    convert_zoo(ConvertConfig(zoo_dir=str(zoo), output_dir=str(d / "mlp_ds"), token_size=16), show_progress=False)
+    args = ["--model", good["sane16"], "--dataset", d / "mlp_ds", "--output_dir", d / "p", "--plots", "false"]
+    return _cli("main_predict", *args)
+
+
+def make_zoo_over_empty_done(good, d):
+    _cli("main_make_zoo", "--output_dir", d / "zoo", "--num_models", 2, "--epochs", 1)()
+    (d / "zoo" / "models" / "model_0001" / "DONE").write_bytes(b"")
+    return _cli("main_make_zoo", "--output_dir", d / "zoo", "--num_models", 2, "--epochs", 1)
+
+
+def generated_model_changed_evaluate(good, d):
+    _generate_with(good["sane16"], good, d)()
+    weights = d / "gen" / "model_001" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-4:] = bytes(255 - b for b in data[-4:])  # same size, a weight's bytes flipped: loads fine, other values
+    weights.write_bytes(bytes(data))
+    return _cli("main_evaluate", "--models", d / "gen", "--output_dir", d / "eval")
 
 
 CASES = [
@@ -693,6 +955,12 @@ CASES = [
         "sane-pretrain",
     ),
     Case(
+        "resume with another --d_model",
+        resume_other_d_model,
+        ("step_2 is a checkpoint of a run with another configuration", "differing options: d_model", "stored 16"),
+        "sane-pretrain",
+    ),
+    Case(
         "fresh run into a folder with another run's step checkpoints",
         fresh_run_over_other_checkpoints,
         ("holds step checkpoints of another run", "differing options: lr", "Use another output_dir"),
@@ -769,6 +1037,209 @@ CASES = [
         diverging_pretrain,
         ("The loss became", "at step", "stopping without saving a model", "Lower --lr (now 1e+12)"),
         "sane-pretrain",
+    ),
+    Case(
+        "dataset shard with 4 bytes flipped",
+        shard_bytes_flipped,
+        ("train-00000-of-00001.parquet: sha256", "does not match", "meta/info.json (train shard)"),
+        "sane-pretrain",
+    ),
+    Case(
+        "truncated dataset shard",
+        shard_truncated,
+        ("train-00000-of-00001.parquet: 1000 bytes, but", "truncated"),
+        "sane-predict",
+    ),
+    Case(
+        "test shard copied over a train shard",
+        copied_test_shard,
+        ("train-00000-of-00001.parquet: has the content of the test shard data/test-00000", "copied over"),
+        "sane-pretrain",
+    ),
+    Case(
+        "unverified dataset: shard with a bad magic number",
+        unverified_shard_bad_magic,
+        ("train-00000-of-00001.parquet: corrupt or truncated parquet shard",),
+        "sane-generate",
+    ),
+    Case(
+        "unverified dataset: emptied shard",
+        unverified_shard_emptied,
+        ("train-00000-of-00001.parquet: corrupt or truncated parquet shard",),
+        "sane-pretrain",
+    ),
+    Case(
+        "zoo checkpoint changed after its model finished",
+        zoo_checkpoint_changed,
+        ("epoch_0001.safetensors: sha256", "does not match", "model_0000/DONE"),
+        "sane-convert-zoo",
+    ),
+    Case(
+        "model marked DONE with an epoch file missing",
+        done_with_epoch_missing,
+        ("epoch_0001.safetensors: missing", "DONE marks the model finished with 2 checkpoints (1 missing)"),
+        "sane-convert-zoo",
+    ),
+    Case(
+        "empty DONE file",
+        empty_done,
+        ("model_0002/DONE: found an empty file", "expected the JSON summary sane-make-zoo writes"),
+        "sane-convert-zoo",
+    ),
+    Case(
+        "--epochs the zoo does not have",
+        epochs_the_zoo_lacks,
+        ("`epochs` [7, 8] selects no checkpoint of the train split", "its models have epochs 0-1"),
+        "sane-convert-zoo",
+    ),
+    Case(
+        "SANE model.safetensors truncated (predict)",
+        sane_truncated_predict,
+        ("sane_bad/model.safetensors:", "bytes, but", "sane_checksums.json records", "truncated"),
+        "sane-predict",
+    ),
+    Case(
+        "SANE model.safetensors header flipped (generate)",
+        sane_header_flipped_generate,
+        ("sane_bad/model.safetensors: sha256", "does not match", "sane_checksums.json"),
+        "sane-generate",
+    ),
+    Case(
+        "SANE saved without checksums, model.safetensors truncated (pretrain --init_from)",
+        unverified_sane_truncated_init_from,
+        ("sane_bad/model.safetensors: corrupt or truncated safetensors file",),
+        "sane-pretrain",
+    ),
+    Case(
+        "SANE saved without checksums, model.safetensors header flipped (predict)",
+        unverified_sane_header_flipped_predict,
+        ("sane_bad/model.safetensors: corrupt or truncated safetensors file", "header too large"),
+        "sane-predict",
+    ),
+    Case(
+        "SANE config.json d_model does not fit the weights (predict)",
+        sane_config_d_model_predict,
+        ("sane_bad/config.json: does not fit the weights", "[48, 16] there but [96, 32] by the config"),
+        "sane-predict",
+    ),
+    Case(
+        "SANE config.json token_size does not fit the weights (pretrain --init_from)",
+        sane_config_token_size_init_from,
+        ("sane_bad/config.json: does not fit the weights", "input_projection.weight is [16, 16] there but [16, 32]"),
+        "sane-pretrain",
+    ),
+    Case(
+        "SANE weight processor preprocessor_config.json garbage (generate)",
+        sane_garbage_processor_generate,
+        ("sane_bad/preprocessor_config.json is not valid JSON",),
+        "sane-generate",
+    ),
+    Case(
+        "generated model.safetensors truncated (evaluate)",
+        generated_model_truncated_evaluate,
+        ("model_000/model.safetensors: corrupt or truncated safetensors file",),
+        "sane-evaluate",
+    ),
+    Case(
+        "YAML config: duplicate key",
+        yaml_duplicate_key,
+        ("config.yaml", "duplicate key 'epochs'", "line 3"),
+        "sane-make-zoo",
+        2,
+    ),
+    Case(
+        "YAML config: output_dir null",
+        yaml_null_output_dir,
+        ("config.yaml: `output_dir: null`", "needs a value (default 'runs/sane')"),
+        "sane-pretrain",
+        2,
+    ),
+    Case(
+        "YAML config: max_positions an int",
+        yaml_max_positions_int,
+        ("`max_positions` must be a list of 3 positive ints", "got 5", "config.yaml"),
+        "sane-pretrain",
+        2,
+    ),
+    Case(
+        "--device of a GPU this machine lacks (predict)",
+        absent_gpu,
+        (f"`device` 'cuda:{torch.cuda.device_count()}'", f"{torch.cuda.device_count()} CUDA device(s)"),
+        "sane-predict",
+        2,
+    ),
+    Case(
+        "token_size too large for memory (convert)",
+        huge_token_size,
+        ("`token_size`=100000000000", "GiB of memory, more than this machine's"),
+        "sane-convert-zoo",
+    ),
+    Case(
+        "d_model too large for memory (pretrain)",
+        huge_d_model,
+        ("`d_model`=1000000", "parameters x 4 bytes x 4", "GiB of memory, more than this machine's"),
+        "sane-pretrain",
+    ),
+    Case(
+        "n too large for memory (generate)",
+        huge_n,
+        ("`n`=1000000000", "x 4 bytes) needs about", "more than this machine's"),
+        "sane-generate",
+    ),
+    Case(
+        "predict cannot update the SANE's card",
+        sane_card_unwritable_predict,
+        ("Is a directory", "sane_probe_results.json"),
+        "sane-predict",
+    ),
+    Case(
+        "dataset rows disagree with meta/info.json",
+        rows_disagree_with_meta,
+        ("the train split has 8 rows, meta/info.json says 9",),
+        "sane-pretrain",
+    ),
+    Case(
+        "make_zoo epochs beyond the documented bound",
+        make_zoo_epochs_beyond_bound,
+        ("`epochs` must be <= 10,000, got 1,000,000,000,000,000,000,000", "config.yaml"),
+        "sane-make-zoo",
+        2,
+    ),
+    Case(
+        "--dataset path missing (pretrain)",
+        missing_dataset_path,
+        ("--dataset", "no_such_ds: no such tokenized zoo dataset folder"),
+        "sane-pretrain",
+    ),
+    Case(
+        "--init_from path missing (pretrain)",
+        missing_init_from_path,
+        ("--init_from", "no_such_sane: no such SANE model folder"),
+        "sane-pretrain",
+    ),
+    Case(
+        "--dataset path missing (generate)",
+        missing_generate_dataset_path,
+        ("--dataset", "no_such_ds: no such tokenized zoo dataset folder"),
+        "sane-generate",
+    ),
+    Case(
+        "CNN SANE on an MLP dataset (predict)",
+        cnn_sane_on_mlp_dataset,
+        ("pretrained on another architecture", "its weight processor has 5 layers", "meta/layout.json has 2"),
+        "sane-predict",
+    ),
+    Case(
+        "make_zoo rerun over an empty DONE",
+        make_zoo_over_empty_done,
+        ("model_0001/DONE: found an empty file", "delete DONE and rerun sane-make-zoo"),
+        "sane-make-zoo",
+    ),
+    Case(
+        "generated model.safetensors changed after generation (evaluate)",
+        generated_model_changed_evaluate,
+        ("model_001/model.safetensors: sha256", "does not match", "gen/generation.json"),
+        "sane-evaluate",
     ),
 ]
 
@@ -848,3 +1319,64 @@ def test_window_larger_than_the_sequence_is_clipped_with_a_warning(good, tmp_pat
     config = build_sane_config(PretrainConfig(dataset=str(good["ds16"]), window_size=10_000), layout)
     assert config.window_size == layout.num_tokens
     assert f"`window_size`=10000 is larger than the dataset's sequence ({layout.num_tokens} tokens)" in caplog.text
+
+
+def test_a_dataset_written_before_checksums_loads_unverified_with_a_warning(good, tmp_path, caplog):
+    from sane_hf.data.hub_dataset import load_zoo_dataset
+
+    zoo = load_zoo_dataset(_without_checksums(good, tmp_path))
+    assert zoo.splits["train"].num_rows == 8
+    assert "its shards are loaded unverified" in caplog.text
+
+
+def test_written_shards_carry_their_split_size_and_sha256(good):
+    info = json.loads((good["ds16"] / "meta" / "info.json").read_text())
+    shards = sorted(p.relative_to(good["ds16"]).as_posix() for p in (good["ds16"] / "data").glob("*.parquet"))
+    assert sorted(info["checksums"]) == shards
+    for name, recorded in info["checksums"].items():
+        data = (good["ds16"] / name).read_bytes()
+        split = Path(name).name.split("-")[0]
+        assert recorded == {"split": split, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def test_make_zoo_records_each_checkpoint_size_and_sha256_in_done(tmp_path):
+    from sane_hf import cli
+
+    cli.main_make_zoo(["--output_dir", str(tmp_path / "zoo"), "--num_models", "1", "--epochs", "1"])
+    folder = tmp_path / "zoo" / "models" / "model_0000"
+    recorded = json.loads((folder / "DONE").read_text())["checkpoints"]
+    files = sorted((folder / "checkpoints").iterdir())
+    assert [f.name for f in files] == ["epoch_0000.safetensors", "epoch_0001.safetensors"]
+    assert recorded == {
+        f.name: {"size": f.stat().st_size, "sha256": hashlib.sha256(f.read_bytes()).hexdigest()} for f in files
+    }
+
+
+def test_a_weight_beyond_the_default_threshold_is_dropped_and_counted(good, tmp_path):
+    """One |w| = 1e30 would set its layer's normalization scale; by default its checkpoint is dropped, counted."""
+    from sane_hf.data.hub_dataset import ConvertConfig, convert_zoo
+
+    zoo = _copy(good["zoo"], tmp_path / "zoo")
+    file = _first_checkpoint(zoo)
+    weights = load_file(file)
+    weights["module_list.0.weight"][0, 0, 0, 0] = 1e30
+    save_file(weights, file)
+    info = convert_zoo(ConvertConfig(zoo_dir=str(zoo), output_dir=str(tmp_path / "ds"), token_size=16, seed=0)).info
+    assert info.weight_threshold == 1e6
+    assert info.filtering["dropped_checkpoint_counts"] == {"above_threshold": 1}
+    assert info.num_checkpoints == 12 - 1
+    stds = json.loads((tmp_path / "ds" / "meta" / "normalization.json").read_text())["layers"]
+    assert max(layer["std"] for layer in stds.values()) < 10
+
+
+def test_size_errors_name_the_estimated_bytes(good, tmp_path, capsys):
+    """The estimates in the size errors, against sizes computed here from the zoo's and the dataset's files."""
+    rows = _weight_rows(good["zoo"])
+    with pytest.raises(SystemExit):
+        huge_token_size(good, tmp_path)()
+    err = capsys.readouterr().err
+    assert f"at least {rows} tokens x 100000000000 values" in err
+    assert f"needs about {rows * 10**11 * 4 * 2 / 2**30:,.1f} GiB" in err
+    with pytest.raises(SystemExit):
+        huge_n(good, tmp_path)()
+    assert f"needs about {_generated_gib(good['ds16'], 10**9)}" in capsys.readouterr().err

@@ -283,6 +283,29 @@ def test_rerunning_a_finished_conversion_skips_it(tmp_path, zoo_tools, capsys):
         assert "output_dir exists and is not empty" in capsys.readouterr().err
 
 
+def test_rerunning_a_finished_generation_skips_it(tmp_path, zoo_tools, capsys):
+    zoo = zoo_tools.write_sane_hf_zoo(tmp_path / "zoo", num_models=4, num_epochs=1)
+    _run_main("main_convert_zoo", _convert_args(zoo, tmp_path / "zoo_ds"))
+    pretrain_args = _pretrain_args(tmp_path / "zoo_ds", tmp_path / "sane")
+    pretrain_args[pretrain_args.index("--max_steps") + 1] = "2"
+    _run_main("main_pretrain", pretrain_args)
+    output = tmp_path / "gen"
+    args = ["--model", str(tmp_path / "sane"), "--dataset", str(tmp_path / "zoo_ds"), "--output_dir", str(output)]
+    args += ["--n", "2", "--num_anchors", "2", "--sampler", "kde", "--evaluate", "false", "--num_threads", "1"]
+    _run_main("main_generate", args)
+    written = {relative: path.stat().st_mtime_ns for relative, path in _files(output).items()}
+    capsys.readouterr()
+
+    _run_main("main_generate", args + ["--num_threads", "2"])  # the same run (threads change no network): exit 0
+    assert capsys.readouterr().out == f"Already generated (same options; skipped): 2 kde networks in {output}.\n"
+    assert {relative: path.stat().st_mtime_ns for relative, path in _files(output).items()} == written
+
+    with pytest.raises(SystemExit) as info:  # another option is another run: refused without --overwrite
+        _run_main("main_generate", args + ["--seed", "1"])
+    assert info.value.code == 1
+    assert "does not hold a generation with these options" in capsys.readouterr().err
+
+
 def _child_with_stderr(main_name: str, args: list[str], stderr_path: str) -> None:
     os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
     os.dup2(os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)

@@ -57,8 +57,15 @@ from ..tokenization import (
     permute_state_dict,
     weight_matching,
 )
-from ..tokenization.memory import empty_hugepage
-from ..utils.io import check_output_apart_from_inputs, make_temporary_dir, output_lock, write_json_atomic
+from ..tokenization.memory import check_fits_in_memory, empty_hugepage
+from ..utils.io import (
+    check_output_apart_from_inputs,
+    file_checksum,
+    make_temporary_dir,
+    output_lock,
+    verify_file_checksum,
+    write_json_atomic,
+)
 from .info import (
     DATA_DIR,
     DATA_PATH_TEMPLATE,
@@ -71,7 +78,7 @@ from .info import (
     SplitInfo,
 )
 from .windows import TOKENS_COLUMN
-from .zoo import ZOO_FORMATS, CheckpointRecord, ZooFormat, ZooReader, open_zoo
+from .zoo import DEFAULT_WEIGHT_THRESHOLD, ZOO_FORMATS, CheckpointRecord, ZooFormat, ZooReader, open_zoo
 
 
 logger = logging.getLogger(__name__)
@@ -121,7 +128,8 @@ class ConvertConfig:
 
         epochs (`list[str]`, *optional*, defaults to `["all"]`): epochs to convert: `all`, or numbers / ranges
             such as `21-25`.
-        weight_threshold (`float`, *optional*, defaults to `inf`): drop checkpoints with any |w| above it.
+        weight_threshold (`float`, *optional*, defaults to 1e6): drop checkpoints with any |w| above it, counted
+            like NaN ones (docs/zoo_dataset_format.md#filtering); `inf` turns the check off.
         max_models (`int`, *optional*): keep this many models of the shuffled list (before splitting).
         split_fractions (`list[float]`, *optional*, defaults to `[0.7, 0.15, 0.15]`): train/val/test (or
             train/test) fractions of the models.
@@ -172,8 +180,11 @@ class ConvertConfig:
         metadata={"help": "Epochs to convert: 'all', or numbers and ranges, e.g. --epochs 21-25 or --epochs 0 5 10."},
     )
     weight_threshold: float = field(
-        default=math.inf,
-        metadata={"help": "Drop checkpoints with any |weight| above this (SANE §2.2; 100 for CNN zoos)."},
+        default=DEFAULT_WEIGHT_THRESHOLD,
+        metadata={
+            "help": "Drop checkpoints with any |weight| above this, counted like NaN ones (SANE §2.2; the original "
+            "used 100 for CNN zoos); inf turns the check off."
+        },
     )
     max_models: int | None = field(
         default=None, metadata={"help": "Use only this many models of the shuffled list (before splitting)."}
@@ -253,6 +264,17 @@ def parse_epochs(epochs: str | int | Iterable[str | int] | None) -> list[int] | 
     if not result:
         raise ValueError(f"`epochs` selects no epoch: {epochs!r}.")
     return sorted(result)
+
+
+def _epoch_ranges(epochs: Sequence[int]) -> str:
+    """`[0, 1, 2, 5]` -> `"0-2, 5"` (for messages)."""
+    parts: list[str] = []
+    for epoch in epochs:
+        if parts and epoch == int(parts[-1].split("-")[-1]) + 1:
+            parts[-1] = f"{parts[-1].split('-')[0]}-{epoch}"
+        else:
+            parts.append(str(epoch))
+    return ", ".join(parts) or "none"
 
 
 def check_split_fractions(fractions: Sequence[float]) -> list[float]:
@@ -705,6 +727,15 @@ def build_layout(
         )
         token_size = max(layer.row_width for layer in widths.layers)
         logger.info("Token size 0: using the widest row, T = %d.", token_size)
+    else:
+        # A token holds at most one row, so a checkpoint has at least one token per weight row: check the least
+        # the conversion holds (a checkpoint's raw tokens and its row of a shard) before anything [S, T] is allocated.
+        rows = sum(v.shape[0] for v in state_dict.values() if v.is_floating_point() and v.dim() >= 2)
+        check_fits_in_memory(
+            f"`token_size`={token_size} (at least {rows} tokens x {token_size} values x 4 bytes, twice, per "
+            "checkpoint)",
+            rows * token_size * 4 * 2,
+        )
     return TokenLayout.from_state_dict(
         state_dict,
         token_size=token_size,
@@ -845,6 +876,12 @@ def write_zoo_dataset(
         first = next(train_records, None)
         if first is None:
             threshold = "inf" if math.isinf(reader.weight_threshold) else reader.weight_threshold
+            if not any(reader.selected_epochs(reader.member(m)) for m in splits["train"]):
+                available = sorted({e for m in splits["train"] for e in reader.member(m).epochs})
+                raise ValueError(
+                    f"{reader.path}: `epochs` {reader.epochs} selects no checkpoint of the train split; its models "
+                    f"have epochs {_epoch_ranges(available)}."
+                )
             raise ValueError(
                 f"{reader.path}: no checkpoint of the train split survived filtering: each of its "
                 f"{sum(len(reader.selected_epochs(reader.member(m))) for m in splits['train'])} checkpoints has "
@@ -890,8 +927,10 @@ def write_zoo_dataset(
             writers[split] = (writer, kept)
         writes.close()  # every shard is on disk
         split_infos: dict[str, SplitInfo] = {}
+        checksums: dict[str, dict[str, Any]] = {}  # verified by `load_zoo_dataset`, each shard tied to its split
         for split, (writer, kept) in writers.items():
             files = writer.rename()
+            checksums.update({f"{DATA_DIR}/{f.name}": {"split": split, **file_checksum(f)} for f in files})
             split_infos[split] = SplitInfo(
                 model_ids=sorted(kept),
                 num_checkpoints=writer.num_rows,
@@ -926,6 +965,7 @@ def write_zoo_dataset(
             source=reader.source_info(),
             filtering=reader.report.to_dict(),
             features=features.to_dict(),
+            checksums=checksums,
             codebase_version=VERSION,
         )
         (tmp / META_DIR).mkdir()
@@ -1184,6 +1224,58 @@ def load_zoo_meta(root: str | os.PathLike) -> tuple[SaneDatasetInfo, TokenLayout
     return info, layout, normalization
 
 
+def _verify_shards(root: Path, info: SaneDatasetInfo, hashes: bool = True) -> None:
+    """Check that every shard `meta/info.json` lists exists and, with `hashes` for datasets that record checksums,
+    has the size and sha256 written for it under its own split (a shard of another split copied over it is named as
+    such)."""
+    if hashes and info.checksums is None:
+        logger.warning(
+            "%s: written before datasets carried shard checksums (sane_hf %s); its shards are loaded unverified.",
+            root,
+            info.codebase_version or "?",
+        )
+    for split, split_info in info.splits.items():
+        for file in split_info.files:
+            if not (root / file).is_file():
+                raise FileNotFoundError(f"{root / file}: missing; {INFO_PATH} lists it as a {split} shard.")
+            if not hashes or info.checksums is None:
+                continue
+            recorded = info.checksums.get(file)
+            if recorded is None or recorded.get("split") != split:
+                raise ValueError(
+                    f"{root / INFO_PATH}: lists {file} as a {split} shard but records no {split} checksum for it; "
+                    "expected one per shard (an edited meta file?)."
+                )
+            try:
+                verify_file_checksum(root / file, recorded, f"{root / INFO_PATH} ({split} shard)")
+            except ValueError as err:
+                digest = file_checksum(root / file)["sha256"]
+                same = [
+                    f"{other['split']} shard {name}"
+                    for name, other in info.checksums.items()
+                    if name != file and other.get("sha256") == digest
+                ]
+                if same:
+                    raise ValueError(
+                        f"{root / file}: has the content of the {same[0]}, not of the {split} shard {INFO_PATH} "
+                        "records; a shard was copied over another. Restore it (or convert the zoo again)."
+                    ) from None
+                raise err from None
+
+
+def _unreadable_shard(root: Path, info: SaneDatasetInfo) -> str:
+    """The first shard of `info` that pyarrow cannot read (for a one-line error), or the folder if all read."""
+    import pyarrow.parquet as pq
+
+    for split_info in info.splits.values():
+        for file in split_info.files:
+            try:
+                pq.read_table(root / file)
+            except Exception:  # noqa: BLE001 - any failure names this file
+                return f"{root / file}: corrupt or truncated parquet shard; restore it or convert the zoo again"
+    return f"{root}: cannot read the parquet shards"
+
+
 def load_zoo_dataset(
     path_or_repo_id: str | os.PathLike,
     revision: str | None = None,
@@ -1219,6 +1311,7 @@ def load_zoo_dataset(
     ```
     """
     import datasets
+    import pyarrow
 
     path = Path(path_or_repo_id)
     if path.is_dir():
@@ -1240,12 +1333,9 @@ def load_zoo_dataset(
         )
         source = str(path_or_repo_id)
     info, layout, normalization = load_zoo_meta(root)
-    if root is path and not streaming:
-        for split, split_info in info.splits.items():
-            for file in split_info.files:
-                if not (root / file).is_file():
-                    raise FileNotFoundError(f"{root / file}: missing; {INFO_PATH} lists it as a {split} shard.")
     if root is path:
+        # A streamed split is read piecewise: hashing every shard first would read it all, so only presence is checked.
+        _verify_shards(root, info, hashes=not streaming)
         # Absolute shard paths for local folders: datasets 5.2 keys the cache of `load_dataset(folder)` on the folder
         # *name* and the card's patterns only, so two folders named alike (or a folder converted again with
         # `overwrite=True`) would silently share one stale Arrow cache. Explicit files are keyed on path and mtime.
@@ -1253,7 +1343,10 @@ def load_zoo_dataset(
             split: [str((root / file).resolve()) for file in info.splits[split].files]
             for split in info.nonempty_splits
         }
-        splits = datasets.load_dataset(str(root), data_files=data_files, cache_dir=cache_dir, streaming=streaming)
+        try:
+            splits = datasets.load_dataset(str(root), data_files=data_files, cache_dir=cache_dir, streaming=streaming)
+        except (datasets.exceptions.DatasetGenerationError, pyarrow.ArrowException) as err:
+            raise ValueError(f"{_unreadable_shard(root, info)}: {err.__cause__ or err}") from None
     else:
         splits = datasets.load_dataset(
             source, revision=revision, cache_dir=cache_dir, token=token, streaming=streaming

@@ -94,6 +94,9 @@ class SaneDatasetInfo:
         source (`dict`): the source zoo (`zoo_dir`, `zoo_format`, `task`, ...).
         filtering (`dict`): the filtering report (`FilterReport.to_dict()`).
         features (`dict`): the `datasets.Features` of the parquet files (`Features.to_dict()`).
+        checksums (`dict`, *optional*): shard path -> `{"split", "size", "sha256"}` of every parquet shard, which
+            `load_zoo_dataset` verifies before reading a local folder (`None`: a dataset written before checksums
+            existed, loaded unverified).
         data_path (`str`): template of the shard paths.
         format (`str`), format_version (`int`), codebase_version (`str`): what wrote the dataset.
     """
@@ -120,6 +123,7 @@ class SaneDatasetInfo:
     source: dict[str, Any] = field(default_factory=dict)
     filtering: dict[str, Any] = field(default_factory=dict)
     features: dict[str, Any] = field(default_factory=dict)
+    checksums: dict[str, dict[str, Any]] | None = None
     data_path: str = DATA_PATH_TEMPLATE
     format: str = ZOO_DATASET_FORMAT
     format_version: int = ZOO_DATASET_FORMAT_VERSION
@@ -153,7 +157,9 @@ class SaneDatasetInfo:
                 raise ValueError(
                     f"SaneDatasetInfo: property {name!r} has dtype {dtype!r}; expected one of {PROPERTY_DTYPES}."
                 )
-        if self.max_positions is not None and len(self.max_positions) != 3:
+        if self.max_positions is not None and (
+            not isinstance(self.max_positions, list) or len(self.max_positions) != 3
+        ):
             raise ValueError(f"SaneDatasetInfo: `max_positions` must have 3 entries, got {self.max_positions!r}.")
 
     @property

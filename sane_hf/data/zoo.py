@@ -51,6 +51,7 @@ from typing import Any, ClassVar, Literal, get_args
 import torch
 
 from ..utils.checks import weights_only_rejection
+from ..utils.io import verify_file_checksum
 from .zoo_format import (
     CHECKPOINT_FILE,
     CHECKPOINTS_DIR,
@@ -61,6 +62,8 @@ from .zoo_format import (
     ZOO_CONFIG_NAME,
     ZOO_FORMAT,
     ZOO_FORMAT_VERSION,
+    checkpoint_name,
+    read_done,
 )
 
 
@@ -105,6 +108,12 @@ _PICKLE_INDEX = "pytorch_model.bin.index.json"
 _WEIGHT_FILES = (_SAFETENSORS_WEIGHTS, _SAFETENSORS_INDEX, _PICKLE_WEIGHTS, _PICKLE_INDEX)
 _MODEL_PROPERTIES_FILE = "properties.json"
 _ZOO_ARCHITECTURE_KEY = "zoo_architecture"
+
+# Checkpoints with any |w| above this are dropped and counted like NaN ones (docs/zoo_dataset_format.md#filtering):
+# far above any weight of a trained network (the original's own thresholds were 100 for CNN zoos and 15,000-25,000
+# for ResNets), far below the 1e30s a corrupt or diverged checkpoint holds, whose one value would otherwise set its
+# layer's normalization scale for every other checkpoint.
+DEFAULT_WEIGHT_THRESHOLD = 1e6
 
 # Filter reasons (docs/zoo_dataset_format.md).
 DROP_NON_FINITE = "non_finite"
@@ -186,7 +195,7 @@ class FilterReport:
         num_checkpoints_read (`int`), num_checkpoints_kept (`int`), num_models_kept (`int`): counters.
     """
 
-    weight_threshold: float = math.inf
+    weight_threshold: float = DEFAULT_WEIGHT_THRESHOLD
     skipped_models: list[dict[str, Any]] = field(default_factory=list)
     dropped_checkpoints: list[dict[str, Any]] = field(default_factory=list)
     dropped_models: list[dict[str, Any]] = field(default_factory=list)
@@ -244,16 +253,26 @@ def _check_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def load_safetensors_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a `.safetensors` state_dict on CPU; a corrupt or truncated file raises `ZooFormatError` naming it."""
+def load_safetensors_checkpoint(
+    path: str | Path, checksum: Mapping[str, Any] | None = None, recorded_in: str = ""
+) -> dict[str, torch.Tensor]:
+    """Load a `.safetensors` state_dict on CPU; a corrupt or truncated file raises `ZooFormatError` naming it.
+
+    With `checksum` (`{"size", "sha256"}`, read from the file `recorded_in`) the bytes are verified before they are
+    parsed, so a changed file is an error rather than silently different weights.
+    """
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load, load_file
 
     path = Path(path)
     if not path.is_file():
         raise ZooFormatError(f"{path}: checkpoint file not found.")
+    data = None
+    if checksum is not None:
+        data = path.read_bytes()
+        verify_file_checksum(path, dict(checksum), recorded_in, data=data)
     try:
-        state_dict = load_file(path, device="cpu")
+        state_dict = load_file(path, device="cpu") if data is None else load(data)
     except (SafetensorError, OSError, ValueError) as err:
         raise ZooFormatError(
             f"{path}: corrupt or truncated safetensors checkpoint; expected a complete safetensors file ({err})."
@@ -359,8 +378,9 @@ class ZooReader:
         path (`str` or `Path`): the zoo.
         epochs (`Iterable[int]`, *optional*): epochs to read; a requested epoch a model lacks is reported as
             `missing_checkpoint`. Defaults to every epoch each model has.
-        weight_threshold (`float`, *optional*, defaults to `inf`): drop checkpoints with any |w| above it (the
-            original used 100 for CNN zoos, 15,000-25,000 for ResNets; docs/zoo_dataset_format.md).
+        weight_threshold (`float`, *optional*, defaults to `DEFAULT_WEIGHT_THRESHOLD` = 1e6): drop checkpoints with
+            any |w| above it (the original used 100 for CNN zoos, 15,000-25,000 for ResNets; `math.inf` turns the
+            check off; docs/zoo_dataset_format.md#filtering).
 
     Example:
 
@@ -379,7 +399,11 @@ class ZooReader:
     _metrics_name: ClassVar[str | None] = None
 
     def __init__(
-        self, path: str | Path, *, epochs: Iterable[int] | None = None, weight_threshold: float = math.inf
+        self,
+        path: str | Path,
+        *,
+        epochs: Iterable[int] | None = None,
+        weight_threshold: float = DEFAULT_WEIGHT_THRESHOLD,
     ) -> None:
         self.path = Path(path)
         self.epochs = None if epochs is None else sorted({int(e) for e in epochs})
@@ -680,6 +704,7 @@ class SaneHfZooReader(ZooReader):
                 f"{config.get('format_version')!r}."
             )
         self.zoo_config = config
+        self._checksums: dict[str, dict[str, Any]] = {}  # model id -> checkpoint name -> size, sha256 (its DONE)
         if not (self.path / MODELS_DIR).is_dir():
             raise ZooFormatError(f"{self.path / MODELS_DIR}: missing; expected one folder per model.")
 
@@ -689,7 +714,11 @@ class SaneHfZooReader(ZooReader):
     def _list_members(self) -> list[ZooMember]:
         members = []
         for folder in sorted(p for p in (self.path / MODELS_DIR).iterdir() if p.is_dir()):
-            if not (folder / DONE_NAME).is_file():
+            try:
+                done = read_done(folder)
+            except ValueError as err:
+                raise ZooFormatError(str(err)) from None
+            if done is None:
                 self.report.skipped_models.append({"model_id": folder.name, "reason": "unfinished (no DONE file)"})
                 logger.debug("Skipping unfinished model %s (no DONE file).", folder)
                 continue
@@ -710,6 +739,7 @@ class SaneHfZooReader(ZooReader):
                 raise ZooFormatError(
                     f"{checkpoint_dir}: expected epoch_<E:04d>.safetensors checkpoints in a finished model, found none."
                 )
+            self._checksums[folder.name] = _finished_checkpoints(folder, done, checkpoints)
             hyperparameters = {
                 _SANE_HF_RENAMES.get(k, k): v
                 for k, v in params.items()
@@ -739,7 +769,30 @@ class SaneHfZooReader(ZooReader):
         return metrics
 
     def _load(self, member: ZooMember, epoch: int) -> dict[str, torch.Tensor]:
-        return load_safetensors_checkpoint(member.checkpoints[epoch])
+        path = member.checkpoints[epoch]
+        recorded = self._checksums.get(member.model_id, {}).get(path.name)
+        return load_safetensors_checkpoint(path, recorded, str(member.path / DONE_NAME))
+
+
+def _finished_checkpoints(folder: Path, done: dict[str, Any], found: Mapping[int, Path]) -> dict[str, Any]:
+    """The checkpoint checksums a model's `DONE` records (empty for zoos written before they were recorded), after
+    checking that every checkpoint `DONE` accounts for (its `checkpoints`, else epochs 0..`epochs`) is on disk."""
+    checksums = done.get("checkpoints")
+    if isinstance(checksums, dict):
+        expected = sorted(checksums)
+    elif isinstance(done.get("epochs"), int):
+        expected, checksums = [checkpoint_name(epoch) for epoch in range(done["epochs"] + 1)], {}
+    else:
+        expected, checksums = [], {}
+    names = {path.name for path in found.values()}
+    missing = [name for name in expected if name not in names]
+    if missing:
+        raise ZooFormatError(
+            f"{folder / CHECKPOINTS_DIR / missing[0]}: missing, but {folder / DONE_NAME} marks the model finished "
+            f"with {len(expected)} checkpoints ({len(missing)} missing); expected all of them. Delete the model "
+            "folder and rerun sane-make-zoo to train it again."
+        )
+    return checksums
 
 
 class ModelZooReader(ZooReader):
@@ -1007,7 +1060,7 @@ def open_zoo(
     zoo_format: str = "auto",
     *,
     epochs: Iterable[int] | None = None,
-    weight_threshold: float = math.inf,
+    weight_threshold: float = DEFAULT_WEIGHT_THRESHOLD,
     **kwargs: Any,
 ) -> ZooReader:
     """Open a zoo with the reader for its layout.
@@ -1016,7 +1069,7 @@ def open_zoo(
         path (`str`, `Path` or a list of str): the zoo folder (or, for `"models"`, folders / Hub repo ids).
         zoo_format (`str`, *optional*, defaults to `"auto"`): `"auto"`, `"sane_hf"`, `"modelzoo"` or `"models"`.
         epochs (`Iterable[int]`, *optional*): epochs to read (default: all).
-        weight_threshold (`float`, *optional*, defaults to `inf`): see `ZooReader`.
+        weight_threshold (`float`, *optional*, defaults to `DEFAULT_WEIGHT_THRESHOLD`): see `ZooReader`.
         kwargs: passed to the reader (e.g. `revision` for `"models"`).
     """
     if zoo_format == "auto":

@@ -67,6 +67,7 @@ from tqdm.auto import tqdm
 from ..tasks import OPTIMIZERS, TaskData, TaskSplit, evaluate, load_task, make_optimizer, train_epoch
 from ..utils.checks import config_differences
 from ..utils.io import (
+    bytes_checksum,
     output_lock,
     remove_temporary_files,
     write_bytes_atomic,
@@ -85,6 +86,7 @@ from .zoo_format import (
     ZOO_FORMAT_VERSION,
     checkpoint_name,
     model_id_for,
+    read_done,
 )
 
 
@@ -105,6 +107,13 @@ _INIT_STREAM, _ORDER_STREAM, _DROPOUT_STREAM = 0, 1, 2
 # ---------------------------------------------------------------------------------------------------------------
 # Configuration
 # ---------------------------------------------------------------------------------------------------------------
+
+
+# Upper bounds of a zoo, so that a typo (`epochs: 1000000000000`) is an error instead of a build that fills the disk.
+# Model folders are named with 4 digits (`model_id_for`), so beyond 10,000 models their sorted order would no longer
+# be the index order; the paper's zoos train for at most 60 epochs, one checkpoint per epoch and model.
+MAX_MODELS = 10_000
+MAX_EPOCHS = 10_000
 
 
 @dataclass
@@ -135,9 +144,10 @@ class ZooConfig:
         > Training
 
         num_models (`int`, *optional*, defaults to 120):
-            Number of models.
+            Number of models, at most `MAX_MODELS` (10,000).
         epochs (`int`, *optional*, defaults to 15):
-            Training epochs per model; checkpoints are written for epochs 0 (initialization) to `epochs`.
+            Training epochs per model, at most `MAX_EPOCHS` (10,000); checkpoints are written for epochs 0
+            (initialization) to `epochs`.
         batch_size (`int`, *optional*, defaults to 32):
             Mini-batch size.
         seed (`int`, *optional*, defaults to 0):
@@ -190,8 +200,10 @@ class ZooConfig:
             "num_classes come from the task, activation/init/dropout from the grids."
         },
     )
-    num_models: int = field(default=120, metadata={"help": "Number of models in the zoo."})
-    epochs: int = field(default=15, metadata={"help": "Training epochs; checkpoints for epochs 0..epochs."})
+    num_models: int = field(default=120, metadata={"help": "Number of models in the zoo (at most 10,000)."})
+    epochs: int = field(
+        default=15, metadata={"help": "Training epochs (at most 10,000); checkpoints for epochs 0..epochs."}
+    )
     batch_size: int = field(default=32, metadata={"help": "Mini-batch size."})
     seed: int = field(default=0, metadata={"help": "Zoo seed: model i's factors and seed come from (seed, i)."})
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum."})
@@ -239,6 +251,10 @@ class ZooConfig:
                     f"{name}: `model_kwargs` must not set {key!r}; it is a generating factor, set the grid "
                     f"`{_FACTOR_KWARGS[key]}` instead (e.g. a single value)."
                 )
+        for attr, maximum in (("num_models", MAX_MODELS), ("epochs", MAX_EPOCHS)):
+            value = getattr(self, attr)
+            if isinstance(value, int) and value > maximum:
+                raise ValueError(f"{name}: `{attr}` must be <= {maximum:,}, got {value:,}.")
         for attr, minimum in (
             ("num_models", 1),
             ("epochs", 0),
@@ -471,6 +487,7 @@ class _ModelWriter:
         self.folder = folder
         self.model_id = model_id
         self.lines: list[dict[str, Any]] = []
+        self.checksums: dict[str, dict[str, Any]] = {}  # checkpoint file name -> size and sha256, recorded in DONE
 
     def start(self, params: dict[str, Any]) -> None:
         if self.folder.exists():
@@ -482,12 +499,14 @@ class _ModelWriter:
     def write_epoch(self, epoch: int, state_dict: dict[str, torch.Tensor], line: dict[str, Any]) -> None:
         metadata = {"epoch": str(epoch), "model_id": self.model_id, "format": "pt"}
         path = self.folder / CHECKPOINTS_DIR / checkpoint_name(epoch)
-        write_bytes_atomic(path, safetensors_bytes(state_dict, metadata))
+        data = safetensors_bytes(state_dict, metadata)
+        write_bytes_atomic(path, data)
+        self.checksums[path.name] = bytes_checksum(data)
         self.lines.append(line)
         write_text_atomic(self.folder / METRICS_NAME, "".join(json.dumps(item) + "\n" for item in self.lines))
 
     def finish(self, summary: dict[str, Any]) -> None:
-        write_json_atomic(self.folder / DONE_NAME, summary)
+        write_json_atomic(self.folder / DONE_NAME, {**summary, "checkpoints": self.checksums})
 
 
 def _params_record(config: ZooConfig, plan: ModelPlan, model: ZooModel) -> dict[str, Any]:
@@ -899,7 +918,7 @@ class _ZooRun:
 
 
 def _is_done(folder: Path) -> bool:
-    return (folder / DONE_NAME).is_file()
+    return read_done(folder) is not None
 
 
 def summarize_zoo(output_dir: str | os.PathLike) -> dict[str, Any]:
@@ -913,9 +932,9 @@ def summarize_zoo(output_dir: str | os.PathLike) -> dict[str, Any]:
     config = json.loads((output_dir / ZOO_CONFIG_NAME).read_text(encoding="utf-8"))
     accuracies = []
     for index in range(config["num_models"]):
-        done = output_dir / MODELS_DIR / model_id_for(index) / DONE_NAME
-        if done.is_file():
-            accuracies.append(json.loads(done.read_text(encoding="utf-8"))["final_metrics"]["test_acc"])
+        done = read_done(output_dir / MODELS_DIR / model_id_for(index))
+        if done is not None:
+            accuracies.append(done["final_metrics"]["test_acc"])
     size = sum(path.stat().st_size for path in output_dir.rglob("*") if path.is_file())
     spread = None
     if accuracies:

@@ -12,7 +12,10 @@
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
+from typing import Any
 
 
 ZOO_FORMAT = "sane_hf-zoo"
@@ -34,3 +37,26 @@ def model_id_for(index: int) -> str:
 def checkpoint_name(epoch: int) -> str:
     """The file name of the checkpoint of `epoch`: `f"epoch_{epoch:04d}.safetensors"` (matches `CHECKPOINT_FILE`)."""
     return f"epoch_{epoch:04d}.safetensors"
+
+
+def read_done(folder: str | Path) -> dict[str, Any] | None:
+    """The `DONE` record of a model folder (`None`: no `DONE`, the model is unfinished).
+
+    Raises a `ValueError` naming the file when `DONE` exists but is not the JSON object `sane-make-zoo` writes (e.g.
+    an empty file made by hand): whether such a model is complete cannot be told.
+    """
+    path = Path(folder) / DONE_NAME
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        record = None
+    if not isinstance(record, dict):
+        size = path.stat().st_size
+        found = "an empty file" if size == 0 else f"{size} bytes that are not a JSON object"
+        raise ValueError(
+            f"{path}: found {found}; expected the JSON summary sane-make-zoo writes when a model has finished. If "
+            f"the model was not finished, delete {DONE_NAME} and rerun sane-make-zoo to train it again."
+        )
+    return record

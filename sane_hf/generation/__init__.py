@@ -41,6 +41,7 @@ from .evaluate import (
 from .generate import (
     GenerationResult,
     SaneGenerator,
+    finished_generation,
     generate,
     generate_models,
     push_generated_models,
@@ -94,6 +95,7 @@ __all__ = [
     "evaluate_models",
     "evaluate_population",
     "finetune",
+    "finished_generation",
     "generate",
     "generate_models",
     "has_batchnorm",

@@ -36,7 +36,7 @@ from torch import nn
 from ..tasks import evaluate as evaluate_split
 from ..tasks import make_optimizer, train_epoch
 from ..utils.bootstrap import mean_interval
-from ..utils.io import write_text_atomic
+from ..utils.io import verify_file_checksum, write_text_atomic
 from .configs import EvaluateConfig, FinetuneConfig
 
 
@@ -644,8 +644,17 @@ def evaluate_models(config: EvaluateConfig) -> EvaluationReport:
     if not models_dir.is_dir():
         raise FileNotFoundError(f"{models_dir}: not a folder of generated models.")
     generation = {}
-    if (models_dir / "generation.json").is_file():
-        generation = json.loads((models_dir / "generation.json").read_text(encoding="utf-8"))
+    generation_file = models_dir / "generation.json"
+    if generation_file.is_file():
+        try:
+            generation = json.loads(generation_file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ValueError(
+                f"{generation_file}: invalid JSON ({err}); expected the record sane-generate writes."
+            ) from None
+        for name, recorded in (generation.get("checksums") or {}).items():
+            if (models_dir / name).is_file():  # a missing file is named by the loader
+                verify_file_checksum(models_dir / name, recorded, str(generation_file))
     folders = _model_folders(models_dir, "model_")
     if not folders:
         raise FileNotFoundError(f"{models_dir}: no model_*/ folders with a config.json (written by sane-generate).")

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ..tasks import evaluate as evaluate_split
-from ..utils.io import check_output_apart_from_inputs, make_temporary_dir, output_lock
+from ..utils.io import check_output_apart_from_inputs, file_checksum, make_temporary_dir, output_lock
 from ..utils.repo_ids import hub_id_or_none
 from .bn_conditioning import condition_batchnorm, has_batchnorm
 from .configs import GenerateConfig
@@ -585,7 +585,12 @@ def save_generated_models(
             results=results,
             members=members,
         ).save(tmp / "README.md")
-        (tmp / GENERATION_JSON).write_text(json.dumps(result.to_dict(), indent=1, default=str) + "\n")
+        record = result.to_dict()
+        # Size and sha256 of every weight file, which `sane-evaluate` verifies before loading the networks.
+        record["checksums"] = {
+            path.relative_to(tmp).as_posix(): file_checksum(path) for path in sorted(tmp.rglob("*.safetensors"))
+        }
+        (tmp / GENERATION_JSON).write_text(json.dumps(record, indent=1, default=str) + "\n")
         if result.report is not None:
             write_evaluation_report(result.report, tmp, plot=plot)
         if output_dir.exists():
@@ -643,6 +648,30 @@ def push_generated_models(
     return url
 
 
+# `GenerateConfig` options that do not change the generated networks: a rerun that differs only in these is the same.
+_GENERATION_RUN_CONTROL = ("overwrite", "push_to_hub", "hub_private", "num_threads")
+
+
+def finished_generation(config: GenerateConfig) -> dict[str, Any] | None:
+    """The `generation.json` in `config.output_dir` if the folder holds a finished run with the same options (the
+    folder is renamed into place complete, so the file means finished), else `None`; always `None` with
+    `config.overwrite`. Lets the same command run again skip the work instead of refusing the non-empty folder."""
+    if config.overwrite:
+        return None
+    try:
+        stored = json.loads((Path(config.output_dir) / GENERATION_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+    def options(values: Any) -> dict[str, Any] | None:
+        if not isinstance(values, dict):
+            return None
+        return {key: value for key, value in values.items() if key not in _GENERATION_RUN_CONTROL}
+
+    same = isinstance(stored, dict) and options(stored.get("config")) == options(config.to_dict())
+    return stored if same else None
+
+
 def generate(config: GenerateConfig) -> GenerationResult:
     """`sane-generate`: load the SANE and the zoo, generate, evaluate, save to `config.output_dir`, optionally push.
 
@@ -658,24 +687,35 @@ def generate(config: GenerateConfig) -> GenerationResult:
     output_dir = Path(config.output_dir)
     check_output_apart_from_inputs(output_dir, {"model": config.model, "dataset": config.dataset})
     if output_dir.exists() and any(output_dir.iterdir()) and not config.overwrite:
-        # Fail before hours of work, not after.
-        raise FileExistsError(f"{output_dir} exists and is not empty; pass --overwrite to replace it.")
+        # Fail before hours of work, not after. (`finished_generation` tells a rerun of the same run apart.)
+        raise FileExistsError(
+            f"{output_dir} exists and is not empty (and does not hold a generation with these options); pass "
+            "--overwrite to replace it."
+        )
     with output_lock(output_dir):  # a second run would silently replace this one's models
         return _generate_into(config, output_dir)
 
 
 def _generate_into(config: GenerateConfig, output_dir: Path) -> GenerationResult:
     from ..data.hub_dataset import load_zoo_dataset
-    from ..models.sane import SaneModel
+    from ..models.sane import load_sane_folder
     from ..tokenization.processing_sane import load_sane_processor
 
     start = time.perf_counter()
     from ..utils.checks import check_finite_weights
+    from ..tokenization.memory import check_fits_in_memory
+    from ..utils.repo_ids import load_local_or_hub
 
-    sane = SaneModel.from_pretrained(config.model).eval()
+    sane = load_local_or_hub(config.model, "SANE model", "model", load_sane_folder).eval()
     check_finite_weights(sane, f"--model {config.model}")
     processor = load_sane_processor(config.model)
-    zoo = load_zoo_dataset(config.dataset)
+    zoo = load_local_or_hub(config.dataset, "tokenized zoo dataset", "dataset", load_zoo_dataset)
+    count = max(config.n, config.num_candidates if config.sampler == "subsample" else 0)
+    layout = zoo.layout
+    check_fits_in_memory(
+        f"`n`={config.n} ({count} networks x {layout.num_tokens} tokens x {layout.token_size} values x 4 bytes)",
+        count * layout.num_tokens * layout.token_size * 4,
+    )
     load_seconds = time.perf_counter() - start
     result = generate_models(sane, zoo, config, processor=processor)
     result.timings["load"] = load_seconds

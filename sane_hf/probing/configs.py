@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from ..utils.checks import check_device
 from .embed import POOLINGS
 from .finetune import FINETUNE_POOLINGS
 
@@ -154,6 +155,7 @@ class PredictConfig:
                 raise ValueError(f"`{name}` must be an int >= 0, got {value!r}.")
         if self.finetune_lr <= 0:
             raise ValueError(f"`finetune_lr` must be > 0, got {self.finetune_lr}.")
+        check_device(self.device)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -117,10 +117,15 @@ def pool_token_latents(token_latents: torch.Tensor, pooling_matrix: torch.Tensor
 
 
 def check_model_matches_layout(
-    model, layout: TokenLayout, model_source: str | None = None, dataset_source: str | None = None
+    model,
+    layout: TokenLayout,
+    model_source: str | None = None,
+    dataset_source: str | None = None,
+    trained_layout: TokenLayout | None = None,
 ) -> None:
     """Raise a `ValueError` naming both numbers (and the model / dataset, when given) if the SANE's token size or
-    position tables do not fit `layout`."""
+    position tables do not fit `layout`, or if `trained_layout` (the layout of the SANE's weight processor) has other
+    layers than `layout`."""
     config = model.config
     sane = f"The SANE model {model_source}" if model_source else "The SANE model"
     dataset = f"the dataset {dataset_source}" if dataset_source else "the dataset"
@@ -136,6 +141,15 @@ def check_model_matches_layout(
                 f"{sane} has max_positions[{coordinate}]={have}, but the layout of {dataset} needs {needed} "
                 f"(positions {layout.max_positions}); this SANE cannot embed these models."
             )
+    trained = [layer.name for layer in trained_layout.layers] if trained_layout is not None else []
+    layers = [layer.name for layer in layout.layers]
+    if trained and trained != layers:
+        # Another architecture: its tokens sit at positions and in normalization layers the SANE never saw.
+        raise ValueError(
+            f"{sane} was pretrained on another architecture than {dataset}: its weight processor has {len(trained)} "
+            f"layers ({', '.join(trained[:3])}, ...), meta/layout.json has {len(layers)} ({', '.join(layers[:3])}, "
+            "...); expected a dataset of the architecture the SANE was trained on."
+        )
 
 
 def embed_zoo(

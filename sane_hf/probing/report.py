@@ -22,9 +22,10 @@ import logging
 import math
 import os
 import re
+import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +43,14 @@ from ..hub.probe_records import (
     main_records,
     main_scaling,
 )
-from ..models.sane import SaneModel
+from ..models.sane import SaneModel, load_sane_folder
 from ..tokenization import TokenLayout, TokenPermuter
 from ..tokenization.normalization import token_transform_for
 from ..tokenization.processing_sane import load_sane_processor
 from ..utils.bootstrap import bootstrap_over_groups
 from ..utils.checks import check_finite_weights
 from ..utils.io import check_output_apart_from_inputs, write_text_atomic
-from ..utils.repo_ids import looks_like_path
+from ..utils.repo_ids import load_local_or_hub
 from .baselines import raw_weights, weight_statistics
 from .configs import PredictConfig
 from .embed import check_model_matches_layout, embed_zoo, iter_token_batches, read_columns
@@ -77,38 +78,24 @@ def sane_method_name(pooling: str) -> str:
 # -------------------------------------------------------------------------------------------------------------------
 
 
-def _load_source(value: str, what: str, flag: str, loader: Callable[[str], Any]) -> Any:
-    path = Path(value).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise ValueError(f"--{flag} {value}: expected a {what} folder or a Hub id, found a file.")
-        return loader(str(path))
-    if looks_like_path(value):
-        raise FileNotFoundError(f"--{flag} {value}: no such {what} folder.")
-    try:
-        return loader(value)
-    except OSError as err:  # includes the Hub's connection and not-found errors
-        raise FileNotFoundError(
-            f"--{flag} {value}: not a local {what} folder, and loading it as a Hub repo failed ({err})."
-        ) from None
-
-
 def load_sane(value: str, device: str | torch.device = "cpu") -> SaneModel:
     """A pretrained `SaneModel` from a folder or Hub id, with clear errors for missing folders/repos."""
 
     def loader(source: str) -> SaneModel:
         if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
             raise FileNotFoundError(f"--model {source}: the folder has no config.json; is it a saved SANE?")
-        return SaneModel.from_pretrained(source)
+        return load_sane_folder(source)
 
-    model = _load_source(value, "SANE model", "model", loader)
+    model = load_local_or_hub(value, "SANE model", "model", loader)
     check_finite_weights(model, f"--model {value}")
     return model.to(device).eval()
 
 
 def load_zoo(value: str, revision: str | None = None) -> SaneZooDataset:
     """A tokenized zoo from a folder or Hub dataset id, with clear errors for missing folders/repos."""
-    return _load_source(value, "tokenized zoo dataset", "dataset", lambda s: load_zoo_dataset(s, revision=revision))
+    return load_local_or_hub(
+        value, "tokenized zoo dataset", "dataset", lambda s: load_zoo_dataset(s, revision=revision)
+    )
 
 
 def available_properties(zoo: SaneZooDataset) -> list[str]:
@@ -243,6 +230,12 @@ def predict_properties(cfg: PredictConfig) -> dict[str, Any]:
     """
     start = time.perf_counter()
     check_output_apart_from_inputs(cfg.output_dir, {"model": cfg.model, "dataset": cfg.dataset})
+    model_folder = Path(cfg.model).expanduser()
+    if cfg.update_model_card and model_folder.is_dir() and not os.access(model_folder, os.W_OK):
+        raise PermissionError(
+            f"--model {cfg.model}: the folder is read-only, but predict adds the probe results to its README.md "
+            "(update_model_card); make it writable or pass --update_model_card false."
+        )
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
@@ -251,8 +244,10 @@ def predict_properties(cfg: PredictConfig) -> dict[str, Any]:
     check_properties(zoo, cfg.properties)
     model = load_sane(cfg.model, device)
     layout = zoo.layout
-    check_model_matches_layout(model, layout, cfg.model, cfg.dataset)
-    transform = token_transform_for(load_sane_processor(cfg.model), zoo)
+    processor = load_sane_processor(cfg.model)
+    trained_layout = processor.layout if processor is not None else None
+    check_model_matches_layout(model, layout, cfg.model, cfg.dataset, trained_layout=trained_layout)
+    transform = token_transform_for(processor, zoo)
     splits = {name: zoo.splits[name] for name in SPLITS if name in zoo.splits}
     rows = {name: select_rows(dataset, cfg.checkpoint_epochs) for name, dataset in splits.items()}
     if len(rows.get("train", [])) == 0:
@@ -438,46 +433,52 @@ def predict_properties(cfg: PredictConfig) -> dict[str, Any]:
         finetune_info = {"history": tuned["history"], "best_epoch": tuned["best_epoch"], "seconds": tuned["seconds"]}
         timings["finetune"] = round(time.perf_counter() - t0, 2)
 
-    # 5. Report.
+    # 5. Report. A folder this run creates is removed again if writing fails (e.g. the card cannot be written).
     output_dir = Path(cfg.output_dir)
+    created = not output_dir.exists()
     output_dir.mkdir(parents=True, exist_ok=True)
-    files = [RESULTS_JSON, RESULTS_MD]
-    if cfg.plots:
-        t0 = time.perf_counter()
-        files += write_plots(output_dir, plot_data, tasks, embedded, targets)
-        timings["plots"] = round(time.perf_counter() - t0, 2)
-    timings["total"] = round(time.perf_counter() - start, 2)
-    results = {
-        "config": cfg.to_dict(),
-        "dataset": {
-            "source": cfg.dataset,
-            "num_checkpoints": {name: len(r) for name, r in rows.items()},
-            "num_tokens": layout.num_tokens,
-            "token_size": layout.token_size,
-            "num_layers": layout.num_layers,
-            "num_real_values": int(layout.mask.sum()),
-        },
-        "model": {
-            "source": cfg.model,
-            "latent_dim": model.config.latent_dim,
-            "window_size": model.config.window_size,
-            "num_parameters": int(model.num_parameters()),
-        },
-        "tasks": tasks,
-        "skipped": skipped,
-        "records": records,
-        "finetune": finetune_info,
-        "timings": timings,
-        "files": files,
-    }
-    write_text_atomic(output_dir / RESULTS_JSON, json.dumps(_json_safe(results), indent=2) + "\n")
-    write_text_atomic(output_dir / RESULTS_MD, results_markdown(results))
-    model_folder = Path(cfg.model).expanduser()
-    if cfg.update_model_card and model_folder.is_dir():
-        # The probe R² belong in the model's own card (`model-index`), which a later push uploads.
-        from ..hub.sane_cards import write_sane_card
+    try:
+        files = [RESULTS_JSON, RESULTS_MD]
+        if cfg.plots:
+            t0 = time.perf_counter()
+            files += write_plots(output_dir, plot_data, tasks, embedded, targets)
+            timings["plots"] = round(time.perf_counter() - t0, 2)
+        timings["total"] = round(time.perf_counter() - start, 2)
+        results = {
+            "config": cfg.to_dict(),
+            "dataset": {
+                "source": cfg.dataset,
+                "num_checkpoints": {name: len(r) for name, r in rows.items()},
+                "num_tokens": layout.num_tokens,
+                "token_size": layout.token_size,
+                "num_layers": layout.num_layers,
+                "num_real_values": int(layout.mask.sum()),
+            },
+            "model": {
+                "source": cfg.model,
+                "latent_dim": model.config.latent_dim,
+                "window_size": model.config.window_size,
+                "num_parameters": int(model.num_parameters()),
+            },
+            "tasks": tasks,
+            "skipped": skipped,
+            "records": records,
+            "finetune": finetune_info,
+            "timings": timings,
+            "files": files,
+        }
+        if cfg.update_model_card and model_folder.is_dir():
+            # The probe R² belong in the model's own card (`model-index`), which a later push uploads. Written before
+            # the results, so that a card that cannot be written leaves no results behind either.
+            from ..hub.sane_cards import write_sane_card
 
-        write_sane_card(model_folder, probe_results=_json_safe(results))
+            write_sane_card(model_folder, probe_results=_json_safe(results))
+        write_text_atomic(output_dir / RESULTS_JSON, json.dumps(_json_safe(results), indent=2) + "\n")
+        write_text_atomic(output_dir / RESULTS_MD, results_markdown(results))
+    except BaseException:
+        if created:
+            shutil.rmtree(output_dir, ignore_errors=True)
+        raise
     logger.info("Wrote %s to %s in %.1f s.", ", ".join(files), output_dir, timings["total"])
     return results
 

@@ -12,6 +12,7 @@ This file travels into every SANE Hub repository with the weight processor (`pro
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import torch
@@ -28,3 +29,20 @@ def empty_hugepage(shape: tuple[int, ...], dtype: torch.dtype, device: torch.dev
     if device.type != "cpu" or numpy_dtype is None or math.prod(shape) * dtype.itemsize < _HUGEPAGE_MIN_BYTES:
         return torch.empty(shape, dtype=dtype, device=device)
     return torch.from_numpy(np.empty(shape, dtype=numpy_dtype))
+
+
+def physical_memory_bytes() -> int:
+    """The machine's physical memory in bytes."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_fits_in_memory(what: str, num_bytes: int, limit: int | None = None) -> None:
+    """Raise a `ValueError` before an allocation of about `num_bytes` for `what` (which names the option and its
+    value) that cannot fit in `limit` bytes (default: the machine's physical memory), instead of an out-of-memory
+    crash in the middle of the work."""
+    limit = physical_memory_bytes() if limit is None else limit
+    if num_bytes > limit:
+        raise ValueError(
+            f"{what} needs about {num_bytes / 2**30:,.1f} GiB of memory, more than this machine's "
+            f"{limit / 2**30:,.1f} GiB; expected a smaller value."
+        )

@@ -157,8 +157,19 @@ class PretrainConfig:
             raise ValueError(f"`max_steps` must be >= 1 when set, got {self.max_steps}.")
         if self.save_steps < 0:
             raise ValueError(f"`save_steps` must be >= 0, got {self.save_steps}.")
-        if self.max_positions is not None and len(self.max_positions) != 3:
-            raise ValueError(f"`max_positions` must have 3 entries, got {self.max_positions}.")
+        if self.max_positions is not None and not _three_positive_ints(self.max_positions):
+            raise ValueError(
+                "`max_positions` must be a list of 3 positive ints (global index, layer index, row index table "
+                f"sizes), got {self.max_positions!r}."
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _three_positive_ints(values: object) -> bool:
+    return (
+        isinstance(values, list | tuple)
+        and len(values) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
+    )

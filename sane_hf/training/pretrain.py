@@ -25,6 +25,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterator, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +37,14 @@ from tqdm.auto import tqdm
 from ..data.hub_dataset import SaneZooDataset, load_zoo_dataset
 from ..data.windows import ArrowTokenStore, read_windows, sample_windows
 from ..hub.sane_cards import TRAINER_STATE_ZOO_KEY, write_sane_card, zoo_summary
-from ..models.sane import SaneConfig, SaneModel, add_embedding_pipeline
+from ..models.sane import SaneConfig, SaneModel, add_embedding_pipeline, load_sane_folder
 from ..tokenization.layout import TokenLayout
 from ..tokenization.permutations import TokenPermuter, permutation_spec_from_module
 from ..tokenization.processing_sane import SaneProcessor
 from ..utils.checks import check_finite_weights, config_differences, weights_only_rejection
 from ..utils.io import check_output_apart_from_inputs, output_lock, remove_temporary_files, write_json_atomic
+from ..tokenization.memory import check_fits_in_memory
+from ..utils.repo_ids import load_local_or_hub
 from .augmentations import make_two_views
 from .configs import PretrainConfig
 from .losses import sane_pretraining_loss
@@ -203,9 +206,17 @@ def load_or_build_model(cfg: PretrainConfig, zoo: SaneZooDataset) -> SaneModel:
     """A fresh SANE for the zoo, or `cfg.init_from` checked against the zoo's layout."""
     layout = zoo.layout
     if cfg.init_from is None:
-        model = SaneModel(build_sane_config(cfg, layout))
+        config = build_sane_config(cfg, layout)
+        with torch.device("meta"):  # counts the parameters without allocating them
+            num_parameters = sum(p.numel() for p in SaneModel(config).parameters())
+        check_fits_in_memory(
+            f"`d_model`={config.d_model}, `n_layers`={config.n_layers} ({num_parameters:,} parameters x 4 bytes x 4: "
+            "weights, gradients and two AdamW moments)",
+            num_parameters * 4 * 4,
+        )
+        model = SaneModel(config)
     else:
-        model = SaneModel.from_pretrained(cfg.init_from)
+        model = load_local_or_hub(cfg.init_from, "SANE model", "init_from", load_sane_folder)
         check_finite_weights(model, f"`init_from` {cfg.init_from}")
         config = model.config
         if config.token_size != layout.token_size:
@@ -593,7 +604,9 @@ def _pretrain(
     else:
         _check_no_other_run(cfg, output_dir)
     set_seed(cfg.seed)
-    zoo = zoo if zoo is not None else load_zoo_dataset(cfg.dataset, revision=cfg.dataset_revision)
+    if zoo is None:
+        load = partial(load_zoo_dataset, revision=cfg.dataset_revision)
+        zoo = load_local_or_hub(cfg.dataset, "tokenized zoo dataset", "dataset", load)
     layout = zoo.layout
     model = load_or_build_model(cfg, zoo)
     permuter = build_permuter(zoo) if cfg.permutation_augmentation else None

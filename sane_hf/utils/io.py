@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -183,3 +184,34 @@ def output_lock(target: str | os.PathLike) -> Iterator[Path]:
     finally:
         if _read_lock(path).get("pid") == holder["pid"]:
             path.unlink(missing_ok=True)
+
+
+def bytes_checksum(data: bytes) -> dict[str, int | str]:
+    """`{"size": bytes, "sha256": hex digest}` of `data` (the content of a file about to be written)."""
+    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def file_checksum(path: str | os.PathLike) -> dict[str, int | str]:
+    """`{"size": bytes, "sha256": hex digest}` of a file, as recorded next to the files the project writes."""
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"size": os.path.getsize(path), "sha256": digest}
+
+
+def verify_file_checksum(path: str | os.PathLike, recorded: dict, recorded_in: str, data: bytes | None = None) -> None:
+    """Raise a `ValueError` naming `path` when its size or sha256 differs from `recorded` (a `file_checksum` result
+    read from the file `recorded_in`). The size is compared first, so a truncated file costs no hashing. `data`: the
+    file's content when the caller has already read it."""
+    path = Path(path)
+    size = path.stat().st_size if data is None else len(data)
+    if size != recorded.get("size"):
+        raise ValueError(
+            f"{path}: {size} bytes, but {recorded_in} records {recorded.get('size')}; the file is truncated, "
+            "replaced or corrupt. Restore it (or write it again)."
+        )
+    actual = (file_checksum(path) if data is None else bytes_checksum(data))["sha256"]
+    if actual != recorded.get("sha256"):
+        raise ValueError(
+            f"{path}: sha256 {actual[:16]}... does not match {recorded.get('sha256', '?')[:16]}... recorded in "
+            f"{recorded_in}; the file is corrupt or replaced. Restore it (or write it again)."
+        )

@@ -492,4 +492,9 @@ def load_zoo_model(
             f"load_zoo_model: {config_file} has no {ZOO_ARCHITECTURE_KEY!r} entry (it was not saved by a registered "
             "ZooModel); load it with the concrete class, e.g. `CNN3.from_pretrained(...)`."
         )
+    if path.is_dir():
+        from ..utils.checks import safetensors_shapes
+
+        for weights in sorted(path.glob("*.safetensors")):
+            safetensors_shapes(weights)  # a corrupt or truncated file: one line naming it, not a SafetensorError
     return get_zoo_architecture(name).from_pretrained(pretrained_model_name_or_path, revision=revision, **kwargs)

@@ -13,7 +13,9 @@ from pathlib import Path
 from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
 
 from .configuration_sane import SaneConfig
+from .loading import check_sane_folder, load_sane_folder
 from .modeling_sane import (
+    SANE_CHECKSUMS_NAME,
     SaneForPreTraining,
     SaneForPreTrainingOutput,
     SaneModel,
@@ -40,6 +42,7 @@ def add_embedding_pipeline(model: SanePreTrainedModel, save_directory: str | os.
 
 
 __all__ = [
+    "SANE_CHECKSUMS_NAME",
     "SaneConfig",
     "SaneEmbeddingPipeline",
     "SaneForPreTraining",
@@ -48,5 +51,7 @@ __all__ = [
     "SaneModelOutput",
     "SanePreTrainedModel",
     "add_embedding_pipeline",
+    "check_sane_folder",
     "haloed_window_index",
+    "load_sane_folder",
 ]

@@ -11,8 +11,11 @@ This file is copied verbatim into every Hub repository of a SANE checkpoint (`tr
 only the standard library, `torch`, `transformers` and, relatively, its sibling `configuration_sane.py`.
 """
 
+import hashlib
+import json
 import math
 import numbers
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +37,9 @@ except ImportError:  # pragma: no cover - transformers 4.x
 
 
 logger = logging.get_logger(__name__)
+
+# Size and sha256 of every `*.safetensors` file `save_pretrained` wrote, which sane_hf's loaders verify.
+SANE_CHECKSUMS_NAME = "sane_checksums.json"
 
 _POSITION_COORDINATES = ("global token index", "layer index", "row index")
 # Snippets per forward pass of the haloed methods when `batch_size` is not given. On CPU, a pass whose widest
@@ -337,6 +343,20 @@ class SanePreTrainedModel(PreTrainedModel):
                 init.ones_(module.weight)
             if module.bias is not None:
                 init.zeros_(module.bias)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True, **kwargs: Any) -> None:
+        """
+        Save the model with [`~PreTrainedModel.save_pretrained`], then write `sane_checksums.json` (size and sha256 of
+        each `*.safetensors` file in the folder), which sane_hf's loaders verify before reading the weights. With
+        `push_to_hub=True` the upload happens inside the parent's call, before the checksums exist; the Hub keeps its
+        own hashes of the files.
+        """
+        super().save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
+        if not is_main_process:
+            return
+        weights = sorted(name for name in os.listdir(save_directory) if name.endswith(".safetensors"))
+        checksums = {name: _file_checksum(os.path.join(save_directory, name)) for name in weights}
+        _write_json_atomic(os.path.join(save_directory, SANE_CHECKSUMS_NAME), checksums)
 
 
 class SaneModel(SanePreTrainedModel):
@@ -1078,6 +1098,27 @@ def _sdpa_key_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     if attention_mask is None:
         return None
     return attention_mask.bool()[:, None, None, :]
+
+
+def _file_checksum(path: str) -> dict:
+    # `{"size", "sha256"}` as sane_hf records it for every file it writes (this file may import the stdlib only).
+    with open(path, "rb") as file:
+        return {"size": os.path.getsize(path), "sha256": hashlib.file_digest(file, "sha256").hexdigest()}
+
+
+def _write_json_atomic(path: str, payload: dict) -> None:
+    if not isinstance(payload, dict):
+        raise TypeError(f"{os.path.basename(path)} must hold a JSON dict, got {type(payload).__name__}.")
+    # Write a temporary file in the same folder, then rename it: readers never see a half-written file.
+    tmp_path = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp_path, "w", encoding="utf-8") as file:
+            json.dump(payload, file, indent=2)
+            file.write("\n")
+        os.replace(tmp_path, path)
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
 
 
 # Copy this file (and, through its relative import, configuration_sane.py) into the repository on `save_pretrained`
