@@ -52,6 +52,18 @@ CONFIGS = {
         num_tokens=66,
         num_layers=5,
     ),
+    "q": dict(  # the quickstart's default SANE (sane_hf/quickstart.py PRESETS["default"]) on its 8-layer CNN zoo
+        token_size=64,
+        d_model=64,
+        n_heads=4,
+        n_layers=2,
+        latent_dim=64,
+        window_size=128,
+        batch_size=32,
+        max_positions=[400, 10, 80],
+        num_tokens=375,
+        num_layers=9,
+    ),
 }
 ORIGINAL = {  # BASELINE.md, tokens/s and peak RSS (GB) of the original implementation on these machines
     ("a", "fp32"): {"tokens_per_s": "2,681-2,767", "peak_rss_gb": "4.1-4.2"},

@@ -46,6 +46,8 @@ _POSITION_COORDINATES = ("global token index", "layer index", "row index")
 # 64-snippet passes: large temporaries miss the cache and fault in fresh pages on every allocation (BENCHMARKS.md,
 # "snippets per pass"). Accelerators want large passes.
 _CPU_PASS_ACTIVATIONS = 2**21
+# Elements of one float32 copy per chunk of the CPU reduced-precision attention (`_CpuFlashAttentionFp32`).
+_ATTENTION_CHUNK_ELEMENTS = 2**20
 _ACCELERATOR_SNIPPETS_PER_PASS = 64
 # `from_pretrained` arguments that also locate the JSON sidecars next to the weights.
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
@@ -171,6 +173,80 @@ class SanePositionEmbedding(nn.Module):
         return torch.cat([summed, self.row_embedding(positions[..., 2])], dim=-1)
 
 
+class _CpuFlashAttentionFp32(torch.autograd.Function):
+    """Attention of bfloat16/float16 queries, keys and values on CPU through the float32 flash kernel.
+
+    On CPU, the reduced-precision flash kernel is slow at SANE's small head dims (its backward runs at a fraction of
+    the float32 one, BENCHMARKS.md "attention kernel"), while the float32 kernel is fast. This runs both directions in
+    float32, a few samples at a time so the float32 copies stay small, and stores only what the reduced-precision
+    kernel stores (inputs and output in their own dtype, float32 log-sum-exp): training memory does not grow.
+    Outputs and gradients come back in the input dtype.
+    """
+
+    @staticmethod
+    def _chunks(query: torch.Tensor) -> tuple[range, int]:
+        # ~4 MB float32 per tensor and chunk
+        step = max(1, _ATTENTION_CHUNK_ELEMENTS // max(1, query[0].numel()))
+        return range(0, query.shape[0], step), step
+
+    @staticmethod
+    def forward(ctx, query, key, value, attn_mask):
+        out = torch.empty_like(query, memory_format=torch.contiguous_format)
+        logsumexp = query.new_empty(query.shape[:3], dtype=torch.float32)
+        starts, step = _CpuFlashAttentionFp32._chunks(query)
+        with torch.autocast("cpu", enabled=False):
+            for start in starts:
+                part = slice(start, start + step)
+                mask = None if attn_mask is None else attn_mask[part] if attn_mask.shape[0] > 1 else attn_mask
+                out_part, logsumexp[part] = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                    query[part].float(), key[part].float(), value[part].float(), 0.0, False, attn_mask=mask
+                )
+                out[part] = out_part
+        ctx.save_for_backward(query, key, value, out, logsumexp, attn_mask)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        query, key, value, out, logsumexp, attn_mask = ctx.saved_tensors
+        grads = [torch.empty_like(t) for t in (query, key, value)]
+        starts, step = _CpuFlashAttentionFp32._chunks(query)
+        with torch.autocast("cpu", enabled=False):
+            for start in starts:
+                part = slice(start, start + step)
+                mask = None if attn_mask is None else attn_mask[part] if attn_mask.shape[0] > 1 else attn_mask
+                parts = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                    grad_out[part].float().contiguous(),
+                    query[part].float(),
+                    key[part].float(),
+                    value[part].float(),
+                    out[part].float(),
+                    logsumexp[part],
+                    0.0,
+                    False,
+                    attn_mask=mask,
+                )
+                for grad, grad_part in zip(grads, parts):
+                    grad[part] = grad_part
+        return (*grads, None)
+
+
+def _attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None, dropout_p: float
+) -> torch.Tensor:
+    """Bidirectional scaled dot-product attention of `[B, H, L, d]` heads; `attn_mask` is a boolean key mask."""
+    if (
+        query.device.type == "cpu"
+        and query.dtype in (torch.bfloat16, torch.float16)
+        and dropout_p == 0.0
+        and not torch.compiler.is_compiling()
+    ):
+        additive = None
+        if attn_mask is not None:  # the flash kernel takes an additive float mask
+            additive = torch.zeros(attn_mask.shape, dtype=torch.float32).masked_fill_(~attn_mask, float("-inf"))
+        return _CpuFlashAttentionFp32.apply(query, key, value, additive)
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=False)
+
+
 class SaneSelfAttention(nn.Module):
     """Bidirectional multi-head self-attention with a fused QKV projection (docs/method.md#model, nanoGPT style)."""
 
@@ -207,14 +283,7 @@ class SaneSelfAttention(nn.Module):
             t.view(batch_size, t.shape[1], self.n_heads, self.head_dim).transpose(1, 2) for t in (query, key, value)
         )
         # Full attention over the window (no causal mask), as upstream; `attn_mask` only hides padded tokens.
-        attended = F.scaled_dot_product_attention(
-            query,
-            key,
-            value,
-            attn_mask=attn_mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=False,
-        )
+        attended = _attention(query, key, value, attn_mask, self.dropout if self.training else 0.0)
         attended = attended.transpose(1, 2).reshape(batch_size, query.shape[2], width)
         return self.resid_dropout(self.c_proj(attended))
 
@@ -861,12 +930,17 @@ def masked_reconstruction_loss(
         raise ValueError(f"`mask` must be a bool tensor, got {mask.dtype}.")
     pred, target = pred.float(), target.float()
     if reduction == "mean":
-        # `where`, not a product: whatever the model puts at padding (even inf/NaN) cannot leak into the loss.
-        squared = torch.where(mask, pred - target, 0).square()
-        return squared.sum() / mask.sum().clamp_min(1)
+        # `where`, not a product: whatever the model puts at padding (even inf/NaN) cannot leak into the loss. The
+        # padding takes the target's value, so `mse_loss` (one fused pass forward and one backward) sums real entries.
+        return _masked_squared_error_sum(pred, target, mask) / mask.sum().clamp_min(1)
     if reduction == "original":
         return (pred * mask - target).square().mean()
     raise ValueError(f"`reduction` must be one of {RECONSTRUCTION_REDUCTIONS}, got {reduction!r}.")
+
+
+def _masked_squared_error_sum(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum of `(pred - target)^2` over the entries where `mask` is True."""
+    return F.mse_loss(torch.where(mask, pred, target), target, reduction="sum")
 
 
 def reconstruction_r2(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -879,7 +953,7 @@ def reconstruction_r2(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tens
         pred, target = pred.float(), target.float()
         count = mask.sum().clamp_min(1)
         mean = torch.where(mask, target, 0).sum() / count
-        ss_res = torch.where(mask, pred - target, 0).square().sum()
+        ss_res = _masked_squared_error_sum(pred, target, mask)
         ss_tot = torch.where(mask, target - mean, 0).square().sum()
         return 1 - ss_res / ss_tot.clamp_min(torch.finfo(torch.float32).tiny)
 
