@@ -759,7 +759,8 @@ class SaneModel(SanePreTrainedModel):
                 keep the widest activation near 8 MB (8 snippets of 256 tokens at d_model 256).
 
         Returns:
-            `torch.FloatTensor` of shape `(batch_size, seq_len, latent_dim)`: per-token latents.
+            `torch.FloatTensor` of shape `(batch_size, seq_len, latent_dim)`: per-token latents, float32 also under
+            bf16 autocast.
         """
         return self._haloed_apply(self._encode, "tokens", tokens, self.config.token_size, positions, batch_size)
 
@@ -781,7 +782,8 @@ class SaneModel(SanePreTrainedModel):
                 Number of snippets decoded per forward pass (default: as in [`~SaneModel.haloed_encode`]).
 
         Returns:
-            `torch.FloatTensor` of shape `(batch_size, seq_len, token_size)`: reconstructed tokens.
+            `torch.FloatTensor` of shape `(batch_size, seq_len, token_size)`: reconstructed tokens, float32 also under
+            bf16 autocast.
         """
         return self._haloed_apply(self._decode, "latents", latents, self.config.latent_dim, positions, batch_size)
 
@@ -859,7 +861,8 @@ class SaneModel(SanePreTrainedModel):
                 chunk_positions = positions if shared_positions else positions[start : start + batch_size]
                 chunk_embeddings = self.position_embedding(chunk_positions.to(device), check_range=False)
                 outputs.append(function(chunk, chunk_embeddings, None))
-            return torch.cat(outputs).to(inputs.device)
+            # Float32 out whatever the compute precision (bf16 autocast gives bf16 activations).
+            return torch.cat(outputs).to(inputs.device, torch.promote_types(outputs[0].dtype, torch.float32))
 
         snippet_index, content_mask = haloed_window_index(seq_len, content_size, halo_size, device=inputs.device)
         n_windows, snippet_len = snippet_index.shape
@@ -886,11 +889,15 @@ class SaneModel(SanePreTrainedModel):
             windows = row_window[start : start + batch_size]
             output = function(snippets.to(device), snippet_embeddings, None, query_index[windows].to(device))
             if result is None:
-                result = inputs.new_zeros((num_sequences, seq_len, output.shape[-1]), dtype=output.dtype)
+                # Float32 out whatever the compute precision (bf16 autocast gives bf16 activations).
+                dtype = torch.promote_types(output.dtype, torch.float32)
+                result = inputs.new_zeros((num_sequences, seq_len, output.shape[-1]), dtype=dtype)
             # Scatter the content tokens back; each token is content of exactly one window, so writes never collide.
             keep = query_content[windows]  # [n, Q]
             targets = index.gather(1, query_index[windows])  # [n, Q] token index of every output
-            result[sequence.expand_as(targets)[keep], targets[keep]] = output[keep.to(output.device)].to(result.device)
+            result[sequence.expand_as(targets)[keep], targets[keep]] = output[keep.to(output.device)].to(
+                result.device, result.dtype
+            )
         return result
 
 
