@@ -33,6 +33,7 @@ ScratchArchitecture = Literal["generated", "anchors"]
 SCRATCH_ARCHITECTURES = get_args(ScratchArchitecture)
 BootstrapPool = Literal["last", "all"]
 BOOTSTRAP_POOLS = get_args(BootstrapPool)
+Precision = Literal["auto", "fp32", "bf16"]  # the choices of sane_hf.utils.precision.PRECISIONS
 FinetuneOptimizer = Literal["sgd", "adam", "adamw"]
 FINETUNE_OPTIMIZERS = get_args(FinetuneOptimizer)
 
@@ -327,7 +328,7 @@ class GenerateConfig(FinetuneConfig):
         default=None, metadata={"help": "Score on at most this many images (default: the whole split)."}
     )
     seed: int = field(default=0, metadata={"help": "Seed of the sampling generator."})
-    precision: str = field(
+    precision: Precision = field(
         default="fp32", metadata={"help": "Embedding/decoding precision: 'fp32', 'bf16' or 'auto' (bf16 where fast)."}
     )
     decode_batch_size: int | None = field(
