@@ -257,10 +257,40 @@ def embed_zoo(
     }
 
 
+def embed_zoo_across_processes(model, split_dataset, layout: TokenLayout, **kwargs: Any) -> dict[str, Any]:
+    """`embed_zoo` with the checkpoints split over the processes of an Accelerate (or torchrun) launch.
+
+    Every process embeds a contiguous share of the rows (`PartialState.split_between_processes`, one process per GPU
+    or several CPU processes, e.g. `torchrun --nproc_per_node 2`) and every process gets the whole result back, rows in the order of a single-process
+    run. Without a launcher this is `embed_zoo`. Takes `embed_zoo`'s arguments; with a `permuter`, each process draws
+    its own permutations from its `generator`, so averaged embeddings depend on the number of processes.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    rows = kwargs.pop("rows", None)
+    rows = list(range(split_dataset.num_rows)) if rows is None else [int(row) for row in rows]
+    # A model on the CPU means CPU processes (a gloo group); on an accelerator, one process per device.
+    state = PartialState(cpu=next(model.parameters()).device.type == "cpu")
+    with state.split_between_processes(rows) as own_rows:
+        part = embed_zoo(model, split_dataset, layout, rows=own_rows, **kwargs) if own_rows else None
+    parts = [p for p in (gather_object([part]) if state.num_processes > 1 else [part]) if p is not None]
+    if not parts:  # no rows at all
+        return embed_zoo(model, split_dataset, layout, rows=[], **kwargs)
+    return {
+        "embeddings": torch.cat([p["embeddings"] for p in parts]),
+        "layer_embeddings": torch.cat([p["layer_embeddings"] for p in parts]),
+        "features": {name: torch.cat([p["features"][name] for p in parts]) for name in parts[0]["features"]},
+        "targets": {name: np.concatenate([p["targets"][name] for p in parts]) for name in parts[0]["targets"]},
+        "rows": np.concatenate([p["rows"] for p in parts]),
+    }
+
+
 __all__ = [
     "POOLINGS",
     "check_model_matches_layout",
     "embed_zoo",
+    "embed_zoo_across_processes",
     "iter_token_batches",
     "layer_pooling_matrix",
     "pool_token_latents",
