@@ -389,8 +389,9 @@ class SanePreTrainedModel(PreTrainedModel):
     main_input_name = "tokens"
     _no_split_modules = ["SaneBlock"]
     supports_gradient_checkpointing = True
-    # Attention always runs through `F.scaled_dot_product_attention`; declaring it lets `attn_implementation="sdpa"`
-    # through `from_pretrained` / `from_config`.
+    # Attention runs through the scaled-dot-product-attention kernels (`F.scaled_dot_product_attention`; on CPU in
+    # bf16/fp16, its float32 flash kernel, see `_attention`); declaring it lets `attn_implementation="sdpa"` through
+    # `from_pretrained` / `from_config`.
     _supports_sdpa = True
 
     sane_layout: dict | None = None
