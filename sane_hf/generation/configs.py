@@ -13,6 +13,8 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
+from ..utils.precision import PRECISIONS
+
 
 # Choice fields are `Literal`s so that `--help` lists the choices; the tuples serve the checks.
 Sampler = Literal["kde", "subsample", "bootstrap", "diagonal_gaussian"]
@@ -31,6 +33,7 @@ ScratchArchitecture = Literal["generated", "anchors"]
 SCRATCH_ARCHITECTURES = get_args(ScratchArchitecture)
 BootstrapPool = Literal["last", "all"]
 BOOTSTRAP_POOLS = get_args(BootstrapPool)
+Precision = Literal["auto", "fp32", "bf16"]  # the choices of sane_hf.utils.precision.PRECISIONS
 FinetuneOptimizer = Literal["sgd", "adam", "adamw"]
 FINETUNE_OPTIMIZERS = get_args(FinetuneOptimizer)
 
@@ -231,6 +234,10 @@ class GenerateConfig(FinetuneConfig):
         decode_batch_size (`int`, *optional*):
             Haloed windows per SANE forward pass; default: the model's (64 on accelerators, ~8 MB of activations
             per pass on CPU, see `SaneModel.haloed_encode`).
+        precision (`str`, *optional*, defaults to `"fp32"`):
+            Compute precision of embedding the anchors and decoding samples: `"fp32"`, `"bf16"` (autocast) or
+            `"auto"` (bf16 only where the device has fast bf16 kernels, `sane_hf.utils.precision`). Latents and
+            tokens are float32 either way.
 
         > Target architecture (docs/method.md#samplers)
 
@@ -321,6 +328,9 @@ class GenerateConfig(FinetuneConfig):
         default=None, metadata={"help": "Score on at most this many images (default: the whole split)."}
     )
     seed: int = field(default=0, metadata={"help": "Seed of the sampling generator."})
+    precision: Precision = field(
+        default="fp32", metadata={"help": "Embedding/decoding precision: 'fp32', 'bf16' or 'auto' (bf16 where fast)."}
+    )
     decode_batch_size: int | None = field(
         default=None, metadata={"help": "Haloed windows per SANE forward pass (default: the model's, device-aware)."}
     )
@@ -386,6 +396,7 @@ class GenerateConfig(FinetuneConfig):
             _check_int(owner, name, getattr(self, name), 1)
         _check_int(owner, "seed", self.seed, 0)
         _check_int(owner, "decode_batch_size", self.decode_batch_size, 1, optional=True)
+        _check_choice(owner, "precision", self.precision, PRECISIONS)
         _check_int(owner, "anchor_epoch", self.anchor_epoch, 0, optional=True)
         _check_int(owner, "score_max_samples", self.score_max_samples, 1, optional=True)
         _check_int(owner, "task_seed", self.task_seed, 0, optional=True)

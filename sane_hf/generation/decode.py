@@ -25,18 +25,23 @@ from torch import nn
 
 from ..tokenization.layout import KIND_WEIGHT, TokenLayout
 from ..tokenization.normalization import TokenNormalization
+from ..utils.precision import precision_autocast, resolve_precision
 
 
 logger = logging.getLogger(__name__)
 
 
 def decode_latents(
-    sane: Any, latents: torch.Tensor, positions: torch.Tensor, batch_size: int | None = None
+    sane: Any, latents: torch.Tensor, positions: torch.Tensor, batch_size: int | None = None, precision: str = "fp32"
 ) -> torch.Tensor:
-    """Haloed decoding of full latent sequences `[n, S, L]` into (normalized) tokens `[n, S, T]`, float32, on CPU."""
+    """Haloed decoding of full latent sequences `[n, S, L]` into (normalized) tokens `[n, S, T]`, float32, on CPU.
+
+    `precision` (`"fp32"`, `"bf16"` or `"auto"`, see `sane_hf.utils.precision`) is the compute precision."""
     if latents.ndim != 3:
         raise ValueError(f"`latents` must have shape (num_samples, seq_len, latent_dim), got {tuple(latents.shape)}.")
-    return sane.haloed_decode(latents, positions, batch_size=batch_size).float().cpu()
+    device = next(sane.parameters()).device
+    with precision_autocast(resolve_precision(precision, device, "decoding"), device):
+        return sane.haloed_decode(latents, positions, batch_size=batch_size).float().cpu()
 
 
 def tokens_to_state_dict(
@@ -202,6 +207,7 @@ class ModelDecoder:
         init_seed (`int`, *optional*, defaults to 0): base seed of the fresh parts of every network (a reset
             classifier, untokenized entries). Each network adds a checksum of its own latents (or tokens), so the
             same sample always gets the same network, whether it is built while scoring candidates or at the end.
+        precision (`str`, *optional*, defaults to `"fp32"`): compute precision of decoding (`decode_latents`).
 
     Example:
 
@@ -222,6 +228,7 @@ class ModelDecoder:
         reset_classifier: bool = False,
         batch_size: int | None = None,
         init_seed: int = 0,
+        precision: str = "fp32",
     ):
         if not anchor_model_kwargs:
             raise ValueError("`anchor_model_kwargs` needs the constructor arguments of at least one anchor.")
@@ -234,6 +241,7 @@ class ModelDecoder:
         self.reset_classifier = reset_classifier
         self.batch_size = batch_size
         self.init_seed = init_seed
+        self.precision = precision
         self.positions = layout.positions
         self._target_layouts: dict[str, TokenLayout] = {}
 
@@ -243,7 +251,7 @@ class ModelDecoder:
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents `[n, S, L]` → normalized tokens `[n, S, T]`."""
-        return decode_latents(self.sane, latents, self.positions, self.batch_size)
+        return decode_latents(self.sane, latents, self.positions, self.batch_size, self.precision)
 
     def seeds(self, values: torch.Tensor) -> list[int]:
         """Initialization seed of each network: `init_seed` plus a CRC32 of its latents or tokens `values[i]`."""

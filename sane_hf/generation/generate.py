@@ -36,6 +36,7 @@ from torch import nn
 
 from ..tasks import evaluate as evaluate_split
 from ..utils.io import check_output_apart_from_inputs, file_checksum, make_temporary_dir, output_lock
+from ..utils.precision import precision_autocast, resolve_precision
 from ..utils.repo_ids import hub_id_or_none
 from .bn_conditioning import condition_batchnorm, has_batchnorm
 from .configs import GenerateConfig
@@ -200,7 +201,10 @@ class SaneGenerator:
             self.normalization = processor.normalization
         else:
             self.normalization = zoo.normalization if zoo.info.tokens_normalized else None
-        embed_anchors(sane, self.anchors, self.layout.positions, batch_size=config.decode_batch_size)
+        device = next(sane.parameters()).device
+        precision = resolve_precision(config.precision, device, "anchor embedding and decoding")
+        with precision_autocast(precision, device):
+            embed_anchors(sane, self.anchors, self.layout.positions, batch_size=config.decode_batch_size)
         target_kwargs = dict(config.target_model_kwargs or {})
         if config.num_classes is not None:
             target_kwargs["num_classes"] = config.num_classes
@@ -213,6 +217,7 @@ class SaneGenerator:
             target_model_kwargs=target_kwargs,
             reset_classifier=config.reset_classifier,
             batch_size=config.decode_batch_size,
+            precision=precision,
             init_seed=config.seed * 100_003,
         )
         score_images, score_labels = task.split(config.score_split)

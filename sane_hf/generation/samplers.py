@@ -2,7 +2,7 @@
 
 A generated model starts as a latent sequence `[S, L]` (one latent per token). The samplers here work on batches of
 such sequences and are vectorized over samples and tokens: one draw of anchor indices and one draw of noise for the
-whole batch, instead of the original's one scikit-learn KDE per token (53,704 fits for a ResNet-18, BASELINE.md).
+whole batch, instead of the original's one scikit-learn KDE per token (53,704 fits for a ResNet-18).
 
 Randomness is an argument: every sampler takes a `torch.Generator`, so a seeded
 generator reproduces a draw exactly.

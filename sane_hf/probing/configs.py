@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from ..utils.checks import check_device
+from ..utils.precision import PRECISIONS
 from .embed import POOLINGS
 from .finetune import FINETUNE_POOLINGS
 
 
 FEATURE_SCALINGS = ("none", "standardize", "both")
-EMBED_DTYPES = ("float32", "bf16")
 
 
 @dataclass
@@ -46,7 +46,8 @@ class PredictConfig:
         embed_permutations (`int`, *optional*, defaults to 0): also probe SANE embeddings averaged over this many
             random function-preserving permutations of each checkpoint (rows "SANE <pooling> (perm-avg)"; 0: off).
         embed_batch_size (`int`, *optional*, defaults to 64): checkpoints read and embedded per step.
-        embed_dtype (`str`, *optional*, defaults to `"float32"`): `"float32"` or `"bf16"` (autocast).
+        precision (`str`, *optional*, defaults to `"fp32"`): compute precision of embedding: `"fp32"`, `"bf16"`
+            (autocast) or `"auto"` (bf16 only where the device has fast bf16 kernels); embeddings are float32.
 
         > Fine-tuning (SaneForPropertyPrediction)
 
@@ -105,7 +106,10 @@ class PredictConfig:
         default=0, metadata={"help": "Also probe embeddings averaged over N random permutations per model (0: off)."}
     )
     embed_batch_size: int = field(default=64, metadata={"help": "Checkpoints read and embedded per step."})
-    embed_dtype: str = field(default="float32", metadata={"help": "'float32' or 'bf16' (autocast) for embedding."})
+    precision: str = field(
+        default="fp32",
+        metadata={"help": "Embedding precision: 'fp32', 'bf16' (autocast) or 'auto' (bf16 where fast)."},
+    )
     finetune_epochs: int = field(default=0, metadata={"help": "Epochs of end-to-end fine-tuning (0: skip)."})
     finetune_lr: float = field(default=3e-4, metadata={"help": "Peak encoder learning rate of fine-tuning."})
     finetune_batch_size: int = field(default=32, metadata={"help": "Checkpoints per fine-tuning step."})
@@ -143,8 +147,8 @@ class PredictConfig:
             raise ValueError(f"`finetune_pooling` must be one of {FINETUNE_POOLINGS}, got {self.finetune_pooling!r}.")
         if self.feature_scaling not in FEATURE_SCALINGS:
             raise ValueError(f"`feature_scaling` must be one of {FEATURE_SCALINGS}, got {self.feature_scaling!r}.")
-        if self.embed_dtype not in EMBED_DTYPES:
-            raise ValueError(f"`embed_dtype` must be one of {EMBED_DTYPES}, got {self.embed_dtype!r}.")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"`precision` must be one of {PRECISIONS}, got {self.precision!r}.")
         for name in ("embed_batch_size", "finetune_batch_size", "finetune_patience", "max_raw_features"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

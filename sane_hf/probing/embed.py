@@ -16,7 +16,7 @@ to one full-attention pass when the sequence fits into one window), and one enco
   sensible for short sequences).
 
 Tokens are read in batches straight from the memory-mapped Arrow split (`ArrowTokenStore`), so a zoo never has to fit
-in memory, and the encoder runs without gradients, optionally under bf16 autocast.
+in memory, and the encoder runs without gradients, in float32 or under bf16 autocast (`precision`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import torch
 
 from ..data.windows import ArrowTokenStore
 from ..tokenization import TokenLayout, TokenPermuter
+from ..utils.precision import precision_autocast, resolve_precision
 
 
 logger = logging.getLogger(__name__)
@@ -157,7 +158,7 @@ def embed_zoo(
     split_dataset,
     layout: TokenLayout,
     batch_size: int = 64,
-    dtype: torch.dtype | str | None = None,
+    precision: str = "fp32",
     pooling: str | Sequence[str] = "mean",
     properties: Sequence[str] | None = None,
     rows: Sequence[int] | None = None,
@@ -173,8 +174,9 @@ def embed_zoo(
         split_dataset (`datasets.Dataset`): one split of a tokenized zoo (`load_zoo_dataset(...).splits[split]`).
         layout (`TokenLayout`): the zoo's layout (positions and the token -> layer map).
         batch_size (`int`, *optional*, defaults to 64): checkpoints read and encoded per step.
-        dtype (`torch.dtype` or `str`, *optional*): `torch.bfloat16` / `"bf16"` runs the encoder under bf16 autocast;
-            default full precision. Outputs are float32 either way.
+        precision (`str`, *optional*, defaults to `"fp32"`): `"bf16"` runs the encoder under bf16 autocast, `"auto"`
+            does so only where the device has fast bf16 kernels (`sane_hf.utils.precision`). Outputs are float32
+            either way.
         pooling (`str` or `Sequence[str]`, *optional*, defaults to `"mean"`): one or more of `POOLINGS`; each gives
             an entry of `features`.
         properties (`Sequence[str]`, *optional*): property columns to return as `targets` (default: none).
@@ -206,16 +208,11 @@ def embed_zoo(
     for name in poolings:
         if name not in POOLINGS:
             raise ValueError(f"`pooling` must be among {POOLINGS}, got {name!r}.")
-    if isinstance(dtype, str):
-        if dtype not in ("bf16", "bfloat16", "fp32", "float32"):
-            raise ValueError(f"`dtype` must be None, 'bf16' or 'float32', got {dtype!r}.")
-        dtype = torch.bfloat16 if dtype in ("bf16", "bfloat16") else None
-    if dtype not in (None, torch.float32, torch.bfloat16):
-        raise ValueError(f"`dtype` must be None, torch.float32 or torch.bfloat16, got {dtype!r}.")
     if permuter is not None and (not isinstance(num_permutations, int) or num_permutations < 1):
         raise ValueError(f"`num_permutations` must be a positive int, got {num_permutations!r}.")
     check_model_matches_layout(model, layout)
     device = next(model.parameters()).device
+    precision = resolve_precision(precision, device, "embedding")
     positions = layout.positions
     pooling_matrix = layer_pooling_matrix(layout.token_layer, layout.num_layers)
     if "concat" in poolings and layout.num_tokens * model.config.latent_dim > _CONCAT_WARN_FEATURES:
@@ -243,7 +240,7 @@ def embed_zoo(
                     tokens = permuter.apply(tokens, permutations, start=start, window_size=layout.num_tokens)
                 if token_transform is not None:
                     tokens = token_transform(tokens)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                with precision_autocast(precision, device):
                     # Snippets per pass: the model's device-aware default, not `batch_size` (checkpoints per step).
                     _, token_latents = model.embed(tokens.to(device), positions.to(device), return_token_latents=True)
                 token_latents = token_latents.float().cpu()
@@ -274,10 +271,40 @@ def embed_zoo(
     }
 
 
+def embed_zoo_across_processes(model, split_dataset, layout: TokenLayout, **kwargs: Any) -> dict[str, Any]:
+    """`embed_zoo` with the checkpoints split over the processes of an Accelerate (or torchrun) launch.
+
+    Every process embeds a contiguous share of the rows (`PartialState.split_between_processes`, one process per GPU
+    or several CPU processes, e.g. `torchrun --nproc_per_node 2`) and every process gets the whole result back, rows in the order of a single-process
+    run. Without a launcher this is `embed_zoo`. Takes `embed_zoo`'s arguments; with a `permuter`, each process draws
+    its own permutations from its `generator`, so averaged embeddings depend on the number of processes.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    rows = kwargs.pop("rows", None)
+    rows = list(range(split_dataset.num_rows)) if rows is None else [int(row) for row in rows]
+    # A model on the CPU means CPU processes (a gloo group); on an accelerator, one process per device.
+    state = PartialState(cpu=next(model.parameters()).device.type == "cpu")
+    with state.split_between_processes(rows) as own_rows:
+        part = embed_zoo(model, split_dataset, layout, rows=own_rows, **kwargs) if own_rows else None
+    parts = [p for p in (gather_object([part]) if state.num_processes > 1 else [part]) if p is not None]
+    if not parts:  # no rows at all
+        return embed_zoo(model, split_dataset, layout, rows=[], **kwargs)
+    return {
+        "embeddings": torch.cat([p["embeddings"] for p in parts]),
+        "layer_embeddings": torch.cat([p["layer_embeddings"] for p in parts]),
+        "features": {name: torch.cat([p["features"][name] for p in parts]) for name in parts[0]["features"]},
+        "targets": {name: np.concatenate([p["targets"][name] for p in parts]) for name in parts[0]["targets"]},
+        "rows": np.concatenate([p["rows"] for p in parts]),
+    }
+
+
 __all__ = [
     "POOLINGS",
     "check_model_matches_layout",
     "embed_zoo",
+    "embed_zoo_across_processes",
     "iter_token_batches",
     "layer_pooling_matrix",
     "pool_token_latents",

@@ -275,7 +275,7 @@ def predict_properties(cfg: PredictConfig) -> dict[str, Any]:
                 dataset,
                 layout,
                 batch_size=cfg.embed_batch_size,
-                dtype=cfg.embed_dtype,
+                precision=cfg.precision,
                 pooling=cfg.poolings,
                 rows=rows[name],
                 token_transform=transform,

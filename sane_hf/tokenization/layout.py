@@ -487,23 +487,6 @@ class TokenLayout:
         return self.to_dict() == other.to_dict()
 
     # ---------------------------------------------------------------------------------------------- cached arrays
-    def _slot_of_flat(self) -> np.ndarray:
-        """Token slot (`s * T + c`) of every value of the flat buffer; computed once, at build time only."""
-        T = self.token_size
-        slots = np.empty(self.num_values, dtype=np.int64)
-        flat_index = 0
-        for layer in self.layers:
-            base = layer.token_offset * T
-            row_stride = layer.tokens_per_row * T
-            rows = np.arange(layer.num_rows, dtype=np.int64)[:, None] * row_stride + base
-            width = layer.weight_width
-            slots[flat_index : flat_index + layer.num_rows * width] = (rows + np.arange(width, dtype=np.int64)).ravel()
-            flat_index += layer.num_rows * width
-            if layer.bias_key is not None:
-                slots[flat_index : flat_index + layer.num_rows] = rows[:, 0] + width
-                flat_index += layer.num_rows
-        return slots
-
     def _plan(self) -> _Plan:
         if "plan" not in self._cache:
             T = self.token_size
@@ -563,8 +546,12 @@ class TokenLayout:
     def mask(self) -> torch.Tensor:
         """`[S, T]` bool: True on real values, False on padding (SANE §1.3)."""
         if "mask" not in self._cache:
-            mask = torch.zeros(self.num_tokens * self.token_size, dtype=torch.bool)
-            mask[torch.from_numpy(self._slot_of_flat())] = True
+            # The slots `tokenize` copies into, filled block by block (no index of every real value).
+            mask = torch.zeros(1, self.num_tokens * self.token_size, dtype=torch.bool)
+            layers = range(len(self.layers))
+            with_bias = [i for i in layers if self._plan().bias_tensor[i] >= 0]
+            for block in self._block_views(mask, layers, "weight") + self._block_views(mask, with_bias, "bias"):
+                block.fill_(True)
             self._cache["mask"] = mask.view(self.num_tokens, self.token_size)
         return self._cache["mask"]
 

@@ -18,8 +18,12 @@ def optimizer_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999)):
-    """AdamW over `optimizer_param_groups`."""
-    return torch.optim.AdamW(optimizer_param_groups(model, weight_decay), lr=lr, betas=betas)
+    """AdamW over `optimizer_param_groups`, with the fused (one kernel per step) implementation where every parameter
+    lives on a device that has it (CPU, CUDA, MPS), else the default one."""
+    groups = optimizer_param_groups(model, weight_decay)
+    fused_devices = {"cpu", "cuda", "mps", "xpu"}
+    fused = all(p.device.type in fused_devices and p.is_floating_point() for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
 
 
 def make_one_cycle_scheduler(

@@ -353,6 +353,46 @@ def test_default_snippets_per_pass_bound_cpu_activations(long_model, monkeypatch
     assert passes == [num_snippets]
 
 
+@pytest.mark.parametrize("seq_len", [12, 40])  # one snippet per sequence, and haloed windows
+def test_embed_under_bf16_autocast_returns_float32(long_model, seq_len):
+    tokens = torch.randn(2, seq_len, TINY["token_size"], generator=torch.Generator().manual_seed(0))
+    full = long_model.embed(tokens, make_positions(seq_len))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half, token_latents = long_model.embed(tokens, make_positions(seq_len), return_token_latents=True)
+        decoded = long_model.haloed_decode(token_latents, make_positions(seq_len))
+    assert half.dtype == token_latents.dtype == decoded.dtype == torch.float32
+    assert not torch.equal(half, full)  # bf16 was used: the rounding shows
+    torch.testing.assert_close(half, full, rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("chunk_elements", [2**20, 64])  # one chunk; one sample per chunk
+@pytest.mark.parametrize("masked", [False, True])
+def test_cpu_bf16_attention_matches_float32_attention(monkeypatch, chunk_elements, masked):
+    """bf16 attention on CPU (float32 flash kernel, chunked) against softmax(QK^T/sqrt(d))V written out in float64."""
+    import sane_hf.models.sane.modeling_sane as modeling
+
+    monkeypatch.setattr(modeling, "_ATTENTION_CHUNK_ELEMENTS", chunk_elements)
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 10, 8, generator=generator).bfloat16() for _ in range(3))
+    grad = torch.randn(3, 2, 10, 8, generator=generator).bfloat16()
+    mask = torch.ones(3, 1, 1, 10, dtype=torch.bool)
+    mask[0, ..., 6:] = False
+    mask[2, ..., :3] = False
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = modeling._attention(*leaves, mask if masked else None, 0.0)
+    out.backward(grad)
+    reference = [t.double().requires_grad_() for t in (q, k, v)]
+    scores = reference[0] @ reference[1].transpose(-1, -2) / 8**0.5
+    if masked:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    expected = scores.softmax(-1) @ reference[2]
+    expected.backward(grad.double())
+    assert out.dtype == torch.bfloat16 and all(leaf.grad.dtype == torch.bfloat16 for leaf in leaves)
+    torch.testing.assert_close(out.double(), expected, rtol=0.02, atol=0.02)
+    for leaf, ref in zip(leaves, reference):
+        torch.testing.assert_close(leaf.grad.double(), ref.grad, rtol=0.03, atol=0.03)
+
+
 def test_embed_rejects_sequences_beyond_the_global_position_table(model):
     with pytest.raises(ValueError, match=r"reaches 92 but config.max_positions\[0\] is 64"):
         model.embed(torch.randn(1, 93, 12), make_positions(93))

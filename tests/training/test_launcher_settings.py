@@ -60,7 +60,10 @@ def test_accelerate_launch_mixed_precision_wins_over_an_unset_config(mlp_zoo_dat
     [
         ("pretrain.py", ["{no,bf16,fp16}", "{flatten,mean}", "--hub_private"]),
         ("convert_zoo.py", ["{auto,sane_hf,modelzoo,models}", "{standardize,none}", "--hub_private"]),
-        ("generate.py", ["{token,original_token,original_individual,mixed,anchor_covariance}", "{train,val}", "--hub_private"]),
+        (
+            "generate.py",
+            ["{token,original_token,original_individual,mixed,anchor_covariance}", "{train,val}", "--hub_private"],
+        ),
     ],
 )
 def test_help_lists_the_choices_of_choice_fields_and_one_private_flag(script, listed, tmp_path):

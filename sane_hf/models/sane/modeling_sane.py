@@ -47,6 +47,8 @@ _POSITION_COORDINATES = ("global token index", "layer index", "row index")
 # 64-snippet passes: large temporaries miss the cache and fault in fresh pages on every allocation (BENCHMARKS.md,
 # "snippets per pass"). Accelerators want large passes.
 _CPU_PASS_ACTIVATIONS = 2**21
+# Elements of one float32 copy per chunk of the CPU reduced-precision attention (`_CpuFlashAttentionFp32`).
+_ATTENTION_CHUNK_ELEMENTS = 2**20
 _ACCELERATOR_SNIPPETS_PER_PASS = 64
 
 
@@ -170,6 +172,80 @@ class SanePositionEmbedding(nn.Module):
         return torch.cat([summed, self.row_embedding(positions[..., 2])], dim=-1)
 
 
+class _CpuFlashAttentionFp32(torch.autograd.Function):
+    """Attention of bfloat16/float16 queries, keys and values on CPU through the float32 flash kernel.
+
+    On CPU, the reduced-precision flash kernel is slow at SANE's small head dims (its backward runs at a fraction of
+    the float32 one, BENCHMARKS.md "attention kernel"), while the float32 kernel is fast. This runs both directions in
+    float32, a few samples at a time so the float32 copies stay small, and stores only what the reduced-precision
+    kernel stores (inputs and output in their own dtype, float32 log-sum-exp): training memory does not grow.
+    Outputs and gradients come back in the input dtype.
+    """
+
+    @staticmethod
+    def _chunks(query: torch.Tensor) -> tuple[range, int]:
+        # ~4 MB float32 per tensor and chunk
+        step = max(1, _ATTENTION_CHUNK_ELEMENTS // max(1, query[0].numel()))
+        return range(0, query.shape[0], step), step
+
+    @staticmethod
+    def forward(ctx, query, key, value, attn_mask):
+        out = torch.empty_like(query, memory_format=torch.contiguous_format)
+        logsumexp = query.new_empty(query.shape[:3], dtype=torch.float32)
+        starts, step = _CpuFlashAttentionFp32._chunks(query)
+        with torch.autocast("cpu", enabled=False):
+            for start in starts:
+                part = slice(start, start + step)
+                mask = None if attn_mask is None else attn_mask[part] if attn_mask.shape[0] > 1 else attn_mask
+                out_part, logsumexp[part] = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                    query[part].float(), key[part].float(), value[part].float(), 0.0, False, attn_mask=mask
+                )
+                out[part] = out_part
+        ctx.save_for_backward(query, key, value, out, logsumexp, attn_mask)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        query, key, value, out, logsumexp, attn_mask = ctx.saved_tensors
+        grads = [torch.empty_like(t) for t in (query, key, value)]
+        starts, step = _CpuFlashAttentionFp32._chunks(query)
+        with torch.autocast("cpu", enabled=False):
+            for start in starts:
+                part = slice(start, start + step)
+                mask = None if attn_mask is None else attn_mask[part] if attn_mask.shape[0] > 1 else attn_mask
+                parts = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                    grad_out[part].float().contiguous(),
+                    query[part].float(),
+                    key[part].float(),
+                    value[part].float(),
+                    out[part].float(),
+                    logsumexp[part],
+                    0.0,
+                    False,
+                    attn_mask=mask,
+                )
+                for grad, grad_part in zip(grads, parts):
+                    grad[part] = grad_part
+        return (*grads, None)
+
+
+def _attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None, dropout_p: float
+) -> torch.Tensor:
+    """Bidirectional scaled dot-product attention of `[B, H, L, d]` heads; `attn_mask` is a boolean key mask."""
+    if (
+        query.device.type == "cpu"
+        and query.dtype in (torch.bfloat16, torch.float16)
+        and dropout_p == 0.0
+        and not torch.compiler.is_compiling()
+    ):
+        additive = None
+        if attn_mask is not None:  # the flash kernel takes an additive float mask
+            additive = torch.zeros(attn_mask.shape, dtype=torch.float32).masked_fill_(~attn_mask, float("-inf"))
+        return _CpuFlashAttentionFp32.apply(query, key, value, additive)
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=False)
+
+
 class SaneSelfAttention(nn.Module):
     """Bidirectional multi-head self-attention with a fused QKV projection (docs/method.md#model, nanoGPT style)."""
 
@@ -206,14 +282,7 @@ class SaneSelfAttention(nn.Module):
             t.view(batch_size, t.shape[1], self.n_heads, self.head_dim).transpose(1, 2) for t in (query, key, value)
         )
         # Full attention over the window (no causal mask), as upstream; `attn_mask` only hides padded tokens.
-        attended = F.scaled_dot_product_attention(
-            query,
-            key,
-            value,
-            attn_mask=attn_mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=False,
-        )
+        attended = _attention(query, key, value, attn_mask, self.dropout if self.training else 0.0)
         attended = attended.transpose(1, 2).reshape(batch_size, query.shape[2], width)
         return self.resid_dropout(self.c_proj(attended))
 
@@ -317,8 +386,9 @@ class SanePreTrainedModel(PreTrainedModel):
     main_input_name = "tokens"
     _no_split_modules = ["SaneBlock"]
     supports_gradient_checkpointing = True
-    # Attention always runs through `F.scaled_dot_product_attention`; declaring it lets `attn_implementation="sdpa"`
-    # through `from_pretrained` / `from_config`.
+    # Attention runs through the scaled-dot-product-attention kernels (`F.scaled_dot_product_attention`; on CPU in
+    # bf16/fp16, its float32 flash kernel, see `_attention`); declaring it lets `attn_implementation="sdpa"` through
+    # `from_pretrained` / `from_config`.
     _supports_sdpa = True
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -616,7 +686,8 @@ class SaneModel(SanePreTrainedModel):
                 keep the widest activation near 8 MB (8 snippets of 256 tokens at d_model 256).
 
         Returns:
-            `torch.FloatTensor` of shape `(batch_size, seq_len, latent_dim)`: per-token latents.
+            `torch.FloatTensor` of shape `(batch_size, seq_len, latent_dim)`: per-token latents, float32 also under
+            bf16 autocast.
         """
         return self._haloed_apply(self._encode, "tokens", tokens, self.config.token_size, positions, batch_size)
 
@@ -638,7 +709,8 @@ class SaneModel(SanePreTrainedModel):
                 Number of snippets decoded per forward pass (default: as in [`~SaneModel.haloed_encode`]).
 
         Returns:
-            `torch.FloatTensor` of shape `(batch_size, seq_len, token_size)`: reconstructed tokens.
+            `torch.FloatTensor` of shape `(batch_size, seq_len, token_size)`: reconstructed tokens, float32 also under
+            bf16 autocast.
         """
         return self._haloed_apply(self._decode, "latents", latents, self.config.latent_dim, positions, batch_size)
 
@@ -716,7 +788,8 @@ class SaneModel(SanePreTrainedModel):
                 chunk_positions = positions if shared_positions else positions[start : start + batch_size]
                 chunk_embeddings = self.position_embedding(chunk_positions.to(device), check_range=False)
                 outputs.append(function(chunk, chunk_embeddings, None))
-            return torch.cat(outputs).to(inputs.device)
+            # Float32 out whatever the compute precision (bf16 autocast gives bf16 activations).
+            return torch.cat(outputs).to(inputs.device, torch.promote_types(outputs[0].dtype, torch.float32))
 
         snippet_index, content_mask = haloed_window_index(seq_len, content_size, halo_size, device=inputs.device)
         n_windows, snippet_len = snippet_index.shape
@@ -743,11 +816,15 @@ class SaneModel(SanePreTrainedModel):
             windows = row_window[start : start + batch_size]
             output = function(snippets.to(device), snippet_embeddings, None, query_index[windows].to(device))
             if result is None:
-                result = inputs.new_zeros((num_sequences, seq_len, output.shape[-1]), dtype=output.dtype)
+                # Float32 out whatever the compute precision (bf16 autocast gives bf16 activations).
+                dtype = torch.promote_types(output.dtype, torch.float32)
+                result = inputs.new_zeros((num_sequences, seq_len, output.shape[-1]), dtype=dtype)
             # Scatter the content tokens back; each token is content of exactly one window, so writes never collide.
             keep = query_content[windows]  # [n, Q]
             targets = index.gather(1, query_index[windows])  # [n, Q] token index of every output
-            result[sequence.expand_as(targets)[keep], targets[keep]] = output[keep.to(output.device)].to(result.device)
+            result[sequence.expand_as(targets)[keep], targets[keep]] = output[keep.to(output.device)].to(
+                result.device, result.dtype
+            )
         return result
 
 
@@ -787,12 +864,17 @@ def masked_reconstruction_loss(
         raise ValueError(f"`mask` must be a bool tensor, got {mask.dtype}.")
     pred, target = pred.float(), target.float()
     if reduction == "mean":
-        # `where`, not a product: whatever the model puts at padding (even inf/NaN) cannot leak into the loss.
-        squared = torch.where(mask, pred - target, 0).square()
-        return squared.sum() / mask.sum().clamp_min(1)
+        # `where`, not a product: whatever the model puts at padding (even inf/NaN) cannot leak into the loss. The
+        # padding takes the target's value, so `mse_loss` (one fused pass forward and one backward) sums real entries.
+        return _masked_squared_error_sum(pred, target, mask) / mask.sum().clamp_min(1)
     if reduction == "original":
         return (pred * mask - target).square().mean()
     raise ValueError(f"`reduction` must be one of {RECONSTRUCTION_REDUCTIONS}, got {reduction!r}.")
+
+
+def _masked_squared_error_sum(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum of `(pred - target)^2` over the entries where `mask` is True."""
+    return F.mse_loss(torch.where(mask, pred, target), target, reduction="sum")
 
 
 def reconstruction_r2(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -805,7 +887,7 @@ def reconstruction_r2(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tens
         pred, target = pred.float(), target.float()
         count = mask.sum().clamp_min(1)
         mean = torch.where(mask, target, 0).sum() / count
-        ss_res = torch.where(mask, pred - target, 0).square().sum()
+        ss_res = _masked_squared_error_sum(pred, target, mask)
         ss_tot = torch.where(mask, target - mean, 0).square().sum()
         return 1 - ss_res / ss_tot.clamp_min(torch.finfo(torch.float32).tiny)
 
