@@ -119,6 +119,34 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
+# The transformer zoo (docs/architecture.md#transformer-zoos): tiny ViTs on digits, scripts/configs/zoo_digits_vit.yaml
+# (a test keeps them equal). Conversion canonicalizes with the head-aware weight matching and pretraining permutes
+# heads, within-head dimensions and feed-forward units (docs/method.md#transformer-symmetries). The ViT has no
+# BatchNorm, so generation needs no BN conditioning. Otherwise the same recipe as `default`; its measured run is in
+# docs/transformer_zoo.md.
+_ZOO_VIT: dict[str, Any] = {
+    "architecture": "vit",
+    "model_kwargs": {"patch_size": 4, "hidden_size": 16, "num_layers": 2, "num_heads": 2, "intermediate_size": 32},
+    "num_models": 48,
+    "epochs": 10,
+    "optimizers": ["sgd", "adam"],
+    "learning_rates": [0.001, 0.003, 0.01],
+    "weight_decays": [0.0, 0.0001, 0.001],
+    "activations": ["relu", "tanh", "gelu"],
+    "dropouts": [0.0, 0.1],
+}
+PRESETS["vit"] = {
+    **PRESETS["default"],
+    "zoo": _ZOO_VIT,
+    "convert": {"token_size": 32, "canonicalize": True},
+    "generate": {**PRESETS["default"]["generate"], "bn_condition": False},
+}
+PRESETS["vit_smoke"] = {
+    **PRESETS["smoke"],
+    "zoo": {**_ZOO_VIT, "num_models": 10, "epochs": 3},
+    "convert": {"token_size": 32, "canonicalize": True},
+    "generate": {**PRESETS["smoke"]["generate"], "bn_condition": False},
+}
 
 @dataclass
 class QuickstartConfig:

@@ -623,9 +623,13 @@ def _resnet_spec(model: nn.Module) -> PermutationSpec:
 TRANSFORMER_FAMILIES = ("bert", "gpt2", "vit")
 
 
-def _is_transformers_model(model: nn.Module) -> bool:
-    config = getattr(model, "config", None)
-    return isinstance(getattr(config, "model_type", None), str) and hasattr(model, "base_model_prefix")
+def _transformers_config(model: nn.Module):
+    """The config of `model`, or of the transformers model it wraps (e.g. the zoo's `ViTClassifier`); else None."""
+    for module in (model, *model.children()):
+        config = getattr(module, "config", None)
+        if isinstance(getattr(config, "model_type", None), str) and hasattr(module, "base_model_prefix"):
+            return config
+    return None
 
 
 def _is_conv1d(module: nn.Module | None) -> bool:
@@ -643,7 +647,7 @@ def _transformer_spec(model: nn.Module) -> PermutationSpec:
     `[query/key | query/key | value/output]`. The residual stream (embeddings, LayerNorms, pooler, classifier, tied
     LM head) is not permuted; docs/method.md#transformer-symmetries says why.
     """
-    config = model.config
+    config = _transformers_config(model)
     name = type(model).__name__
     family = config.model_type
     if family not in TRANSFORMER_FAMILIES:
@@ -749,7 +753,7 @@ def permutation_spec_from_module(model: nn.Module) -> PermutationSpec:
         `ValueError`: naming the module that blocks the derivation (attention, residual connections in a generic
         module, grouped convs, unknown modules between permuted layers, ...).
     """
-    if _is_transformers_model(model):
+    if _transformers_config(model) is not None:
         return _transformer_spec(model)
     if _is_basic_block_resnet(model):
         return _resnet_spec(model)
