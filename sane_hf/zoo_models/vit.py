@@ -69,6 +69,9 @@ class ViTClassifier(ZooModel, tags=["vit", "transformers"], library_name="transf
     ```
     """
 
+    # The transformers auto class that loads a saved folder (generated-model cards show it in their usage snippet).
+    transformers_auto_class = "AutoModelForImageClassification"
+
     def __init__(
         self,
         *,
@@ -171,4 +174,4 @@ class ViTClassifier(ZooModel, tags=["vit", "transformers"], library_name="transf
         loaded = ViTForImageClassification.from_pretrained(model_id, **hub)
         model.model.load_state_dict(loaded.state_dict(), strict=strict)
         model.model.to(map_location)
-        return model
+        return model.eval()  # as the mixin returns the other zoo models
