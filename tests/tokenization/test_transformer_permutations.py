@@ -16,6 +16,7 @@ from transformers import (
 
 from sane_hf import TokenLayout
 from sane_hf.tokenization.permutations import (
+    AxisPermutation,
     HeadGroup,
     PermutationSpec,
     TokenPermuter,
@@ -155,3 +156,21 @@ def test_unsupported_transformers_families_raise_naming_the_supported_ones():
     )
     with pytest.raises(ValueError, match="model_type 'llama'.*supported families: bert, gpt2, vit"):
         permutation_spec_from_module(model)
+
+
+def test_the_zoo_vit_gets_the_spec_of_the_transformers_model_it_wraps():
+    from sane_hf.zoo_models import build_zoo_model
+
+    zoo_model = build_zoo_model("vit", hidden_size=HEADS * HEAD_DIM, num_heads=HEADS, intermediate_size=12)
+    wrapped = permutation_spec_from_module(zoo_model)
+    inner = permutation_spec_from_module(zoo_model.model)
+
+    def prefixed(group):  # group names follow the module names: P_<module> -> P_model.<module>
+        return None if group is None else "P_model." + group.removeprefix("P_")
+
+    assert wrapped.axes == {
+        f"model.{key}": AxisPermutation(prefixed(a.out_group), prefixed(a.in_group), a.in_block)
+        for key, a in inner.axes.items()
+    }
+    assert wrapped.groups == {prefixed(group): size for group, size in inner.groups.items()}
+    assert len(wrapped.heads) == 2
