@@ -149,6 +149,7 @@ PRESETS["vit_smoke"] = {
     "generate": {**PRESETS["smoke"]["generate"], "bn_condition": False},
 }
 
+
 @dataclass
 class QuickstartConfig:
     """Options of the quickstart pipeline.

@@ -913,7 +913,10 @@ def weight_matching(
                 head_perm, new_score = assign(pair_score)
                 new_perms = {
                     group: torch.cat(
-                        [head_perm[h] * (spec.groups[group] // n) + within[group, h, int(head_perm[h])] for h in range(n)]
+                        [
+                            head_perm[h] * (spec.groups[group] // n) + within[group, h, int(head_perm[h])]
+                            for h in range(n)
+                        ]
                     )
                     for group in unit.groups
                 }

@@ -354,7 +354,9 @@ def test_generated_transformers_load_by_repo_id_with_auto_model_and_no_sane_hf(
         assert all(not keys for keys in meta[name]["loading_info"].values()), meta[name]["loading_info"]
         with torch.no_grad():
             expected = load_zoo_model(folder).eval()(pixel_values)
-        torch.testing.assert_close(load_file(out / f"logits_{name}.safetensors")["logits"], expected, rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            load_file(out / f"logits_{name}.safetensors")["logits"], expected, rtol=0, atol=1e-6
+        )
     torch.testing.assert_close(
         load_file(out / "logits_local.safetensors")["logits"], load_file(out / "logits_repo_000.safetensors")["logits"]
     )

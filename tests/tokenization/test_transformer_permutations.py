@@ -32,16 +32,27 @@ HEADS, HEAD_DIM = 2, 4
 
 def _vit():
     config = ViTConfig(
-        image_size=8, patch_size=4, num_channels=1, hidden_size=HEADS * HEAD_DIM, num_hidden_layers=2,
-        num_attention_heads=HEADS, intermediate_size=12, num_labels=10,
+        image_size=8,
+        patch_size=4,
+        num_channels=1,
+        hidden_size=HEADS * HEAD_DIM,
+        num_hidden_layers=2,
+        num_attention_heads=HEADS,
+        intermediate_size=12,
+        num_labels=10,
     )
     return ViTForImageClassification(config), lambda g: {"pixel_values": torch.randn(3, 1, 8, 8, generator=g)}
 
 
 def _bert():
     config = BertConfig(
-        vocab_size=30, hidden_size=HEADS * HEAD_DIM, num_hidden_layers=2, num_attention_heads=HEADS,
-        intermediate_size=12, max_position_embeddings=16, num_labels=3,
+        vocab_size=30,
+        hidden_size=HEADS * HEAD_DIM,
+        num_hidden_layers=2,
+        num_attention_heads=HEADS,
+        intermediate_size=12,
+        max_position_embeddings=16,
+        num_labels=3,
     )
     return BertForSequenceClassification(config), lambda g: {"input_ids": torch.randint(0, 30, (3, 7), generator=g)}
 
@@ -61,7 +72,12 @@ def family(request):
     model, make_inputs = FAMILIES[request.param]()
     model.eval()
     spec = permutation_spec_from_module(model)
-    return {"name": request.param, "model": model, "inputs": make_inputs(torch.Generator().manual_seed(1)), "spec": spec}
+    return {
+        "name": request.param,
+        "model": model,
+        "inputs": make_inputs(torch.Generator().manual_seed(1)),
+        "spec": spec,
+    }
 
 
 def _run(model, state_dict, inputs):

@@ -75,8 +75,8 @@ def test_bad_arguments_name_the_value_and_what_was_expected(kwargs, message):
 
 
 def test_a_folder_without_zoo_arguments_is_refused_with_the_reason(tmp_path):
-    ViTForImageClassification(build_zoo_model("vit").model.config.__class__(image_size=8, num_channels=1)).save_pretrained(
-        tmp_path
-    )
+    ViTForImageClassification(
+        build_zoo_model("vit").model.config.__class__(image_size=8, num_channels=1)
+    ).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="no 'sane_zoo_kwargs' entry"):
         ViTClassifier.from_pretrained(tmp_path)
