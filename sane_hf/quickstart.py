@@ -11,7 +11,8 @@ Stages, each a library call with its own config, outputs under `output_dir`:
 6. `REPORT.md`  the tables and plots of stages 4-5, the zoo's accuracy spread and the wall time of every stage.
 
 Presets size the run: `default` is the README's main job (its recipe and measurements: docs/quality_study.md), `smoke`
-is a one-minute version the tests run. The same pipeline as separate commands: `scripts/configs/*_digits_cnn.yaml`.
+is a one-minute version the tests run. `vit` and `vit_smoke` run the same pipeline on a zoo of tiny vision
+transformers (docs/transformer_zoo.md). The same pipeline as separate commands: `scripts/configs/*_digits_cnn.yaml`.
 A rerun into the same `output_dir` skips every stage whose output is complete and whose options are unchanged
 (`quickstart_state.json` records them); the zoo and the pretraining also resume from partial work.
 """
@@ -117,6 +118,35 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "finetune_epochs": 1,
         },
     },
+}
+
+# The transformer zoo (docs/architecture.md#transformer-zoos): tiny ViTs on digits, scripts/configs/zoo_digits_vit.yaml
+# (a test keeps them equal). Conversion canonicalizes with the head-aware weight matching and pretraining permutes
+# heads, within-head dimensions and feed-forward units (docs/method.md#transformer-symmetries). The ViT has no
+# BatchNorm, so generation needs no BN conditioning. Otherwise the same recipe as `default`; its measured run is in
+# docs/transformer_zoo.md.
+_ZOO_VIT: dict[str, Any] = {
+    "architecture": "vit",
+    "model_kwargs": {"patch_size": 4, "hidden_size": 16, "num_layers": 2, "num_heads": 2, "intermediate_size": 32},
+    "num_models": 48,
+    "epochs": 10,
+    "optimizers": ["sgd", "adam"],
+    "learning_rates": [0.001, 0.003, 0.01],
+    "weight_decays": [0.0, 0.0001, 0.001],
+    "activations": ["relu", "tanh", "gelu"],
+    "dropouts": [0.0, 0.1],
+}
+PRESETS["vit"] = {
+    **PRESETS["default"],
+    "zoo": _ZOO_VIT,
+    "convert": {"token_size": 32, "canonicalize": True},
+    "generate": {**PRESETS["default"]["generate"], "bn_condition": False},
+}
+PRESETS["vit_smoke"] = {
+    **PRESETS["smoke"],
+    "zoo": {**_ZOO_VIT, "num_models": 10, "epochs": 3},
+    "convert": {"token_size": 32, "canonicalize": True},
+    "generate": {**PRESETS["smoke"]["generate"], "bn_condition": False},
 }
 
 
@@ -359,9 +389,11 @@ def build_report(root: Path, stages_state: Mapping[str, Any], seconds_this_run: 
     """`REPORT.md`: timings, the zoo, the property-prediction table and the generation table, with their plots, and
     under each table a sentence, computed from the results, saying whether SANE beat each control."""
     lines = ["# SANE quickstart report", ""]
+    architecture = stages_state.get("zoo", {}).get("options", {}).get("architecture", "cnn_s")
+    members = "small CNNs" if architecture == "cnn_s" else f"`{architecture}` networks"
     lines.append(
         "The whole SANE pipeline on the embedded default task (scikit-learn digits, 8x8 images, 10 classes): a zoo "
-        "of small CNNs, its tokenized dataset, a pretrained SANE, property prediction from SANE embeddings and "
+        f"of {members}, its tokenized dataset, a pretrained SANE, property prediction from SANE embeddings and "
         "model generation. Every folder named below is under this report's folder."
     )
     lines += ["", "## Stages", "", "| stage | folder | seconds (last run of the stage) |", "|---|---|---|"]

@@ -555,6 +555,7 @@ def save_generated_models(
                 distance=result.distances[index] if result.distances else None,
                 selection_score=None if scores is None else scores[index],
                 results=_model_results(result, index),
+                auto_class=getattr(model, "transformers_auto_class", None),
             )
             # The mixin writes README.md only if absent, so the generated card written first is kept.
             card.save(folder / "README.md")
@@ -589,6 +590,7 @@ def save_generated_models(
             repo_id=repo_id,
             results=results,
             members=members,
+            auto_class=getattr(result.models[0], "transformers_auto_class", None) if result.models else None,
         ).save(tmp / "README.md")
         record = result.to_dict()
         # Size and sha256 of every weight file, which `sane-evaluate` verifies before loading the networks.

@@ -71,6 +71,7 @@ def build_generated_model_card(
     description: str | None = None,
     tags: Sequence[str] | None = None,
     license: str | None = "cc-by-4.0",
+    auto_class: str | None = None,
 ) -> ModelCard:
     """The `README.md` of a generated network, or (with `members`) of a repo holding several in subfolders.
 
@@ -99,6 +100,9 @@ def build_generated_model_card(
         tags (`Sequence[str]`, *optional*): added to `sane`, `generated-weights`, `weight-space-learning`.
         license (`str`, *optional*, defaults to `"cc-by-4.0"`): license identifier for the metadata; generated
             weights derive from the zoo's, which are published as CC-BY-4.0 model-zoo-derived data.
+        auto_class (`str`, *optional*): the transformers auto class that loads the saved folder (e.g.
+            `"AutoModelForImageClassification"` for the transformer zoo's ViTs): the card then names `transformers` as
+            its library and its usage snippet loads the model without `sane_hf`.
 
     Returns:
         `huggingface_hub.ModelCard`.
@@ -122,7 +126,7 @@ def build_generated_model_card(
             )
         )
     card_data = ModelCardData(
-        library_name="sane_hf",
+        library_name="transformers" if auto_class else "sane_hf",
         tags=list(dict.fromkeys([*GENERATED_MODEL_TAGS, architecture, f"sampler-{sampler}", *(tags or [])])),
         base_model=base_model,
         pipeline_tag="image-classification",
@@ -161,6 +165,7 @@ def build_generated_model_card(
         members=list(members) if members else None,
         repo_id=repo_id,
         subfolder=subfolder,
+        auto_class=auto_class,
         paper_url=PAPER_URL,
         code_url=SANE_CODE_URL,
         citation=SANE_CITATION,

@@ -111,7 +111,11 @@ def pool_token_latents(token_latents: torch.Tensor, pooling_matrix: torch.Tensor
     layers = torch.einsum("ls,bsd->bld", weights, token_latents)
     if pooling == "stats":
         squares = torch.einsum("ls,bsd->bld", weights, token_latents.square())
-        spread = (squares - layers.square()).clamp_min(0).sqrt()
+        variance = squares - layers.square()
+        # A layer of one token (a ViT's [CLS] token) has variance 0, where sqrt's gradient is infinite and made the
+        # fine-tuned probe's loss NaN; there the spread is 0 with a zero gradient.
+        positive = variance > 0
+        spread = torch.where(positive, variance.clamp_min(torch.finfo(variance.dtype).tiny).sqrt(), 0.0)
         return torch.cat([layers, spread], dim=2).reshape(batch_size, -1)
     layers = layers.reshape(batch_size, -1)
     return layers if pooling == "layers" else torch.cat([mean, layers], dim=1)

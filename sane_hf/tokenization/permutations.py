@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -63,6 +63,25 @@ class AxisPermutation:
     in_block: int = 1
 
 
+@dataclass(frozen=True)
+class HeadGroup:
+    """Attention heads: groups whose units are `num_heads` contiguous blocks (one per head) that move as whole heads.
+
+    A valid permutation of the groups draws one permutation of the heads, shared by all of `groups`, and inside every
+    head one free permutation per group: new unit `h * b + i` of a group with blocks of `b` units is old unit
+    `head[h] * b + within[h][i]` (docs/method.md#transformer-symmetries). For self-attention, `groups` is the
+    query/key group (rows of the query and key projections) and the value/output group (rows of the value projection,
+    columns of the output projection).
+
+    Args:
+        groups (`tuple[str, ...]`): the groups whose heads move together.
+        num_heads (`int`): number of heads; every group's size is a multiple of it.
+    """
+
+    groups: tuple[str, ...]
+    num_heads: int
+
+
 @dataclass
 class PermutationSpec:
     """The permutation groups of an architecture and the axes they act on (the original's `PermutationSpec`).
@@ -70,9 +89,18 @@ class PermutationSpec:
     Build it with `permutation_spec_from_module(model)`. Every floating-point state_dict entry is listed in `axes`,
     also when no group acts on it, so a spec can check that it covers a checkpoint.
 
+    Most groups are free: any permutation of their units is a symmetry. Two kinds are constrained, for transformers
+    (docs/method.md#transformer-symmetries): the groups of a `HeadGroup` (whole heads, then units inside each head),
+    and concatenated groups, whose permutation is the concatenation of other groups' permutations (GPT-2's fused
+    query/key/value projection, `[q | k | v]` rows). Every permutation dict holds all groups, the constrained ones
+    included, so `permute_state_dict` and `TokenPermuter` treat every group alike.
+
     Args:
         groups (`dict[str, int]`): group name -> size (number of hidden units it permutes), in a fixed order.
         axes (`dict[str, AxisPermutation]`): state_dict key -> the groups acting on its axes 0 and 1.
+        heads (`dict[str, HeadGroup]`, *optional*): head-group name -> its groups.
+        concat (`dict[str, tuple[str, ...]]`, *optional*): group -> the groups whose permutations, each shifted by
+            the sizes of those before it, make up its permutation.
 
     Example:
 
@@ -94,11 +122,40 @@ class PermutationSpec:
 
     groups: dict[str, int]
     axes: dict[str, AxisPermutation]
+    heads: dict[str, HeadGroup] = field(default_factory=dict)
+    concat: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name, size in self.groups.items():
             if not isinstance(size, int) or size < 1:
                 raise ValueError(f"Permutation group {name!r} must have a positive int size, got {size!r}.")
+        in_heads: set[str] = set()
+        for name, head in self.heads.items():
+            if not isinstance(head.num_heads, int) or head.num_heads < 1:
+                raise ValueError(f"Head group {name!r} has num_heads={head.num_heads!r}; expected a positive int.")
+            for group in head.groups:
+                if group not in self.groups or group in self.concat or group in in_heads:
+                    raise ValueError(
+                        f"Head group {name!r} lists {group!r}; expected a free group of the spec that no other head "
+                        "group lists."
+                    )
+                if self.groups[group] % head.num_heads:
+                    raise ValueError(
+                        f"Head group {name!r}: group {group!r} of size {self.groups[group]} does not split into "
+                        f"{head.num_heads} heads."
+                    )
+                in_heads.add(group)
+        for name, parts in self.concat.items():
+            if name not in self.groups or any(p not in self.groups or p in self.concat for p in parts):
+                raise ValueError(
+                    f"Concatenated group {name!r} of {list(parts)}: expected groups of the spec that are not "
+                    "concatenations themselves."
+                )
+            if sum(self.groups[p] for p in parts) != self.groups[name]:
+                raise ValueError(
+                    f"Concatenated group {name!r} has size {self.groups[name]}, but its parts {list(parts)} add up "
+                    f"to {sum(self.groups[p] for p in parts)}."
+                )
         for key, axis in self.axes.items():
             for group in (axis.out_group, axis.in_group):
                 if group is not None and group not in self.groups:
@@ -152,7 +209,9 @@ class PermutationSpec:
     def random_permutations(
         self, generator: torch.Generator | None = None, batch_size: int | None = None
     ) -> Permutations:
-        """A uniformly random permutation of every group (`torch.randperm`), `[size]` or `[batch_size, size]`.
+        """A uniformly random symmetry: every free group `torch.randperm`, heads as described by `HeadGroup`.
+
+        Returns `[size]` or `[batch_size, size]` per group; concatenated groups are filled from their parts.
 
         Args:
             generator (`torch.Generator`, *optional*): source of randomness (mainly used for testing purposes); the
@@ -160,25 +219,48 @@ class PermutationSpec:
             batch_size (`int`, *optional*): draw one independent permutation per sample.
         """
         device = generator.device if generator is not None else None
+        in_heads = {group for head in self.heads.values() for group in head.groups}
         result = {}
         for name, size in self.groups.items():
+            if name in in_heads or name in self.concat:
+                continue
             if batch_size is None:
                 result[name] = torch.randperm(size, generator=generator, device=device)
             else:
                 result[name] = torch.stack(
                     [torch.randperm(size, generator=generator, device=device) for _ in range(batch_size)]
                 )
-        return result
+        batch = () if batch_size is None else (batch_size,)
+        for head in self.heads.values():
+            # Sorting i.i.d. uniforms draws uniform permutations, many at once.
+            head_perm = torch.rand((*batch, head.num_heads), generator=generator, device=device).argsort(-1)
+            for group in head.groups:
+                block = self.groups[group] // head.num_heads
+                within = torch.rand((*batch, head.num_heads, block), generator=generator, device=device).argsort(-1)
+                result[group] = (head_perm[..., None] * block + within).flatten(-2)
+        return self.fill_concatenated(result)
+
+    def fill_concatenated(self, perms: Permutations) -> Permutations:
+        """`perms` with every concatenated group set from its parts (in place, and returned)."""
+        for name, parts in self.concat.items():
+            offsets = np.cumsum([0] + [self.groups[p] for p in parts[:-1]]).tolist()
+            perms[name] = torch.cat([perms[p] + offset for p, offset in zip(parts, offsets)], dim=-1)
+        return perms
 
     def to_dict(self) -> dict:
         """JSON-serializable form (e.g. for a dataset's `meta/`)."""
-        return {
+        result = {
             "groups": dict(self.groups),
             "axes": {
                 key: {"out_group": a.out_group, "in_group": a.in_group, "in_block": a.in_block}
                 for key, a in self.axes.items()
             },
         }
+        if self.heads:
+            result["heads"] = {n: {"groups": list(h.groups), "num_heads": h.num_heads} for n, h in self.heads.items()}
+        if self.concat:
+            result["concat"] = {name: list(parts) for name, parts in self.concat.items()}
+        return result
 
     @classmethod
     def from_dict(cls, data: Mapping) -> PermutationSpec:
@@ -187,6 +269,11 @@ class PermutationSpec:
             return cls(
                 groups={str(k): int(v) for k, v in data["groups"].items()},
                 axes={key: AxisPermutation(**value) for key, value in data["axes"].items()},
+                heads={
+                    name: HeadGroup(groups=tuple(value["groups"]), num_heads=int(value["num_heads"]))
+                    for name, value in data.get("heads", {}).items()
+                },
+                concat={name: tuple(parts) for name, parts in data.get("concat", {}).items()},
             )
         except (KeyError, TypeError) as err:
             raise ValueError(f"Invalid permutation spec dict: {err}.") from None
@@ -531,11 +618,125 @@ def _resnet_spec(model: nn.Module) -> PermutationSpec:
     return builder.build("ResNet structure (conv1, bn1, layer1.., fc)")
 
 
+# transformers model families whose blocks `_transformer_spec` knows: absolute position embeddings, one key/value
+# head per query head, no rotary embedding (which pairs query/key dimensions, so they could not move freely).
+TRANSFORMER_FAMILIES = ("bert", "gpt2", "vit")
+
+
+def _transformers_config(model: nn.Module):
+    """The config of `model`, or of the transformers model it wraps (e.g. the zoo's `ViTClassifier`); else None."""
+    for module in (model, *model.children()):
+        config = getattr(module, "config", None)
+        if isinstance(getattr(config, "model_type", None), str) and hasattr(module, "base_model_prefix"):
+            return config
+    return None
+
+
+def _is_conv1d(module: nn.Module | None) -> bool:
+    """transformers' `Conv1D` (GPT-2): a Linear whose weight is stored `[in, out]`."""
+    return type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None
+
+
+def _transformer_spec(model: nn.Module) -> PermutationSpec:
+    """Attention heads and feed-forward units of a BERT, ViT or GPT-2 model (docs/method.md#transformer-symmetries).
+
+    Per attention module: a query/key group (rows of the query and key projections), a value/output group (rows of
+    the value projection, columns of the output projection) and a `HeadGroup` over both, so whole heads move together
+    and, inside a head, the query/key and the value/output dimensions are permuted freely. Per feed-forward block: one
+    group for its hidden units. GPT-2's fused `c_attn` (`Conv1D`, `[in, 3 * hidden]`) is a concatenated group
+    `[query/key | query/key | value/output]`. The residual stream (embeddings, LayerNorms, pooler, classifier, tied
+    LM head) is not permuted; docs/method.md#transformer-symmetries says why.
+    """
+    config = _transformers_config(model)
+    name = type(model).__name__
+    family = config.model_type
+    if family not in TRANSFORMER_FAMILIES:
+        raise ValueError(
+            f"Cannot derive a permutation spec for {name}: the symmetries of transformers model_type {family!r} are "
+            f"not known; supported families: {', '.join(TRANSFORMER_FAMILIES)}."
+        )
+    position = getattr(config, "position_embedding_type", "absolute")
+    if position not in (None, "absolute") or getattr(config, "add_cross_attention", False):
+        raise ValueError(
+            f"Cannot derive a permutation spec for {name}: position_embedding_type={position!r}, "
+            f"add_cross_attention={getattr(config, 'add_cross_attention', False)!r}; expected absolute position "
+            "embeddings and no cross-attention."
+        )
+    num_heads = config.num_attention_heads
+    builder = _SpecBuilder(model)
+    heads: dict[str, HeadGroup] = {}
+    concat: dict[str, tuple[str, ...]] = {}
+
+    def attention(prefix: str, q: nn.Module, k: nn.Module, v: nn.Module, o: nn.Module, fused: bool) -> None:
+        qk_size = q.weight.shape[1] // 3 if fused else q.out_features
+        vo_size = o.weight.shape[0] if fused else o.in_features
+        if qk_size % num_heads or vo_size % num_heads:
+            raise ValueError(
+                f"Cannot derive a permutation spec for {name}: attention `{prefix}` has {qk_size} query/key and "
+                f"{vo_size} value units, not multiples of num_attention_heads={num_heads}."
+            )
+        qk = builder.new_group(f"P_{prefix}.qk", qk_size)
+        vo = builder.new_group(f"P_{prefix}.vo", vo_size)
+        heads[f"H_{prefix}"] = HeadGroup(groups=(qk, vo), num_heads=num_heads)
+        if fused:  # Conv1D: axis 1 of the weight and axis 0 of the bias are the outputs
+            qkv = builder.new_group(f"P_{prefix}.c_attn", 2 * qk_size + vo_size)
+            concat[qkv] = (qk, qk, vo)
+            builder.axes[f"{prefix}.c_attn.weight"] = AxisPermutation(in_group=qkv)
+            builder.axes[f"{prefix}.c_attn.bias"] = AxisPermutation(out_group=qkv)
+            builder.axes[f"{prefix}.c_proj.weight"] = AxisPermutation(out_group=vo)
+            return
+        for module, group in ((q, qk), (k, qk), (v, vo)):
+            builder.add_module(module_names[module], module, group)
+        builder.add_module(module_names[o], o, None, vo)
+
+    def feed_forward(up: nn.Module, down: nn.Module, prefix: str) -> None:
+        group = f"P_{prefix}" if prefix.endswith(".mlp") else f"P_{prefix}.mlp"
+        if _is_conv1d(up):
+            hidden = builder.new_group(group, up.weight.shape[1])
+            builder.axes[f"{module_names[up]}.weight"] = AxisPermutation(in_group=hidden)
+            builder.axes[f"{module_names[up]}.bias"] = AxisPermutation(out_group=hidden)
+            builder.axes[f"{module_names[down]}.weight"] = AxisPermutation(out_group=hidden)
+            return
+        hidden = builder.new_group(group, up.out_features)
+        builder.add_module(module_names[up], up, hidden)
+        builder.add_module(module_names[down], down, None, hidden)
+
+    module_names = {module: prefix for prefix, module in model.named_modules()}
+    for prefix, module in model.named_modules():
+        children = dict(module.named_children())
+        projections = [children.get(c) for c in ("q_proj", "k_proj", "v_proj", "o_proj")]
+        if family == "vit" and all(isinstance(p, nn.Linear) for p in projections):
+            attention(prefix, *projections, fused=False)
+        elif family == "vit" and all(isinstance(children.get(c), nn.Linear) for c in ("fc1", "fc2")):
+            feed_forward(children["fc1"], children["fc2"], prefix)
+        elif family == "bert" and {"self", "output"} <= set(children) and hasattr(children["self"], "query"):
+            self_attention, output = children["self"], children["output"]
+            attention(prefix, self_attention.query, self_attention.key, self_attention.value, output.dense, False)
+        elif family == "bert" and {"attention", "intermediate", "output"} <= set(children):
+            feed_forward(children["intermediate"].dense, children["output"].dense, prefix)
+        elif family == "gpt2" and _is_conv1d(children.get("c_attn")) and _is_conv1d(children.get("c_proj")):
+            attention(prefix, children["c_attn"], None, None, children["c_proj"], fused=True)
+        elif family == "gpt2" and _is_conv1d(children.get("c_fc")) and _is_conv1d(children.get("c_proj")):
+            feed_forward(children["c_fc"], children["c_proj"], prefix)
+    if not heads:
+        raise ValueError(
+            f"Cannot derive a permutation spec for {name}: no attention module of the {family} family was found."
+        )
+    # Everything else reads or writes the residual stream, which stays in place.
+    for key, value in builder.state_dict.items():
+        if value.is_floating_point() and key not in builder.axes:
+            builder.axes[key] = AxisPermutation()
+    return PermutationSpec(groups=dict(builder.groups), axes=dict(builder.axes), heads=heads, concat=concat)
+
+
 def permutation_spec_from_module(model: nn.Module) -> PermutationSpec:
     """Derive the permutation symmetries of an architecture from its modules.
 
     Supported:
 
+    * transformers models of the BERT, ViT and GPT-2 families (`TRANSFORMER_FAMILIES`): attention heads moved whole,
+      query/key and value/output dimensions inside each head, feed-forward hidden units
+      (docs/method.md#transformer-symmetries).
     * ResNets of BasicBlocks with torchvision's attribute names (`ResNet18`/`ResNet34` of the zoos, torchvision's
       `resnet18`/`resnet34`): residual-tied groups, one inner group per block, BatchNorm parameters and running
       statistics following their conv, `fc` inputs following the last stage (docs/method.md#canonicalization).
@@ -552,6 +753,8 @@ def permutation_spec_from_module(model: nn.Module) -> PermutationSpec:
         `ValueError`: naming the module that blocks the derivation (attention, residual connections in a generic
         module, grouped convs, unknown modules between permuted layers, ...).
     """
+    if _transformers_config(model) is not None:
+        return _transformer_spec(model)
     if _is_basic_block_resnet(model):
         return _resnet_spec(model)
     module_list = getattr(model, "module_list", None)
@@ -625,7 +828,7 @@ def weight_matching(
     """Git re-basin weight matching (Ainsworth et al. 2023; docs/method.md#canonicalization): permutations that bring `sd` to
     `reference_sd`.
 
-    Coordinate descent: visit the groups in random order; for a group of size n, build
+    Coordinate descent: visit the groups (a head group as one unit) in random order; for a group of size n, build
     `C = sum over its (key, axis) of A_key[axis as rows] @ B_key[axis as rows, other axes permuted].T` and solve the
     linear assignment `max_perm sum_i C[i, perm[i]]` (`scipy.optimize.linear_sum_assignment(maximize=True)`). Stop
     when a full sweep improves no group by more than 1e-12 (the original's threshold), or after `max_iter` sweeps.
@@ -647,27 +850,80 @@ def weight_matching(
     spec.validate(reference_sd)
     spec.validate(sd)
     perms = {g: p.clone().cpu() for g, p in (init_perms or spec.identity_permutations()).items()}
+    spec.fill_concatenated(perms)
     group_axes = spec.group_axes
-    names = list(spec.groups)
     reference = {k: v.detach().cpu().double() for k, v in reference_sd.items() if k in spec.axes}
     other = {k: v.detach().cpu().double() for k, v in sd.items() if k in spec.axes}
+    # Concatenated groups are not matched themselves: their axes add the diagonal blocks of their cost to the cost
+    # of each part (a part's unit i is unit offset + i of the concatenation).
+    segments: dict[str, list[tuple[str, int]]] = {name: [] for name in spec.groups}
+    for name, parts in spec.concat.items():
+        offset = 0
+        for part in parts:
+            segments[part].append((name, offset))
+            offset += spec.groups[part]
+
+    def own_cost(name: str) -> torch.Tensor:
+        size = spec.groups[name]
+        cost = torch.zeros(size, size, dtype=torch.float64)
+        for key, axis in group_axes[name]:
+            a = _unit_rows(reference[key], axis, size)
+            b = _unit_rows(_permute_tensor(other[key], spec.axes[key], perms, skip_axis=axis), axis, size)
+            cost += a @ b.T
+        return cost
+
+    def group_cost(name: str) -> torch.Tensor:
+        cost = own_cost(name)
+        size = spec.groups[name]
+        for concatenated, offset in segments[name]:
+            cost += own_cost(concatenated)[offset : offset + size, offset : offset + size]
+        return cost
+
+    def assign(cost: torch.Tensor) -> tuple[torch.Tensor, float]:
+        rows, cols = linear_sum_assignment(cost.numpy(), maximize=True)
+        return torch.from_numpy(cols.astype(np.int64)), float(cost[rows, cols].sum())
+
+    # Units of the coordinate descent: every free group alone, and every head group as one unit (heads are matched
+    # with the best within-head matching of every pair of heads as their score, then the within-head matchings of the
+    # chosen pairs are kept; docs/method.md#transformer-symmetries).
+    in_heads = {group for head in spec.heads.values() for group in head.groups}
+    units: list[str | HeadGroup] = [g for g in spec.groups if g not in in_heads and g not in spec.concat]
+    units += list(spec.heads.values())
     for iteration in range(max_iter):
         progress = False
-        for group_index in torch.randperm(len(names), generator=generator, device="cpu").tolist():
-            name = names[group_index]
-            size = spec.groups[name]
-            cost = torch.zeros(size, size, dtype=torch.float64)
-            for key, axis in group_axes[name]:
-                a = _unit_rows(reference[key], axis, size)
-                b = _unit_rows(_permute_tensor(other[key], spec.axes[key], perms, skip_axis=axis), axis, size)
-                cost += a @ b.T
-            rows, cols = linear_sum_assignment(cost.numpy(), maximize=True)
-            new_perm = torch.from_numpy(cols.astype(np.int64))
-            old_score = cost[torch.arange(size), perms[name]].sum().item()
-            new_score = cost[torch.from_numpy(rows.astype(np.int64)), new_perm].sum().item()
+        for unit_index in torch.randperm(len(units), generator=generator, device="cpu").tolist():
+            unit = units[unit_index]
+            if isinstance(unit, str):
+                cost = group_cost(unit)
+                new_perm, new_score = assign(cost)
+                old_score = cost[torch.arange(spec.groups[unit]), perms[unit]].sum().item()
+                new_perms = {unit: new_perm}
+            else:
+                costs = {group: group_cost(group) for group in unit.groups}
+                old_score = sum(c[torch.arange(c.shape[0]), perms[g]].sum().item() for g, c in costs.items())
+                n = unit.num_heads
+                pair_score = torch.zeros(n, n, dtype=torch.float64)
+                within: dict[tuple[str, int, int], torch.Tensor] = {}
+                for group, cost in costs.items():
+                    b = spec.groups[group] // n
+                    for h in range(n):
+                        for g in range(n):
+                            within[group, h, g], score = assign(cost[h * b : (h + 1) * b, g * b : (g + 1) * b])
+                            pair_score[h, g] += score
+                head_perm, new_score = assign(pair_score)
+                new_perms = {
+                    group: torch.cat(
+                        [
+                            head_perm[h] * (spec.groups[group] // n) + within[group, h, int(head_perm[h])]
+                            for h in range(n)
+                        ]
+                    )
+                    for group in unit.groups
+                }
             if new_score > old_score + 1e-12:
                 progress = True
-                perms[name] = new_perm
+                perms.update(new_perms)
+                spec.fill_concatenated(perms)
         if not progress:
             logger.debug("weight_matching converged after %d sweep(s)", iteration + 1)
             break
@@ -796,20 +1052,29 @@ class TokenPermuter:
         num_types = 0
         for layer in layout.layers:
             axis = spec.axes[layer.weight_key]
+            # A row is an output channel: axis 0 of the weight, or axis 1 of a transposed (`Conv1D`, `[in, out]`)
+            # weight, whose input channels are then axis 0 and never blocked.
+            row_group, column_group = axis.out_group, axis.in_group
+            if layer.transposed:
+                if axis.in_block != 1:
+                    raise ValueError(
+                        f"Layer {layer.name!r} is stored [in, out]; its spec has in_block={axis.in_block}, expected 1."
+                    )
+                row_group, column_group = axis.in_group, axis.out_group
             if layer.bias_key is not None:
                 bias_group = spec.axes.get(layer.bias_key, AxisPermutation()).out_group
-                if bias_group != axis.out_group:
+                if bias_group != row_group:
                     raise ValueError(
                         f"Bias {layer.bias_key!r} and weight {layer.weight_key!r} are permuted differently."
                     )
-            if axis.out_group is not None and spec.groups[axis.out_group] != layer.num_rows:
+            if row_group is not None and spec.groups[row_group] != layer.num_rows:
                 raise ValueError(
-                    f"Layer {layer.name!r} has {layer.num_rows} rows but its group {axis.out_group!r} has "
-                    f"{spec.groups[axis.out_group]} units."
+                    f"Layer {layer.name!r} has {layer.num_rows} rows but its group {row_group!r} has "
+                    f"{spec.groups[row_group]} units."
                 )
             f, R, n = layer.tokens_per_row, layer.num_rows, layer.num_tokens
             rows = np.repeat(np.arange(R, dtype=np.int64), f)
-            out_base = self.group_offsets[axis.out_group] if axis.out_group is not None else self.identity_offset
+            out_base = self.group_offsets[row_group] if row_group is not None else self.identity_offset
             per_token["base"].append(np.full(n, layer.token_offset * T, dtype=np.int64))
             per_token["out_ptr"].append(out_base + rows)
             per_token["stride"].append(np.full(n, f * T, dtype=np.int64))
@@ -825,16 +1090,16 @@ class TokenPermuter:
             in_ptr = np.full(f * T, self.identity_offset, dtype=np.int64)  # any entry: multiplied by mul = 0
             mul = np.zeros(f * T, dtype=np.int64)
             add = j.copy()
-            if axis.in_group is not None:
-                n_in = spec.groups[axis.in_group]
+            if column_group is not None:
+                n_in = spec.groups[column_group]
                 if layer.weight_width % n_in:
                     raise ValueError(
                         f"Layer {layer.name!r}: row width {layer.weight_width} is not a multiple of the size {n_in} "
-                        f"of its input group {axis.in_group!r}."
+                        f"of its input group {column_group!r}."
                     )
                 block = layer.weight_width // n_in
                 weight = j < layer.weight_width
-                in_ptr[weight] = self.group_offsets[axis.in_group] + j[weight] // block
+                in_ptr[weight] = self.group_offsets[column_group] + j[weight] // block
                 mul[weight] = block
                 add[weight] = j[weight] % block
             # Padding reads column 0 of the source row (always a real, finite value) and `apply` multiplies it by

@@ -247,8 +247,9 @@ def build_permuter(zoo: SaneZooDataset) -> TokenPermuter:
         member = build_zoo_model(zoo.info.architecture, **(zoo.info.model_kwargs or {}))
         spec = permutation_spec_from_module(member)
     except ValueError as err:
-        # E.g. a zoo of transformers models (`bert`, `gpt2`): not a registered zoo architecture, so its permutation
-        # symmetries are unknown; SANE still pretrains on it with the other augmentations.
+        # E.g. a zoo of transformers model folders (`--zoo_format models`, `bert`, `gpt2`): not a registered zoo
+        # architecture, so no member is rebuilt to derive its spec from (the `vit` zoo architecture is; docs/
+        # architecture.md#transformer-zoos); SANE still pretrains on it with the other augmentations.
         raise ValueError(
             f"{err} No permutation augmentation can be derived for the zoo architecture "
             f"{zoo.info.architecture!r}; pass --permutation_augmentation false to pretrain without it."

@@ -37,6 +37,7 @@ from .registry import (
     zoo_params_to_kwargs,
 )
 from .resnet import ResNet, ResNet18, ResNet34
+from .vit import ViTClassifier
 
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "ResNet",
     "ResNet18",
     "ResNet34",
+    "ViTClassifier",
     "ZooModel",
     "build_zoo_model",
     "get_zoo_architecture",

@@ -82,14 +82,16 @@ def test_every_script_explains_its_options(script):
     assert "--config" in result.stdout and "--output_dir" in result.stdout
 
 
-def test_quickstart_zoo_is_the_documented_default_zoo():
-    """The README's main job builds the zoo that scripts/configs/zoo_digits_cnn.yaml documents (same factors)."""
+@pytest.mark.parametrize(("preset", "file"), [("default", "zoo_digits_cnn.yaml"), ("vit", "zoo_digits_vit.yaml")])
+def test_quickstart_zoo_is_the_documented_zoo(preset, file):
+    """The README's main job builds the zoo that scripts/configs/zoo_digits_cnn.yaml documents (same factors), and
+    the transformer preset the one of zoo_digits_vit.yaml."""
     import yaml
 
     from sane_hf.quickstart import QuickstartConfig, stage_configs
 
-    documented = yaml.safe_load((REPO / "scripts" / "configs" / "zoo_digits_cnn.yaml").read_text())
-    quickstart = stage_configs(QuickstartConfig())["zoo"]
+    documented = yaml.safe_load((REPO / "scripts" / "configs" / file).read_text())
+    quickstart = stage_configs(QuickstartConfig(preset=preset))["zoo"]
     for key, value in documented.items():
         if key != "output_dir":
             assert getattr(quickstart, key) == value, key

@@ -288,8 +288,8 @@ def test_bad_configurations(tmp_path, digits):
         ZooConfig(model_kwargs={"dropout": 0.1})
     with pytest.raises(ValueError, match="`model_kwargs` must be a JSON object"):
         ZooConfig(model_kwargs="{not json")
-    with pytest.raises(ValueError, match="Unknown zoo architecture 'vit'"):
-        ZooConfig(architecture="vit")
+    with pytest.raises(ValueError, match="Unknown zoo architecture 'gpt2'"):
+        ZooConfig(architecture="gpt2")
     assert ZooConfig(learning_rates=["1e-3"]).learning_rates == [0.001]  # YAML 1.1 reads 1e-3 as a string
     with pytest.raises(ValueError, match=r"num_classes=5 contradicts task 'digits' \(num_classes=10\)"):
         build_zoo(tiny_config(tmp_path / "a", model_kwargs={"num_classes": 5, "padding": "auto"}), digits)

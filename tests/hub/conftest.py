@@ -2,7 +2,8 @@
 
 A tiny digits zoo is trained (`build_zoo`: 8 small CNNs, 2 epochs), converted and pushed as a dataset; a SANE is
 pretrained on it for a few steps and pushed (after `predict_properties` added probe results to its card); two networks
-are generated from it and pushed, and pushed again one per model repo (a zoo of Hub model repos). Every `HfApi` call
+are generated from it and pushed, and pushed again one per model repo (a zoo of Hub model repos). The transformer
+zoo's whole pipeline runs too (quickstart preset `vit_smoke`) and its generated ViTs are pushed as one repo. Every `HfApi` call
 that would reach the Hub is replaced by a recorder that copies exactly the files `upload_folder` would send (its
 allow/ignore patterns applied) into `captured/<repo_type>/<repo_id>`.
 """
@@ -19,9 +20,10 @@ from huggingface_hub.utils import filter_repo_objects
 
 from sane_hf.data.hub_dataset import ConvertConfig, convert_zoo
 from sane_hf.data.zoo_builder import ZooConfig, build_zoo
-from sane_hf.generation import GenerateConfig, generate
+from sane_hf.generation import GenerateConfig, generate, push_generated_models
 from sane_hf.probing.configs import PredictConfig
 from sane_hf.probing.report import predict_properties
+from sane_hf.quickstart import QuickstartConfig, run_quickstart
 from sane_hf.training.configs import PretrainConfig
 from sane_hf.training.pretrain import pretrain, push_pretrained_folder
 from sane_hf.zoo_models import load_zoo_model
@@ -33,6 +35,8 @@ ZOO_REPO = f"{ORG}/sane-zoo-cnn-digits-tiny"
 GENERATED_REPO = f"{ORG}/sane-generated-cnn-digits-tiny"
 # Two generated networks pushed again as model repos of their own: a zoo of Hub model repos (`--zoo_format models`).
 MEMBER_REPOS = [f"{ORG}/sane-zoo-member-{index}" for index in range(2)]
+# The transformer zoo's pipeline (quickstart preset `vit_smoke`): its generated ViTs pushed as one repo.
+VIT_GENERATED_REPO = f"{ORG}/sane-generated-vit-digits-tiny"
 
 
 class UploadRecorder:
@@ -171,6 +175,9 @@ def hub_artifacts(tmp_path_factory):
         )
         for index, repo_id in enumerate(MEMBER_REPOS):
             load_zoo_model(generated_dir / f"model_{index:03d}").push_to_hub(repo_id)
+        vit_dir = root / "vit"
+        run_quickstart(QuickstartConfig(output_dir=str(vit_dir), preset="vit_smoke"))
+        push_generated_models(vit_dir / "generated", VIT_GENERATED_REPO)
     finally:
         for patch in patches:
             patch.stop()
@@ -191,6 +198,9 @@ def hub_artifacts(tmp_path_factory):
         zoo_repo=ZOO_REPO,
         generated_repo=GENERATED_REPO,
         member_repos=MEMBER_REPOS,
+        vit_dir=vit_dir,
+        vit_generated=recorder.folder(VIT_GENERATED_REPO),
+        vit_generated_repo=VIT_GENERATED_REPO,
     )
 
 

@@ -20,6 +20,7 @@ SANE_REPO = "sane-test-org/sane-cnn-digits-tiny"  # the repo ids of tests/hub/co
 ZOO_REPO = "sane-test-org/sane-zoo-cnn-digits-tiny"
 GENERATED_REPO = "sane-test-org/sane-generated-cnn-digits-tiny"
 MEMBER_REPOS = [f"sane-test-org/sane-zoo-member-{index}" for index in range(2)]
+VIT_GENERATED_REPO = "sane-test-org/sane-generated-vit-digits-tiny"
 
 
 def front_matter(text: str) -> dict:
@@ -39,6 +40,7 @@ def test_the_captured_repo_ids(hub_artifacts):
         ("dataset", ZOO_REPO),
         ("model", GENERATED_REPO),
         *(("model", repo_id) for repo_id in MEMBER_REPOS),
+        ("model", VIT_GENERATED_REPO),
     }
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 from filelock import FileLock
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 
 HERE = Path(__file__).resolve().parent
@@ -350,3 +350,44 @@ def test_the_sane_cards_usage_snippet_runs_against_the_hub_repo(loaded_with_sane
     assert embeddings.shape == (tokens.shape[0], config["latent_dim"]) and torch.isfinite(embeddings).all()
     assert usage["reconstruction"].shape == tokens.shape
     assert torch.equal(embeddings, load_file(loaded_with_sane_hf / "usage_direct.safetensors")["embeddings"])
+
+
+def test_generated_transformers_load_by_repo_id_with_auto_model_and_no_sane_hf(
+    hub_mirror, hub_artifacts, tmp_path_factory
+):
+    """The transformer zoo's generated ViTs are ordinary transformers repos: `AutoModelForImageClassification` loads
+    them by repo id (one subfolder per model) and from a folder, with no `sane_hf`, and computes what the zoo class
+    computes from the same folder."""
+    from sane_hf.tasks import load_task
+    from sane_hf.zoo_models import load_zoo_model
+
+    generated = hub_artifacts.vit_dir / "generated"
+    folders = sorted(p for p in generated.iterdir() if p.name.startswith("model_"))
+    images = tmp_path_factory.mktemp("vit_images") / "images.safetensors"
+    pixel_values = load_task("digits").test.images[:16].contiguous()
+    save_file({"pixel_values": pixel_values}, images)
+    out = run_client(
+        "_load_vit_without_sane_hf.py", hub_mirror, tmp_path_factory, str(images),
+        hub_artifacts.vit_generated_repo, str(len(folders)), str(folders[0]),
+    )  # fmt: skip
+    meta = _read_json(out / "vit.json")
+    for index, folder in enumerate(folders):
+        # The pushed folder is the saved one: config.json + model.safetensors + a card with the SANE provenance.
+        pushed = hub_artifacts.vit_generated / folder.name
+        assert sorted(p.name for p in pushed.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+        assert_same_state(load_file(pushed / "model.safetensors"), load_file(folder / "model.safetensors"))
+        card = (pushed / "README.md").read_text(encoding="utf-8")
+        assert "library_name: transformers" in card and "AutoModelForImageClassification.from_pretrained" in card
+        assert "SANE" in card and "sane_generation:" in card  # provenance: sampler, anchors, source SANE
+        assert _read_json(pushed / "config.json")["architectures"] == ["ViTForImageClassification"]
+        name = f"repo_{index:03d}"
+        assert meta[name]["class"] == "ViTForImageClassification"
+        assert all(not keys for keys in meta[name]["loading_info"].values()), meta[name]["loading_info"]
+        with torch.no_grad():
+            expected = load_zoo_model(folder).eval()(pixel_values)
+        torch.testing.assert_close(
+            load_file(out / f"logits_{name}.safetensors")["logits"], expected, rtol=0, atol=1e-6
+        )
+    torch.testing.assert_close(
+        load_file(out / "logits_local.safetensors")["logits"], load_file(out / "logits_repo_000.safetensors")["logits"]
+    )

@@ -87,6 +87,21 @@ def test_pooling_variants():
         pool_token_latents(token_latents, matrix, "max")
 
 
+def test_stats_pooling_of_a_one_token_layer_has_zero_spread_and_a_finite_gradient():
+    """A ViT's [CLS] token is a layer of one token: its spread is 0 and the gradient through it is finite (sqrt's
+    infinite slope at 0 made the fine-tuned probe's loss NaN on the transformer zoo)."""
+    token_latents = torch.randn(2, 4, 3, requires_grad=True)
+    matrix = layer_pooling_matrix(torch.tensor([0, 1, 1, 1]))
+    stats = pool_token_latents(token_latents, matrix, "stats").reshape(2, 2, 2, 3)
+    assert torch.equal(stats[:, 0, 1], torch.zeros(2, 3))
+    torch.testing.assert_close(stats[:, 1, 1], token_latents[:, 1:].std(dim=1, correction=0))
+    (gradient,) = torch.autograd.grad(stats[:, :, 1].sum(), token_latents)
+    assert torch.isfinite(gradient).all() and torch.equal(gradient[:, 0], torch.zeros(2, 3))
+    # Elsewhere it is torch.std's gradient.
+    (expected,) = torch.autograd.grad(token_latents[:, 1:].std(dim=1, correction=0).sum(), token_latents)
+    torch.testing.assert_close(gradient[:, 1:], expected[:, 1:])
+
+
 def test_finetuned_stats_pooling_matches_the_probe_features_at_every_length():
     """The differentiable haloed `stats` pooling of the fine-tuning model equals the probe's `stats` features of the
     (no-grad) haloed token latents, for sequences of one to three windows, and passes gradients to the encoder."""
