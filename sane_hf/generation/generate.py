@@ -709,8 +709,8 @@ def _generate_into(config: GenerateConfig, output_dir: Path) -> GenerationResult
     from ..tokenization.processing_sane import load_sane_processor
 
     start = time.perf_counter()
-    from ..utils.checks import check_finite_weights
     from ..tokenization.memory import check_fits_in_memory
+    from ..utils.checks import check_finite_weights
     from ..utils.repo_ids import load_local_or_hub
 
     sane = load_local_or_hub(config.model, "SANE model", "model", load_sane_folder).eval()

@@ -39,11 +39,11 @@ from ..data.windows import ArrowTokenStore, read_windows, sample_windows
 from ..hub.sane_cards import TRAINER_STATE_ZOO_KEY, write_sane_card, zoo_summary
 from ..models.sane import SaneConfig, SaneModel, add_embedding_pipeline, load_sane_folder
 from ..tokenization.layout import TokenLayout
+from ..tokenization.memory import check_fits_in_memory
 from ..tokenization.permutations import TokenPermuter, permutation_spec_from_module
 from ..tokenization.processing_sane import SaneProcessor
 from ..utils.checks import check_finite_weights, config_differences, weights_only_rejection
 from ..utils.io import check_output_apart_from_inputs, output_lock, remove_temporary_files, write_json_atomic
-from ..tokenization.memory import check_fits_in_memory
 from ..utils.repo_ids import load_local_or_hub
 from .augmentations import make_two_views
 from .configs import PretrainConfig

@@ -1,0 +1,26 @@
+import os
+import sys
+
+from common import bench, emit, peak_rss_mb
+
+
+sys.path.insert(0, os.environ["SANE_CHECKOUT"] + "/benchmarks")
+import bench_train as bt
+
+
+precision = sys.argv[1]
+warmup = int(sys.argv[2])
+runs = int(sys.argv[3])
+config = sys.argv[4] if len(sys.argv) > 4 else "a"
+who = sys.argv[5] if len(sys.argv) > 5 else "ours"
+model, step, tokens, flops = bt.build_training_step(config, bt.CONFIGS[config]["batch_size"], precision)
+rss_before = peak_rss_mb()
+res = bench(step, warmup, runs)
+res.update(
+    precision=precision,
+    params=model.num_parameters(),
+    rss_before_steps_mb=rss_before,
+    tokens_per_s=tokens / res["median"],
+    gflops_per_s=flops / res["median"] / 1e9,
+)
+emit(f"{who}_train_{precision}" + ("" if config == "a" else f"_{config}"), res)
