@@ -245,6 +245,58 @@ def test_output_hidden_states_are_the_per_block_states():
     assert pairs.encoder_hidden_states[-1].shape == (4, 2, 8, 16)
 
 
+def test_output_attentions_are_each_blocks_softmax_weights():
+    """Weights recomputed here from the block's input and its fused QKV weights, in float64, with a padded key."""
+    torch.manual_seed(0)
+    model = SaneModel(SaneConfig(**CONFIG)).eval()
+    tokens, positions = torch.randn(2, 8, 6), _positions(8).expand(2, 8, 3)
+    attention_mask = torch.ones(2, 8, dtype=torch.bool)
+    attention_mask[1, 6:] = False
+    output = model(tokens, positions, attention_mask, output_attentions=True, output_hidden_states=True)
+    fused = model(tokens, positions, attention_mask)  # the SDPA kernel
+    torch.testing.assert_close(output.latents, fused.latents, rtol=0, atol=1e-5)
+    torch.testing.assert_close(output.reconstructions, fused.reconstructions, rtol=0, atol=1e-5)
+    assert len(output.encoder_attentions) == len(output.decoder_attentions) == CONFIG["n_layers"]
+    heads, head_dim = CONFIG["n_heads"], CONFIG["d_model"] // CONFIG["n_heads"]
+    for blocks, states, attentions in (
+        (model.encoder, output.encoder_hidden_states, output.encoder_attentions),
+        (model.decoder, output.decoder_hidden_states, output.decoder_attentions),
+    ):
+        for block, hidden, weights in zip(blocks, states, attentions):
+            normed = block.ln_1(hidden).double()
+            query, key, _ = (normed @ block.attn.c_attn.weight.double().T).split(CONFIG["d_model"], dim=2)
+            if block.attn.c_attn.bias is not None:
+                query = query + block.attn.c_attn.bias[: CONFIG["d_model"]].double()
+                key = key + block.attn.c_attn.bias[CONFIG["d_model"] : 2 * CONFIG["d_model"]].double()
+            for head in range(heads):
+                dims = slice(head * head_dim, (head + 1) * head_dim)
+                scores = query[..., dims] @ key[..., dims].transpose(1, 2) / head_dim**0.5
+                scores = scores.masked_fill(~attention_mask[:, None, :], float("-inf"))
+                torch.testing.assert_close(weights[:, head].double(), scores.softmax(-1), rtol=0, atol=1e-5)
+            assert weights.shape == (2, heads, 8, 8) and bool((weights[1, :, :, 6:] == 0).all())
+    assert model(tokens, positions).encoder_attentions is None
+    pairs = SaneForPreTraining(SaneConfig(**CONFIG))(**_pairs(), output_attentions=True)
+    assert pairs.decoder_attentions[-1].shape == (4, 2, heads, 8, 8)
+
+
+def test_eager_attention_implementation_gives_the_sdpa_outputs(tmp_path, monkeypatch):
+    from sane_hf.models.sane import modeling_sane
+
+    torch.manual_seed(0)
+    SaneModel(SaneConfig(**CONFIG)).save_pretrained(tmp_path)
+    tokens, positions = torch.randn(2, 8, 6), _positions(8).expand(2, 8, 3)
+    eager = SaneModel.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    sdpa = SaneModel.from_pretrained(tmp_path, attn_implementation="sdpa").eval()
+    assert eager.config._attn_implementation == "eager"
+    expected = sdpa(tokens, positions).latents
+
+    def no_kernel(*args, **kwargs):
+        raise AssertionError("attn_implementation='eager' called the SDPA kernel")
+
+    monkeypatch.setattr(modeling_sane.F, "scaled_dot_product_attention", no_kernel)
+    torch.testing.assert_close(eager(tokens, positions).latents, expected, rtol=0, atol=1e-5)
+
+
 def test_inputs_the_model_does_not_take_raise_a_clear_error():
     model = SaneModel(SaneConfig(**CONFIG))
     tokens, positions = torch.randn(2, 8, 6), _positions(8).expand(2, 8, 3)
@@ -252,8 +304,6 @@ def test_inputs_the_model_does_not_take_raise_a_clear_error():
         model(tokens, positions, labels=tokens)
     with pytest.raises(ValueError, match=r"\['mask'\].*only serves the loss"):
         model(tokens=tokens, positions=positions, mask=torch.ones_like(tokens, dtype=torch.bool))
-    with pytest.raises(ValueError, match="output_attentions=True` is not supported"):
-        model(tokens, positions, output_attentions=True)
     with pytest.raises(ValueError, match=r"SaneForPreTraining.forward got unexpected argument\(s\) \['start'\]"):
         SaneForPreTraining(SaneConfig(**CONFIG))(**_pairs(), start=torch.zeros(4))
     with pytest.raises(ValueError, match=r"two views of every window"):

@@ -69,6 +69,11 @@ class SaneModelOutput(ModelOutput):
             d_model)`.
         decoder_hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
             The decoder's input embedding and the output of each decoder block.
+        encoder_attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+            The attention weights of each encoder block, each `(batch_size, n_heads, window_length, window_length)`
+            (softmax over the keys; padded keys get weight 0).
+        decoder_attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+            The attention weights of each decoder block.
     """
 
     latents: torch.FloatTensor | None = None
@@ -76,6 +81,8 @@ class SaneModelOutput(ModelOutput):
     projections: torch.FloatTensor | None = None
     encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 def haloed_window_index(
@@ -246,11 +253,24 @@ def _attention(
     return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=False)
 
 
+def _eager_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None, dropout_p: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same attention written out, returning `(output, weights)`: for `output_attentions=True` and
+    `attn_implementation="eager"`. It stores the `[B, H, Q, K]` weights, which the fused kernels avoid."""
+    scores = torch.matmul(query, key.transpose(-1, -2)) * query.shape[-1] ** -0.5
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    weights = scores.softmax(dim=-1)
+    return torch.matmul(F.dropout(weights, p=dropout_p), value), weights
+
+
 class SaneSelfAttention(nn.Module):
     """Bidirectional multi-head self-attention with a fused QKV projection (docs/method.md#model, nanoGPT style)."""
 
     def __init__(self, config: SaneConfig):
         super().__init__()
+        self.config = config  # read at run time: `attn_implementation` may be set after construction
         self.n_heads = config.n_heads
         self.head_dim = config.d_model // config.n_heads
         self.dropout = config.dropout
@@ -264,8 +284,10 @@ class SaneSelfAttention(nn.Module):
         hidden_states: torch.Tensor,
         attn_mask: torch.Tensor | None = None,
         query_states: torch.Tensor | None = None,
+        attentions_out: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Attend from `query_states` (`[B, Q, D]`, default: every token of `hidden_states`) to `hidden_states`."""
+        """Attend from `query_states` (`[B, Q, D]`, default: every token of `hidden_states`) to `hidden_states`; with
+        `attentions_out`, the attention weights are appended to it."""
         batch_size, length, width = hidden_states.shape
         if query_states is None:
             query, key, value = self.c_attn(hidden_states).split(width, dim=2)
@@ -282,7 +304,13 @@ class SaneSelfAttention(nn.Module):
             t.view(batch_size, t.shape[1], self.n_heads, self.head_dim).transpose(1, 2) for t in (query, key, value)
         )
         # Full attention over the window (no causal mask), as upstream; `attn_mask` only hides padded tokens.
-        attended = _attention(query, key, value, attn_mask, self.dropout if self.training else 0.0)
+        dropout_p = self.dropout if self.training else 0.0
+        if attentions_out is not None or self.config._attn_implementation == "eager":
+            attended, weights = _eager_attention(query, key, value, attn_mask, dropout_p)
+            if attentions_out is not None:
+                attentions_out.append(weights)
+        else:
+            attended = _attention(query, key, value, attn_mask, dropout_p)
         attended = attended.transpose(1, 2).reshape(batch_size, query.shape[2], width)
         return self.resid_dropout(self.c_proj(attended))
 
@@ -318,17 +346,23 @@ class SaneBlock(GradientCheckpointingLayer):
         self.mlp = SaneMLP(config)
 
     def forward(
-        self, hidden_states: torch.Tensor, attn_mask: torch.Tensor | None = None, keep: torch.Tensor | None = None
+        self,
+        hidden_states: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
+        attentions_out: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """With `keep` (`[B, Q]` token indices), only those tokens' outputs are computed (`[B, Q, D]`); every token
-        still serves as a key and value. Per-token ops make this exactly the `keep` rows of the full output."""
+        still serves as a key and value. Per-token ops make this exactly the `keep` rows of the full output. With
+        `attentions_out`, the block's attention weights are appended to it."""
         normed = self.ln_1(hidden_states)
         if keep is None:
-            hidden_states = hidden_states + self.attn(normed, attn_mask)
+            hidden_states = hidden_states + self.attn(normed, attn_mask, attentions_out=attentions_out)
         else:
             index = keep[..., None].expand(-1, -1, hidden_states.shape[-1])
             queries = normed.gather(1, index)
-            hidden_states = hidden_states.gather(1, index) + self.attn(normed, attn_mask, query_states=queries)
+            attended = self.attn(normed, attn_mask, query_states=queries, attentions_out=attentions_out)
+            hidden_states = hidden_states.gather(1, index) + attended
         return hidden_states + self.mlp(self.ln_2(hidden_states))
 
 
@@ -551,25 +585,34 @@ class SaneModel(SanePreTrainedModel):
                 Also return the hidden states of every encoder and decoder block (defaults to
                 `config.output_hidden_states`).
             output_attentions (`bool`, *optional*):
-                Not supported: attention runs through `F.scaled_dot_product_attention`, which returns no weights.
+                Also return the attention weights of every encoder and decoder block (defaults to
+                `config.output_attentions`). Those blocks then run the written-out attention, which stores the
+                weights, instead of the fused kernel.
         """
         _check_no_extra_inputs(type(self).__name__, kwargs)
-        if output_attentions:
-            raise ValueError(
-                "SANE computes attention with `F.scaled_dot_product_attention`, which returns no attention weights; "
-                "`output_attentions=True` is not supported."
-            )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
         self._check_window_inputs("tokens", tokens, self.config.token_size, positions, attention_mask)
         # One position embedding for both stacks: encoder and decoder share the PE module (docs/method.md#model).
         position_embeddings = self.position_embedding(positions)
         attn_mask = _sdpa_key_mask(attention_mask)
         encoder_states = [] if output_hidden_states else None
         decoder_states = [] if output_hidden_states else None
-        latents = self._encode(tokens, position_embeddings, attn_mask, hidden_states_out=encoder_states)
-        reconstructions = self._decode(latents, position_embeddings, attn_mask, hidden_states_out=decoder_states)
+        encoder_attentions = [] if output_attentions else None
+        decoder_attentions = [] if output_attentions else None
+        latents = self._encode(
+            tokens, position_embeddings, attn_mask, hidden_states_out=encoder_states, attentions_out=encoder_attentions
+        )
+        reconstructions = self._decode(
+            latents,
+            position_embeddings,
+            attn_mask,
+            hidden_states_out=decoder_states,
+            attentions_out=decoder_attentions,
+        )
         projections = self.projection_head(latents, attention_mask)
         output = SaneModelOutput(
             latents=latents,
@@ -577,6 +620,8 @@ class SaneModel(SanePreTrainedModel):
             projections=projections,
             encoder_hidden_states=tuple(encoder_states) if output_hidden_states else None,
             decoder_hidden_states=tuple(decoder_states) if output_hidden_states else None,
+            encoder_attentions=tuple(encoder_attentions) if output_attentions else None,
+            decoder_attentions=tuple(decoder_attentions) if output_attentions else None,
         )
         return output if return_dict else output.to_tuple()
 
@@ -587,11 +632,15 @@ class SaneModel(SanePreTrainedModel):
         attn_mask: torch.Tensor | None,
         keep: torch.Tensor | None = None,
         hidden_states_out: list[torch.Tensor] | None = None,
+        attentions_out: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """With `hidden_states_out`, the input embedding and every block's output are appended to it."""
+        """With `hidden_states_out`, the input embedding and every block's output are appended to it; with
+        `attentions_out`, every block's attention weights."""
         hidden_states = self.input_projection(tokens.to(self.input_projection.weight.dtype)) + position_embeddings
         hidden_states = self.dropout(hidden_states)
-        return self.to_latent(self._run_blocks(self.encoder, hidden_states, attn_mask, keep, hidden_states_out))
+        return self.to_latent(
+            self._run_blocks(self.encoder, hidden_states, attn_mask, keep, hidden_states_out, attentions_out)
+        )
 
     @staticmethod
     def _run_blocks(
@@ -600,13 +649,14 @@ class SaneModel(SanePreTrainedModel):
         attn_mask: torch.Tensor | None,
         keep: torch.Tensor | None,
         hidden_states_out: list[torch.Tensor] | None,
+        attentions_out: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         if hidden_states_out is not None:
             hidden_states_out.append(hidden_states)
         for i, block in enumerate(blocks):
             # `keep`: only these tokens' outputs are wanted, so the last block computes only them (haloed windows).
             # Positional arguments: a checkpointed block replays exactly what it was called with.
-            hidden_states = block(hidden_states, attn_mask, keep if i == len(blocks) - 1 else None)
+            hidden_states = block(hidden_states, attn_mask, keep if i == len(blocks) - 1 else None, attentions_out)
             if hidden_states_out is not None:
                 hidden_states_out.append(hidden_states)
         return hidden_states
@@ -618,11 +668,12 @@ class SaneModel(SanePreTrainedModel):
         attn_mask: torch.Tensor | None,
         keep: torch.Tensor | None = None,
         hidden_states_out: list[torch.Tensor] | None = None,
+        attentions_out: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         hidden_states = self.from_latent(latents.to(self.from_latent.weight.dtype)) + position_embeddings
         hidden_states = self.dropout(hidden_states)
         return self.output_projection(
-            self._run_blocks(self.decoder, hidden_states, attn_mask, keep, hidden_states_out)
+            self._run_blocks(self.decoder, hidden_states, attn_mask, keep, hidden_states_out, attentions_out)
         )
 
     def _check_window_inputs(
@@ -1002,6 +1053,9 @@ class SaneForPreTrainingOutput(ModelOutput):
         encoder_hidden_states, decoder_hidden_states (`tuple(torch.FloatTensor)`, *optional*):
             With `output_hidden_states=True`: the backbone's per-block hidden states, each `(batch_size, 2,
             window_length, d_model)`.
+        encoder_attentions, decoder_attentions (`tuple(torch.FloatTensor)`, *optional*):
+            With `output_attentions=True`: the backbone's per-block attention weights, each `(batch_size, 2,
+            n_heads, window_length, window_length)`.
     """
 
     loss: torch.FloatTensor | None = None
@@ -1013,6 +1067,8 @@ class SaneForPreTrainingOutput(ModelOutput):
     projections: torch.FloatTensor | None = None
     encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 def _stack_views(name: str, value: torch.Tensor, batch_size: int, trailing: tuple[int, ...]) -> torch.Tensor:
@@ -1103,7 +1159,7 @@ class SaneForPreTraining(SanePreTrainedModel):
             output_hidden_states (`bool`, *optional*):
                 Also return the backbone's per-block hidden states.
             output_attentions (`bool`, *optional*):
-                Not supported (see [`SaneModel`]).
+                Also return the backbone's per-block attention weights (see [`SaneModel`]).
         """
         _check_no_extra_inputs(type(self).__name__, kwargs)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
@@ -1147,7 +1203,7 @@ class SaneForPreTraining(SanePreTrainedModel):
         )
         hidden = {
             name: tuple(_split_views(state) for state in states)
-            for name in ("encoder_hidden_states", "decoder_hidden_states")
+            for name in ("encoder_hidden_states", "decoder_hidden_states", "encoder_attentions", "decoder_attentions")
             if (states := getattr(outputs, name)) is not None
         }
         output = SaneForPreTrainingOutput(
