@@ -210,7 +210,7 @@ def main_pretrain(args: Sequence[str] | None = None) -> None:
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"SANE saved to {output_dir}")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # torch 2.13 + gloo aborts at interpreter exit in 10-25% of multi-process runs (ENVIRONMENT.md); the work
+        # torch 2.13 + gloo aborts at interpreter exit in 10-25% of multi-process runs (seen on this project's CPU machines); the work
         # is saved and the process group torn down by now, so leave without running the exit handlers.
         sys.stdout.flush()
         sys.stderr.flush()

@@ -114,6 +114,31 @@ def test_docs_cite_nothing_outside_the_repository(name):
     assert not cited, f"{name} cites documents outside the repository: {cited}"
 
 
+# Everything a reader of the repository gets: code, scripts, configs, benchmarks, cards, docs and tests.
+REPOSITORY_TEXT = ("sane_hf", "scripts", "benchmarks", "model_cards", "docs", "tests", ".ci")
+TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".sh", ".toml", ".txt", ".j2", ""}
+
+
+def test_nothing_in_the_repository_cites_notes_outside_it():
+    files = [ROOT / "README.md", ROOT / "BENCHMARKS.md", ROOT / "pyproject.toml"]
+    for folder in REPOSITORY_TEXT:
+        files += [
+            path
+            for path in (ROOT / folder).rglob("*")
+            if path.is_file()
+            and path.suffix in TEXT_SUFFIXES
+            and not {"results", "official", "venv-off", "__pycache__"} & set(path.parts)
+            and path != Path(__file__)
+        ]
+    citing = {
+        f"{path.relative_to(ROOT)}: {doc}"
+        for path in files
+        for doc in OUTSIDE_DOCUMENTS
+        if doc in path.read_text(encoding="utf-8", errors="replace")
+    }
+    assert len(files) > 100 and not citing, f"files citing notes outside the repository: {sorted(citing)}"
+
+
 def test_slug_matches_github():
     assert _slug("SANE as implemented in `sane_hf`") == "sane-as-implemented-in-sane_hf"
     assert _slug("The zoo folder written by `make_zoo`") == "the-zoo-folder-written-by-make_zoo"

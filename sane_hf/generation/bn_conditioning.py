@@ -1,7 +1,7 @@
 """BatchNorm conditioning of generated networks (docs/method.md#batchnorm-conditioning).
 
 Decoded BatchNorm running statistics are poor estimates of the statistics the decoded weights actually produce, and
-the ablation in PAPER_RESULTS §1.9 shows conditioning is the key ingredient of zero-shot sampling on ResNets (10% →
+the paper's ablation of its sampling ingredients shows conditioning is the key ingredient of zero-shot sampling on ResNets (10% →
 60.8% accuracy). Conditioning runs forward passes on task images under `no_grad` with the BatchNorm layers in
 training mode, so only their running statistics change; weights never do.
 

@@ -6,7 +6,7 @@ after every epoch. The populations:
 
 - `generated`: the sampled networks;
 - `scratch`: the same architecture from random initialization (the paper's baseline);
-- `anchors`: the anchor models themselves, fine-tuned (the paper's "pretrained" row in PAPER_RESULTS §1.7);
+- `anchors`: the anchor models themselves, fine-tuned (the paper's "pretrained" row in its fine-tuning comparison);
 - `noise_control`: the memorization control. For each generated model, its nearest anchor in weight space plus
   isotropic Gaussian noise scaled to exactly the same L2 distance. A generator that only copies its anchors and adds
   decoding error would match this control; beating it means the decoded deviations are better than random ones

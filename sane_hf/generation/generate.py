@@ -267,7 +267,7 @@ class SaneGenerator:
 
     def anchor_models(self) -> list[nn.Module]:
         """The anchors as networks of the target architecture: their real zoo weights and BatchNorm statistics (a
-        reset classifier is fresh), the baseline of fine-tuning pretrained models (PAPER_RESULTS §1.7)."""
+        reset classifier is fresh), the baseline of fine-tuning pretrained models (the paper's fine-tuning comparison)."""
         return self.build_from_tokens(self.anchors.tokens, torch.arange(len(self.anchors)))
 
     def reconstructed_anchors(self) -> list[nn.Module]:

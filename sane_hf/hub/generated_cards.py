@@ -19,7 +19,7 @@ from .cards import SANE_CITATION, SANE_CODE_URL, load_template
 
 GENERATED_MODEL_CARD_TEMPLATE = "generated_model_card.md"
 GENERATED_MODEL_TAGS = ("sane", "generated-weights", "weight-space-learning")
-# Sampler names (docs/method.md#samplers; PAPER_RESULTS §1.5) -> (label in the paper, description).
+# Sampler names (docs/method.md#samplers) -> (label in the paper, description).
 SAMPLER_DESCRIPTIONS = {
     "kde": ("SANE_KDE", "kernel density sampling around the anchors' latent sequences"),
     "subsample": (

@@ -3,7 +3,7 @@
 A zoo model is tiny and its data is small, so a task is held as plain tensors (`TaskData`): standardized float32
 images `[N, C, H, W]` and int64 labels for a train, a validation and a test split. Training then indexes tensors
 directly instead of going through a `DataLoader`, which on the project's 2-core machines is the fastest option
-(ENVIRONMENT.md: `num_workers > 0` hurts on 2 cores).
+(worker processes cost more than they save on a 2-core machine).
 
 Two sources:
 

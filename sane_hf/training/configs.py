@@ -40,7 +40,7 @@ class PretrainConfig:
             (AdamW with decay on matrices only, OneCycle; SANE §4.4).
         mixed_precision (`str`, *optional*): `"no"`, `"bf16"` or `"fp16"`; unset, the launcher decides (`accelerate
             launch --mixed_precision`, `accelerate config`, else `"no"`). `trainer_state.json` records what ran.
-        compile (`bool`, defaults to `False`): `torch.compile` the model (slower on CPU, see ENVIRONMENT.md).
+        compile (`bool`, defaults to `False`): `torch.compile` the model (no faster on CPU: BENCHMARKS.md, levers of the training step).
 
         seed, save_steps, resume_from_checkpoint, log_with, logging_steps, push_to_hub, hub_private, num_threads:
             run control.

@@ -769,7 +769,7 @@ def _pretrain(
     checksums = _parameter_checksums(unwrapped, accelerator)
     in_sync = bool((checksums == checksums[:1]).all())
     if not in_sync:
-        # e.g. `torchrun` without ACCELERATE_USE_CPU=1 on CPU runs unsynchronized copies (ENVIRONMENT.md).
+        # e.g. `torchrun` without ACCELERATE_USE_CPU=1 on CPU runs unsynchronized copies.
         logger.error("Parameters differ across the %d processes: %s", accelerator.num_processes, checksums.tolist())
     # Saved into a temporary folder, then moved file by file (each `os.replace` is atomic): a kill while saving never
     # leaves a truncated model.safetensors in output_dir.

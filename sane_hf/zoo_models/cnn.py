@@ -1,7 +1,7 @@
 """The small CNNs of the model zoos: `CNNSmall` ("cnn_s") and `CNN3` ("cnn3").
 
 Both follow the zoo generators' `CNN` and `CNN3` classes (upstream `src/SANE/models/def_net.py`, summarized in
-PAPER_RESULTS §2.2 and docs/method.md#tokenization): conv → max-pool → activation blocks, then two linear layers, all kept in
+the paper's zoo appendix and docs/method.md#tokenization): conv → max-pool → activation blocks, then two linear layers, all kept in
 one `nn.Sequential` called `module_list`. The module indices inside `module_list` are part of the state_dict keys,
 so they are laid out exactly as upstream and zoo checkpoints load without renaming.
 

@@ -171,7 +171,7 @@ class ResNet18(ResNet, tags=["resnet18"]):
     """ResNet-18 (`BasicBlock`, layers `[2, 2, 2, 2]`), the architecture of SANE's ResNet zoos.
 
     With the defaults (CIFAR stem, width 64) it has 11,173,962 parameters for 10 classes and 11,220,132 for 100
-    (PAPER_RESULTS §2.2); with `stem="imagenet", num_classes=1000` it has torchvision's 11,689,512.
+    (the paper's zoo appendix); with `stem="imagenet", num_classes=1000` it has torchvision's 11,689,512.
     See `ResNet` for the arguments (all but `layers`).
 
     Example:

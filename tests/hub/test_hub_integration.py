@@ -2,7 +2,7 @@
 
 The files the real push functions would upload (captured in tests/hub/conftest.py) are committed into plain git repos
 at `<mirrors>/models/<org>/<name>` and `<mirrors>/datasets/<org>/<name>`; `olah` (a self-hosted Hub mirror, installed
-into its own venv, cached under ~/.cache/sane_hf_tests) serves them read-only on 127.0.0.1 (ENVIRONMENT.md). Fresh
+into its own venv, cached under ~/.cache/sane_hf_tests) serves them read-only on 127.0.0.1. Fresh
 processes with `HF_ENDPOINT` pointing at it and an empty `HF_HOME` then load everything through the public APIs by
 id: `AutoModel.from_pretrained` (with `sane_hf` imported, and with `trust_remote_code=True` without it),
 `datasets.load_dataset`, `load_zoo_dataset` and the generated model's `load_zoo_model`. What they loaded must equal

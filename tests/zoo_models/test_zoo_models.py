@@ -324,8 +324,8 @@ def test_forward_shape(name):
 @pytest.mark.parametrize(
     ("name", "kwargs", "expected"),
     [
-        ("cnn_s", {}, 2_464),  # PAPER_RESULTS §2.2, 28x28x1
-        ("cnn_s", {"in_channels": 3}, 2_864),  # PAPER_RESULTS §2.2, 3-channel variant
+        ("cnn_s", {}, 2_464),  # the paper's zoo appendix, 28x28x1
+        ("cnn_s", {"in_channels": 3}, 2_864),  # the paper's zoo appendix, 3-channel variant
         ("cnn_s", {"input_size": 8, "padding": "auto"}, 2_464),  # digits: flatten is 4*3*3 = 36 again
         ("cnn3", {}, 10_853),  # docs/method.md, 32x32x3
         ("cnn3", {"padding": "auto"}, 10_853),  # "auto" keeps the paper architecture when it fits
@@ -337,8 +337,8 @@ def test_parameter_counts_small(name, kwargs, expected):
 
 
 def test_parameter_counts_resnet(resnet18_cifar100):
-    assert resnet18_cifar100.num_parameters() == 11_220_132  # PAPER_RESULTS §2.2, CIFAR stem, 100 classes
-    assert ResNet18().num_parameters() == 11_173_962  # PAPER_RESULTS §2.2, 10 classes
+    assert resnet18_cifar100.num_parameters() == 11_220_132  # the paper's zoo appendix, CIFAR stem, 100 classes
+    assert ResNet18().num_parameters() == 11_173_962  # the paper's zoo appendix, 10 classes
     # torchvision's resnet18 / resnet34 (ImageNet stem, 1000 classes) have 11,689,512 / 21,797,672 parameters.
     assert ResNet18(stem="imagenet", num_classes=1000).num_parameters() == 11_689_512
     assert ResNet34(stem="imagenet", num_classes=1000).num_parameters() == 21_797_672
