@@ -55,7 +55,7 @@ from ..utils.threads import torch_threads
 from .augmentations import make_two_views
 from .configs import PretrainConfig
 from .losses import sane_pretraining_loss
-from .optim import make_one_cycle_scheduler, make_optimizer
+from .optim import make_one_cycle_scheduler, make_sane_optimizer
 
 
 logger = logging.getLogger(__name__)
@@ -536,7 +536,7 @@ def _save_checkpoint(
 
 
 @torch.no_grad()
-def evaluate(
+def validation_losses(
     model: torch.nn.Module,
     loader: torch.utils.data.DataLoader,
     cfg: PretrainConfig,
@@ -622,7 +622,7 @@ def _pretrain(
     train_store, val_store = token_store(train_loader), token_store(val_loader)
     if cfg.compile:
         model = torch.compile(model)
-    optimizer = make_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_sane_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
@@ -758,7 +758,7 @@ def _pretrain(
             counters.epoch += 1
             counters.batches_in_epoch = 0
         if val_loader is not None:
-            metrics = evaluate(model, val_loader, cfg, layout, permuter, accelerator, store=val_store)
+            metrics = validation_losses(model, val_loader, cfg, layout, permuter, accelerator, store=val_store)
             accelerator.log(metrics, step=counters.optimizer_steps)
             history.append(
                 {"step": counters.optimizer_steps, "epoch": counters.epoch, "seconds": _elapsed(), **metrics}
