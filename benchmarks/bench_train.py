@@ -98,7 +98,7 @@ def build_training_step(name: str, batch_size: int, precision: str, device: str 
     from sane_hf.models.sane import SaneConfig, SaneModel, SaneModelOutput
     from sane_hf.training.augmentations import make_two_views
     from sane_hf.training.losses import sane_loss
-    from sane_hf.training.optim import make_optimizer
+    from sane_hf.training.optim import make_sane_optimizer
 
     torch.manual_seed(0)
     c = CONFIGS[name]
@@ -112,7 +112,7 @@ def build_training_step(name: str, batch_size: int, precision: str, device: str 
         max_positions=c["max_positions"],
     )
     model = SaneModel(config).to(device).train()
-    optimizer = make_optimizer(model, lr=1e-4, weight_decay=3e-9)
+    optimizer = make_sane_optimizer(model, lr=1e-4, weight_decay=3e-9)
     forward = torch.compile(model) if compile_model else model
     B, W, T = batch_size, c["window_size"], c["token_size"]
     generator = torch.Generator(device=device).manual_seed(0)

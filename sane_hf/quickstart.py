@@ -30,10 +30,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .utils.bootstrap import mean_interval
-from .utils.io import write_json_atomic, write_text_atomic
+from .utils.io import read_json, write_json_atomic, write_text_atomic
+from .utils.threads import torch_threads
 
 
 logger = logging.getLogger(__name__)
@@ -318,13 +317,11 @@ def run_quickstart(config: QuickstartConfig, stage_callback: Callable[[str, str]
     root = Path(config.output_dir)
     root.mkdir(parents=True, exist_ok=True)
     state_path = root / STATE_FILE
-    state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else {}
+    state = read_json(state_path, "the state of an earlier quickstart run", missing=None) or {}
     stages_state: dict[str, Any] = state.get("stages", {})
     configs = stage_configs(config)
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(config.num_threads)
     changed = config.rerun
-    try:
+    with torch_threads(config.num_threads):
         for index, stage in enumerate(STAGES, 1):
             stage_config = configs[stage]
             options = _config_dict(stage_config)
@@ -362,8 +359,6 @@ def run_quickstart(config: QuickstartConfig, stage_callback: Callable[[str, str]
             write_json_atomic(state_path, {"config": asdict(config), "stages": stages_state})
             if stage_callback:
                 stage_callback(stage, "done")
-    finally:
-        torch.set_num_threads(previous_threads)
     seconds = round(time.perf_counter() - start, 1)
     summary = {"config": asdict(config), "stages": stages_state, "seconds_this_run": seconds}
     write_json_atomic(state_path, summary)
@@ -440,7 +435,7 @@ def build_report(root: Path, stages_state: Mapping[str, Any], seconds_this_run: 
             lines.append(f"![{plot.stem}]({relative})")
         results_json = root / STAGE_DIRS["predict"] / "results.json"
         if results_json.is_file():
-            probe = summarize_probe(json.loads(results_json.read_text(encoding="utf-8")), "test_acc")
+            probe = summarize_probe(read_json(results_json, "the results.json sane-predict writes"), "test_acc")
             lines += [probe_verdict(probe, seed), ""]
         lines += ["", f"Full results: `{STAGE_DIRS['predict']}/results.md`, `results.json`.", ""]
 
@@ -454,7 +449,7 @@ def build_report(root: Path, stages_state: Mapping[str, Any], seconds_this_run: 
         lines += [description, "", table, ""] if table else ["(no table)", ""]
         evaluation_json = generated / "evaluation.json"
         if evaluation_json.is_file():
-            evaluation = json.loads(evaluation_json.read_text(encoding="utf-8"))
+            evaluation = read_json(evaluation_json, "the evaluation.json sane-evaluate writes")
             lines += [generation_verdict(evaluation, seed), ""]
         if (generated / "evaluation.png").is_file():
             lines.append(f"![accuracy vs fine-tuning epoch]({STAGE_DIRS['generate']}/evaluation.png)")

@@ -63,9 +63,11 @@ from ..utils.io import (
     file_checksum,
     make_temporary_dir,
     output_lock,
+    read_json,
     verify_file_checksum,
     write_json_atomic,
 )
+from ..utils.threads import torch_threads
 from .info import (
     DATA_DIR,
     DATA_PATH_TEMPLATE,
@@ -1040,10 +1042,7 @@ def convert_zoo(config: ConvertConfig, *, show_progress: bool = True) -> Convert
     if not config.output_dir:
         raise ValueError("`output_dir` is required: where to write the dataset folder.")
     start = time.perf_counter()
-    previous_threads = torch.get_num_threads()
-    if config.num_threads > 0:
-        torch.set_num_threads(config.num_threads)
-    try:
+    with torch_threads(config.num_threads):
         with output_lock(config.output_dir):  # a second conversion would silently replace this one
             reader = open_zoo(
                 config.zoo_dir,
@@ -1076,8 +1075,6 @@ def convert_zoo(config: ConvertConfig, *, show_progress: bool = True) -> Convert
                     show_progress=show_progress,
                     conversion=record,
                 )
-    finally:
-        torch.set_num_threads(previous_threads)
     output_dir = Path(config.output_dir)
     num_bytes = sum(f.stat().st_size for f in output_dir.rglob("*") if f.is_file())
     seconds = time.perf_counter() - start
@@ -1186,32 +1183,24 @@ class SaneZooDataset:
         return WindowDataLoader(self[split], self.layout, **kwargs)
 
 
-def _read_meta_json(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: missing; a tokenized zoo written by sane_hf has {what} there (was the folder converted with "
-            "`sane-convert-zoo`?)."
-        )
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: invalid JSON ({err}).") from None
+# Completes "expected ..." in the error about a missing or invalid meta/ file.
+_IN_CONVERTED_ZOO = "which every tokenized zoo written by `sane-convert-zoo` has there"
 
 
 def load_zoo_meta(root: str | os.PathLike) -> tuple[SaneDatasetInfo, TokenLayout, TokenNormalization]:
     """Read and cross-check `meta/info.json`, `meta/layout.json` and `meta/normalization.json` of a local folder."""
     root = Path(root)
     info = SaneDatasetInfo.from_dict(
-        _read_meta_json(root / INFO_PATH, "the dataset info"), source=str(root / INFO_PATH)
+        read_json(root / INFO_PATH, f"the dataset info, {_IN_CONVERTED_ZOO}"), source=str(root / INFO_PATH)
     )
+    layout_dict = read_json(root / LAYOUT_PATH, f"the token layout, {_IN_CONVERTED_ZOO}")
     try:
-        layout = TokenLayout.from_dict(_read_meta_json(root / LAYOUT_PATH, "the token layout"))
+        layout = TokenLayout.from_dict(layout_dict)
     except ValueError as err:
         raise ValueError(f"{root / LAYOUT_PATH}: {err}") from None
+    normalization_dict = read_json(root / NORMALIZATION_PATH, f"the normalization statistics, {_IN_CONVERTED_ZOO}")
     try:
-        normalization = TokenNormalization.from_dict(
-            _read_meta_json(root / NORMALIZATION_PATH, "the normalization statistics")
-        )
+        normalization = TokenNormalization.from_dict(normalization_dict)
     except ValueError as err:
         raise ValueError(f"{root / NORMALIZATION_PATH}: {err}") from None
     for name in ("num_tokens", "num_layers", "token_size"):

@@ -51,7 +51,7 @@ from typing import Any, ClassVar, Literal, get_args
 import torch
 
 from ..utils.checks import weights_only_rejection
-from ..utils.io import verify_file_checksum
+from ..utils.io import json_safe, read_json, verify_file_checksum
 from .zoo_format import (
     CHECKPOINT_FILE,
     CHECKPOINTS_DIR,
@@ -310,12 +310,7 @@ def load_pickle_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def _read_json(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise ZooFormatError(f"{path}: missing; expected {what}.")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ZooFormatError(f"{path}: expected {what}, found invalid JSON ({err}).") from None
+    return read_json(path, what, missing=ZooFormatError, invalid=ZooFormatError)
 
 
 def _read_json_lines(path: Path, what: str) -> list[dict[str, Any]]:
@@ -358,10 +353,9 @@ def natural_key_order(keys: Iterable[str]) -> list[str]:
 
 def _scalar(value: Any) -> Any:
     """A property value as a JSON/parquet scalar (`None` to leave it out)."""
+    value = json_safe(value, strict=False)  # NaN stays NaN: a missing value would be `None`
     if value is None or isinstance(value, bool | int | float | str):
         return value
-    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy / torch scalars
-        return value.item()
     # Lists and dicts (e.g. hidden sizes) stay comparable as their JSON text.
     return json.dumps(value, sort_keys=True)
 

@@ -69,11 +69,13 @@ from ..utils.checks import config_differences
 from ..utils.io import (
     bytes_checksum,
     output_lock,
+    read_json,
     remove_temporary_files,
     write_bytes_atomic,
     write_json_atomic,
     write_text_atomic,
 )
+from ..utils.threads import torch_threads
 from ..zoo_models import ACTIVATIONS, CNN3, INITS, MLP, CNNSmall, ZooModel, build_zoo_model, get_zoo_architecture
 from .zoo_format import (
     CHECKPOINTS_DIR,
@@ -797,10 +799,7 @@ def _check_or_write_zoo_config(output_dir: Path, record: dict[str, Any]) -> None
         output_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, record)
         return
-    try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path} is not readable JSON ({error}); cannot resume this zoo.") from error
+    stored = read_json(path, f"the {ZOO_CONFIG_NAME} build_zoo writes, to resume this zoo")
     if stored.get("format") != ZOO_FORMAT or stored.get("format_version") != ZOO_FORMAT_VERSION:
         raise ValueError(
             f"{path} has format {stored.get('format')!r} version {stored.get('format_version')!r}; this builder "
@@ -929,7 +928,7 @@ def summarize_zoo(output_dir: str | os.PathLike) -> dict[str, Any]:
         with `min`, `p10`, `median`, `p90`, `max` over finished models (`None` if none is finished).
     """
     output_dir = Path(output_dir)
-    config = json.loads((output_dir / ZOO_CONFIG_NAME).read_text(encoding="utf-8"))
+    config = read_json(output_dir / ZOO_CONFIG_NAME, f"the {ZOO_CONFIG_NAME} build_zoo writes")
     accuracies = []
     for index in range(config["num_models"]):
         done = read_done(output_dir / MODELS_DIR / model_id_for(index))
@@ -1000,11 +999,8 @@ def _build_zoo(config: ZooConfig, task: TaskData, output_dir: Path, start_time: 
     models_dir.mkdir(exist_ok=True)
 
     plans = [plan_model(config, index, base_kwargs) for index in range(config.num_models)]
-    previous_threads = torch.get_num_threads()
-    if config.num_threads > 0:
-        torch.set_num_threads(config.num_threads)
     trained = skipped = 0
-    try:
+    with torch_threads(config.num_threads):
         # fork_rng: the per-model seeding must not leak into the caller's global RNG state.
         with torch.random.fork_rng(devices=[]):
             probe_plan = plans[0]
@@ -1043,8 +1039,6 @@ def _build_zoo(config: ZooConfig, task: TaskData, output_dir: Path, start_time: 
                         len(group.plans) - 1,
                         time.perf_counter() - group_start,
                     )
-    finally:
-        torch.set_num_threads(previous_threads)
     summary = summarize_zoo(output_dir)
     summary.update({"trained": trained, "skipped": skipped, "seconds": round(time.perf_counter() - start_time, 1)})
     logger.info("Zoo %s: %s", output_dir, summary)

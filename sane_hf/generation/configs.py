@@ -272,7 +272,7 @@ class GenerateConfig(FinetuneConfig):
         plot (`bool`, *optional*, defaults to `True`):
             Write `evaluation.png` (needs matplotlib).
         num_threads (`int`, *optional*):
-            `torch.set_num_threads` for the run; default torch's.
+            `torch.set_num_threads` for the run (restored afterwards); default torch's.
     """
 
     model: str | None = field(default=None, metadata={"help": "Pretrained SANE: folder or Hub model id (required)."})
@@ -447,7 +447,7 @@ class EvaluateConfig(FinetuneConfig):
         plot (`bool`, *optional*, defaults to `True`):
             Write `evaluation.png`.
         num_threads (`int`, *optional*):
-            `torch.set_num_threads` for the run.
+            `torch.set_num_threads` for the run (restored afterwards); default torch's.
         The `FinetuneConfig` fields set the fine-tuning schedule.
     """
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -36,7 +35,8 @@ from torch import nn
 from ..tasks import evaluate as evaluate_split
 from ..tasks import make_optimizer, train_epoch
 from ..utils.bootstrap import mean_interval
-from ..utils.io import verify_file_checksum, write_text_atomic
+from ..utils.io import json_safe, read_json, verify_file_checksum, write_text_atomic
+from ..utils.threads import torch_threads
 from .configs import EvaluateConfig, FinetuneConfig
 
 
@@ -517,19 +517,13 @@ def write_evaluation_report(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": output_dir / EVALUATION_JSON, "markdown": output_dir / EVALUATION_MD}
-    write_text_atomic(paths["json"], json.dumps(report.to_dict(), indent=1, default=_json_default) + "\n")
+    # NaN stays NaN (a diverged model's loss); objects JSON has no type for are written as their text.
+    record = json_safe(report.to_dict(), strict=False)
+    write_text_atomic(paths["json"], json.dumps(record, indent=1, default=str) + "\n")
     write_text_atomic(paths["markdown"], report.to_markdown())
     if plot:
         paths["plot"] = plot_accuracy_curves(report, output_dir / EVALUATION_PNG)
     return paths
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return str(value)
 
 
 def compare_with_baselines(
@@ -634,24 +628,21 @@ def evaluate_models(config: EvaluateConfig) -> EvaluationReport:
     Returns:
         `EvaluationReport`, also written to `output_dir` (default `models`) as JSON, Markdown and PNG.
     """
+    with torch_threads(config.num_threads):
+        return _evaluate_saved_models(config)
+
+
+def _evaluate_saved_models(config: EvaluateConfig) -> EvaluationReport:
     from ..tasks import load_task
     from ..zoo_models import load_zoo_model
     from .bn_conditioning import condition_batchnorm
 
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
     models_dir = Path(config.models)
     if not models_dir.is_dir():
         raise FileNotFoundError(f"{models_dir}: not a folder of generated models.")
-    generation = {}
     generation_file = models_dir / "generation.json"
-    if generation_file.is_file():
-        try:
-            generation = json.loads(generation_file.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as err:
-            raise ValueError(
-                f"{generation_file}: invalid JSON ({err}); expected the record sane-generate writes."
-            ) from None
+    generation = read_json(generation_file, "the record sane-generate writes", missing=None) or {}
+    if generation:
         for name, recorded in (generation.get("checksums") or {}).items():
             if (models_dir / name).is_file():  # a missing file is named by the loader
                 verify_file_checksum(models_dir / name, recorded, str(generation_file))
@@ -678,7 +669,7 @@ def evaluate_models(config: EvaluateConfig) -> EvaluationReport:
         generator = torch.Generator().manual_seed(config.eval_seed)
         return condition_batchnorm(model, bn_images, config.bn_iterations, config.bn_batch_size, generator)
 
-    architecture = json.loads((folders[0] / "config.json").read_text(encoding="utf-8")).get("zoo_architecture")
+    architecture = read_json(folders[0] / "config.json", "a generated model's config").get("zoo_architecture")
     model_kwargs = [m.zoo_config for m in generated]
     exclude = classifier_parameter_names(generated[0]) if generation.get("config", {}).get("reset_classifier") else ()
     report = compare_with_baselines(

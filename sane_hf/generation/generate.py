@@ -38,6 +38,7 @@ from ..tasks import evaluate as evaluate_split
 from ..utils.io import check_output_apart_from_inputs, file_checksum, make_temporary_dir, output_lock
 from ..utils.precision import precision_autocast, resolve_precision
 from ..utils.repo_ids import hub_id_or_none
+from ..utils.threads import torch_threads
 from .bn_conditioning import condition_batchnorm, has_batchnorm
 from .configs import GenerateConfig
 from .decode import ModelDecoder
@@ -689,18 +690,17 @@ def generate(config: GenerateConfig) -> GenerationResult:
         `ValueError`: `output_dir` is, contains or lies inside `config.model` or `config.dataset`.
         `FileExistsError`: `output_dir` is not empty without `config.overwrite`, or another process is writing it.
     """
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
-    output_dir = Path(config.output_dir)
-    check_output_apart_from_inputs(output_dir, {"model": config.model, "dataset": config.dataset})
-    if output_dir.exists() and any(output_dir.iterdir()) and not config.overwrite:
-        # Fail before hours of work, not after. (`finished_generation` tells a rerun of the same run apart.)
-        raise FileExistsError(
-            f"{output_dir} exists and is not empty (and does not hold a generation with these options); pass "
-            "--overwrite to replace it."
-        )
-    with output_lock(output_dir):  # a second run would silently replace this one's models
-        return _generate_into(config, output_dir)
+    with torch_threads(config.num_threads):
+        output_dir = Path(config.output_dir)
+        check_output_apart_from_inputs(output_dir, {"model": config.model, "dataset": config.dataset})
+        if output_dir.exists() and any(output_dir.iterdir()) and not config.overwrite:
+            # Fail before hours of work, not after. (`finished_generation` tells a rerun of the same run apart.)
+            raise FileExistsError(
+                f"{output_dir} exists and is not empty (and does not hold a generation with these options); pass "
+                "--overwrite to replace it."
+            )
+        with output_lock(output_dir):  # a second run would silently replace this one's models
+            return _generate_into(config, output_dir)
 
 
 def _generate_into(config: GenerateConfig, output_dir: Path) -> GenerationResult:

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..utils.io import json_safe
 from .configs import KDE_MODES
 
 
@@ -141,14 +142,8 @@ class AnchorSet:
 # -------------------------------------------------------------------------------------------------------------------
 
 
-def _as_python(value: Any) -> Any:
-    if isinstance(value, torch.Tensor | np.ndarray | np.generic):
-        return value.item() if getattr(value, "ndim", 0) == 0 else value.tolist()
-    return value
-
-
 def _matches(value: Any, wanted: Any) -> bool:
-    value = _as_python(value)
+    value = json_safe(value, strict=False)
     if isinstance(wanted, int | float) and not isinstance(wanted, bool) and isinstance(value, int | float):
         return math.isclose(float(value), float(wanted), rel_tol=1e-9, abs_tol=1e-12)
     return value == wanted
@@ -204,7 +199,7 @@ def select_anchor_rows(
     for row, (model_id, row_epoch, value) in enumerate(zip(meta["model_id"], epochs, meta[property_name])):
         if row_epoch != target_epoch or value is None:
             continue
-        value = float(_as_python(value))
+        value = float(json_safe(value, strict=False))
         if not math.isfinite(value):
             continue
         if any(not _matches(meta[key][row], wanted) for key, wanted in filters.items()):
@@ -241,7 +236,7 @@ def anchor_model_kwargs(
     accepted = set(get_zoo_architecture(architecture)._hub_mixin_init_parameters) - {"self"}
     kwargs = dict(base_kwargs or {})
     for key, value in properties.items():
-        value = _as_python(value)
+        value = json_safe(value, strict=False)
         if key in accepted and value is not None:
             kwargs[key] = value
     return kwargs
@@ -277,7 +272,7 @@ def load_anchors(
     scalar_columns = [c for c in selected.column_names if c != "tokens"]
     plain = selected.select_columns(scalar_columns).with_format(None)
     for row in range(len(rows)):
-        properties.append({c: _as_python(plain[row][c]) for c in scalar_columns})
+        properties.append({c: json_safe(plain[row][c], strict=False) for c in scalar_columns})
     return AnchorSet(
         tokens=tokens,
         model_ids=[str(p["model_id"]) for p in properties],

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..constants import PAPER_URL
-from ..utils.io import write_text_atomic
+from ..utils.io import read_json, write_text_atomic
 from ..utils.repo_ids import hub_id_or_none
 from .cards import SANE_CITATION, SANE_CODE_URL, load_template
 from .probe_records import MAIN_METHODS, main_records
@@ -36,6 +36,7 @@ SANE_MODEL_TAGS = ("sane", "weight-space-learning", "hyper-representations", "mo
 CARD_NAME = "README.md"
 # The `results.json` of `sane-predict` kept next to the weights, so every rebuild of the card shows the same results.
 PROBE_RESULTS_NAME = "sane_probe_results.json"
+_PROBE_RESULTS_EXPECTED = "the results.json written by sane-predict"
 # trainer_state.json key holding `zoo_summary(...)` of the training zoo.
 TRAINER_STATE_ZOO_KEY = "dataset"
 
@@ -101,15 +102,6 @@ def zoo_summary(info: SaneDatasetInfo, source: str | os.PathLike, revision: str 
         "num_layers": info.num_layers,
         "normalization": info.normalization_mode if info.tokens_normalized else None,
     }
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: invalid JSON ({err}).") from None
 
 
 def _num_parameters(folder: Path) -> int | None:
@@ -241,15 +233,13 @@ def build_sane_card(
         `ValueError`: `config.json` is not a SANE config, or a JSON file is invalid.
     """
     folder = Path(folder)
-    config = _read_json(folder / "config.json")
-    if config is None:
-        raise FileNotFoundError(f"{folder / 'config.json'}: missing; build_sane_card needs a saved SANE folder.")
+    config = read_json(folder / "config.json", "the config.json of a saved SANE folder (build_sane_card)")
     if config.get("model_type") != "sane":
         raise ValueError(
             f"{folder / 'config.json'}: model_type is {config.get('model_type')!r}, expected 'sane' (a SaneModel)."
         )
-    train_config = _read_json(folder / "train_config.json") or {}
-    state = _read_json(folder / "trainer_state.json") or {}
+    train_config = read_json(folder / "train_config.json", "the pretraining options", missing=None) or {}
+    state = read_json(folder / "trainer_state.json", "the pretraining run's state", missing=None) or {}
     if state.get("mixed_precision"):
         # The precision that ran (train_config.json leaves it unset when the launcher decides).
         train_config = {**train_config, "mixed_precision": state["mixed_precision"]}
@@ -258,12 +248,9 @@ def build_sane_card(
         zoo = {"source": train_config["dataset"], "revision": train_config.get("dataset_revision")}
 
     if probe_results is None:
-        probe_results = _read_json(folder / PROBE_RESULTS_NAME)
+        probe_results = read_json(folder / PROBE_RESULTS_NAME, _PROBE_RESULTS_EXPECTED, missing=None)
     elif not isinstance(probe_results, Mapping):
-        probe_path = Path(probe_results)
-        probe_results = _read_json(probe_path)
-        if probe_results is None:
-            raise FileNotFoundError(f"{probe_path}: missing; pass the results.json written by sane-predict.")
+        probe_results = read_json(probe_results, _PROBE_RESULTS_EXPECTED)
     eval_results, probe_headers, probe_rows, probe_dataset, probe_checkpoints = [], [], [], None, None
     if probe_results is not None:
         eval_results = probe_eval_results(probe_results)
@@ -377,10 +364,7 @@ def write_sane_card(
         return None
     if probe_results is not None:
         if not isinstance(probe_results, Mapping):
-            probe_path = Path(probe_results)
-            probe_results = _read_json(probe_path)
-            if probe_results is None:
-                raise FileNotFoundError(f"{probe_path}: missing; pass the results.json written by sane-predict.")
+            probe_results = read_json(probe_results, _PROBE_RESULTS_EXPECTED)
         card = build_sane_card(folder, probe_results=probe_results, **kwargs)  # fails before anything is written
         write_text_atomic(folder / PROBE_RESULTS_NAME, json.dumps(probe_results, indent=1) + "\n")
     else:

@@ -70,7 +70,7 @@ class PredictConfig:
             there (`sane_probe_results.json`) and add them to its card's `model-index` (a hand-written `README.md`
             is left alone).
         seed (`int`, *optional*, defaults to 0): seed of the classifier, gradient boosting and fine-tuning.
-        num_threads (`int`, *optional*): torch CPU threads (default: torch's).
+        num_threads (`int`, *optional*): torch CPU threads for the run, restored afterwards (default: torch's).
         device (`str`, *optional*): device of the SANE encoder (default: CUDA if available, else CPU).
     """
 

@@ -282,7 +282,7 @@ def finetune_property_predictor(
     total_steps = steps_per_epoch * epochs
     scheduler = _cosine_with_warmup(optimizer, total_steps, max(1, int(warmup_fraction * total_steps)))
 
-    def evaluate(split: str) -> tuple[float, torch.Tensor]:
+    def loss_and_predictions(split: str) -> tuple[float, torch.Tensor]:
         model.eval()
         predictions = _predict(model, stores[split], rows[split], positions, batch_size * 2, token_transform)
         return float(_masked_mse(predictions, scaled[split])), predictions
@@ -316,7 +316,7 @@ def finetune_property_predictor(
             count += len(batch_rows)
         record = {"epoch": epoch, "train_loss": running / max(1, count)}
         if has_val:
-            record["val_loss"], _ = evaluate("val")
+            record["val_loss"], _ = loss_and_predictions("val")
         history.append(record)
         logger.info("fine-tune epoch %d: %s", epoch, {k: round(v, 4) for k, v in record.items() if k != "epoch"})
         monitored = record.get("val_loss", record["train_loss"])
@@ -337,7 +337,7 @@ def finetune_property_predictor(
     for split in splits:
         if len(rows[split]) == 0:
             continue
-        _, predictions = evaluate(split)
+        _, predictions = loss_and_predictions(split)
         predictions = predictions.double() * std + mean  # back to the original units
         for j, name in enumerate(properties):
             y = targets[split][:, j].numpy()

@@ -49,8 +49,9 @@ from ..tokenization.normalization import token_transform_for
 from ..tokenization.processing_sane import load_sane_processor
 from ..utils.bootstrap import bootstrap_over_groups
 from ..utils.checks import check_finite_weights
-from ..utils.io import check_output_apart_from_inputs, write_text_atomic
+from ..utils.io import check_output_apart_from_inputs, json_safe, write_text_atomic
 from ..utils.repo_ids import load_local_or_hub
+from ..utils.threads import torch_threads
 from .baselines import raw_weights, weight_statistics
 from .configs import PredictConfig
 from .embed import check_model_matches_layout, embed_zoo, iter_token_batches, read_columns
@@ -228,6 +229,11 @@ def predict_properties(cfg: PredictConfig) -> dict[str, Any]:
         `ValueError`: the SANE's token size (or position tables) do not fit the dataset, a property is unknown, or
         `output_dir` is, contains or lies inside the model or dataset folder.
     """
+    with torch_threads(cfg.num_threads):
+        return _predict_properties(cfg)
+
+
+def _predict_properties(cfg: PredictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     check_output_apart_from_inputs(cfg.output_dir, {"model": cfg.model, "dataset": cfg.dataset})
     model_folder = Path(cfg.model).expanduser()
@@ -236,8 +242,6 @@ def predict_properties(cfg: PredictConfig) -> dict[str, Any]:
             f"--model {cfg.model}: the folder is read-only, but predict adds the probe results to its README.md "
             "(update_model_card); make it writable or pass --update_model_card false."
         )
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     zoo = load_zoo(cfg.dataset, cfg.dataset_revision)
@@ -472,8 +476,8 @@ def predict_properties(cfg: PredictConfig) -> dict[str, Any]:
             # the results, so that a card that cannot be written leaves no results behind either.
             from ..hub.sane_cards import write_sane_card
 
-            write_sane_card(model_folder, probe_results=_json_safe(results))
-        write_text_atomic(output_dir / RESULTS_JSON, json.dumps(_json_safe(results), indent=2) + "\n")
+            write_sane_card(model_folder, probe_results=json_safe(results))
+        write_text_atomic(output_dir / RESULTS_JSON, json.dumps(json_safe(results), indent=2) + "\n")
         write_text_atomic(output_dir / RESULTS_MD, results_markdown(results))
     except BaseException:
         if created:
@@ -486,19 +490,6 @@ def predict_properties(cfg: PredictConfig) -> dict[str, Any]:
 # -------------------------------------------------------------------------------------------------------------------
 # Writers
 # -------------------------------------------------------------------------------------------------------------------
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN/inf -> None (strict JSON), numpy scalars -> Python numbers."""
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 def _format(value: float | None) -> str:

@@ -17,7 +17,7 @@ def optimizer_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999)):
+def make_sane_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999)):
     """AdamW over `optimizer_param_groups`, with the fused (one kernel per step) implementation where every parameter
     lives on a device that has it (CPU, CUDA, MPS), else the default one."""
     groups = optimizer_param_groups(model, weight_decay)

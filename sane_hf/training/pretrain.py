@@ -43,12 +43,19 @@ from ..tokenization.memory import check_fits_in_memory
 from ..tokenization.permutations import TokenPermuter, permutation_spec_from_module
 from ..tokenization.processing_sane import SaneProcessor
 from ..utils.checks import check_finite_weights, config_differences, weights_only_rejection
-from ..utils.io import check_output_apart_from_inputs, output_lock, remove_temporary_files, write_json_atomic
+from ..utils.io import (
+    check_output_apart_from_inputs,
+    output_lock,
+    read_json,
+    remove_temporary_files,
+    write_json_atomic,
+)
 from ..utils.repo_ids import load_local_or_hub
+from ..utils.threads import torch_threads
 from .augmentations import make_two_views
 from .configs import PretrainConfig
 from .losses import sane_pretraining_loss
-from .optim import make_one_cycle_scheduler, make_optimizer
+from .optim import make_one_cycle_scheduler, make_sane_optimizer
 
 
 logger = logging.getLogger(__name__)
@@ -529,7 +536,7 @@ def _save_checkpoint(
 
 
 @torch.no_grad()
-def evaluate(
+def validation_losses(
     model: torch.nn.Module,
     loader: torch.utils.data.DataLoader,
     cfg: PretrainConfig,
@@ -585,7 +592,8 @@ def pretrain(cfg: PretrainConfig, dataloaders: tuple | None = None, zoo: SaneZoo
         project_config=ProjectConfiguration(project_dir=str(output_dir)),
     )
     # One writer per output folder: a second run would train into the same checkpoints and final files.
-    with output_lock(output_dir) if accelerator.is_main_process else contextlib.nullcontext():
+    lock = output_lock(output_dir) if accelerator.is_main_process else contextlib.nullcontext()
+    with lock, torch_threads(cfg.num_threads):
         return _pretrain(cfg, accelerator, output_dir, dataloaders, zoo)
 
 
@@ -596,8 +604,6 @@ def _pretrain(
     dataloaders: tuple | None,
     zoo: SaneZooDataset | None,
 ) -> Path:
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
     # Before the expensive loading: refuse a checkpoint of another run (or one that is unsafe to load).
     path = _resume_path(cfg, output_dir)
     if path is not None:
@@ -616,7 +622,7 @@ def _pretrain(
     train_store, val_store = token_store(train_loader), token_store(val_loader)
     if cfg.compile:
         model = torch.compile(model)
-    optimizer = make_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_sane_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
@@ -752,7 +758,7 @@ def _pretrain(
             counters.epoch += 1
             counters.batches_in_epoch = 0
         if val_loader is not None:
-            metrics = evaluate(model, val_loader, cfg, layout, permuter, accelerator, store=val_store)
+            metrics = validation_losses(model, val_loader, cfg, layout, permuter, accelerator, store=val_store)
             accelerator.log(metrics, step=counters.optimizer_steps)
             history.append(
                 {"step": counters.optimizer_steps, "epoch": counters.epoch, "seconds": _elapsed(), **metrics}
@@ -869,4 +875,4 @@ def push_pretrained_folder(
 
 def read_trainer_state(folder: str | os.PathLike) -> dict:
     """The `trainer_state.json` of a finished run (counters, wall time, log history)."""
-    return json.loads((Path(folder) / TRAINER_STATE_NAME).read_text())
+    return read_json(Path(folder) / TRAINER_STATE_NAME, "the trainer state pretrain writes")

@@ -1,6 +1,6 @@
-"""Safe output: atomic file writes (a temporary file in the same folder, renamed over the target, so readers and
-crashes never leave half a file), one writer per output folder, and
-outputs kept apart from inputs."""
+"""Safe output and checked input: atomic file writes (a temporary file in the same folder, renamed over the target,
+so readers and crashes never leave half a file), one writer per output folder, outputs kept apart from inputs, values
+made writable as JSON, and JSON files read with a one-line error naming the file."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ import glob
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 
 logger = logging.getLogger(__name__)
@@ -49,6 +51,55 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 def write_json_atomic(path: str | os.PathLike, data: object) -> None:
     """Write `data` as indented JSON (with a final newline) to `path` atomically."""
     write_text_atomic(path, json.dumps(data, indent=1) + "\n")
+
+
+def json_safe(value: Any, *, strict: bool = True) -> Any:
+    """`value` as plain Python that `json` can write: numpy and torch scalars and arrays (also 0-d tensors) become
+    Python numbers and lists, mappings become dicts with `str` keys, tuples become lists, recursively; anything else
+    is returned unchanged.
+
+    Args:
+        value: the value to convert.
+        strict (`bool`, *optional*, defaults to `True`): NaN and +-inf become `None`, since strict JSON (and the Hub's
+            card metadata) has no such numbers. `False` keeps them as floats (Python's `json` writes `NaN`/`Infinity`;
+            a parquet column keeps them).
+    """
+    if isinstance(value, Mapping):
+        return {str(key): json_safe(item, strict=strict) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item, strict=strict) for item in value]
+    if hasattr(value, "ndim") and hasattr(value, "tolist"):  # numpy scalar or array, torch tensor
+        return json_safe(value.tolist(), strict=strict)
+    if isinstance(value, float):
+        return None if strict and not math.isfinite(value) else float(value)
+    return value
+
+
+def read_json(
+    path: str | os.PathLike,
+    expected: str,
+    *,
+    missing: type[Exception] | None = FileNotFoundError,
+    invalid: type[Exception] = ValueError,
+) -> Any:
+    """The parsed content of the JSON file `path`, or one error line naming `path` and what was `expected` there.
+
+    Args:
+        path (`str` or `os.PathLike`): the file.
+        expected (`str`): what the file should hold, for the error message (e.g. "the zoo's config").
+        missing (`type`, *optional*, defaults to `FileNotFoundError`): the error a missing file raises; `None` returns
+            `None` instead.
+        invalid (`type`, *optional*, defaults to `ValueError`): the error raised when the file is not UTF-8 JSON.
+    """
+    path = Path(path)
+    if not path.is_file():
+        if missing is None:
+            return None
+        raise missing(f"{path}: missing; expected {expected}.")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:  # json.JSONDecodeError and UnicodeDecodeError
+        raise invalid(f"{path}: invalid JSON ({err}); expected {expected}.") from None
 
 
 def _process_alive(pid: int) -> bool:

@@ -9,23 +9,15 @@ stored ones; then `from_pretrained` loads it. The weight processor (`preprocesso
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
 
 from ...utils.checks import check_weight_shapes
-from ...utils.io import verify_file_checksum
+from ...utils.io import read_json, verify_file_checksum
 from .configuration_sane import SaneConfig
 from .modeling_sane import SANE_CHECKSUMS_NAME, SaneModel, SanePreTrainedModel
-
-
-def _read_json(path: Path, what: str) -> object:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: invalid JSON ({err}); expected {what}.") from None
 
 
 def check_sane_folder(folder: str | os.PathLike) -> None:
@@ -33,7 +25,7 @@ def check_sane_folder(folder: str | os.PathLike) -> None:
     folder = Path(folder)
     checksums_file = folder / SANE_CHECKSUMS_NAME
     if checksums_file.is_file():
-        checksums = _read_json(checksums_file, "weight file name -> size and sha256")
+        checksums = read_json(checksums_file, "weight file name -> size and sha256")
         for name, recorded in checksums.items() if isinstance(checksums, dict) else []:
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"{folder / name}: missing; {checksums_file} lists it.")
