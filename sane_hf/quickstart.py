@@ -512,6 +512,13 @@ def _with_interval(value: float, interval: Sequence[float] | None) -> str:
     return f"{value:.3f}"
 
 
+def _comparison(margin: float) -> str:
+    """The verb for a difference printed with three decimals: one that rounds to zero is a tie, not a win."""
+    if abs(margin) < 0.0005:
+        return "is level with"
+    return "beats" if margin > 0 else "does not beat"
+
+
 def probe_verdict(probe: Mapping[str, Any], seed: int | None = None) -> str:
     """One sentence: did SANE's best probe (chosen on validation) beat s(W) and W on `test_acc`, with the figures."""
     sane = probe.get("sane")
@@ -528,7 +535,7 @@ def probe_verdict(probe: Mapping[str, Any], seed: int | None = None) -> str:
         if not other:
             continue
         margin = sane["test"] - other["test"]
-        word = "beats" if margin > 0 else "does not beat"
+        word = _comparison(margin)
         verdicts.append(
             f"it {word} {baseline} ({_with_interval(other['test'], other.get('test_interval'))}; difference "
             f"{margin:+.3f})"
@@ -564,7 +571,7 @@ def generation_verdict(evaluation: Mapping[str, Any], seed: int | None = None) -
     selected = summary.get("noise_control_selected")
     if selected:
         margin = generated["mean"] - selected["mean"]
-        word = "beats" if margin > 0 else "does not beat"
+        word = _comparison(margin)
         sentences.append(
             "Given the same best-of-candidates selection, the control reaches "
             f"{_with_interval(selected['mean'], selected['interval'])}: SANE {word} it (difference {margin:+.3f})."

@@ -79,3 +79,13 @@ def test_probe_verdict_picks_rows_on_validation():
     text = probe_verdict(probe, seed=0)
     assert "SANE stats, chosen on validation) reaches test R² 0.850" in text
     assert "does not beat s(W) (0.870; difference -0.020)" in text and "beats W (0.400; difference +0.450)" in text
+    # A difference that prints as +0.000 is a tie, not a win.
+    tie = probe_verdict({"sane": {"method": "SANE stats", "test": 0.8702}, "s(W)": {"test": 0.8700}})
+    assert "it is level with s(W) (0.870; difference +0.000)" in tie and "beats" not in tie
+
+
+def test_selected_control_within_rounding_is_a_tie():
+    evaluation = _evaluation([0.90, 0.92, 0.94], [0.70, 0.80, 0.75], [0.95, 0.96, 0.97], 0.5)
+    evaluation["populations"]["noise_control_selected"] = _population([0.9202, 0.9198, 0.9201])
+    text = generation_verdict(evaluation)
+    assert "the control reaches 0.920" in text and "SANE is level with it (difference -0.000)" in text
