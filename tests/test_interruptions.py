@@ -73,7 +73,22 @@ def _run_main(main_name: str, args: list[str]) -> None:
     getattr(cli, main_name)(args)
 
 
+def _own_tqdm_locks(cls=None) -> None:
+    """Give the forked child its own progress-bar locks. tqdm's default write lock includes a multiprocessing
+    semaphore shared with the parent across fork: a child killed while holding it would leave it held forever, and
+    the parent's next progress bar (the rerun below) would wait on it without end."""
+    import threading
+
+    import tqdm.std
+
+    cls = cls or tqdm.std.tqdm
+    cls._lock = threading.RLock()
+    for subclass in cls.__subclasses__():
+        _own_tqdm_locks(subclass)
+
+
 def _child(main_name: str, args: list[str]) -> None:
+    _own_tqdm_locks()
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
