@@ -29,13 +29,13 @@ byte-identical files.
 Seeding: model `i`'s factors and seed come from `numpy.random.default_rng([seed, i])` only (not from `num_models` or
 the other models); its initialization, batch order and dropout masks come from that seed.
 
-Training: models whose architecture is a plain `nn.Sequential` stack (`cnn_s`, `cnn3`, `mlp`) and that share an
-architecture configuration and optimizer are trained together as one batched computation (grouped convolutions,
-batched matmuls, a batched optimizer with the `torch.optim` update rules): per-operation overhead dominates a
-2,464-parameter CNN, and on the project's 2-core machines 20 digits CNNs took 63-86 ms per model-epoch batched vs
-250-270 ms in a loop.
+Training (in `sane_hf.tasks`, beside the other training of zoo members): models whose architecture is a plain
+`nn.Sequential` stack (`cnn_s`, `cnn3`, `mlp`) and that share an architecture configuration and optimizer are trained
+together as one batched computation (`sane_hf.tasks.train_batched`: grouped convolutions, batched matmuls, a batched
+optimizer with the `torch.optim` update rules), because per-operation overhead dominates a 2,464-parameter CNN.
 Without dropout, batched and one-at-a-time training agree to ~1e-7 after two epochs. Other architectures (ResNets
-with BatchNorm) are trained one at a time with `sane_hf.tasks.train_epoch`.
+with BatchNorm) are trained one at a time with `sane_hf.tasks.train_epoch`. This module plans the members, groups
+them, and writes their files.
 
 Resuming: a rerun with the same configuration skips models with `DONE`. Groups are a function of the configuration,
 so an unfinished model is retrained from scratch with its whole group (deterministic CPU ops), and only the
@@ -59,15 +59,25 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save as save_safetensors
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..tasks import OPTIMIZERS, TaskData, TaskSplit, evaluate, load_task, make_optimizer, train_epoch
+from ..tasks import (
+    OPTIMIZERS,
+    TaskData,
+    TaskSplit,
+    evaluate,
+    load_task,
+    make_optimizer,
+    supports_batched_training,
+    train_batched,
+    train_epoch,
+)
 from ..utils.checks import config_differences
 from ..utils.io import (
     bytes_checksum,
+    json_safe,
     output_lock,
     read_json,
     remove_temporary_files,
@@ -463,19 +473,15 @@ def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
     return data[:8] + canonical.ljust(length, b" ") + data[8 + length :]
 
 
-def _json_number(value: float) -> float | None:
-    # Strict JSON has no NaN/Infinity; a diverged model's loss is written as null.
-    return value if math.isfinite(value) else None
-
-
 def _metrics_line(epoch: int, train: dict, val: dict, test: dict) -> dict[str, Any]:
+    # Strict JSON has no NaN/Infinity; a diverged model's loss is written as null (`json_safe`).
     line = {
         "epoch": epoch,
-        "train_loss": _json_number(train["loss"]),
+        "train_loss": json_safe(train["loss"]),
         "train_acc": train["acc"],
-        "val_loss": _json_number(val["loss"]),
+        "val_loss": json_safe(val["loss"]),
         "val_acc": val["acc"],
-        "test_loss": _json_number(test["loss"]),
+        "test_loss": json_safe(test["loss"]),
         "test_acc": test["acc"],
         "ggap": train["acc"] - test["acc"],
     }
@@ -547,11 +553,8 @@ def _done_record(config: ZooConfig, plan: ModelPlan, lines: list[dict[str, Any]]
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Batched training of a group of models of one Sequential architecture
+# Which zoo architectures the batched trainer runs
 # ---------------------------------------------------------------------------------------------------------------
-
-_ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.GELU, nn.Sigmoid, nn.LeakyReLU, nn.SiLU, nn.Identity)
-_POOLING = (nn.MaxPool2d, nn.AvgPool2d)
 
 
 def _sequential_spec(model: nn.Module) -> tuple[nn.Sequential, bool] | None:
@@ -562,185 +565,7 @@ def _sequential_spec(model: nn.Module) -> tuple[nn.Sequential, bool] | None:
         layers, flatten_input = model.module_list, True
     else:
         return None
-    if any(True for _ in model.buffers()):
-        return None
-    for module in layers:
-        if isinstance(module, nn.Conv2d):
-            if module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str):
-                return None
-        elif isinstance(module, nn.Flatten):
-            if module.start_dim != 1 or module.end_dim != -1:
-                return None
-        elif not isinstance(module, (nn.Linear, nn.Dropout, *_POOLING, *_ELEMENTWISE)):
-            return None
-    return layers, flatten_input
-
-
-class _BatchedSequential:
-    """Runs `M` models of one Sequential architecture as one computation on stacked parameters.
-
-    Spatial activations are laid out `[N, M*C, H, W]` (model-major channels) in channels-last memory format, so a
-    convolution is one grouped convolution with `groups=M`, and pooling and activations (per channel) apply
-    unchanged; channels-last made max-pooling ~8x faster than NCHW on the project machines. After `Flatten` the
-    activations are `[M, N, F]` and linear layers are batched matmuls. Dropout masks come from one generator per
-    model, so a model's masks do not depend on the other members of its group.
-    """
-
-    def __init__(
-        self,
-        layers: nn.Sequential,
-        flatten_input: bool,
-        dropouts: list[float],
-        dropout_generators: list[torch.Generator],
-    ) -> None:
-        self.layers = layers
-        self.flatten_input = flatten_input
-        self.num_models = len(dropouts)
-        self.keep = torch.tensor([1.0 - p for p in dropouts])
-        self.dropping = [m for m, p in enumerate(dropouts) if p > 0]
-        self.dropout_generators = dropout_generators
-
-    def _dropout(self, hidden: torch.Tensor) -> torch.Tensor:
-        M = self.num_models
-        if not self.dropping:
-            return hidden
-        # One uniform draw per activation of each model with dropout, from that model's own generator, written into
-        # a buffer laid out like `hidden` in memory: spatial [N, H, W, M, C] (channels-last [N, M*C, H, W]) or
-        # [M, N, F]. Models without dropout keep 0 there, which is always < keep = 1.
-        if hidden.ndim == 4:
-            n, mc, h, w = hidden.shape
-            noise = torch.zeros(n, h, w, M, mc // M, dtype=hidden.dtype)
-            per_model = [noise[:, :, :, m] for m in range(M)]
-            keep = self.keep.repeat_interleave(mc // M).view(1, mc, 1, 1)
-            noise = noise.view(n, h, w, mc).permute(0, 3, 1, 2)
-        else:
-            noise = torch.zeros(hidden.shape, dtype=hidden.dtype)
-            per_model = list(noise)
-            keep = self.keep.view(M, 1, 1)
-        for m in self.dropping:
-            per_model[m].uniform_(generator=self.dropout_generators[m])
-        return hidden * ((noise < keep) / keep)
-
-    def __call__(self, params: list[torch.Tensor], images: torch.Tensor, train: bool) -> torch.Tensor:
-        """Logits `[M, N, classes]` for per-model images `[N, M, C, H, W]`."""
-        M = self.num_models
-        n = images.shape[0]
-        if self.flatten_input:
-            hidden = images.reshape(n, M, -1).transpose(0, 1)
-        else:
-            hidden = images.reshape(n, -1, *images.shape[3:]).contiguous(memory_format=torch.channels_last)
-        param_iter = iter(params)
-        for module in self.layers:
-            if isinstance(module, nn.Conv2d):
-                weight = next(param_iter)
-                bias = next(param_iter).reshape(-1) if module.bias is not None else None
-                hidden = F.conv2d(
-                    hidden,
-                    weight.reshape(-1, *weight.shape[2:]),
-                    bias,
-                    stride=module.stride,
-                    padding=module.padding,
-                    dilation=module.dilation,
-                    groups=M,
-                )
-            elif isinstance(module, nn.Linear):
-                weight = next(param_iter)
-                if module.bias is not None:
-                    hidden = torch.baddbmm(next(param_iter).unsqueeze(1), hidden, weight.transpose(1, 2))
-                else:
-                    hidden = torch.bmm(hidden, weight.transpose(1, 2))
-            elif isinstance(module, nn.Flatten):
-                # reshape follows the logical NCHW order, i.e. what nn.Flatten does on one model.
-                hidden = hidden.reshape(n, M, -1).transpose(0, 1)
-            elif isinstance(module, nn.Dropout):
-                if train:
-                    hidden = self._dropout(hidden)
-            else:
-                hidden = module(hidden)
-        return hidden
-
-
-class _BatchedOptimizer:
-    """SGD (momentum) / Adam / AdamW over stacked parameters `[M, ...]` with one lr and weight decay per model.
-
-    The update rules are those of `torch.optim.SGD` (dampening 0, no Nesterov), `torch.optim.Adam` (L2 penalty added
-    to the gradient) and `torch.optim.AdamW` (decoupled decay), with their default betas and eps.
-    """
-
-    betas = (0.9, 0.999)
-    eps = 1e-8
-
-    def __init__(
-        self, name: str, params: list[torch.Tensor], lrs: list[float], weight_decays: list[float], momentum: float
-    ) -> None:
-        self.name = name
-        self.params = params
-        self.momentum = momentum
-        self.step_count = 0
-        lr = torch.tensor(lrs, dtype=torch.float32)
-        wd = torch.tensor(weight_decays, dtype=torch.float32)
-        self.lr = [lr.view(-1, *([1] * (p.ndim - 1))) for p in params]
-        self.wd = [wd.view(-1, *([1] * (p.ndim - 1))) for p in params]
-        self.state: list[dict[str, torch.Tensor]] = [{} for _ in params]
-
-    def zero_grad(self) -> None:
-        for param in self.params:
-            param.grad = None
-
-    @torch.no_grad()
-    def step(self) -> None:
-        self.step_count += 1
-        beta1, beta2 = self.betas
-        for param, lr, wd, state in zip(self.params, self.lr, self.wd, self.state):
-            grad = param.grad
-            if self.name == "sgd":
-                grad = grad + wd * param
-                if self.momentum != 0:
-                    if "momentum_buffer" not in state:
-                        state["momentum_buffer"] = grad.clone()
-                    else:
-                        state["momentum_buffer"].mul_(self.momentum).add_(grad)
-                    grad = state["momentum_buffer"]
-                param.sub_(lr * grad)
-                continue
-            if self.name == "adamw":
-                param.mul_(1 - lr * wd)
-            else:
-                grad = grad + wd * param
-            if "exp_avg" not in state:
-                state["exp_avg"] = torch.zeros_like(param)
-                state["exp_avg_sq"] = torch.zeros_like(param)
-            exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-            exp_avg.lerp_(grad, 1 - beta1)
-            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            bias_correction1 = 1 - beta1**self.step_count
-            bias_correction2_sqrt = math.sqrt(1 - beta2**self.step_count)
-            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
-            param.sub_((lr / bias_correction1) * exp_avg / denom)
-
-
-def _batched_evaluate(
-    network: _BatchedSequential, params: list[torch.Tensor], images: torch.Tensor, labels: torch.Tensor
-) -> list[dict[str, float]]:
-    """Per-model mean cross-entropy and accuracy of all group members on one split (shared images)."""
-    M = network.num_models
-    # Chunks keep the largest activation (e.g. [n, M*8, 8, 8]) at a few MB: big fresh buffers are dominated by page
-    # faults on the project machines (sane_hf/tokenization/memory.py).
-    chunk = max(16, 4096 // M)
-    loss_sum = torch.zeros(M, dtype=torch.float64)
-    correct = torch.zeros(M, dtype=torch.long)
-    with torch.no_grad():
-        for start in range(0, labels.shape[0], chunk):
-            batch = images[start : start + chunk]
-            batch_labels = labels[start : start + chunk]
-            logits = network(params, batch.unsqueeze(1).expand(-1, M, *batch.shape[1:]), train=False)
-            losses = F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), batch_labels.repeat(M), reduction="none"
-            ).view(M, -1)
-            loss_sum += losses.double().sum(dim=1)
-            correct += (logits.argmax(dim=-1) == batch_labels).sum(dim=1)
-    n = labels.shape[0]
-    return [{"loss": float(loss_sum[m]) / n, "acc": int(correct[m]) / n} for m in range(M)]
+    return (layers, flatten_input) if supports_batched_training(model, layers) else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -856,61 +681,33 @@ class _ZooRun:
         max_dropout = max(plan.dropout or 0.0 for plan in plans)
         template = models[[plan.dropout or 0.0 for plan in plans].index(max_dropout)]
         layers, flatten_input = _sequential_spec(template)
-        shapes = [tuple(p.shape) for p in template.parameters()]
-        for model in models:
-            if [tuple(p.shape) for p in model.parameters()] != shapes:
-                raise RuntimeError(f"Batched training needs identical parameter shapes; got {model} vs {template}.")
-        params = [
-            torch.stack([list(model.parameters())[j].detach() for model in models]).requires_grad_()
-            for j in range(len(shapes))
-        ]
-        network = _BatchedSequential(
-            layers,
-            flatten_input,
-            [plan.dropout or 0.0 for plan in plans],
-            [torch.Generator().manual_seed(plan.seed + _DROPOUT_STREAM) for plan in plans],
-        )
-        optimizer = _BatchedOptimizer(
-            plans[0].optimizer,
-            params,
-            [plan.lr for plan in plans],
-            [plan.weight_decay for plan in plans],
-            config.momentum,
-        )
-        orders = [torch.Generator().manual_seed(plan.seed + _ORDER_STREAM) for plan in plans]
         writers = [_ModelWriter(self.models_dir / plan.model_id, plan.model_id) for plan in plans]
         for plan, model, writer, do_write in zip(plans, models, writers, write):
             if do_write:
                 writer.start(_params_record(config, plan, model))
-
-        train_images, train_labels = self.task.train
-        num_samples = train_labels.shape[0]
-        M = len(plans)
-        for epoch in range(config.epochs + 1):
-            if epoch > 0:
-                # The same per-model batch order as `train_epoch` with the same generator.
-                order = torch.stack([torch.randperm(num_samples, generator=g) for g in orders])
-                for start in range(0, num_samples, config.batch_size):
-                    index = order[:, start : start + config.batch_size]
-                    logits = network(params, train_images[index.T], train=True)
-                    losses = F.cross_entropy(
-                        logits.reshape(-1, logits.shape[-1]), train_labels[index].reshape(-1), reduction="none"
-                    )
-                    # Sum of per-model mean losses: each model gets exactly the gradient of its own loss.
-                    loss = losses.view(M, -1).mean(dim=1).sum()
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-            train, val, test = self._evaluate_all(lambda split: _batched_evaluate(network, params, *split))
-            with torch.no_grad():
-                for m, (model, writer) in enumerate(zip(models, writers)):
-                    if not write[m]:
-                        continue
-                    for target, stacked in zip(model.parameters(), params):
-                        target.copy_(stacked[m])
+        epochs = train_batched(
+            models,
+            layers,
+            flatten_input,
+            self.task,
+            optimizer=plans[0].optimizer,
+            lrs=[plan.lr for plan in plans],
+            weight_decays=[plan.weight_decay for plan in plans],
+            momentum=config.momentum,
+            dropouts=[plan.dropout or 0.0 for plan in plans],
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            order_generators=[torch.Generator().manual_seed(plan.seed + _ORDER_STREAM) for plan in plans],
+            dropout_generators=[torch.Generator().manual_seed(plan.seed + _DROPOUT_STREAM) for plan in plans],
+        )
+        for epoch, train, val, test in epochs:
+            for m, (model, writer) in enumerate(zip(models, writers)):
+                if write[m]:
                     writer.write_epoch(epoch, model.state_dict(), _metrics_line(epoch, train[m], val[m], test[m]))
             median = float(np.median([t["acc"] for t in test]))
-            self.progress.set_postfix(group=f"{plans[0].model_id}+{M - 1}", epoch=epoch, test_acc=f"{median:.3f}")
+            self.progress.set_postfix(
+                group=f"{plans[0].model_id}+{len(plans) - 1}", epoch=epoch, test_acc=f"{median:.3f}"
+            )
         for plan, writer, do_write in zip(plans, writers, write):
             if do_write:
                 writer.finish(_done_record(config, plan, writer.lines))

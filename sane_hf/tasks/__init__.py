@@ -1,4 +1,5 @@
-"""Task datasets zoo models learn (scikit-learn digits, Hugging Face image datasets) and plain training utilities.
+"""Task datasets zoo models learn (scikit-learn digits, Hugging Face image datasets) and the training of zoo members:
+one at a time (`member_training.py`) or many of one Sequential architecture together (`batched_training.py`).
 
 Example:
 
@@ -16,6 +17,7 @@ True
 ```
 """
 
+from .batched_training import supports_batched_training, train_batched
 from .datasets import (
     DIGITS_SPLIT_SIZES,
     EMBEDDED_TASKS,
@@ -25,7 +27,7 @@ from .datasets import (
     TaskSplit,
     load_task,
 )
-from .training import DEFAULT_EVAL_BATCH_SIZE, OPTIMIZERS, evaluate, make_optimizer, train_epoch
+from .member_training import DEFAULT_EVAL_BATCH_SIZE, OPTIMIZERS, evaluate, make_optimizer, train_epoch
 
 
 __all__ = [
@@ -40,5 +42,7 @@ __all__ = [
     "evaluate",
     "load_task",
     "make_optimizer",
+    "supports_batched_training",
+    "train_batched",
     "train_epoch",
 ]
