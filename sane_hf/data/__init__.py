@@ -1,5 +1,6 @@
 """Model zoos as data: zoo readers, the zoo -> Hub dataset converter and loader, and window sampling (SANE §2, §4.1)."""
 
+from .configs import ZooConfig
 from .hub_dataset import (
     ConvertConfig,
     ConvertResult,
@@ -36,7 +37,7 @@ from .zoo import (
     load_safetensors_checkpoint,
     open_zoo,
 )
-from .zoo_builder import ZOO_FORMAT, ZOO_FORMAT_VERSION, ZooConfig, build_zoo, summarize_zoo
+from .zoo_builder import ZOO_FORMAT, ZOO_FORMAT_VERSION, build_zoo, summarize_zoo
 
 
 __all__ = [
