@@ -52,7 +52,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "convert": {"token_size": 64, "canonicalize": True},
         # The recipe of the quality study (docs/quality_study.md, `benchmarks/study_pretrain.py`): a latent as wide
         # as a token (no per-token bottleneck), lr 1e-2 with gradient clipping (lr 1e-2 diverged without it at 40
-        # epochs, 2e-2 diverged with it) and batches of 32 (twice the steps of 64 per second).
+        # epochs, 2e-2 diverged with it) and batches of 32 (twice as many steps per epoch as 64).
         "pretrain": {
             "d_model": 64,
             "n_heads": 4,

@@ -584,8 +584,8 @@ class ZooReader:
         if not tensors:
             return None
         # Min and max of every tensor: NaN propagates into both, so they answer both questions (max |w| is the
-        # larger |extreme|). aminmax is vectorized; the inf-norm (`_foreach_norm(ord=inf)`) took 40 ms per ResNet-18
-        # checkpoint against 6 ms here (benchmarks/bench_scale.py).
+        # larger |extreme|). aminmax is vectorized and faster than the inf-norm (`_foreach_norm(ord=inf)`) it
+        # replaced (BENCHMARKS.md, "ResNet-18 at full size", benchmarks/bench_scale.py).
         extremes = torch.stack([torch.stack(torch.aminmax(t)) for t in tensors])
         if not bool(torch.isfinite(extremes).all()):
             # The original drops NaN only; Inf cannot be tokenized or normalized either, so it goes too.

@@ -1,8 +1,8 @@
 """Allocation of large CPU buffers.
 
 A fresh multi-megabyte `torch.empty` on CPU is backed by 4 KiB pages that the kernel faults in and zeroes on first
-touch; for a ResNet-18's tokens (62 MB) that cost 3-4x the copy itself on the project machines
-(BENCHMARKS.md). numpy asks the kernel for transparent huge pages (`madvise(MADV_HUGEPAGE)`) for large arrays, which
+touch; for a ResNet-18's tokens (62 MB) that costs more than the copy itself (BENCHMARKS.md has the
+measurement). numpy asks the kernel for transparent huge pages (`madvise(MADV_HUGEPAGE)`) for large arrays, which
 cuts the faults 512-fold, so large CPU outputs are allocated through numpy and wrapped without a copy.
 
 This file travels into every SANE Hub repository with the weight processor (`processing_sane.py`, for

@@ -36,8 +36,8 @@ NORMALIZATION_FORMAT_VERSION = 1
 # The sidecar that held a SANE's normalization before its weight processor (`preprocessor_config.json`) existed.
 SANE_NORMALIZATION_NAME = "sane_normalization.json"
 # Values per block of `fit` and `normalize` on CPU (2 MB in float64): each op of a block runs on cache-resident
-# data instead of streaming whole checkpoints through memory once per op. On a ResNet-18 checkpoint (15.5M values)
-# this took the statistics from ~165 to ~30 ms and normalize from ~95 to ~35 ms (benchmarks/bench_scale.py).
+# data instead of streaming whole checkpoints through memory once per op, which made both several times faster on
+# a ResNet-18 checkpoint (15.5M values; BENCHMARKS.md, "ResNet-18 at full size", benchmarks/bench_scale.py).
 _BLOCK_VALUES = 1 << 18
 
 

@@ -43,9 +43,9 @@ SANE_CHECKSUMS_NAME = "sane_checksums.json"
 
 _POSITION_COORDINATES = ("global token index", "layer index", "row index")
 # Snippets per forward pass of the haloed methods when `batch_size` is not given. On CPU, a pass whose widest
-# activation (the MLP's 4 * d_model hidden units) stays near 8 MB runs a ResNet-18 embedding ~20% faster than
-# 64-snippet passes: large temporaries miss the cache and fault in fresh pages on every allocation (BENCHMARKS.md,
-# "snippets per pass"). Accelerators want large passes.
+# activation (the MLP's 4 * d_model hidden units) stays near 8 MB embeds a ResNet-18 faster than 64-snippet passes:
+# large temporaries miss the cache and fault in fresh pages on every allocation (BENCHMARKS.md, "snippets per pass",
+# has the measurement). Accelerators want large passes.
 _CPU_PASS_ACTIVATIONS = 2**21
 # Elements of one float32 copy per chunk of the CPU reduced-precision attention (`_CpuFlashAttentionFp32`).
 _ATTENTION_CHUNK_ELEMENTS = 2**20
@@ -847,7 +847,7 @@ class SaneModel(SanePreTrainedModel):
         batch_size = batch_size or self._snippets_per_pass(device, snippet_len)
         # The halo only serves as context: the last block computes the outputs of `query_len` tokens per snippet,
         # a contiguous range holding the window's content (content + halo of every block below is still needed as
-        # keys and values). Saves ~40% of the last block and of the output projection (~10% of a haloed pass).
+        # keys and values). This skips the halo tokens' share of the last block and of the output projection.
         query_len = min(content_size, snippet_len)
         content_start = torch.arange(n_windows, device=inputs.device) * content_size - snippet_index[:, 0]
         query_start = content_start.clamp(max=snippet_len - query_len)
