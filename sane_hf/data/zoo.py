@@ -55,6 +55,7 @@ from ..utils.io import json_safe, read_json, verify_file_checksum
 from .zoo_format import (
     CHECKPOINT_FILE,
     CHECKPOINTS_DIR,
+    DONE_CHECKSUMS_KEY,
     DONE_NAME,
     METRICS_NAME,
     MODELS_DIR,
@@ -771,7 +772,7 @@ class SaneHfZooReader(ZooReader):
 def _finished_checkpoints(folder: Path, done: dict[str, Any], found: Mapping[int, Path]) -> dict[str, Any]:
     """The checkpoint checksums a model's `DONE` records (empty for zoos written before they were recorded), after
     checking that every checkpoint `DONE` accounts for (its `checkpoints`, else epochs 0..`epochs`) is on disk."""
-    checksums = done.get("checkpoints")
+    checksums = done.get(DONE_CHECKSUMS_KEY)
     if isinstance(checksums, dict):
         expected = sorted(checksums)
     elif isinstance(done.get("epochs"), int):

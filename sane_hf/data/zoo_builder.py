@@ -88,6 +88,7 @@ from ..zoo_models import CNN3, MLP, CNNSmall, ZooModel, build_zoo_model, get_zoo
 from .configs import FACTOR_GRIDS, ZooConfig
 from .zoo_format import (
     CHECKPOINTS_DIR,
+    DONE_CHECKSUMS_KEY,
     DONE_NAME,
     METRICS_NAME,
     MODELS_DIR,
@@ -103,8 +104,6 @@ from .zoo_format import (
 
 logger = logging.getLogger(__name__)
 
-# Keys of one metrics.jsonl line, in order. Non-finite values (a diverged model) are written as JSON null.
-METRIC_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "ggap")
 # ZooConfig fields that do not change what is trained, so a rerun may change them.
 RUNTIME_FIELDS = ("output_dir", "num_threads")
 # Constructor arguments the builder fills in from the task; the factor arguments come from the grids.
@@ -294,7 +293,7 @@ class _ModelWriter:
         write_text_atomic(self.folder / METRICS_NAME, "".join(json.dumps(item) + "\n" for item in self.lines))
 
     def finish(self, summary: dict[str, Any]) -> None:
-        write_json_atomic(self.folder / DONE_NAME, {**summary, "checkpoints": self.checksums})
+        write_json_atomic(self.folder / DONE_NAME, {**summary, DONE_CHECKSUMS_KEY: self.checksums})
 
 
 def _params_record(config: ZooConfig, plan: ModelPlan, model: ZooModel) -> dict[str, Any]:

@@ -27,6 +27,10 @@ METRICS_NAME = "metrics.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 DONE_NAME = "DONE"
 CHECKPOINT_FILE = re.compile(r"^epoch_(\d+)\.safetensors$")
+# Keys of one metrics.jsonl line, in order. Non-finite values (a diverged model) are written as JSON null.
+METRIC_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "ggap")
+# The key of DONE that records the size and sha256 of every checkpoint file, which the reader verifies.
+DONE_CHECKSUMS_KEY = "checkpoints"
 
 
 def model_id_for(index: int) -> str:

@@ -13,7 +13,6 @@ from safetensors.torch import load_file
 from sane_hf.cli import main_make_zoo
 from sane_hf.data import zoo_builder
 from sane_hf.data.zoo_builder import (
-    METRIC_KEYS,
     ZOO_FORMAT,
     ZOO_FORMAT_VERSION,
     ZooConfig,
@@ -21,6 +20,7 @@ from sane_hf.data.zoo_builder import (
     plan_model,
     resolve_model_kwargs,
 )
+from sane_hf.data.zoo_format import METRIC_KEYS
 from sane_hf.tasks import evaluate, load_task
 from sane_hf.zoo_models import build_zoo_model
 
