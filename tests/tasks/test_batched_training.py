@@ -22,14 +22,6 @@ EPOCHS, BATCH = 2, 32
 CNN = {"in_channels": 1, "input_size": 8, "padding": "auto", "num_classes": 10}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def small_digits():
     """digits with 96 training images (3 mini-batches per epoch), so each case runs in well under a second."""

@@ -24,15 +24,6 @@ from sane_hf.zoo_models import build_zoo_model
 requires_pillow = pytest.mark.skipif(importlib.util.find_spec("PIL") is None, reason="Pillow is not installed")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny networks: one thread is faster than two on the shared 2-core machines.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def digits() -> TaskData:
     return load_task("digits", seed=0)
