@@ -299,9 +299,7 @@ def finetune_property_predictor(
             batch_rows = rows["train"][batch]
             tokens = stores["train"].rows(torch.from_numpy(batch_rows)).float()
             if permuter is not None:
-                permutations = permuter.sample_permutations(generator, batch_size=len(batch_rows))
-                start = torch.zeros(len(batch_rows), dtype=torch.long)
-                tokens = permuter.apply(tokens, permutations, start=start, window_size=layout.num_tokens)
+                tokens = permuter.permute_models(tokens, generator)
             if token_transform is not None:
                 tokens = token_transform(tokens)
             batch_targets = scaled["train"][torch.from_numpy(batch)].to(device)

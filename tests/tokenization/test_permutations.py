@@ -118,6 +118,27 @@ def test_token_path_computes_the_same_function_and_matches_the_reference_exactly
         torch.testing.assert_close(_load(factory, layout.detokenize(window))(inputs), model(inputs), atol=1e-5, rtol=0)
 
 
+def test_permuted_whole_models_compute_the_same_functions(case):
+    factory, model, spec, layout, inputs = case
+    permuter = TokenPermuter(layout, spec)
+    torch.manual_seed(7)
+    other = _with_batchnorm_stats(factory(), seed=1)
+    tokens = torch.stack([layout.tokenize(m.state_dict())[0] for m in (model, other)])
+    permuted = permuter.permute_models(tokens, torch.Generator().manual_seed(4))
+    assert permuted.shape == tokens.shape
+    for original, row in zip((model, other), permuted):
+        assert not torch.equal(layout.detokenize(row)[layout.keys[0]], original.state_dict()[layout.keys[0]])
+        with torch.no_grad():
+            torch.testing.assert_close(
+                _load(factory, layout.detokenize(row))(inputs), original(inputs), atol=1e-5, rtol=0
+            )
+    again = permuter.permute_models(tokens, torch.Generator().manual_seed(4))
+    assert torch.equal(permuted, again)
+    # One permutation per model: two copies of one model come out permuted differently.
+    twice = permuter.permute_models(tokens[:1].expand(2, -1, -1), torch.Generator().manual_seed(5))
+    assert not torch.equal(twice[0], twice[1])
+
+
 def test_random_windows_equal_slices_of_the_permuted_tokens(case):
     _, model, spec, layout, _ = case
     permuter = TokenPermuter(layout, spec)

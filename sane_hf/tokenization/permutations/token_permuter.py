@@ -254,6 +254,17 @@ class TokenPermuter:
         """
         return self.spec.random_permutations(generator, batch_size=batch_size)
 
+    def permute_models(self, full_tokens: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Each model's whole token sequence `[B, S, T]` under its own random function-preserving permutation.
+
+        The test-time augmentation of embeddings and the augmentation of probe fine-tuning (docs/method.md#probes):
+        `sample_permutations(generator, B)`, then `apply` to the full sequences (windows of all `S` tokens).
+        """
+        batch_size = full_tokens.shape[0]
+        perms = self.sample_permutations(generator, batch_size=batch_size)
+        start = torch.zeros(batch_size, dtype=torch.long)
+        return self.apply(full_tokens, perms, start=start, window_size=self.layout.num_tokens)
+
     def identity_permutations(self, batch_size: int, device: torch.device | str | None = None) -> Permutations:
         """The identity for every group, `[batch_size, size]` (a permuted window then equals the plain window)."""
         return self.spec.identity_permutations(batch_size, device=device)
