@@ -207,8 +207,18 @@ def main_pretrain(args: Sequence[str] | None = None) -> None:
     _setup_logging()
     (config,) = parse_config((PretrainConfig,), args)
     output_dir = pretrain(config)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if _is_main_process():
         print(f"SANE saved to {output_dir}")
+    _leave_launch()
+
+
+def _is_main_process() -> bool:
+    """Whether this process prints a command's summary: the only one, or process 0 of a launch."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _leave_launch() -> None:
+    """End a process of a multi-process launch once its command is done (a no-op in a single process)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # torch 2.13 + gloo aborts at interpreter exit in 10-25% of multi-process runs (seen on this project's CPU machines); the work
         # is saved and the process group torn down by now, so leave without running the exit handlers.
@@ -266,6 +276,9 @@ def main_generate(args: Sequence[str] | None = None) -> None:
         )
         return
     result = generate(config)
+    if not _is_main_process():
+        _leave_launch()
+        return
     timings = ", ".join(f"{key} {value:.1f} s" for key, value in result.timings.items())
     print(f"Generated {len(result.models)} {config.sampler} networks into {result.output_dir} ({timings}).")
     zero_shot = [row["test_acc"] for row in result.zero_shot]
@@ -276,6 +289,7 @@ def main_generate(args: Sequence[str] | None = None) -> None:
         print(result.report.to_markdown().split("\n\n")[2])
     if result.url:
         print(f"  pushed: {result.url}")
+    _leave_launch()
 
 
 @one_line_errors("sane-evaluate")
@@ -286,5 +300,7 @@ def main_evaluate(args: Sequence[str] | None = None) -> None:
     _setup_logging()
     (config,) = parse_config((EvaluateConfig,), args)
     report = evaluate_models(config)
-    print(f"Evaluation of {config.models} written to {config.output_dir or config.models}:")
-    print(report.to_markdown().split("\n\n")[2])
+    if _is_main_process():
+        print(f"Evaluation of {config.models} written to {config.output_dir or config.models}:")
+        print(report.to_markdown().split("\n\n")[2])
+    _leave_launch()
