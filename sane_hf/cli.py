@@ -199,8 +199,6 @@ def main_convert_zoo(args: Sequence[str] | None = None) -> None:
 @one_line_errors("sane-pretrain")
 def main_pretrain(args: Sequence[str] | None = None) -> None:
     """`sane-pretrain`: pretrain SANE on a tokenized zoo (one process, or many under `accelerate launch`/torchrun)."""
-    import os
-
     from .training.configs import PretrainConfig
     from .training.pretrain import pretrain
 

@@ -1,0 +1,69 @@
+"""Generation over the processes of a launch (docs/architecture.md#work-over-processes): two CPU processes write the
+files one process writes."""
+
+import pytest
+import torch
+
+from sane_hf.cli import main_generate
+from sane_hf.models.sane import SaneConfig, SaneModel
+from sane_hf.utils.processes import Processes
+
+
+def _tiny_sane(**overrides) -> SaneModel:
+    values = dict(token_size=6, d_model=16, n_heads=2, n_layers=1, latent_dim=4, window_size=8, halo_size=2)
+    values.update(overrides)
+    torch.manual_seed(0)
+    return SaneModel(SaneConfig(**values)).eval()
+
+
+@pytest.mark.parametrize("seq_len", [5, 23], ids=["one-snippet", "haloed-windows"])
+def test_decoding_a_share_of_the_sequences_gives_their_rows_of_the_full_decode_bit_for_bit(seq_len):
+    """`sequences=(start, stop)` runs the passes of the full decode that hold those sequences: with 3 snippets per
+    pass, the shares start and stop inside passes, and their rows still equal the full decode's exactly."""
+    sane = _tiny_sane()
+    latents = torch.randn(7, seq_len, 4, generator=torch.Generator().manual_seed(1))
+    positions = torch.stack([torch.arange(seq_len), torch.zeros(seq_len, dtype=torch.long), torch.arange(seq_len)], 1)
+    full = sane.haloed_decode(latents, positions, batch_size=3)
+    for start, stop in [(0, 7), (0, 4), (4, 7), (2, 5), (6, 7)]:
+        part = sane.haloed_decode(latents, positions, batch_size=3, sequences=(start, stop))
+        assert part.shape == (stop - start, seq_len, 6)
+        assert torch.equal(part, full[start:stop]), (start, stop)
+    with pytest.raises(ValueError, match=r"`sequences` must be \(start, stop\) with 0 <= start < stop <= 7"):
+        sane.haloed_decode(latents, positions, sequences=(3, 9))
+
+
+def test_shares_cover_every_index_once_in_order():
+    """Contiguous shares, the first `total % count` one longer, together exactly `start .. start + total - 1`."""
+    for total, count in [(0, 2), (1, 2), (5, 2), (6, 3), (7, 3)]:
+        shares = [Processes(index, count).share(total, start=10) for index in range(count)]
+        assert [i for share in shares for i in share] == list(range(10, 10 + total))
+        assert [len(share) for share in shares] == [total // count + (i < total % count) for i in range(count)]
+
+
+def test_generation_over_two_processes_writes_the_files_of_one(
+    cnn_setup, tmp_path, monkeypatch, launch_two_processes, folder_digests
+):
+    """`scripts/generate.py` under torchrun (2 CPU processes): subsampling (candidates decoded and scored in shares
+    whose boundaries fall inside decoding passes), the selected noise control and one fine-tuning epoch of every
+    population; every file (weights, cards, generation.json and evaluation.json without their wall times, the plot)
+    is the one a single process writes."""
+    config = tmp_path / "generate.yaml"
+    # In a config file: the launchers' own parsers take `--n` for an abbreviation of `--nproc_per_node`/`--nnodes`.
+    config.write_text(
+        f"model: {cnn_setup['sane']}\ndataset: {cnn_setup['dataset']}\nsampler: subsample\nn: 3\nnum_candidates: 5\n"
+        "num_anchors: 3\ndecode_batch_size: 2\nevaluate: true\nfinetune_epochs: 1\nnum_scratch: 2\nseed: 4\n"
+        "num_threads: 1\n"
+    )
+    # The same relative output_dir in two working folders: generation.json records it.
+    (tmp_path / "one").mkdir()
+    monkeypatch.chdir(tmp_path / "one")
+    main_generate(["--config", str(config), "--output_dir", "generated"])
+    (tmp_path / "two").mkdir()
+    stderr = launch_two_processes(
+        "scripts/generate.py", "--config", config, "--output_dir", "generated", cwd=tmp_path / "two"
+    )
+    assert "Generated 3 subsample networks" not in stderr  # the summary goes to stdout, from the main process only
+    one = folder_digests(tmp_path / "one" / "generated", skip=("evaluation.md",))
+    assert len([name for name in one if name.endswith(".safetensors")]) == 3 + 3  # model_00i/ and anchors/
+    assert {"generation.json", "evaluation.json", "evaluation.png", "README.md"} <= set(one)
+    assert folder_digests(tmp_path / "two" / "generated", skip=("evaluation.md",)) == one
