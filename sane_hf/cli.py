@@ -252,11 +252,15 @@ def main_predict(args: Sequence[str] | None = None) -> None:
     _setup_logging()
     (config,) = parse_config((PredictConfig,), args)
     results = predict_properties(config)
+    if results is None:  # a process of a launch other than the main one: its share is embedded
+        _leave_launch()
+        return
     print(f"Property prediction finished in {results['timings']['total']} s; report in {config.output_dir}:")
     print("  " + ", ".join(results["files"]))
     with open(f"{config.output_dir}/{RESULTS_MD}", encoding="utf-8") as file:
         table = file.read().split("\n## ")[0]
     print(table.rstrip())
+    _leave_launch()
 
 
 @one_line_errors("sane-generate")

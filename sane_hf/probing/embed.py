@@ -21,6 +21,7 @@ in memory, and the encoder runs without gradients, in float32 or under bf16 auto
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -31,6 +32,7 @@ import torch
 from ..data.windows import ArrowTokenStore
 from ..tokenization import TokenLayout, TokenPermuter
 from ..utils.precision import precision_autocast, resolve_precision
+from ..utils.processes import Processes
 
 
 logger = logging.getLogger(__name__)
@@ -278,21 +280,37 @@ def embed_zoo(
 def embed_zoo_across_processes(model, split_dataset, layout: TokenLayout, **kwargs: Any) -> dict[str, Any]:
     """`embed_zoo` with the checkpoints split over the processes of an Accelerate (or torchrun) launch.
 
-    Every process embeds a contiguous share of the rows (`PartialState.split_between_processes`, one process per GPU
-    or several CPU processes, e.g. `torchrun --nproc_per_node 2`) and every process gets the whole result back, rows in the order of a single-process
-    run. Without a launcher this is `embed_zoo`. Takes `embed_zoo`'s arguments; with a `permuter`, each process draws
-    its own permutations from its `generator`, so averaged embeddings depend on the number of processes.
+    Every process embeds a contiguous share of the batches of `batch_size` rows (one process per GPU or several CPU
+    processes, e.g. `torchrun --nproc_per_node 2`; docs/architecture.md#work-over-processes) and every process gets
+    the whole result back, rows in the order of a single-process run. A batch is encoded as one process encodes it,
+    so the result is bit-identical to `embed_zoo`'s; with a `permuter`, each process first draws the permutations of
+    the batches before its share from `generator` (and those after it afterwards), so every batch gets the
+    permutations one process gives it and `generator` ends where one process leaves it. Without a launcher this is
+    `embed_zoo`. Takes `embed_zoo`'s arguments.
     """
-    from accelerate import PartialState
-    from accelerate.utils import gather_object
-
     rows = kwargs.pop("rows", None)
     rows = list(range(split_dataset.num_rows)) if rows is None else [int(row) for row in rows]
     # A model on the CPU means CPU processes (a gloo group); on an accelerator, one process per device.
-    state = PartialState(cpu=next(model.parameters()).device.type == "cpu")
-    with state.split_between_processes(rows) as own_rows:
-        part = embed_zoo(model, split_dataset, layout, rows=own_rows, **kwargs) if own_rows else None
-    parts = [p for p in (gather_object([part]) if state.num_processes > 1 else [part]) if p is not None]
+    processes = Processes.current(cpu=next(model.parameters()).device.type == "cpu")
+    if processes.count == 1:
+        return embed_zoo(model, split_dataset, layout, rows=rows, **kwargs)
+    defaults = inspect.signature(embed_zoo).parameters
+    batch_size = kwargs.get("batch_size", defaults["batch_size"].default)
+    num_permutations = kwargs.get("num_permutations", defaults["num_permutations"].default)
+    batches = [rows[start : start + batch_size] for start in range(0, len(rows), batch_size)]
+    share = processes.share(len(batches))
+
+    def skip_draws(skipped: list[list[int]]) -> None:
+        if kwargs.get("permuter") is not None:
+            for batch in skipped:
+                for _ in range(num_permutations):
+                    kwargs["permuter"].sample_permutations(kwargs.get("generator"), batch_size=len(batch))
+
+    skip_draws(batches[: share.start])
+    own_rows = [row for batch in batches[share.start : share.stop] for row in batch]
+    part = embed_zoo(model, split_dataset, layout, rows=own_rows, **kwargs) if own_rows else None
+    skip_draws(batches[share.stop :])
+    parts = [p for p in processes.gather([part]) if p is not None]
     if not parts:  # no rows at all
         return embed_zoo(model, split_dataset, layout, rows=[], **kwargs)
     return {

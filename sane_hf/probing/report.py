@@ -50,11 +50,12 @@ from ..tokenization.processing_sane import load_sane_processor
 from ..utils.bootstrap import bootstrap_over_groups
 from ..utils.checks import check_finite_weights
 from ..utils.io import check_output_apart_from_inputs, json_safe, write_text_atomic
+from ..utils.processes import Processes
 from ..utils.repo_ids import load_local_or_hub
 from ..utils.threads import torch_threads
 from .baselines import raw_weights, weight_statistics
 from .configs import PredictConfig
-from .embed import check_model_matches_layout, embed_zoo, iter_token_batches, read_columns
+from .embed import check_model_matches_layout, embed_zoo_across_processes, iter_token_batches, read_columns
 from .finetune import finetune_property_predictor
 from .probe import SPLITS, fit_gradient_boosting, fit_probe, infer_task, r2_score, valid_rows
 
@@ -218,8 +219,11 @@ def _valid_ids(model_ids: Mapping[str, np.ndarray], targets: Mapping[str, Any]) 
     return {split: np.asarray(ids)[valid_rows(targets[split])] for split, ids in model_ids.items() if split in targets}
 
 
-def predict_properties(cfg: PredictConfig) -> dict[str, Any]:
+def predict_properties(cfg: PredictConfig) -> dict[str, Any] | None:
     """Run property prediction as configured and write the report into `cfg.output_dir`.
+
+    Under `accelerate launch` / torchrun the processes share out the embedding; the main process fits the probes and
+    writes the report, and the other processes return `None` once their share is embedded.
 
     Returns:
         `dict`: the content of `results.json` (`config`, `dataset`, `model`, `records`, `timings`, `files`).
@@ -233,7 +237,7 @@ def predict_properties(cfg: PredictConfig) -> dict[str, Any]:
         return _predict_properties(cfg)
 
 
-def _predict_properties(cfg: PredictConfig) -> dict[str, Any]:
+def _predict_properties(cfg: PredictConfig) -> dict[str, Any] | None:
     start = time.perf_counter()
     check_output_apart_from_inputs(cfg.output_dir, {"model": cfg.model, "dataset": cfg.dataset})
     model_folder = Path(cfg.model).expanduser()
@@ -244,6 +248,11 @@ def _predict_properties(cfg: PredictConfig) -> dict[str, Any]:
         )
     torch.manual_seed(cfg.seed)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # Under a launch every process embeds its share of each split (one process per GPU, or CPU processes) and the
+    # main process alone fits the probes and writes (docs/architecture.md#work-over-processes).
+    processes = Processes.current(cpu=device == "cpu")
+    if processes.count > 1 and device == "cuda":
+        device = f"cuda:{os.environ.get('LOCAL_RANK', processes.index)}"
     zoo = load_zoo(cfg.dataset, cfg.dataset_revision)
     check_properties(zoo, cfg.properties)
     model = load_sane(cfg.model, device)
@@ -274,7 +283,7 @@ def _predict_properties(cfg: PredictConfig) -> dict[str, Any]:
 
     def embed_splits(**options) -> dict[str, Any]:
         return {
-            name: embed_zoo(
+            name: embed_zoo_across_processes(
                 model,
                 dataset,
                 layout,
@@ -299,6 +308,8 @@ def _predict_properties(cfg: PredictConfig) -> dict[str, Any]:
             generator=torch.Generator().manual_seed(cfg.seed),
         )
     timings["embed"] = round(time.perf_counter() - t0, 2)
+    if not processes.is_main:
+        return None
     feature_sets: dict[str, dict[str, torch.Tensor]] = {}
 
     # 2. Baselines on the same rows.
