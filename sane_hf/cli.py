@@ -177,11 +177,21 @@ def main_quickstart(args: Sequence[str] | None = None) -> None:
 @one_line_errors("sane-convert-zoo")
 def main_convert_zoo(args: Sequence[str] | None = None) -> None:
     """`sane-convert-zoo`: tokenize a model zoo into a Hub-style dataset folder (and optionally push it)."""
-    from .data.hub_dataset import ConvertConfig, convert_zoo
+    from .data.hub_dataset import ConvertConfig
+    from .data.sharded_conversion import ShardingConfig, convert_zoo_sharded
 
     _setup_logging()
-    (config,) = parse_config((ConvertConfig,), args)
-    result = convert_zoo(config)
+    config, sharding = parse_config((ConvertConfig, ShardingConfig), args)
+    result = convert_zoo_sharded(config, sharding)
+    if not _is_main_process():
+        _leave_launch()
+        return
+    if sharding.shard_index is not None and not result.skipped:
+        print(
+            f"Converted shard worker {sharding.shard_index} of {sharding.num_shards} in {result.seconds:.1f} s; once "
+            f"every worker is done: --num_shards {sharding.num_shards} --finalize true."
+        )
+        return
     info = result.info
     done = "Already converted (same zoo models and options; skipped):" if result.skipped else "Converted"
     print(
@@ -194,6 +204,7 @@ def main_convert_zoo(args: Sequence[str] | None = None) -> None:
     print(f"  filtering: {filtering.get('num_checkpoints_kept')}/{filtering.get('num_checkpoints_read')} kept")
     if result.url:
         print(f"  pushed: {result.url}")
+    _leave_launch()
 
 
 @one_line_errors("sane-pretrain")
