@@ -29,12 +29,22 @@ def _options(zoo, output_dir):
 
 
 @pytest.fixture(scope="module")
-def one_process(filtered_zoo, tmp_path_factory, folder_digests):
-    """The digests of the dataset one process writes (the same relative output_dir is used everywhere below)."""
-    root = tmp_path_factory.mktemp("one")
-    output = root / "zoo_ds"
+def one_process_dataset(filtered_zoo, tmp_path_factory):
+    """The dataset one process writes."""
+    output = tmp_path_factory.mktemp("one") / "zoo_ds"
     main_convert_zoo(_options(filtered_zoo, output))
-    return folder_digests(output)
+    return output
+
+
+@pytest.fixture(scope="module")
+def one_process(one_process_dataset, folder_digests):
+    return folder_digests(one_process_dataset)
+
+
+@pytest.fixture(scope="module")
+def shards_in_order(one_process_dataset):
+    """The dataset's shards in the order the workers count them: split by split, as meta/info.json lists them."""
+    return [file for split in load_zoo_dataset(one_process_dataset).info.splits.values() for file in split.files]
 
 
 def test_one_process_dataset_has_several_shards_per_split_and_drops_the_nan_checkpoint(one_process, filtered_zoo):
@@ -44,7 +54,7 @@ def test_one_process_dataset_has_several_shards_per_split_and_drops_the_nan_chec
 
 
 def test_shard_invocations_and_finalize_write_the_dataset_of_one_process(
-    filtered_zoo, tmp_path, one_process, folder_digests, monkeypatch
+    filtered_zoo, tmp_path, one_process, shards_in_order, folder_digests
 ):
     """Three workers run separately, out of order; the finalize step refuses to run while one is missing, then
     writes the same files (every byte: shards, meta/info.json with the checksums, the card) as one process."""
@@ -52,6 +62,9 @@ def test_shard_invocations_and_finalize_write_the_dataset_of_one_process(
     for index in (2, 0):
         main_convert_zoo([*_options(filtered_zoo, output), "--num_shards", "3", "--shard_index", str(index)])
     assert not output.exists() and staging_dir(output).is_dir()
+    # Workers 2 and 0 wrote their shards (every third of the dataset's, counted over the splits) and no others.
+    written = sorted(p.relative_to(staging_dir(output)).as_posix() for p in staging_dir(output).glob("data/*.parquet"))
+    assert written == sorted(file for i, file in enumerate(shards_in_order) if i % 3 != 1)
     with pytest.raises(SystemExit):
         main_convert_zoo([*_options(filtered_zoo, output), "--num_shards", "3", "--finalize", "true"])
     main_convert_zoo([*_options(filtered_zoo, output), "--num_shards", "3", "--shard_index", "1"])
