@@ -48,7 +48,9 @@ def decode_latents(
         raise ValueError(f"`latents` must have shape (num_samples, seq_len, latent_dim), got {tuple(latents.shape)}.")
     device = next(sane.parameters()).device
     with precision_autocast(resolve_precision(precision, device, "decoding"), device):
-        return sane.haloed_decode(latents, positions, batch_size=batch_size, sequences=sequences).float().cpu()
+        # `sequences` only when given: one process calls `haloed_decode` as SANEs without that argument take it.
+        share = {} if sequences is None else {"sequences": sequences}
+        return sane.haloed_decode(latents, positions, batch_size=batch_size, **share).float().cpu()
 
 
 def tokens_to_state_dict(
