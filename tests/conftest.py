@@ -337,3 +337,26 @@ def folder_digests():
         return result
 
     return digests
+
+
+@pytest.fixture
+def once_and_on_two_processes(tmp_path, monkeypatch, launch_two_processes):
+    """`run(script, config_text, main)`: write `config_text` to a YAML file, run `main(["--config", file,
+    "--output_dir", "out"])` (a `sane_hf.cli` entry point) in this process inside `tmp_path/one`, then `script` under
+    torchrun (2 CPU processes) inside `tmp_path/two`; returns both output folders and the launch's stderr.
+
+    Options go in a config file because the launchers parse abbreviations of their own options (`--n` would be taken
+    for `--nnodes`); the output_dir is the same relative path in two working folders because run records name it."""
+
+    def run(script: str, config_text: str, main) -> tuple[Path, Path, str]:
+        config = tmp_path / "config.yaml"
+        config.write_text(config_text)
+        args = ["--config", str(config), "--output_dir", "out"]
+        for name in ("one", "two"):
+            (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / "one")
+        main(args)
+        stderr = launch_two_processes(script, *args, cwd=tmp_path / "two")
+        return tmp_path / "one" / "out", tmp_path / "two" / "out", stderr
+
+    return run

@@ -275,7 +275,8 @@ class SaneGenerator:
         if not share:
             return []
         # The decoder runs the forward passes of the whole chunk for these rows: bit-identical networks.
-        models = self.decoder(chunk.latents, chunk.anchor_index, sequences=(share.start, share.stop))
+        rows = None if len(share) == len(chunk) else (share.start, share.stop)
+        models = self.decoder(chunk.latents, chunk.anchor_index, sequences=rows)
         return [self.condition(model) for model in models]
 
     def build_from_tokens(self, tokens: torch.Tensor, anchor_index: torch.Tensor) -> list[nn.Module]:
@@ -315,7 +316,10 @@ class SaneGenerator:
             scores.extend(row[0] for row in rows)
             if self._candidate_log is not None:
                 self._candidate_log.append(
-                    (torch.tensor([row[1] for row in rows]), torch.tensor([row[2] for row in rows], dtype=torch.long))
+                    (
+                        torch.tensor([row[1] for row in rows], dtype=torch.float64),
+                        torch.tensor([row[2] for row in rows], dtype=torch.long),
+                    )
                 )
         return torch.tensor(scores, dtype=torch.float64)
 

@@ -51,30 +51,19 @@ def test_shares_cover_every_index_once_in_order():
         assert [len(share) for share in shares] == [total // count + (i < total % count) for i in range(count)]
 
 
-def test_generation_over_two_processes_writes_the_files_of_one(
-    cnn_setup, tmp_path, monkeypatch, launch_two_processes, folder_digests
-):
+def test_generation_over_two_processes_writes_the_files_of_one(cnn_setup, once_and_on_two_processes, folder_digests):
     """`scripts/generate.py` under torchrun (2 CPU processes): subsampling (candidates decoded and scored in shares
     whose boundaries fall inside decoding passes), the selected noise control and one fine-tuning epoch of every
     population; every file (weights, cards, generation.json and evaluation.json without their wall times, the plot)
     is the one a single process writes."""
-    config = tmp_path / "generate.yaml"
-    # In a config file: the launchers' own parsers take `--n` for an abbreviation of `--nproc_per_node`/`--nnodes`.
-    config.write_text(
+    config = (
         f"model: {cnn_setup['sane']}\ndataset: {cnn_setup['dataset']}\nsampler: subsample\nn: 3\nnum_candidates: 5\n"
         "num_anchors: 3\ndecode_batch_size: 2\nevaluate: true\nfinetune_epochs: 1\nnum_scratch: 2\nseed: 4\n"
         "num_threads: 1\n"
     )
-    # The same relative output_dir in two working folders: generation.json records it.
-    (tmp_path / "one").mkdir()
-    monkeypatch.chdir(tmp_path / "one")
-    main_generate(["--config", str(config), "--output_dir", "generated"])
-    (tmp_path / "two").mkdir()
-    stderr = launch_two_processes(
-        "scripts/generate.py", "--config", config, "--output_dir", "generated", cwd=tmp_path / "two"
-    )
+    one, two, stderr = once_and_on_two_processes("scripts/generate.py", config, main_generate)
     assert "Generated 3 subsample networks" not in stderr  # the summary goes to stdout, from the main process only
-    one = folder_digests(tmp_path / "one" / "generated", skip=("evaluation.md",))
-    assert len([name for name in one if name.endswith(".safetensors")]) == 3 + 3  # model_00i/ and anchors/
-    assert {"generation.json", "evaluation.json", "evaluation.png", "README.md"} <= set(one)
-    assert folder_digests(tmp_path / "two" / "generated", skip=("evaluation.md",)) == one
+    digests = folder_digests(one, skip=("evaluation.md",))
+    assert len([name for name in digests if name.endswith(".safetensors")]) == 3 + 3  # model_00i/ and anchors/
+    assert {"generation.json", "evaluation.json", "evaluation.png", "README.md"} <= set(digests)
+    assert folder_digests(two, skip=("evaluation.md",)) == digests

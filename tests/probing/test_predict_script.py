@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sane_hf.cli import parse_config
+from sane_hf.cli import main_predict, parse_config
 from sane_hf.data.hub_dataset import ConvertConfig, convert_zoo, load_zoo_dataset
 from sane_hf.models.sane import SaneConfig, SaneModel
 from sane_hf.probing import report
@@ -238,29 +238,19 @@ def test_finetuning_learns_and_restores_the_best_epoch(tiny):
     assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
 
 
-def test_prediction_over_two_processes_writes_the_results_of_one(
-    tiny, tmp_path, monkeypatch, launch_two_processes, folder_digests
-):
+def test_prediction_over_two_processes_writes_the_results_of_one(tiny, once_and_on_two_processes, folder_digests):
     """`scripts/predict_properties.py` under torchrun (2 CPU processes): each embeds its share of the batches (5 rows
     per batch: the splits' batches are shared out unevenly), the permutation-averaged embeddings draw the
     permutations one process draws, and the main process writes the results.json (without wall times) and the
     plots of one process."""
-    config = tmp_path / "predict.yaml"
-    config.write_text(
+    config = (
         f"model: {tiny['model']}\ndataset: {tiny['dataset']}\nproperties: [test_acc, optimizer]\n"
         "embed_batch_size: 5\nembed_permutations: 2\ngradient_boosting: false\nupdate_model_card: false\n"
         "num_threads: 1\n"
     )
-    # The same relative output_dir in two working folders: results.json records it.
-    (tmp_path / "one").mkdir()
-    monkeypatch.chdir(tmp_path / "one")
-    predict_properties(parse_config((PredictConfig,), ["--config", str(config), "--output_dir", "predict"])[0])
-    (tmp_path / "two").mkdir()
-    launch_two_processes(
-        "scripts/predict_properties.py", "--config", config, "--output_dir", "predict", cwd=tmp_path / "two"
-    )
-    one = folder_digests(tmp_path / "one" / "predict", skip=("results.md",))
-    assert "results.json" in one and len(one) > 1 + int(report._matplotlib_available())
-    assert folder_digests(tmp_path / "two" / "predict", skip=("results.md",)) == one
-    results = json.loads((tmp_path / "one" / "predict" / "results.json").read_text())
+    one, two, _ = once_and_on_two_processes("scripts/predict_properties.py", config, main_predict)
+    digests = folder_digests(one, skip=("results.md",))
+    assert "results.json" in digests and len(digests) > 1 + int(report._matplotlib_available())
+    assert folder_digests(two, skip=("results.md",)) == digests
+    results = json.loads((one / "results.json").read_text())
     assert {"SANE mean", "SANE mean (perm-avg)"} <= {record["method"] for record in results["records"]}

@@ -1,10 +1,6 @@
 """The pretraining loop: the objective learns, runs are reproducible, resume is exact, DDP keeps ranks in sync."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from unittest import mock
 
@@ -278,53 +274,12 @@ def test_resume_without_a_checkpoint_fails_clearly(tiny_dataset, tmp_path):
         pretrain(_config(tiny_dataset, tmp_path / "none", resume_from_checkpoint="latest"))
 
 
-def test_two_process_cpu_ddp_keeps_ranks_identical(tiny_dataset, tmp_path):
+def test_two_process_cpu_ddp_keeps_ranks_identical(tiny_dataset, tmp_path, launch_two_processes):
     output = tmp_path / "ddp"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(REPO / "scripts" / "pretrain.py"),
-        "--dataset",
-        str(tiny_dataset),
-        "--output_dir",
-        str(output),
-        "--d_model",
-        "16",
-        "--n_heads",
-        "2",
-        "--n_layers",
-        "1",
-        "--latent_dim",
-        "4",
-        "--window_size",
-        "8",
-        "--batch_size",
-        "4",
-        "--max_steps",
-        "6",
-        "--epochs",
-        "3",
-        "--seed",
-        "3",
-        "--logging_steps",
-        "2",
-    ]
-    # Own process group: on a timeout, kill torchrun AND its workers (a killed torchrun alone orphans them).
-    process = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        _, stderr = process.communicate(timeout=900)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        _, stderr = process.communicate()
-        pytest.fail(f"2-process DDP run timed out:\n{stderr[-3000:]}")
-    assert process.returncode == 0, stderr[-3000:]
+    options = ["--dataset", str(tiny_dataset), "--output_dir", str(output), "--d_model", "16", "--n_heads", "2"]
+    options += ["--n_layers", "1", "--latent_dim", "4", "--window_size", "8", "--batch_size", "4", "--max_steps", "6"]
+    options += ["--epochs", "3", "--seed", "3", "--logging_steps", "2"]
+    launch_two_processes("scripts/pretrain.py", *options, cwd=tmp_path)
     state = read_trainer_state(output)
     assert state["num_processes"] == 2
     assert state["ranks_in_sync"] is True
