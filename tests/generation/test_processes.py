@@ -4,7 +4,7 @@ files one process writes."""
 import pytest
 import torch
 
-from sane_hf.cli import main_generate
+from sane_hf.cli import main_evaluate, main_generate
 from sane_hf.models.sane import SaneConfig, SaneModel
 from sane_hf.utils.processes import Processes
 
@@ -66,4 +66,22 @@ def test_generation_over_two_processes_writes_the_files_of_one(cnn_setup, once_a
     digests = folder_digests(one, skip=("evaluation.md",))
     assert len([name for name in digests if name.endswith(".safetensors")]) == 3 + 3  # model_00i/ and anchors/
     assert {"generation.json", "evaluation.json", "evaluation.png", "README.md"} <= set(digests)
+    assert folder_digests(two, skip=("evaluation.md",)) == digests
+
+
+def test_evaluation_of_saved_models_over_two_processes_writes_the_report_of_one(
+    cnn_setup, tmp_path, once_and_on_two_processes, folder_digests
+):
+    """`scripts/evaluate.py` under torchrun: each process fine-tunes its share of every population (3 generated
+    networks, their anchors, noise controls, 3 scratch networks) and the main process alone writes the report, the
+    one a single process writes (evaluation.json without wall times, the plot)."""
+    generated = tmp_path / "generated"
+    main_generate(
+        ["--model", str(cnn_setup["sane"]), "--dataset", str(cnn_setup["dataset"]), "--sampler", "kde", "--n", "3"]
+        + ["--num_anchors", "3", "--evaluate", "false", "--num_threads", "1", "--output_dir", str(generated)]
+    )
+    config = f"models: {generated}\nfinetune_epochs: 1\nnum_scratch: 3\nnum_threads: 1\n"
+    one, two, _ = once_and_on_two_processes("scripts/evaluate.py", config, main_evaluate)
+    digests = folder_digests(one, skip=("evaluation.md",))
+    assert set(digests) == {"evaluation.json", "evaluation.png"}
     assert folder_digests(two, skip=("evaluation.md",)) == digests
