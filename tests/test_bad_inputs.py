@@ -299,6 +299,20 @@ def batch_larger_than_split(good, d):
     return _cli("main_pretrain", "--dataset", good["ds16"], "--output_dir", d / "sane", "--batch_size", 500)
 
 
+def streamed_batch_larger_than_split(good, d):
+    args = ["--dataset", good["ds16"], "--output_dir", d / "sane", "--batch_size", 500, "--streaming", "true"]
+    return _cli("main_pretrain", *args)
+
+
+def shuffle_buffer_without_streaming(good, d):
+    return _cli("main_pretrain", "--dataset", good["ds16"], "--output_dir", d / "sane", "--shuffle_buffer", 4)
+
+
+def streaming_with_windows_per_checkpoint(good, d):
+    args = ["--dataset", good["ds16"], "--output_dir", d / "sane", "--streaming", "true"]
+    return _cli("main_pretrain", *args, "--windows_per_checkpoint", 2)
+
+
 def window_beyond_positions(good, d):
     def run():
         from sane_hf import SaneConfig
@@ -900,6 +914,26 @@ CASES = [
         batch_larger_than_split,
         ("train split has 8 windows per epoch", "batch_size=500"),
         "sane-pretrain",
+    ),
+    Case(
+        "streamed pretraining with a batch larger than the split",
+        streamed_batch_larger_than_split,
+        ("streamed train split has 8 checkpoints, 8 per process", "batch_size=500"),
+        "sane-pretrain",
+    ),
+    Case(
+        "shuffle_buffer without streaming",
+        shuffle_buffer_without_streaming,
+        ("`shuffle_buffer`=4 needs `streaming`=True", "pass --streaming"),
+        "sane-pretrain",
+        2,
+    ),
+    Case(
+        "streaming with windows_per_checkpoint",
+        streaming_with_windows_per_checkpoint,
+        ("`windows_per_checkpoint`=2 needs an in-memory dataset", "windows_per_checkpoint=1 with --streaming"),
+        "sane-pretrain",
+        2,
     ),
     Case("window larger than the position table", window_beyond_positions, ("window_size", "128", "max_positions")),
     Case(

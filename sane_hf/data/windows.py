@@ -154,6 +154,23 @@ def _flat_dataset(dataset):
     return dataset
 
 
+def token_chunk_array(chunk, column: str, num_tokens: int, token_size: int) -> np.ndarray:
+    """`[rows, S, T]` numpy view (no copy) of one Arrow chunk of an `Array2D [S, T]` token column."""
+    import pyarrow as pa
+
+    storage = chunk.storage if isinstance(chunk, pa.ExtensionArray) else chunk
+    if storage.null_count:
+        raise ValueError(f"Column {column!r} has null rows; every checkpoint needs tokens.")
+    values = storage.flatten().flatten()  # respects the slice offsets of the chunk
+    expected = len(chunk) * num_tokens * token_size
+    if len(values) != expected or values.null_count:
+        raise ValueError(
+            f"Column {column!r} is not a dense [{num_tokens}, {token_size}] array per row "
+            f"({len(values)} values for {len(chunk)} rows)."
+        )
+    return values.to_numpy(zero_copy_only=True).reshape(len(chunk), num_tokens, token_size)
+
+
 class ArrowTokenStore:
     """Read-only views of the `tokens` column (`Array2D [S, T]`) of a `datasets.Dataset`, and batched copies.
 
@@ -166,8 +183,6 @@ class ArrowTokenStore:
     """
 
     def __init__(self, dataset, column: str = TOKENS_COLUMN) -> None:
-        import pyarrow as pa
-
         dataset = _flat_dataset(dataset)
         feature = dataset.features.get(column)
         shape = getattr(feature, "shape", None)
@@ -180,17 +195,7 @@ class ArrowTokenStore:
         for chunk in dataset.data.table.column(column).chunks:
             if len(chunk) == 0:
                 continue
-            storage = chunk.storage if isinstance(chunk, pa.ExtensionArray) else chunk
-            if storage.null_count:
-                raise ValueError(f"Column {column!r} has null rows; every checkpoint needs tokens.")
-            values = storage.flatten().flatten()  # respects the slice offsets of the chunk
-            expected = len(chunk) * self.num_tokens * self.token_size
-            if len(values) != expected or values.null_count:
-                raise ValueError(
-                    f"Column {column!r} is not a dense [{self.num_tokens}, {self.token_size}] array per row "
-                    f"({len(values)} values for {len(chunk)} rows)."
-                )
-            array = values.to_numpy(zero_copy_only=True).reshape(len(chunk), self.num_tokens, self.token_size)
+            array = token_chunk_array(chunk, column, self.num_tokens, self.token_size)
             chunk_of_row.append(np.full(len(chunk), len(self.chunks), dtype=np.int64))
             local_row.append(np.arange(len(chunk), dtype=np.int64))
             self.chunks.append(array)
@@ -579,18 +584,32 @@ class StreamingWindowLoader:
         self._rows_seen = 0
         self._state: dict[str, Any] | None = None
 
+    def _current_state(self) -> dict[str, Any]:
+        # JSON-safe (the generator state as a list of byte values), so a training checkpoint stores it as JSON.
+        return {
+            "dataset": self.dataset.state_dict(),
+            "generator": self.collate.generator.get_state().tolist(),
+            "rows": self._rows_seen,
+        }
+
     def state_dict(self) -> dict[str, Any]:
-        """Where the stream stands after the last batch handed out (start of the stream before the first)."""
+        """Where the stream stands after the last batch handed out (start of the stream before the first); plain
+        JSON types only."""
         if self._state is None:
-            return {"dataset": self.dataset.state_dict(), "generator": self.collate.generator.get_state(), "rows": 0}
+            return self._current_state()
         return self._state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from a `state_dict` of a loader over the same split with the same arguments."""
         self.dataset.load_state_dict(state["dataset"])
-        self.collate.generator.set_state(state["generator"])
+        self.collate.generator.set_state(torch.as_tensor(state["generator"], dtype=torch.uint8))
         self._rows_seen = int(state["rows"])
         self._state = dict(state)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start pass `epoch` over the stream: the shuffle of each pass is seeded from `(seed, epoch)`; a
+        `load_state_dict` position applies to the pass it was saved in only (datasets' `IterableDataset.set_epoch`)."""
+        self.dataset.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         items: list[dict[str, Any]] = []
@@ -604,11 +623,7 @@ class StreamingWindowLoader:
                 batch = self.collate(items)
                 items = []
                 # Recorded before handing the batch out: a checkpoint saved after training on it resumes after it.
-                self._state = {
-                    "dataset": self.dataset.state_dict(),
-                    "generator": self.collate.generator.get_state(),
-                    "rows": self._rows_seen,
-                }
+                self._state = self._current_state()
                 yielded = True
                 yield batch
         if not yielded and self._rows_seen < self.batch_size:

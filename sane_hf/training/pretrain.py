@@ -35,7 +35,7 @@ from accelerate.utils import ProjectConfiguration, extract_model_from_parallel, 
 from tqdm.auto import tqdm
 
 from ..data.hub_dataset import SaneZooDataset, load_zoo_dataset
-from ..data.windows import ArrowTokenStore, read_windows, sample_windows
+from ..data.windows import ArrowTokenStore, StreamingWindowLoader, read_windows, sample_windows
 from ..hub.sane_cards import TRAINER_STATE_ZOO_KEY, write_sane_card, zoo_summary
 from ..models.sane import SaneConfig, SaneModel, add_embedding_pipeline, load_sane_folder
 from ..tokenization.layout import TokenLayout
@@ -53,7 +53,7 @@ from ..utils.io import (
 from ..utils.repo_ids import load_local_or_hub
 from ..utils.threads import torch_threads
 from .augmentations import make_two_views
-from .configs import PretrainConfig
+from .configs import DEFAULT_SHUFFLE_BUFFER, PretrainConfig
 from .losses import sane_pretraining_loss
 from .optim import make_one_cycle_scheduler, make_sane_optimizer
 
@@ -65,6 +65,8 @@ TRAINER_STATE_NAME = "trainer_state.json"
 CHECKPOINTS_DIR = "checkpoints"
 # The loop's own state in a step checkpoint (counters, log, run configuration), as JSON: nothing to unpickle.
 CHECKPOINT_STATE_NAME = "sane_state.json"
+# A streamed run's position in its part of the stream, one JSON file per process (`StreamingWindowLoader.state_dict`).
+STREAM_STATE_NAME = "stream_state_{process_index}.json"
 # Options that steer a run but not the model it trains: a resumed run may change them.
 RUN_CONTROL_FIELDS = (
     "output_dir",
@@ -169,6 +171,101 @@ def get_dataloaders(
             generator=torch.Generator().manual_seed(cfg.seed),
         )
     return train_loader, val_loader
+
+
+class _StreamedBatches:
+    """Batches of full checkpoints (`{"full_tokens": [B, S, T]}` on `device`) from this process's part of a streamed
+    split; `train_step` cuts the windows, with the step's generator, as it does for in-memory `full_tokens` batches.
+
+    A pass yields `num_batches` batches (`None`: until the stream ends): the same count on every process, so that
+    distributed ranks step together.
+    """
+
+    def __init__(self, loader: StreamingWindowLoader, num_batches: int | None, device: torch.device, split: str):
+        self.loader = loader
+        self.num_batches = num_batches
+        self.device = device
+        self.split = split
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.set_epoch(epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.loader.load_state_dict(state)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return self.iter_from(0)
+
+    def iter_from(self, done: int) -> Iterator[dict[str, torch.Tensor]]:
+        """The rest of a pass of which `done` batches were taken (the loader's position is after them)."""
+        iterator = iter(self.loader)
+        remaining = None if self.num_batches is None else self.num_batches - done
+        taken = 0
+        while remaining is None or taken < remaining:
+            batch = next(iterator, None)
+            if batch is None:
+                if remaining is None:
+                    return
+                raise ValueError(
+                    f"This process's part of the streamed {self.split} split ended after {done + taken} batches; "
+                    f"every process needs {self.num_batches} per pass (its shards hold fewer checkpoints than "
+                    "meta/info.json gives per process): reconvert the zoo with a shard count the processes divide."
+                )
+            taken += 1
+            yield {"full_tokens": batch["full_tokens"].to(self.device)}
+
+
+def get_streaming_dataloaders(
+    cfg: PretrainConfig, zoo: SaneZooDataset, process_index: int, num_processes: int, device: torch.device
+) -> tuple[_StreamedBatches, _StreamedBatches | None]:
+    """Train/val batches of full checkpoints from a streamed zoo (`load_zoo_dataset(..., streaming=True)`).
+
+    Each process reads its own part of every split (datasets' `split_dataset_by_node`: whole shards when the
+    processes divide the shard count, else every `num_processes`-th row); the train split goes through a shuffle
+    buffer of `cfg.shuffle_buffer` rows, reshuffled every pass (`set_epoch`). A pass over the train split is one
+    epoch of `(checkpoints // num_processes) // batch_size` batches per process (rounded down to whole optimizer
+    steps), from the counts in meta/info.json.
+    """
+    from datasets.distributed import split_dataset_by_node
+
+    splits = zoo.info.splits
+    train_rows = splits["train"].num_checkpoints if "train" in splits else 0
+    if train_rows == 0:
+        raise ValueError(f"The dataset {cfg.dataset} has no train checkpoints.")
+    per_process = train_rows // num_processes
+    num_batches = per_process // cfg.batch_size // cfg.gradient_accumulation_steps * cfg.gradient_accumulation_steps
+    if num_batches == 0:
+        raise ValueError(
+            f"The streamed train split has {train_rows} checkpoints, {per_process} per process over {num_processes} "
+            f"process(es): fewer than batch_size={cfg.batch_size} x gradient_accumulation_steps="
+            f"{cfg.gradient_accumulation_steps} (NT-Xent needs full batches); lower batch_size."
+        )
+
+    def part(split: str, batch_size: int, shuffle_buffer: int) -> StreamingWindowLoader:
+        dataset = split_dataset_by_node(zoo.splits[split], rank=process_index, world_size=num_processes)
+        return StreamingWindowLoader(
+            dataset,
+            zoo.layout,
+            cfg.window_size,
+            batch_size,
+            shuffle_buffer=shuffle_buffer,
+            seed=cfg.seed,
+            full_tokens=True,
+        )
+
+    buffer = cfg.shuffle_buffer if cfg.shuffle_buffer is not None else DEFAULT_SHUFFLE_BUFFER
+    train = _StreamedBatches(part("train", cfg.batch_size, buffer), num_batches, device, "train")
+    val = None
+    val_rows = splits["val"].num_checkpoints // num_processes if "val" in splits else 0
+    if val_rows > 0:
+        val = _StreamedBatches(part("val", min(cfg.batch_size, val_rows), 0), None, device, "val")
+    return train, val
 
 
 # ------------------------------------------------------------------------------------------------------------ model
@@ -455,6 +552,12 @@ def _read_checkpoint_state(path: Path, cfg: PretrainConfig) -> dict[str, Any]:
     return state
 
 
+def _read_stream_state(path: Path, process_index: int) -> dict[str, Any]:
+    """This process's stream position in the step checkpoint `path` of a streamed run."""
+    name = STREAM_STATE_NAME.format(process_index=process_index)
+    return read_json(path / name, f"the stream position of process {process_index}, which a streamed run saves")
+
+
 def _check_no_other_run(cfg: PretrainConfig, output_dir: Path) -> None:
     """A run started from scratch into a folder with step checkpoints of another configuration would mix the two
     runs' checkpoints (and `save_total_limit` would delete the new run's ones first): refuse it."""
@@ -505,10 +608,16 @@ def _latest_checkpoint(output_dir: Path) -> Path | None:
 
 
 def _save_checkpoint(
-    accelerator: Accelerator, output_dir: Path, step: int, limit: int | None, state: dict[str, Any]
+    accelerator: Accelerator,
+    output_dir: Path,
+    step: int,
+    limit: int | None,
+    state: dict[str, Any],
+    stream_state: dict[str, Any] | None = None,
 ) -> None:
-    """`save_state` and the loop `state` (`CHECKPOINT_STATE_NAME`) into a temporary folder, renamed when complete:
-    a kill never leaves a half checkpoint (and an interrupted save, Ctrl-C, removes its temporary folder)."""
+    """`save_state`, the loop `state` (`CHECKPOINT_STATE_NAME`) and, for a streamed run, every process's
+    `stream_state` (`STREAM_STATE_NAME`) into a temporary folder, renamed when complete: a kill never leaves a half
+    checkpoint (and an interrupted save, Ctrl-C, removes its temporary folder)."""
     final = output_dir / CHECKPOINTS_DIR / f"step_{step}"
     tmp = output_dir / CHECKPOINTS_DIR / f".step_{step}.tmp"
     if accelerator.is_main_process:
@@ -517,6 +626,8 @@ def _save_checkpoint(
     accelerator.wait_for_everyone()
     try:
         accelerator.save_state(str(tmp))
+        if stream_state is not None:
+            write_json_atomic(tmp / STREAM_STATE_NAME.format(process_index=accelerator.process_index), stream_state)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             write_json_atomic(tmp / CHECKPOINT_STATE_NAME, state)
@@ -612,20 +723,31 @@ def _pretrain(
         _check_no_other_run(cfg, output_dir)
     set_seed(cfg.seed)
     if zoo is None:
-        load = partial(load_zoo_dataset, revision=cfg.dataset_revision)
+        load = partial(load_zoo_dataset, revision=cfg.dataset_revision, streaming=cfg.streaming)
         zoo = load_local_or_hub(cfg.dataset, "tokenized zoo dataset", "dataset", load)
     layout = zoo.layout
     model = load_or_build_model(cfg, zoo)
     permuter = build_permuter(zoo) if cfg.permutation_augmentation else None
-    train_loader, val_loader = dataloaders if dataloaders is not None else get_dataloaders(cfg, zoo)
+    if dataloaders is not None:
+        train_loader, val_loader = dataloaders
+    elif cfg.streaming:
+        # Not prepared: each process already reads its own part of the stream, and the batches are moved here.
+        train_loader, val_loader = get_streaming_dataloaders(
+            cfg, zoo, accelerator.process_index, accelerator.num_processes, accelerator.device
+        )
+    else:
+        train_loader, val_loader = get_dataloaders(cfg, zoo)
+    streamed = isinstance(train_loader, _StreamedBatches)
     sampler = getattr(train_loader, "sampler", None)
     train_store, val_store = token_store(train_loader), token_store(val_loader)
     if cfg.compile:
         model = torch.compile(model)
     optimizer = make_sane_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
-    if val_loader is not None:
-        val_loader = accelerator.prepare(val_loader)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if not streamed:
+        train_loader = accelerator.prepare(train_loader)
+        if val_loader is not None:
+            val_loader = accelerator.prepare(val_loader)
     steps_per_epoch = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps)
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps is not None:
@@ -652,6 +774,8 @@ def _pretrain(
                 f"({type(error).__name__}: {first_line})."
             ) from None
         counters.load_state_dict(resumed_state["counters"])
+        if streamed:
+            train_loader.load_state_dict(_read_stream_state(path, accelerator.process_index))
         log_state.load_state_dict(resumed_state["log"])
         logger.info("Resumed from %s at epoch %d, step %d.", path, counters.epoch, counters.optimizer_steps)
     first_step = counters.optimizer_steps
@@ -694,17 +818,23 @@ def _pretrain(
             "log": log_state.state_dict(),
             "run_config": _run_configuration(cfg),
         }
-        _save_checkpoint(accelerator, output_dir, counters.optimizer_steps, cfg.save_total_limit, state)
+        stream_state = train_loader.state_dict() if streamed else None
+        _save_checkpoint(
+            accelerator, output_dir, counters.optimizer_steps, cfg.save_total_limit, state, stream_state=stream_state
+        )
 
     running, running_count = log_state.running, log_state.running_count
     done = counters.optimizer_steps >= total_steps
     model.train()
     while not done and counters.epoch < cfg.epochs:
-        loader = (
-            accelerator.skip_first_batches(train_loader, counters.batches_in_epoch)
-            if counters.batches_in_epoch
-            else train_loader
-        )
+        if streamed:
+            # A resumed stream already stands after the batches taken (its state came with the checkpoint).
+            train_loader.set_epoch(counters.epoch)
+            loader = train_loader.iter_from(counters.batches_in_epoch)
+        elif counters.batches_in_epoch:
+            loader = accelerator.skip_first_batches(train_loader, counters.batches_in_epoch)
+        else:
+            loader = train_loader
         # The order of an epoch depends on (seed, epoch) only. A prepared loader re-sets its sampler's epoch from
         # its own iteration counter (and a skipping loader starts it at 0), so set it there too.
         if hasattr(loader, "set_epoch"):

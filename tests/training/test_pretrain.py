@@ -247,8 +247,8 @@ def test_kill_and_resume_reproduces_an_uninterrupted_run(tiny_dataset, tmp_path)
     interrupted = tmp_path / "interrupted"
     real_save = pretrain_module._save_checkpoint
 
-    def save_then_die(accelerator, output_dir, step, limit, state):
-        real_save(accelerator, output_dir, step, limit, state)
+    def save_then_die(accelerator, output_dir, step, limit, state, **kwargs):
+        real_save(accelerator, output_dir, step, limit, state, **kwargs)
         if step == 8:
             raise KeyboardInterrupt("simulated kill after the step-8 checkpoint")
 
