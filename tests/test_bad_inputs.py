@@ -286,7 +286,12 @@ def too_many_anchors(good, d):
 
 def anchors_from_empty_split(good, d):
     args = ["--model", good["sane16"], "--dataset", good["ds16"], "--output_dir", d / "gen", "--anchor_split", "val"]
-    # 6 models split 0.7/0.15/0.15 leave val without a model
+    # 6 models split 0.7/0.15/0.15 leave validation without a model ("val" is its format version 1 name)
+    return _cli("main_generate", *args, "--num_anchors", 1, "--evaluate", "false")
+
+
+def anchors_from_an_unknown_split(good, d):
+    args = ["--model", good["sane16"], "--dataset", good["ds16"], "--output_dir", d / "gen", "--anchor_split", "dev"]
     return _cli("main_generate", *args, "--num_anchors", 1, "--evaluate", "false")
 
 
@@ -902,7 +907,15 @@ CASES = [
         ("`num_anchors`=50", "only 4 checkpoint(s)", "--num_anchors 4"),
         "sane-generate",
     ),
-    Case("anchors from an empty split", anchors_from_empty_split, ("no split 'val'", "'train'"), "sane-generate"),
+    Case(
+        "anchors from an empty split", anchors_from_empty_split, ("no split 'validation'", "'train'"), "sane-generate"
+    ),
+    Case(
+        "anchors from an unknown split",
+        anchors_from_an_unknown_split,
+        ("Unknown split 'dev'", "['train', 'validation', 'test']"),
+        "sane-generate",
+    ),
     Case(
         "checkpoint_epochs selects nothing",
         no_checkpoint_of_epochs,

@@ -34,6 +34,7 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, extract_model_from_parallel, set_seed
 from tqdm.auto import tqdm
 
+from ..constants import VALIDATION_SPLIT
 from ..data.hub_dataset import SaneZooDataset, load_zoo_dataset
 from ..data.windows import ArrowTokenStore, StreamingWindowLoader, read_windows, sample_windows
 from ..hub.sane_cards import TRAINER_STATE_ZOO_KEY, write_sane_card, zoo_summary
@@ -160,8 +161,8 @@ def get_dataloaders(
         generator=torch.Generator().manual_seed(cfg.seed),
     )
     val_loader = None
-    if "val" in zoo.splits and len(zoo.splits["val"]) > 0:
-        val_set = _RepeatedRows(ArrowTokenStore(zoo.splits["val"]), 1)
+    if VALIDATION_SPLIT in zoo.splits and len(zoo.splits[VALIDATION_SPLIT]) > 0:
+        val_set = _RepeatedRows(ArrowTokenStore(zoo.splits[VALIDATION_SPLIT]), 1)
         val_loader = torch.utils.data.DataLoader(
             val_set,
             batch_size=min(cfg.batch_size, len(val_set)),
@@ -262,9 +263,11 @@ def get_streaming_dataloaders(
     buffer = cfg.shuffle_buffer if cfg.shuffle_buffer is not None else DEFAULT_SHUFFLE_BUFFER
     train = _StreamedBatches(part("train", cfg.batch_size, buffer), num_batches, device, "train")
     val = None
-    val_rows = splits["val"].num_checkpoints // num_processes if "val" in splits else 0
+    val_rows = splits[VALIDATION_SPLIT].num_checkpoints // num_processes if VALIDATION_SPLIT in splits else 0
     if val_rows > 0:
-        val = _StreamedBatches(part("val", min(cfg.batch_size, val_rows), 0), None, device, "val")
+        val = _StreamedBatches(
+            part(VALIDATION_SPLIT, min(cfg.batch_size, val_rows), 0), None, device, VALIDATION_SPLIT
+        )
     return train, val
 
 

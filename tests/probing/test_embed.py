@@ -285,7 +285,7 @@ def test_embed_zoo_permutation_average(tiny_zoo):
 
     layout = tiny_zoo.layout
     model = _tiny_sane(token_size=layout.token_size, max_tokens=layout.num_tokens)
-    split = tiny_zoo.splits["val"]
+    split = tiny_zoo.splits["validation"]
     permuter = build_permuter(tiny_zoo)
 
     def run(num_permutations):

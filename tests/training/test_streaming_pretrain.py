@@ -57,7 +57,7 @@ def test_streamed_pretraining_trains_on_the_stream_in_its_order(zoo_dataset, tmp
     pass per epoch, and validates on the stored validation rows: the same weights and log as a run fed those batches
     by hand. And its loss falls."""
     zoo = load_zoo_dataset(zoo_dataset)
-    train, val = zoo.splits["train"][:]["tokens"], zoo.splits["val"][:]["tokens"]
+    train, val = zoo.splits["train"][:]["tokens"], zoo.splits["validation"][:]["tokens"]
     reference_loaders = (_stored_order_loader(train, 4), _stored_order_loader(val, min(4, len(val))))
     cfg = dict(epochs=12)
     reference = pretrain(_config(zoo_dataset, tmp_path / "reference", **cfg), dataloaders=reference_loaders)
