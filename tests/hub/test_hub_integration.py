@@ -325,26 +325,6 @@ def test_pretraining_reads_the_dataset_at_the_given_revision(loaded_with_sane_hf
     assert "no-such-revision" in revisions.get("missing_revision_error", "")
 
 
-def test_pretraining_streams_a_zoo_given_by_repo_id(loaded_with_sane_hf, hub_artifacts, tmp_path):
-    """`sane-pretrain --dataset <repo id> --streaming true` trains on the stream from the mirror: the same weights and
-    log as the same run streaming the local folder that was pushed, three passes of its train split."""
-    from _load_with_sane_hf import STREAMED_RUN
-
-    from sane_hf.cli import main_pretrain
-    from sane_hf.training.pretrain import read_trainer_state
-
-    local = tmp_path / "streamed_locally"
-    main_pretrain(["--dataset", str(hub_artifacts.dataset_dir), "--output_dir", str(local), *STREAMED_RUN])
-    by_id = loaded_with_sane_hf / "streamed"
-    assert_same_state(load_file(by_id / "model.safetensors"), load_file(local / "model.safetensors"))
-    state, local_state = read_trainer_state(by_id), read_trainer_state(local)
-    train_rows = _read_json(hub_artifacts.zoo / "meta" / "info.json")["splits"]["train"]["num_checkpoints"]
-    assert state["optimizer_steps"] == 3 * (train_rows // 4) and state["epoch"] == 3
-    drop_seconds = lambda log: [{k: v for k, v in line.items() if k != "seconds"} for line in log]  # noqa: E731
-    assert drop_seconds(state["log_history"]) == drop_seconds(local_state["log_history"])
-    assert state["dataset"]["hub_id"] == hub_artifacts.zoo_repo
-
-
 def test_a_zoo_of_hub_model_repos_reads_each_repos_own_weights(loaded_with_sane_hf, hub_artifacts):
     """`open_zoo("a,b", "models")` downloads every repo id (no stand-in returning one folder for both)."""
     records = _read_json(loaded_with_sane_hf / "members.json")

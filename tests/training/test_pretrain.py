@@ -240,19 +240,12 @@ def test_same_seed_same_model(tiny_dataset, tmp_path):
         assert torch.equal(value, _weights(second)[key]), key
 
 
-def test_kill_and_resume_reproduces_an_uninterrupted_run(tiny_dataset, tmp_path):
+def test_kill_and_resume_reproduces_an_uninterrupted_run(tiny_dataset, tmp_path, killed_after_checkpoint):
     cfg = dict(max_steps=14, save_steps=4, epochs=10)
     reference = pretrain(_config(tiny_dataset, tmp_path / "reference", **cfg))
 
     interrupted = tmp_path / "interrupted"
-    real_save = pretrain_module._save_checkpoint
-
-    def save_then_die(accelerator, output_dir, step, limit, state, **kwargs):
-        real_save(accelerator, output_dir, step, limit, state, **kwargs)
-        if step == 8:
-            raise KeyboardInterrupt("simulated kill after the step-8 checkpoint")
-
-    with mock.patch.object(pretrain_module, "_save_checkpoint", save_then_die), pytest.raises(KeyboardInterrupt):
+    with killed_after_checkpoint(8), pytest.raises(KeyboardInterrupt):
         pretrain(_config(tiny_dataset, interrupted, **cfg))
     assert not (interrupted / "model.safetensors").exists()
     assert sorted(p.name for p in (interrupted / "checkpoints").iterdir()) == ["step_4", "step_8"]

@@ -1,16 +1,14 @@
 """Pretraining over a streamed zoo (`--streaming`): the stream's rows in its order, epochs as passes, one part of the
-stream per process, and an exact resume from the stream position a step checkpoint keeps. By Hub id against the olah
-mirror: tests/hub/test_hub_integration.py. Bad combinations of options: tests/test_bad_inputs.py."""
+stream per process, and an exact resume from the stream position a step checkpoint keeps (on a local folder; not by
+Hub id: tests/data/test_streaming.py says why). Bad combinations of options: tests/test_bad_inputs.py."""
 
 import json
-from unittest import mock
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from sane_hf.data import ConvertConfig, convert_zoo, load_zoo_dataset
-from sane_hf.training import pretrain as pretrain_module
 from sane_hf.training.configs import PretrainConfig
 from sane_hf.training.pretrain import get_streaming_dataloaders, pretrain, read_trainer_state
 
@@ -92,7 +90,7 @@ def test_each_process_reads_its_own_part_of_the_stream(zoo_dataset):
     assert int(matches.sum(0).max()) == 1
 
 
-def test_an_interrupted_streamed_run_resumes_where_its_stream_stood(zoo_dataset, tmp_path):
+def test_an_interrupted_streamed_run_resumes_where_its_stream_stood(zoo_dataset, tmp_path, killed_after_checkpoint):
     """Killed after the step-6 checkpoint (mid-epoch: 5 batches a pass), resumed from it: the same weights as an
     uninterrupted run, which needs the stream position saved with the checkpoint (a resumed stream that restarted
     its pass would train on other batches)."""
@@ -100,14 +98,7 @@ def test_an_interrupted_streamed_run_resumes_where_its_stream_stood(zoo_dataset,
     reference = pretrain(_config(zoo_dataset, tmp_path / "reference", **cfg))
 
     interrupted = tmp_path / "interrupted"
-    real_save = pretrain_module._save_checkpoint
-
-    def save_then_die(accelerator, output_dir, step, limit, state, **kwargs):
-        real_save(accelerator, output_dir, step, limit, state, **kwargs)
-        if step == 6:
-            raise KeyboardInterrupt("simulated kill after the step-6 checkpoint")
-
-    with mock.patch.object(pretrain_module, "_save_checkpoint", save_then_die), pytest.raises(KeyboardInterrupt):
+    with killed_after_checkpoint(6), pytest.raises(KeyboardInterrupt):
         pretrain(_config(zoo_dataset, interrupted, **cfg))
     checkpoint = interrupted / "checkpoints" / "step_6"
     position = json.loads((checkpoint / "stream_state_0.json").read_text())
