@@ -24,7 +24,7 @@ import pickle
 import re
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,15 @@ from tqdm.auto import tqdm
 
 from ..constants import VALIDATION_SPLIT
 from ..data.hub_dataset import SaneZooDataset, load_zoo_dataset
-from ..data.windows import ArrowTokenStore, StreamingWindowLoader, read_windows, sample_windows
+from ..data.windows import (
+    ArrowTokenStore,
+    StreamedBatches,
+    batch_rows,
+    cut_windows,
+    row_loaders,
+    streamed_loaders,
+    token_store,
+)
 from ..hub.sane_cards import TRAINER_STATE_ZOO_KEY, write_sane_card, zoo_summary
 from ..models.sane import SaneConfig, SaneModel, add_embedding_pipeline, load_sane_folder
 from ..tokenization.layout import TokenLayout
@@ -86,192 +94,46 @@ _FINAL_TMP = ".save_pretrained.tmp"
 
 
 # ------------------------------------------------------------------------------------------------------------- data
-class _EpochSampler(torch.utils.data.Sampler):
-    """A shuffled order that depends only on `(seed, epoch)`: identical on every process and after a resume."""
-
-    def __init__(self, num_items: int, seed: int):
-        self.num_items = num_items
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_items
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.num_items, generator=generator).tolist())
-
-
-class _RepeatedRows(torch.utils.data.Dataset):
-    """The row numbers of a split, each `repeats` times per epoch (upstream "supersample": several windows per
-    checkpoint).
-
-    Items are row numbers only: `train_step` reads each window, and the layers a permuted view gathers from, out of
-    the memory-mapped `store` (`read_windows`), so a batch never holds whole checkpoints (62 MB each for a
-    ResNet-18; docs/method.md#windows-and-halos).
-    """
-
-    def __init__(self, store: ArrowTokenStore, repeats: int):
-        self.store = store
-        self.repeats = repeats
-
-    def __len__(self) -> int:
-        return self.store.num_rows * self.repeats
-
-    def __getitem__(self, index: int) -> int:
-        return index % self.store.num_rows
-
-
-def _collate_rows(items: list[int]) -> dict[str, torch.Tensor]:
-    return {"rows": torch.tensor(items, dtype=torch.long)}
-
-
-def token_store(loader: torch.utils.data.DataLoader | None) -> ArrowTokenStore | None:
-    """The token store a loader of `get_dataloaders` reads windows from (`None` for loaders of full tokens)."""
-    return getattr(getattr(loader, "dataset", None), "store", None)
-
-
 def get_dataloaders(
     cfg: PretrainConfig, zoo: SaneZooDataset
 ) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader | None]:
-    """Train/val loaders of row numbers (`{"rows": [B]}`); `train_step` reads the windows from `token_store(loader)`.
+    """Train/validation loaders of row numbers (`{"rows": [B]}`, `sane_hf.data.windows.row_loaders`); `train_step`
+    reads the windows from `token_store(loader)`.
 
-    This is the seam tests replace with a tiny in-memory zoo: a loader may also yield
-    full checkpoints (`{"full_tokens": [B, S, T]}`), which `train_step` cuts windows from.
+    This is the seam tests replace with a tiny in-memory zoo: a loader may also yield full checkpoints
+    (`{"full_tokens": [B, S, T]}`), which `train_step` cuts windows from.
     """
     if "train" not in zoo.splits or len(zoo.splits["train"]) == 0:
         raise ValueError(f"The dataset {cfg.dataset} has no train checkpoints.")
-    train_set = _RepeatedRows(ArrowTokenStore(zoo.splits["train"]), cfg.windows_per_checkpoint)
-    if len(train_set) < cfg.batch_size:
-        raise ValueError(
-            f"The train split has {len(train_set)} windows per epoch, fewer than batch_size={cfg.batch_size} "
-            "(NT-Xent needs full batches; lower batch_size or raise windows_per_checkpoint)."
-        )
-    train_loader = torch.utils.data.DataLoader(
-        train_set,
-        batch_size=cfg.batch_size,
-        sampler=_EpochSampler(len(train_set), cfg.seed),
-        drop_last=True,  # NT-Xent compares full batches (docs/method.md#windows-and-halos)
-        collate_fn=_collate_rows,
-        # Own generators: a DataLoader without one draws a seed from the global RNG at every `iter()`, and a run
-        # resumed mid-epoch calls `iter()` once more than an uninterrupted one, which would shift dropout masks.
-        generator=torch.Generator().manual_seed(cfg.seed),
-    )
-    val_loader = None
-    if VALIDATION_SPLIT in zoo.splits and len(zoo.splits[VALIDATION_SPLIT]) > 0:
-        val_set = _RepeatedRows(ArrowTokenStore(zoo.splits[VALIDATION_SPLIT]), 1)
-        val_loader = torch.utils.data.DataLoader(
-            val_set,
-            batch_size=min(cfg.batch_size, len(val_set)),
-            shuffle=False,
-            drop_last=True,
-            collate_fn=_collate_rows,
-            generator=torch.Generator().manual_seed(cfg.seed),
-        )
-    return train_loader, val_loader
-
-
-class _StreamedBatches:
-    """Batches of full checkpoints (`{"full_tokens": [B, S, T]}` on `device`) from this process's part of a streamed
-    split; `train_step` cuts the windows, with the step's generator, as it does for in-memory `full_tokens` batches.
-
-    A pass yields `num_batches` batches (`None`: until the stream ends): the same count on every process, so that
-    distributed ranks step together.
-    """
-
-    def __init__(self, loader: StreamingWindowLoader, num_batches: int | None, device: torch.device, split: str):
-        self.loader = loader
-        self.num_batches = num_batches
-        self.device = device
-        self.split = split
-
-    def __len__(self) -> int:
-        return self.num_batches
-
-    def set_epoch(self, epoch: int) -> None:
-        self.loader.set_epoch(epoch)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.loader.state_dict()
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.loader.load_state_dict(state)
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        return self.iter_from(0)
-
-    def iter_from(self, done: int) -> Iterator[dict[str, torch.Tensor]]:
-        """The rest of a pass of which `done` batches were taken (the loader's position is after them)."""
-        iterator = iter(self.loader)
-        remaining = None if self.num_batches is None else self.num_batches - done
-        taken = 0
-        while remaining is None or taken < remaining:
-            batch = next(iterator, None)
-            if batch is None:
-                if remaining is None:
-                    return
-                raise ValueError(
-                    f"This process's part of the streamed {self.split} split ended after {done + taken} batches; "
-                    f"every process needs {self.num_batches} per pass (its shards hold fewer checkpoints than "
-                    "meta/info.json gives per process): reconvert the zoo with a shard count the processes divide."
-                )
-            taken += 1
-            yield {"full_tokens": batch["full_tokens"].to(self.device)}
+    validation = zoo.splits.get(VALIDATION_SPLIT)
+    return row_loaders(zoo.splits["train"], validation, cfg.batch_size, cfg.windows_per_checkpoint, cfg.seed)
 
 
 def get_streaming_dataloaders(
     cfg: PretrainConfig, zoo: SaneZooDataset, process_index: int, num_processes: int, device: torch.device
-) -> tuple[_StreamedBatches, _StreamedBatches | None]:
-    """Train/val batches of full checkpoints from a streamed zoo (`load_zoo_dataset(..., streaming=True)`).
-
-    Each process reads its own part of every split (datasets' `split_dataset_by_node`: whole shards when the
-    processes divide the shard count, else every `num_processes`-th row); the train split goes through a shuffle
-    buffer of `cfg.shuffle_buffer` rows, reshuffled every pass (`set_epoch`). A pass over the train split is one
-    epoch of `(checkpoints // num_processes) // batch_size` batches per process (rounded down to whole optimizer
-    steps), from the counts in meta/info.json.
-    """
-    from datasets.distributed import split_dataset_by_node
-
+) -> tuple[StreamedBatches, StreamedBatches | None]:
+    """Train/validation batches of full checkpoints of a streamed zoo, this process's part
+    (`sane_hf.data.windows.streamed_loaders`); a pass over the train split is an epoch of whole optimizer steps."""
     splits = zoo.info.splits
-    train_rows = splits["train"].num_checkpoints if "train" in splits else 0
-    if train_rows == 0:
+    if "train" not in splits or splits["train"].num_checkpoints == 0:
         raise ValueError(f"The dataset {cfg.dataset} has no train checkpoints.")
-    per_process = train_rows // num_processes
-    num_batches = per_process // cfg.batch_size // cfg.gradient_accumulation_steps * cfg.gradient_accumulation_steps
-    if num_batches == 0:
-        raise ValueError(
-            f"The streamed train split has {train_rows} checkpoints, {per_process} per process over {num_processes} "
-            f"process(es): fewer than batch_size={cfg.batch_size} x gradient_accumulation_steps="
-            f"{cfg.gradient_accumulation_steps} (NT-Xent needs full batches); lower batch_size."
-        )
-
-    def part(split: str, batch_size: int, shuffle_buffer: int) -> StreamingWindowLoader:
-        dataset = split_dataset_by_node(zoo.splits[split], rank=process_index, world_size=num_processes)
-        return StreamingWindowLoader(
-            dataset,
-            zoo.layout,
-            cfg.window_size,
-            batch_size,
-            shuffle_buffer=shuffle_buffer,
-            seed=cfg.seed,
-            full_tokens=True,
-        )
-
-    buffer = cfg.shuffle_buffer if cfg.shuffle_buffer is not None else DEFAULT_SHUFFLE_BUFFER
-    train = _StreamedBatches(part("train", cfg.batch_size, buffer), num_batches, device, "train")
-    val = None
-    val_rows = splits[VALIDATION_SPLIT].num_checkpoints // num_processes if VALIDATION_SPLIT in splits else 0
-    if val_rows > 0:
-        val = _StreamedBatches(
-            part(VALIDATION_SPLIT, min(cfg.batch_size, val_rows), 0), None, device, VALIDATION_SPLIT
-        )
-    return train, val
+    has_validation = VALIDATION_SPLIT in splits and VALIDATION_SPLIT in zoo.splits
+    return streamed_loaders(
+        zoo.splits["train"],
+        zoo.splits[VALIDATION_SPLIT] if has_validation else None,
+        zoo.layout,
+        train_rows=splits["train"].num_checkpoints,
+        validation_rows=splits[VALIDATION_SPLIT].num_checkpoints if has_validation else 0,
+        batch_size=cfg.batch_size,
+        batches_multiple_of=cfg.gradient_accumulation_steps,
+        shuffle_buffer=cfg.shuffle_buffer if cfg.shuffle_buffer is not None else DEFAULT_SHUFFLE_BUFFER,
+        seed=cfg.seed,
+        process_index=process_index,
+        num_processes=num_processes,
+        device=device,
+    )
 
 
-# ------------------------------------------------------------------------------------------------------------ model
 def build_sane_config(cfg: PretrainConfig, layout: TokenLayout) -> SaneConfig:
     """The architecture for a zoo: token size and position tables from the layout, the rest from the run config."""
     window = min(cfg.window_size, layout.num_tokens)
@@ -365,41 +227,6 @@ def build_permuter(zoo: SaneZooDataset) -> TokenPermuter:
 
 
 # ------------------------------------------------------------------------------------------------------------- step
-def _batch_rows(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """The tensor whose first dimension is the batch: `full_tokens` or `rows`."""
-    if "full_tokens" in batch:
-        return batch["full_tokens"]
-    if "rows" in batch:
-        return batch["rows"]
-    raise ValueError(f"A pretraining batch needs `rows` or `full_tokens`, got keys {sorted(batch)}.")
-
-
-def _cut_windows(
-    batch: Mapping[str, torch.Tensor],
-    window_size: int,
-    layout: TokenLayout,
-    generator: torch.Generator,
-    permuter: TokenPermuter | None,
-    store: ArrowTokenStore | None,
-) -> dict[str, torch.Tensor]:
-    """One random window per sample (plus what a permuted view reads), on the batch's device."""
-    device = _batch_rows(batch).device
-    if "full_tokens" in batch:
-        windows = sample_windows(
-            batch["full_tokens"],
-            window_size,
-            generator,
-            positions=layout.positions.to(device),
-            mask=layout.mask.to(device),
-        )
-        windows["full_tokens"] = batch["full_tokens"]
-        return windows
-    if store is None:
-        raise ValueError("A batch of `rows` needs the split's token `store` to read the windows from.")
-    windows = read_windows(store, layout, batch["rows"], window_size, generator, permuter=permuter)
-    return {key: value.to(device) for key, value in windows.items()}
-
-
 def step_generator(seed: int, counter: int, process_index: int, device: torch.device | str = "cpu") -> torch.Generator:
     """The generator of one micro-batch: a function of the counters only, so resumed runs draw the same numbers."""
     return torch.Generator(device=device).manual_seed((seed * 1_000_003 + counter) * 1_009 + process_index)
@@ -429,7 +256,7 @@ def train_step(
     unwrapped = extract_model_from_parallel(model)
     window_size = unwrapped.config.window_size if hasattr(unwrapped, "config") else cfg.window_size
     permute = cfg.permutation_augmentation and permuter is not None
-    windows = _cut_windows(batch, window_size, layout, generator, permuter if permute else None, store)
+    windows = cut_windows(batch, window_size, layout, generator, permuter if permute else None, store)
     view_1, view_2 = make_two_views(
         windows,
         permuter=permuter if permute else None,
@@ -664,7 +491,7 @@ def validation_losses(
     sums: dict[str, torch.Tensor] = {}
     count = torch.zeros((), device=accelerator.device)
     for index, batch in enumerate(loader):
-        rows = _batch_rows(batch)
+        rows = batch_rows(batch)
         generator = step_generator(cfg.seed + 1, index, accelerator.process_index, rows.device)
         losses = train_step(model, batch, cfg, layout, permuter, generator, augment=False, store=store)
         n = torch.tensor(float(rows.shape[0]), device=accelerator.device)
@@ -740,7 +567,7 @@ def _pretrain(
         )
     else:
         train_loader, val_loader = get_dataloaders(cfg, zoo)
-    streamed = isinstance(train_loader, _StreamedBatches)
+    streamed = isinstance(train_loader, StreamedBatches)
     sampler = getattr(train_loader, "sampler", None)
     train_store, val_store = token_store(train_loader), token_store(val_loader)
     if cfg.compile:
@@ -846,7 +673,7 @@ def _pretrain(
             sampler.set_epoch(counters.epoch)
         for batch in loader:
             generator = step_generator(
-                cfg.seed, counters.micro_batches, accelerator.process_index, _batch_rows(batch).device
+                cfg.seed, counters.micro_batches, accelerator.process_index, batch_rows(batch).device
             )
             with accelerator.accumulate(model):
                 losses = train_step(model, batch, cfg, layout, permuter, generator, store=train_store)

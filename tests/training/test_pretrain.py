@@ -271,7 +271,9 @@ def test_resume_without_a_checkpoint_fails_clearly(tiny_dataset, tmp_path):
         pretrain(_config(tiny_dataset, tmp_path / "none", resume_from_checkpoint="latest"))
 
 
-def test_two_process_cpu_ddp_keeps_ranks_identical(tiny_dataset, tmp_path):
+@pytest.mark.parametrize("streaming", [False, True])
+def test_two_process_cpu_ddp_keeps_ranks_identical(tiny_dataset, tmp_path, streaming):
+    """Also streamed: each process reads its own half of the stream, and both step together (the same batch count)."""
     output = tmp_path / "ddp"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     command = [
@@ -307,6 +309,8 @@ def test_two_process_cpu_ddp_keeps_ranks_identical(tiny_dataset, tmp_path):
         "--logging_steps",
         "2",
     ]
+    if streaming:
+        command += ["--streaming", "true", "--shuffle_buffer", "0", "--save_steps", "3"]
     # Own process group: on a timeout, kill torchrun AND its workers (a killed torchrun alone orphans them).
     process = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
@@ -322,6 +326,14 @@ def test_two_process_cpu_ddp_keeps_ranks_identical(tiny_dataset, tmp_path):
     assert state["num_processes"] == 2
     assert state["ranks_in_sync"] is True
     assert len(state["parameter_checksums"]) == 2
+    assert state["optimizer_steps"] == 6
+    if streaming:  # every process's stream position, in each step checkpoint
+        for step in (3, 6):
+            positions = [
+                json.loads((output / f"checkpoints/step_{step}/stream_state_{rank}.json").read_text())
+                for rank in (0, 1)
+            ]
+            assert [position["rows"] for position in positions] == [step * 4, step * 4]
 
 
 def test_init_from_and_push_to_hub(tiny_dataset, tmp_path):
