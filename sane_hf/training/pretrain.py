@@ -777,6 +777,10 @@ def _pretrain(
         write_sane_card(output_dir, repo_id=cfg.push_to_hub)
         if cfg.push_to_hub:
             push_pretrained_folder(output_dir, cfg.push_to_hub, private=cfg.hub_private)
+    # The prepared model goes before `end_training` destroys the process group: freed after it (when this function
+    # returns), the DDP reducer drops the group's last reference while holding the GIL and joins gloo's worker thread,
+    # which may be waiting for the GIL to finish the last barrier: a hang at exit, seen in a 2-process CPU run.
+    model, optimizer, scheduler = accelerator.free_memory(model, optimizer, scheduler)
     accelerator.end_training()
     return output_dir
 
