@@ -49,7 +49,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ..constants import VERSION
+from ..constants import OLD_SPLIT_NAMES, VALIDATION_SPLIT, VERSION, canonical_split
 from ..tokenization import (
     TokenLayout,
     TokenNormalization,
@@ -296,11 +296,11 @@ def split_model_ids(
     seed: int = 42,
     max_models: int | None = None,
 ) -> dict[str, list[str]]:
-    """Split models (never checkpoints) into train/val/test, as the original (docs/zoo_dataset_format.md).
+    """Split models (never checkpoints) into train/validation/test, as the original (docs/zoo_dataset_format.md).
 
     The ids are sorted, shuffled with `random.Random(seed)`, truncated to `max_models`, and cut into the first
-    `floor(f_train * N)` (train), the next `floor(f_val * N)` (val) and the rest (test). With two fractions there
-    is no val split. Each split is returned sorted.
+    `floor(f_train * N)` (train), the next `floor(f_val * N)` (validation) and the rest (test). With two fractions
+    there is no validation split. Each split is returned sorted.
     """
     fractions = check_split_fractions(fractions)
     ids = sorted(model_ids)
@@ -314,7 +314,7 @@ def split_model_ids(
     n_val = math.floor(fractions[1] * n)
     return {
         "train": sorted(ids[:n_train]),
-        "val": sorted(ids[n_train : n_train + n_val]),
+        VALIDATION_SPLIT: sorted(ids[n_train : n_train + n_val]),
         "test": sorted(ids[n_train + n_val :]),
     }
 
@@ -1215,9 +1215,14 @@ class SaneZooDataset:
     root: Path
 
     def __getitem__(self, split: str):
-        if split not in self.splits:
+        """The split called `split`; `"val"` (format version 1's name) is `"validation"`."""
+        try:
+            name = canonical_split(split)
+        except ValueError as err:
+            raise KeyError(str(err)) from None
+        if name not in self.splits:
             raise KeyError(f"No split {split!r}; this zoo has {list(self.splits)}.")
-        return self.splits[split]
+        return self.splits[name]
 
     @property
     def property_names(self) -> list[str]:
@@ -1394,6 +1399,8 @@ def load_zoo_dataset(
         splits = datasets.load_dataset(
             source, revision=revision, cache_dir=cache_dir, token=token, streaming=streaming
         )
+        # A format version 1 dataset's card names the validation split `val`: it loads as `validation`.
+        splits = {OLD_SPLIT_NAMES.get(name, name): split for name, split in splits.items()}
     expected = info.nonempty_splits
     if streaming:
         if sorted(splits) != sorted(expected):

@@ -1,5 +1,6 @@
 """Streaming zoos: `load_zoo_dataset(..., streaming=True)` and `StreamingWindowLoader` (shuffle buffer, resumable
-position). By Hub id against the olah mirror: tests/hub/test_hub_integration.py."""
+position), on a local folder. Not by Hub id: the olah mirror the hub tests use serves a file whole (200) to a range
+request, and a streamed parquet shard is read by ranges (its footer first)."""
 
 import pytest
 import torch

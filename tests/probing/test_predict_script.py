@@ -135,7 +135,7 @@ def test_script_end_to_end(tiny, tmp_path):
     assert {"SANE mean (perm-avg)", "SANE concat (perm-avg)"} <= methods
     assert results["tasks"] == {"test_acc": "regression", "optimizer": "classification"}
     for record in records:
-        assert set(record["scores"]) == {"train", "val", "test"}
+        assert set(record["scores"]) == {"train", "validation", "test"}
         if record["task"] == "regression" and record["method"] in ("W", "s(W)", "SANE mean"):
             assert record["metric"] == "r2" and record["alpha"] is not None
     scalings = {r["scaling"] for r in records if r["method"] == "SANE mean" and r["property"] == "test_acc"}
