@@ -1,6 +1,6 @@
 """Streaming zoos: `load_zoo_dataset(..., streaming=True)` and `StreamingWindowLoader` (shuffle buffer, resumable
-position), on a local folder. Not by Hub id: the olah mirror the hub tests use serves a file whole (200) to a range
-request, and a streamed parquet shard is read by ranges (its footer first)."""
+position), on a local folder. By Hub id (pretraining on the stream from the local Hub mirror):
+tests/hub/test_hub_integration.py."""
 
 import pytest
 import torch
