@@ -78,7 +78,10 @@ def write_zoo(root: Path, architecture: str, model_kwargs: dict, num_models: int
             acc = 0.1 + 0.1 * epoch
             lines.append(json.dumps({"epoch": epoch, "train_acc": acc + 0.01, "test_acc": acc, "val_acc": acc}))
         (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-        (folder / "DONE").write_text("")
+        # The finished-model record sane-make-zoo writes (readers refuse an empty DONE).
+        done = {"format": "sane_hf-zoo", "format_version": 1, "model_id": folder.name, "index": index}
+        done |= {"epochs": num_epochs - 1, "num_checkpoints": num_epochs, "final_metrics": json.loads(lines[-1])}
+        (folder / "DONE").write_text(json.dumps(done))
     return root
 
 

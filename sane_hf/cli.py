@@ -177,11 +177,21 @@ def main_quickstart(args: Sequence[str] | None = None) -> None:
 @one_line_errors("sane-convert-zoo")
 def main_convert_zoo(args: Sequence[str] | None = None) -> None:
     """`sane-convert-zoo`: tokenize a model zoo into a Hub-style dataset folder (and optionally push it)."""
-    from .data.hub_dataset import ConvertConfig, convert_zoo
+    from .data.hub_dataset import ConvertConfig
+    from .data.sharded_conversion import ShardingConfig, convert_zoo_sharded
 
     _setup_logging()
-    (config,) = parse_config((ConvertConfig,), args)
-    result = convert_zoo(config)
+    config, sharding = parse_config((ConvertConfig, ShardingConfig), args)
+    result = convert_zoo_sharded(config, sharding)
+    if not _is_main_process():
+        _leave_launch()
+        return
+    if sharding.shard_index is not None and not result.skipped:
+        print(
+            f"Converted shard worker {sharding.shard_index} of {sharding.num_shards} in {result.seconds:.1f} s; once "
+            f"every worker is done: --num_shards {sharding.num_shards} --finalize true."
+        )
+        return
     info = result.info
     done = "Already converted (same zoo models and options; skipped):" if result.skipped else "Converted"
     print(
@@ -194,21 +204,30 @@ def main_convert_zoo(args: Sequence[str] | None = None) -> None:
     print(f"  filtering: {filtering.get('num_checkpoints_kept')}/{filtering.get('num_checkpoints_read')} kept")
     if result.url:
         print(f"  pushed: {result.url}")
+    _leave_launch()
 
 
 @one_line_errors("sane-pretrain")
 def main_pretrain(args: Sequence[str] | None = None) -> None:
     """`sane-pretrain`: pretrain SANE on a tokenized zoo (one process, or many under `accelerate launch`/torchrun)."""
-    import os
-
     from .training.configs import PretrainConfig
     from .training.pretrain import pretrain
 
     _setup_logging()
     (config,) = parse_config((PretrainConfig,), args)
     output_dir = pretrain(config)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if _is_main_process():
         print(f"SANE saved to {output_dir}")
+    _leave_launch()
+
+
+def _is_main_process() -> bool:
+    """Whether this process prints a command's summary: the only one, or process 0 of a launch."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _leave_launch() -> None:
+    """End a process of a multi-process launch once its command is done (a no-op in a single process)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # torch 2.13 + gloo aborts at interpreter exit in 10-25% of multi-process runs (seen on this project's CPU machines); the work
         # is saved and the process group torn down by now, so leave without running the exit handlers.
@@ -244,11 +263,15 @@ def main_predict(args: Sequence[str] | None = None) -> None:
     _setup_logging()
     (config,) = parse_config((PredictConfig,), args)
     results = predict_properties(config)
+    if results is None:  # a process of a launch other than the main one: its share is embedded
+        _leave_launch()
+        return
     print(f"Property prediction finished in {results['timings']['total']} s; report in {config.output_dir}:")
     print("  " + ", ".join(results["files"]))
     with open(f"{config.output_dir}/{RESULTS_MD}", encoding="utf-8") as file:
         table = file.read().split("\n## ")[0]
     print(table.rstrip())
+    _leave_launch()
 
 
 @one_line_errors("sane-generate")
@@ -266,6 +289,9 @@ def main_generate(args: Sequence[str] | None = None) -> None:
         )
         return
     result = generate(config)
+    if not _is_main_process():
+        _leave_launch()
+        return
     timings = ", ".join(f"{key} {value:.1f} s" for key, value in result.timings.items())
     print(f"Generated {len(result.models)} {config.sampler} networks into {result.output_dir} ({timings}).")
     zero_shot = [row["test_acc"] for row in result.zero_shot]
@@ -276,6 +302,7 @@ def main_generate(args: Sequence[str] | None = None) -> None:
         print(result.report.to_markdown().split("\n\n")[2])
     if result.url:
         print(f"  pushed: {result.url}")
+    _leave_launch()
 
 
 @one_line_errors("sane-evaluate")
@@ -286,5 +313,7 @@ def main_evaluate(args: Sequence[str] | None = None) -> None:
     _setup_logging()
     (config,) = parse_config((EvaluateConfig,), args)
     report = evaluate_models(config)
-    print(f"Evaluation of {config.models} written to {config.output_dir or config.models}:")
-    print(report.to_markdown().split("\n\n")[2])
+    if _is_main_process():
+        print(f"Evaluation of {config.models} written to {config.output_dir or config.models}:")
+        print(report.to_markdown().split("\n\n")[2])
+    _leave_launch()

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .constants import VALIDATION_SPLIT, split_scores
 from .utils.bootstrap import mean_interval
 from .utils.io import read_json, write_json_atomic, write_text_atomic
 from .utils.threads import torch_threads
@@ -465,7 +466,7 @@ def build_report(root: Path, stages_state: Mapping[str, Any], seconds_this_run: 
 def summarize_probe(results: Mapping[str, Any], property_name: str = "test_acc") -> dict[str, Any]:
     """The best SANE row and the best row of each baseline for one property, every row chosen on validation.
 
-    Returns `{"sane": {...}, "s(W)": {...}, "W": {...}}`, each with `method`, `scaling`, `val`, `test` and
+    Returns `{"sane": {...}, "s(W)": {...}, "W": {...}}`, each with `method`, `scaling`, `validation`, `test` and
     `test_interval` (bootstrap over test models) when present.
     """
     from .probing.report import best_record
@@ -478,7 +479,7 @@ def summarize_probe(results: Mapping[str, Any], property_name: str = "test_acc")
         summary[name] = {
             "method": best["method"],
             "scaling": best["scaling"],
-            "val": best["scores"]["val"],
+            VALIDATION_SPLIT: split_scores(best["scores"])[VALIDATION_SPLIT],
             "test": best["scores"]["test"],
             "test_interval": best.get("intervals", {}).get("test"),
         }

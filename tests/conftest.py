@@ -263,3 +263,100 @@ def zoo_tools() -> SimpleNamespace:
         assert_no_output=assert_no_output,
         write_malicious_checkpoint=write_malicious_checkpoint,
     )
+
+
+@pytest.fixture(scope="session")
+def launch_two_processes():
+    """`launch(script, *args, cwd)`: run a script of this repository under `torchrun --nproc_per_node 2` (two CPU
+    processes, a gloo group, one thread each) and return its stderr, asserting exit 0. On a timeout the launcher AND
+    its workers are killed (a killed torchrun alone orphans them)."""
+    import signal
+
+    repo = Path(__file__).resolve().parents[1]
+
+    def launch(script: str | Path, *args: str, cwd: Path) -> str:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+        command += [str(repo / script), *map(str, args)]
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(repo),
+            "ACCELERATE_USE_CPU": "1",
+            "OMP_NUM_THREADS": "1",
+            "HF_HUB_OFFLINE": "1",
+        }
+        process = subprocess.Popen(
+            command,
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            _, stderr = process.communicate(timeout=600)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            _, stderr = process.communicate()
+            pytest.fail(f"The 2-process run of {script} timed out:\n{stderr[-3000:]}")
+        assert process.returncode == 0, stderr[-3000:]
+        return stderr
+
+    return launch
+
+
+def _without_timings(value):
+    """A JSON value without wall times (`timings`, `seconds`, `*_seconds`), which differ between any two runs."""
+    if isinstance(value, dict):
+        return {
+            key: _without_timings(item)
+            for key, item in value.items()
+            if key != "timings" and key != "seconds" and not key.endswith("_seconds")
+        }
+    if isinstance(value, list):
+        return [_without_timings(item) for item in value]
+    return value
+
+
+@pytest.fixture(scope="session")
+def folder_digests():
+    """`digests(folder)`: `{relative path: sha256}` of every file below `folder`; JSON files are hashed without
+    their wall times (`timings`, `seconds`, `*_seconds`) and `skip` names files left out (e.g. a Markdown report
+    with a seconds column). Two runs that wrote the same things give equal digests."""
+
+    def digests(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
+        result = {}
+        for path in sorted(Path(folder).rglob("*")):
+            name = path.relative_to(folder).as_posix()
+            if not path.is_file() or name in skip:
+                continue
+            data = path.read_bytes()
+            if path.suffix == ".json":
+                data = json.dumps(_without_timings(json.loads(data)), sort_keys=True).encode()
+            result[name] = hashlib.sha256(data).hexdigest()
+        return result
+
+    return digests
+
+
+@pytest.fixture
+def once_and_on_two_processes(tmp_path, monkeypatch, launch_two_processes):
+    """`run(script, config_text, main)`: write `config_text` to a YAML file, run `main(["--config", file,
+    "--output_dir", "out"])` (a `sane_hf.cli` entry point) in this process inside `tmp_path/one`, then `script` under
+    torchrun (2 CPU processes) inside `tmp_path/two`; returns both output folders and the launch's stderr.
+
+    Options go in a config file because the launchers parse abbreviations of their own options (`--n` would be taken
+    for `--nnodes`); the output_dir is the same relative path in two working folders because run records name it."""
+
+    def run(script: str, config_text: str, main) -> tuple[Path, Path, str]:
+        config = tmp_path / "config.yaml"
+        config.write_text(config_text)
+        args = ["--config", str(config), "--output_dir", "out"]
+        for name in ("one", "two"):
+            (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / "one")
+        main(args)
+        stderr = launch_two_processes(script, *args, cwd=tmp_path / "two")
+        return tmp_path / "one" / "out", tmp_path / "two" / "out", stderr
+
+    return run

@@ -286,7 +286,12 @@ def too_many_anchors(good, d):
 
 def anchors_from_empty_split(good, d):
     args = ["--model", good["sane16"], "--dataset", good["ds16"], "--output_dir", d / "gen", "--anchor_split", "val"]
-    # 6 models split 0.7/0.15/0.15 leave val without a model
+    # 6 models split 0.7/0.15/0.15 leave validation without a model ("val" is its format version 1 name)
+    return _cli("main_generate", *args, "--num_anchors", 1, "--evaluate", "false")
+
+
+def anchors_from_an_unknown_split(good, d):
+    args = ["--model", good["sane16"], "--dataset", good["ds16"], "--output_dir", d / "gen", "--anchor_split", "dev"]
     return _cli("main_generate", *args, "--num_anchors", 1, "--evaluate", "false")
 
 
@@ -297,6 +302,20 @@ def no_checkpoint_of_epochs(good, d):
 
 def batch_larger_than_split(good, d):
     return _cli("main_pretrain", "--dataset", good["ds16"], "--output_dir", d / "sane", "--batch_size", 500)
+
+
+def streamed_batch_larger_than_split(good, d):
+    args = ["--dataset", good["ds16"], "--output_dir", d / "sane", "--batch_size", 500, "--streaming", "true"]
+    return _cli("main_pretrain", *args)
+
+
+def shuffle_buffer_without_streaming(good, d):
+    return _cli("main_pretrain", "--dataset", good["ds16"], "--output_dir", d / "sane", "--shuffle_buffer", 4)
+
+
+def streaming_with_windows_per_checkpoint(good, d):
+    args = ["--dataset", good["ds16"], "--output_dir", d / "sane", "--streaming", "true"]
+    return _cli("main_pretrain", *args, "--windows_per_checkpoint", 2)
 
 
 def window_beyond_positions(good, d):
@@ -888,7 +907,15 @@ CASES = [
         ("`num_anchors`=50", "only 4 checkpoint(s)", "--num_anchors 4"),
         "sane-generate",
     ),
-    Case("anchors from an empty split", anchors_from_empty_split, ("no split 'val'", "'train'"), "sane-generate"),
+    Case(
+        "anchors from an empty split", anchors_from_empty_split, ("no split 'validation'", "'train'"), "sane-generate"
+    ),
+    Case(
+        "anchors from an unknown split",
+        anchors_from_an_unknown_split,
+        ("Unknown split 'dev'", "['train', 'validation', 'test']"),
+        "sane-generate",
+    ),
     Case(
         "checkpoint_epochs selects nothing",
         no_checkpoint_of_epochs,
@@ -900,6 +927,26 @@ CASES = [
         batch_larger_than_split,
         ("train split has 8 windows per epoch", "batch_size=500"),
         "sane-pretrain",
+    ),
+    Case(
+        "streamed pretraining with a batch larger than the split",
+        streamed_batch_larger_than_split,
+        ("streamed train split has 8 checkpoints, 8 per process", "batch_size=500"),
+        "sane-pretrain",
+    ),
+    Case(
+        "shuffle_buffer without streaming",
+        shuffle_buffer_without_streaming,
+        ("`shuffle_buffer`=4 needs `streaming`=True", "pass --streaming"),
+        "sane-pretrain",
+        2,
+    ),
+    Case(
+        "streaming with windows_per_checkpoint",
+        streaming_with_windows_per_checkpoint,
+        ("`windows_per_checkpoint`=2 needs an in-memory dataset", "windows_per_checkpoint=1 with --streaming"),
+        "sane-pretrain",
+        2,
     ),
     Case("window larger than the position table", window_beyond_positions, ("window_size", "128", "max_positions")),
     Case(

@@ -4,6 +4,7 @@ import math
 import statistics
 
 import numpy as np
+import pytest
 
 from sane_hf.quickstart import generation_verdict, probe_verdict, summarize_generation, summarize_probe
 from sane_hf.utils.bootstrap import bootstrap_over_groups, mean_interval
@@ -61,9 +62,11 @@ def test_generation_verdict_states_the_computed_margin():
     assert "not above training from scratch" in losing
 
 
-def test_probe_verdict_picks_rows_on_validation():
+@pytest.mark.parametrize("validation", ["validation", "val"])  # "val": results.json written before format 2
+def test_probe_verdict_picks_rows_on_validation(validation):
     def record(method, val, test):
-        return {"property": "test_acc", "method": method, "scaling": "none", "scores": {"val": val, "test": test}}
+        scores = {validation: val, "test": test}
+        return {"property": "test_acc", "method": method, "scaling": "none", "scores": scores}
 
     results = {
         "records": [
@@ -76,6 +79,7 @@ def test_probe_verdict_picks_rows_on_validation():
     }
     probe = summarize_probe(results, "test_acc")
     assert probe["sane"]["method"] == "SANE stats" and probe["sane"]["test"] == 0.85
+    assert probe["sane"]["validation"] == 0.90
     text = probe_verdict(probe, seed=0)
     assert "SANE stats, chosen on validation) reaches test R² 0.850" in text
     assert "does not beat s(W) (0.870; difference -0.020)" in text and "beats W (0.400; difference +0.450)" in text

@@ -27,6 +27,7 @@ the end and removed on any error, so no half-written dataset is ever left behind
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -48,7 +49,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ..constants import VERSION
+from ..constants import OLD_SPLIT_NAMES, VALIDATION_SPLIT, VERSION, canonical_split
 from ..tokenization import (
     TokenLayout,
     TokenNormalization,
@@ -295,11 +296,11 @@ def split_model_ids(
     seed: int = 42,
     max_models: int | None = None,
 ) -> dict[str, list[str]]:
-    """Split models (never checkpoints) into train/val/test, as the original (docs/zoo_dataset_format.md).
+    """Split models (never checkpoints) into train/validation/test, as the original (docs/zoo_dataset_format.md).
 
     The ids are sorted, shuffled with `random.Random(seed)`, truncated to `max_models`, and cut into the first
-    `floor(f_train * N)` (train), the next `floor(f_val * N)` (val) and the rest (test). With two fractions there
-    is no val split. Each split is returned sorted.
+    `floor(f_train * N)` (train), the next `floor(f_val * N)` (validation) and the rest (test). With two fractions
+    there is no validation split. Each split is returned sorted.
     """
     fractions = check_split_fractions(fractions)
     ids = sorted(model_ids)
@@ -313,7 +314,7 @@ def split_model_ids(
     n_val = math.floor(fractions[1] * n)
     return {
         "train": sorted(ids[:n_train]),
-        "val": sorted(ids[n_train : n_train + n_val]),
+        VALIDATION_SPLIT: sorted(ids[n_train : n_train + n_val]),
         "test": sorted(ids[n_train + n_val :]),
     }
 
@@ -450,8 +451,13 @@ class _ShardWriter:
         properties: Mapping[str, str],
         max_bytes: int,
         writes: _ShardWrites,
+        owns: Callable[[int], bool] | None = None,
     ) -> None:
         self.folder = folder
+        # Sharded conversion (`sharded_conversion.py`): `owns(i)` says whether shard i is written here; the rows of
+        # the others are counted but neither normalized nor encoded.
+        self.owns = owns
+        self.num_shards = 0
         self.split = split
         self.features = features
         self.schema = features.arrow_schema
@@ -495,6 +501,11 @@ class _ShardWriter:
         while done < len(records):
             if self._count == self.capacity:
                 self._flush()
+            if self.owns is not None and not self.owns(self.num_shards):
+                stop = done + min(len(records) - done, self.capacity - self._count)
+                self._count += stop - done
+                done = stop
+                continue
             if self._buffer is None:
                 self._buffer = self.writes.buffer((self.capacity, self.num_tokens, self.token_size))
             stop = done + min(len(records) - done, self.capacity - self._count)
@@ -527,6 +538,11 @@ class _ShardWriter:
 
         if not self._count:
             return
+        if self.owns is not None and not self.owns(self.num_shards):
+            self.num_rows += self._count
+            self.num_shards += 1
+            self._reset()
+            return
         columns = {
             "model_id": pa.array(self._model_ids, type=pa.string()),
             "epoch": pa.array(self._epochs, type=pa.int64()),
@@ -535,7 +551,7 @@ class _ShardWriter:
         for name in self.properties:
             columns[name] = pa.array(self._props[name], type=self.schema.field(name).type)
         table = pa.table(columns, schema=self.schema)
-        path = self.folder / f"{self.split}-{len(self._files):05d}.partial"
+        path = self.folder / f"{self.split}-{self.num_shards:05d}.partial"
         strings = ["model_id", *(n for n, d in self.properties.items() if d == "string")]
         self.writes.submit(
             self._buffer,
@@ -549,6 +565,7 @@ class _ShardWriter:
             column_encoding={f"{TOKENS_COLUMN}.list.element.list.element": "BYTE_STREAM_SPLIT"},
         )
         self.num_rows += self._count
+        self.num_shards += 1
         self._files.append(path)
         self._buffer = None  # now `writes`'s until written
         self._reset()
@@ -557,13 +574,17 @@ class _ShardWriter:
         """Hand the last (partial) shard to `writes`."""
         self._flush()
 
+    def shard_names(self) -> list[str]:
+        """The final names of every shard of the split, `<split>-<i:05d>-of-<n:05d>.parquet` (those written here or
+        not)."""
+        n = self.num_shards
+        return [Path(DATA_PATH_TEMPLATE.format(split=self.split, shard_index=i, num_shards=n)).name for i in range(n)]
+
     def rename(self) -> list[Path]:
-        """Rename the written shards to `<split>-<i:05d>-of-<n:05d>.parquet` (after `writes.close()`); returns the
-        final paths."""
-        n = len(self._files)
+        """Rename the shards written here to their final names (after `writes.close()`); returns their paths."""
         final = []
-        for i, path in enumerate(self._files):
-            target = self.folder / Path(DATA_PATH_TEMPLATE.format(split=self.split, shard_index=i, num_shards=n)).name
+        for path in self._files:
+            target = self.folder / self.shard_names()[int(path.stem.rsplit("-", 1)[1])]
             os.replace(path, target)
             final.append(target)
         return final
@@ -829,6 +850,7 @@ def write_zoo_dataset(
     repo_id: str | None = None,
     show_progress: bool = True,
     conversion: Mapping[str, Any] | None = None,
+    shards: Any | None = None,
 ) -> SaneDatasetInfo:
     """Tokenize the zoo of `reader` into a Hub-style dataset folder at `output_dir` (atomically).
 
@@ -843,6 +865,9 @@ def write_zoo_dataset(
         show_progress (`bool`, *optional*, defaults to `True`): tqdm progress bars.
         conversion (`Mapping`, *optional*): what the dataset is converted from, written to `meta/conversion.json`
             (`convert_zoo` reads it to skip a rerun of a finished conversion).
+        shards (`ShardAssignment`, *optional*): convert as one of several shard workers
+            (`sharded_conversion.py`): only the parquet shards it owns are written, into a staging folder shared by
+            the workers, with a record of the metadata; `finalize_sharded_conversion` completes the dataset.
         Other arguments: see `ConvertConfig`.
 
     Returns:
@@ -869,7 +894,8 @@ def write_zoo_dataset(
     selected = [model_id for ids in splits.values() for model_id in ids]
     properties = infer_property_dtypes(reader, selected)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = make_temporary_dir(output_dir)  # also removes the leftovers of a killed conversion
+    # Also removes the leftovers of a killed conversion (a shard worker: its own, in the shared staging folder).
+    tmp = make_temporary_dir(output_dir) if shards is None else shards.staging_dir(output_dir)
     writes = _ShardWrites()
     try:
         # 1. Reference checkpoint and layout: the first kept train checkpoint (train is in the reference's split,
@@ -910,11 +936,14 @@ def write_zoo_dataset(
         first = train_records = None  # release the reference checkpoint
 
         # 2. The splits, at most two shards in memory at a time (one being filled, one being written).
-        (tmp / DATA_DIR).mkdir()
+        (tmp / DATA_DIR).mkdir(exist_ok=shards is not None)
         features = _features(layout.num_tokens, layout.token_size, properties)
         writers: dict[str, tuple[_ShardWriter, set[str]]] = {}
         for split, model_ids in splits.items():
-            writer = _ShardWriter(tmp / DATA_DIR, split, features, properties, int(shard_size_mb * (1 << 20)), writes)
+            owns = None if shards is None else shards.owns_from(sum(w.num_shards for w, _ in writers.values()))
+            writer = _ShardWriter(
+                tmp / DATA_DIR, split, features, properties, int(shard_size_mb * (1 << 20)), writes, owns
+            )
             kept: set[str] = set()
             total = sum(len(reader.selected_epochs(reader.member(m))) for m in model_ids)
             tokenize = _BatchTokenizer(layout)
@@ -936,8 +965,8 @@ def write_zoo_dataset(
             split_infos[split] = SplitInfo(
                 model_ids=sorted(kept),
                 num_checkpoints=writer.num_rows,
-                files=[f"{DATA_DIR}/{f.name}" for f in files],
-                num_bytes=sum(f.stat().st_size for f in files),
+                files=[f"{DATA_DIR}/{name}" for name in writer.shard_names()],
+                num_bytes=sum(f.stat().st_size for f in files),  # a shard worker's own shards only
             )
             if not writer.num_rows:
                 logger.warning("The %s split is empty (%d models assigned).", split, len(splits[split]))
@@ -970,21 +999,19 @@ def write_zoo_dataset(
             checksums=checksums,
             codebase_version=VERSION,
         )
-        (tmp / META_DIR).mkdir()
-        write_json_atomic(tmp / INFO_PATH, info.to_dict())
-        write_json_atomic(tmp / LAYOUT_PATH, layout.to_dict())
-        write_json_atomic(tmp / NORMALIZATION_PATH, norm.to_dict())
-        if conversion is not None:
-            write_json_atomic(tmp / CONVERSION_PATH, conversion)
-        from ..hub.cards import build_dataset_card
-
-        build_dataset_card(info, repo_id=repo_id, root=tmp).save(tmp / "README.md")
+        if shards is not None:  # the metadata is written once every shard is (`finalize_sharded_conversion`)
+            shards.write_record(tmp, info, layout.to_dict(), norm.to_dict(), conversion)
+            return info
+        write_meta_and_card(tmp, info, layout.to_dict(), norm.to_dict(), conversion, repo_id)
         _move_into_place(tmp, output_dir)
     except BaseException:
         try:
             writes.close(abort=True)  # no write may still be creating files in `tmp`
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if shards is None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                shards.discard(tmp)
         raise
     logger.info(
         "Wrote %s: %s.",
@@ -992,6 +1019,27 @@ def write_zoo_dataset(
         ", ".join(f"{s} {i.num_models} models / {i.num_checkpoints} checkpoints" for s, i in split_infos.items()),
     )
     return info
+
+
+def write_meta_and_card(
+    folder: Path,
+    info: SaneDatasetInfo,
+    layout: Mapping[str, Any],
+    normalization: Mapping[str, Any],
+    conversion: Mapping[str, Any] | None,
+    repo_id: str | None,
+) -> None:
+    """Write `meta/info.json`, `meta/layout.json`, `meta/normalization.json`, `meta/conversion.json` (when given)
+    and the dataset card into a dataset folder whose shards are written."""
+    (folder / META_DIR).mkdir()
+    write_json_atomic(folder / INFO_PATH, info.to_dict())
+    write_json_atomic(folder / LAYOUT_PATH, layout)
+    write_json_atomic(folder / NORMALIZATION_PATH, normalization)
+    if conversion is not None:
+        write_json_atomic(folder / CONVERSION_PATH, conversion)
+    from ..hub.cards import build_dataset_card
+
+    build_dataset_card(info, repo_id=repo_id, root=folder).save(folder / "README.md")
 
 
 @dataclass
@@ -1022,11 +1070,12 @@ def _finished_conversion(output_dir: Path, record: dict[str, Any]) -> SaneDatase
     return SaneDatasetInfo.from_dict(info, source=str(output_dir / INFO_PATH)) if stored == record else None
 
 
-def convert_zoo(config: ConvertConfig, *, show_progress: bool = True) -> ConvertResult:
+def convert_zoo(config: ConvertConfig, *, show_progress: bool = True, shards: Any | None = None) -> ConvertResult:
     """Convert a zoo into a tokenized Hub dataset folder (and push it if `config.push_to_hub`).
 
     Running the same conversion again (same zoo models and options) finds the finished dataset and skips the work
-    (`ConvertResult.skipped`); `overwrite` converts again.
+    (`ConvertResult.skipped`); `overwrite` converts again. With `shards` (a `ShardAssignment`), this is one worker
+    of a sharded conversion (`sharded_conversion.py`): it writes its own shards and nothing is pushed.
 
     Example:
 
@@ -1043,7 +1092,8 @@ def convert_zoo(config: ConvertConfig, *, show_progress: bool = True) -> Convert
         raise ValueError("`output_dir` is required: where to write the dataset folder.")
     start = time.perf_counter()
     with torch_threads(config.num_threads):
-        with output_lock(config.output_dir):  # a second conversion would silently replace this one
+        # A second conversion would silently replace this one (shard workers write their own files side by side).
+        with output_lock(config.output_dir) if shards is None else contextlib.nullcontext():
             reader = open_zoo(
                 config.zoo_dir,
                 config.zoo_format,
@@ -1074,8 +1124,12 @@ def convert_zoo(config: ConvertConfig, *, show_progress: bool = True) -> Convert
                     repo_id=config.push_to_hub,
                     show_progress=show_progress,
                     conversion=record,
+                    shards=shards,
                 )
     output_dir = Path(config.output_dir)
+    if shards is not None and not skipped:
+        seconds = time.perf_counter() - start
+        return ConvertResult(output_dir=output_dir, info=info, seconds=seconds, num_bytes=0, skipped=False)
     num_bytes = sum(f.stat().st_size for f in output_dir.rglob("*") if f.is_file())
     seconds = time.perf_counter() - start
     url = None
@@ -1161,9 +1215,14 @@ class SaneZooDataset:
     root: Path
 
     def __getitem__(self, split: str):
-        if split not in self.splits:
+        """The split called `split`; `"val"` (format version 1's name) is `"validation"`."""
+        try:
+            name = canonical_split(split)
+        except ValueError as err:
+            raise KeyError(str(err)) from None
+        if name not in self.splits:
             raise KeyError(f"No split {split!r}; this zoo has {list(self.splits)}.")
-        return self.splits[split]
+        return self.splits[name]
 
     @property
     def property_names(self) -> list[str]:
@@ -1340,6 +1399,8 @@ def load_zoo_dataset(
         splits = datasets.load_dataset(
             source, revision=revision, cache_dir=cache_dir, token=token, streaming=streaming
         )
+        # A format version 1 dataset's card names the validation split `val`: it loads as `validation`.
+        splits = {OLD_SPLIT_NAMES.get(name, name): split for name, split in splits.items()}
     expected = info.nonempty_splits
     if streaming:
         if sorted(splits) != sorted(expected):

@@ -14,13 +14,18 @@ from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
+from ..constants import OLD_SPLIT_NAMES, SPLIT_NAMES
+
 
 logger = logging.getLogger(__name__)
 
 # The on-disk format of a tokenized zoo (parquet columns + meta/*.json + card). Bump on any change old readers
 # cannot read; `load_zoo_dataset` refuses other versions with `ZooDatasetVersionError`.
 ZOO_DATASET_FORMAT = "sane_hf-zoo-dataset"
-ZOO_DATASET_FORMAT_VERSION = 1
+# Version 2 names the validation split `validation` (datasets' name; version 1: `val`), nothing else changed, so
+# version 1 datasets still load, their `val` split as `validation` (docs/zoo_dataset_format.md#format-versions).
+ZOO_DATASET_FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 # Hub tag written on push, so readers can pin `revision=ZOO_DATASET_TAG` (lerobot tags `CODEBASE_VERSION`).
 ZOO_DATASET_TAG = f"sane-zoo-v{ZOO_DATASET_FORMAT_VERSION}"
 
@@ -30,7 +35,6 @@ INFO_PATH = f"{META_DIR}/info.json"
 LAYOUT_PATH = f"{META_DIR}/layout.json"
 NORMALIZATION_PATH = f"{META_DIR}/normalization.json"
 DATA_PATH_TEMPLATE = DATA_DIR + "/{split}-{shard_index:05d}-of-{num_shards:05d}.parquet"
-SPLIT_NAMES = ("train", "val", "test")
 # Property types as `datasets.Value` dtypes.
 PROPERTY_DTYPES = ("float64", "int64", "bool", "string")
 
@@ -71,7 +75,8 @@ class SaneDatasetInfo:
         token_size (`int`): token width `T`.
         num_tokens (`int`): tokens per checkpoint `S`.
         num_layers (`int`): tokenized layers.
-        splits (`dict[str, SplitInfo]`): `train`/`val`/`test` (a split may hold zero models).
+        splits (`dict[str, SplitInfo]`): `train`/`validation`/`test` (a split may hold zero models; a version 1
+            file's `val` is read as `validation`, its `files` unchanged).
         properties (`dict[str, str]`): property column name -> `datasets.Value` dtype (`float64`, `int64`, `bool`,
             `string`).
         architecture (`str`, *optional*): zoo registry name (`sane_hf.zoo_models`), if known.
@@ -172,7 +177,8 @@ class SaneDatasetInfo:
 
     @property
     def nonempty_splits(self) -> list[str]:
-        """Splits with at least one checkpoint, in `train`, `val`, `test` order (the card's `configs` lists these)."""
+        """Splits with at least one checkpoint, in `train`, `validation`, `test` order (the card's `configs` lists
+        these)."""
         return [name for name in SPLIT_NAMES if name in self.splits and self.splits[name].num_checkpoints > 0]
 
     def to_dict(self) -> dict[str, Any]:
@@ -200,12 +206,15 @@ class SaneDatasetInfo:
                 "(is this a tokenized zoo written by sane_hf?)."
             )
         version = data.get("format_version")
-        if version != ZOO_DATASET_FORMAT_VERSION:
+        if version not in READABLE_FORMAT_VERSIONS:
             raise ZooDatasetVersionError(
                 f"{source}: the tokenized zoo has format_version {version!r}, but this sane_hf reads format_version "
-                f"{ZOO_DATASET_FORMAT_VERSION} only. Convert the source zoo again with `sane-convert-zoo` (or use the "
-                f"sane_hf version that wrote it, codebase_version {data.get('codebase_version')!r})."
+                f"{' or '.join(map(str, READABLE_FORMAT_VERSIONS))}. Convert the source zoo again with "
+                f"`sane-convert-zoo` (or use the sane_hf version that wrote it, codebase_version "
+                f"{data.get('codebase_version')!r})."
             )
+        if version == 1:
+            data = _renamed_splits(data)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -221,6 +230,22 @@ class SaneDatasetInfo:
             return cls(**values)
         except (TypeError, KeyError) as err:
             raise ValueError(f"{source}: invalid content ({err}).") from None
+
+
+def _renamed_splits(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A format version 1 `info.json` with its `val` split (and the split its shard checksums name) as `validation`;
+    the shard files keep their names."""
+    data = dict(data)
+    if isinstance(data.get("splits"), Mapping):
+        data["splits"] = {OLD_SPLIT_NAMES.get(name, name): split for name, split in data["splits"].items()}
+    if isinstance(data.get("checksums"), Mapping):
+        data["checksums"] = {
+            file: {**record, "split": OLD_SPLIT_NAMES.get(record.get("split"), record.get("split"))}
+            if isinstance(record, Mapping)
+            else record
+            for file, record in data["checksums"].items()
+        }
+    return data
 
 
 def _required(f) -> bool:

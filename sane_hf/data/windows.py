@@ -16,7 +16,11 @@ mask. The original materialized `[P+1, S, T]` per sample and drew one window sta
 * `ZooCheckpointDataset` + `WindowCollator` give the same batches through a plain `torch.utils.data.DataLoader`
   (for `accelerate.prepare`);
 * `StreamingWindowLoader` batches windows out of a streamed split (`load_zoo_dataset(..., streaming=True)`, a zoo
-  larger than the disk), through a shuffle buffer, and saves and restores its position.
+  larger than the disk), through a shuffle buffer, and saves and restores its position;
+* pretraining's batches: `row_loaders` (row numbers of a downloaded split, in an order that depends on `(seed,
+  epoch)` only) and `streamed_loaders` (full checkpoints of each process's part of a streamed split), which
+  `cut_windows` turns into the step's windows with the step's generator (`sane_hf/training/pretrain.py` holds the
+  loop only).
 
 A window longer than the sequence (`W >= S`) is the whole sequence (start 0, length `S`).
 
@@ -154,6 +158,23 @@ def _flat_dataset(dataset):
     return dataset
 
 
+def token_chunk_array(chunk, column: str, num_tokens: int, token_size: int) -> np.ndarray:
+    """`[rows, S, T]` numpy view (no copy) of one Arrow chunk of an `Array2D [S, T]` token column."""
+    import pyarrow as pa
+
+    storage = chunk.storage if isinstance(chunk, pa.ExtensionArray) else chunk
+    if storage.null_count:
+        raise ValueError(f"Column {column!r} has null rows; every checkpoint needs tokens.")
+    values = storage.flatten().flatten()  # respects the slice offsets of the chunk
+    expected = len(chunk) * num_tokens * token_size
+    if len(values) != expected or values.null_count:
+        raise ValueError(
+            f"Column {column!r} is not a dense [{num_tokens}, {token_size}] array per row "
+            f"({len(values)} values for {len(chunk)} rows)."
+        )
+    return values.to_numpy(zero_copy_only=True).reshape(len(chunk), num_tokens, token_size)
+
+
 class ArrowTokenStore:
     """Read-only views of the `tokens` column (`Array2D [S, T]`) of a `datasets.Dataset`, and batched copies.
 
@@ -166,8 +187,6 @@ class ArrowTokenStore:
     """
 
     def __init__(self, dataset, column: str = TOKENS_COLUMN) -> None:
-        import pyarrow as pa
-
         dataset = _flat_dataset(dataset)
         feature = dataset.features.get(column)
         shape = getattr(feature, "shape", None)
@@ -180,17 +199,7 @@ class ArrowTokenStore:
         for chunk in dataset.data.table.column(column).chunks:
             if len(chunk) == 0:
                 continue
-            storage = chunk.storage if isinstance(chunk, pa.ExtensionArray) else chunk
-            if storage.null_count:
-                raise ValueError(f"Column {column!r} has null rows; every checkpoint needs tokens.")
-            values = storage.flatten().flatten()  # respects the slice offsets of the chunk
-            expected = len(chunk) * self.num_tokens * self.token_size
-            if len(values) != expected or values.null_count:
-                raise ValueError(
-                    f"Column {column!r} is not a dense [{self.num_tokens}, {self.token_size}] array per row "
-                    f"({len(values)} values for {len(chunk)} rows)."
-                )
-            array = values.to_numpy(zero_copy_only=True).reshape(len(chunk), self.num_tokens, self.token_size)
+            array = token_chunk_array(chunk, column, self.num_tokens, self.token_size)
             chunk_of_row.append(np.full(len(chunk), len(self.chunks), dtype=np.int64))
             local_row.append(np.arange(len(chunk), dtype=np.int64))
             self.chunks.append(array)
@@ -579,18 +588,32 @@ class StreamingWindowLoader:
         self._rows_seen = 0
         self._state: dict[str, Any] | None = None
 
+    def _current_state(self) -> dict[str, Any]:
+        # JSON-safe (the generator state as a list of byte values), so a training checkpoint stores it as JSON.
+        return {
+            "dataset": self.dataset.state_dict(),
+            "generator": self.collate.generator.get_state().tolist(),
+            "rows": self._rows_seen,
+        }
+
     def state_dict(self) -> dict[str, Any]:
-        """Where the stream stands after the last batch handed out (start of the stream before the first)."""
+        """Where the stream stands after the last batch handed out (start of the stream before the first); plain
+        JSON types only."""
         if self._state is None:
-            return {"dataset": self.dataset.state_dict(), "generator": self.collate.generator.get_state(), "rows": 0}
+            return self._current_state()
         return self._state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from a `state_dict` of a loader over the same split with the same arguments."""
         self.dataset.load_state_dict(state["dataset"])
-        self.collate.generator.set_state(state["generator"])
+        self.collate.generator.set_state(torch.as_tensor(state["generator"], dtype=torch.uint8))
         self._rows_seen = int(state["rows"])
         self._state = dict(state)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start pass `epoch` over the stream: the shuffle of each pass is seeded from `(seed, epoch)`; a
+        `load_state_dict` position applies to the pass it was saved in only (datasets' `IterableDataset.set_epoch`)."""
+        self.dataset.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         items: list[dict[str, Any]] = []
@@ -604,11 +627,7 @@ class StreamingWindowLoader:
                 batch = self.collate(items)
                 items = []
                 # Recorded before handing the batch out: a checkpoint saved after training on it resumes after it.
-                self._state = {
-                    "dataset": self.dataset.state_dict(),
-                    "generator": self.collate.generator.get_state(),
-                    "rows": self._rows_seen,
-                }
+                self._state = self._current_state()
                 yielded = True
                 yield batch
         if not yielded and self._rows_seen < self.batch_size:
@@ -616,3 +635,242 @@ class StreamingWindowLoader:
                 f"The streamed split yields {self._rows_seen} checkpoint(s), fewer than batch_size={self.batch_size}: "
                 "no full batch (NT-Xent compares full batches); lower batch_size."
             )
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# Pretraining's batches: row numbers of an in-memory split (windows read per step), or full checkpoints of a
+# streamed split (windows cut per step); `cut_windows` turns either into the step's windows
+# -------------------------------------------------------------------------------------------------------------------
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A shuffled order that depends only on `(seed, epoch)`: identical on every process and after a resume."""
+
+    def __init__(self, num_items: int, seed: int):
+        self.num_items = num_items
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_items
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.num_items, generator=generator).tolist())
+
+
+class RepeatedRows(torch.utils.data.Dataset):
+    """The row numbers of a split, each `repeats` times per epoch (upstream "supersample": several windows per
+    checkpoint).
+
+    Items are row numbers only: `cut_windows` reads each window, and the layers a permuted view gathers from, out of
+    the memory-mapped `store` (`read_windows`), so a batch never holds whole checkpoints (62 MB each for a
+    ResNet-18; docs/method.md#windows-and-halos).
+    """
+
+    def __init__(self, store: ArrowTokenStore, repeats: int):
+        self.store = store
+        self.repeats = repeats
+
+    def __len__(self) -> int:
+        return self.store.num_rows * self.repeats
+
+    def __getitem__(self, index: int) -> int:
+        return index % self.store.num_rows
+
+
+def collate_rows(items: list[int]) -> dict[str, torch.Tensor]:
+    """`{"rows": [B]}`: a batch of `RepeatedRows` items."""
+    return {"rows": torch.tensor(items, dtype=torch.long)}
+
+
+def token_store(loader: torch.utils.data.DataLoader | None) -> ArrowTokenStore | None:
+    """The token store a loader of `row_loaders` reads windows from (`None` for loaders of full tokens)."""
+    return getattr(getattr(loader, "dataset", None), "store", None)
+
+
+def row_loaders(
+    train, validation, batch_size: int, windows_per_checkpoint: int, seed: int
+) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader | None]:
+    """Train/validation loaders of row numbers (`{"rows": [B]}`) of in-memory splits; `cut_windows` reads the windows
+    of a batch from `token_store(loader)`.
+
+    An epoch visits every train row `windows_per_checkpoint` times in an order that depends on `(seed, epoch)` only
+    (`EpochSampler`); only full batches (NT-Xent compares full batches, docs/method.md#windows-and-halos). The
+    validation rows come in their order, in batches of `min(batch_size, rows)`; `validation` may be `None`.
+    """
+    train_set = RepeatedRows(ArrowTokenStore(train), windows_per_checkpoint)
+    if len(train_set) < batch_size:
+        raise ValueError(
+            f"The train split has {len(train_set)} windows per epoch, fewer than batch_size={batch_size} "
+            "(NT-Xent needs full batches; lower batch_size or raise windows_per_checkpoint)."
+        )
+    train_loader = torch.utils.data.DataLoader(
+        train_set,
+        batch_size=batch_size,
+        sampler=EpochSampler(len(train_set), seed),
+        drop_last=True,
+        collate_fn=collate_rows,
+        # Own generators: a DataLoader without one draws a seed from the global RNG at every `iter()`, and a run
+        # resumed mid-epoch calls `iter()` once more than an uninterrupted one, which would shift dropout masks.
+        generator=torch.Generator().manual_seed(seed),
+    )
+    val_loader = None
+    if validation is not None and len(validation) > 0:
+        val_set = RepeatedRows(ArrowTokenStore(validation), 1)
+        val_loader = torch.utils.data.DataLoader(
+            val_set,
+            batch_size=min(batch_size, len(val_set)),
+            shuffle=False,
+            drop_last=True,
+            collate_fn=collate_rows,
+            generator=torch.Generator().manual_seed(seed),
+        )
+    return train_loader, val_loader
+
+
+class StreamedBatches:
+    """Batches of full checkpoints (`{"full_tokens": [B, S, T]}` on `device`) from one process's part of a streamed
+    split; `cut_windows` cuts the step's windows out of them, as out of any `full_tokens` batch.
+
+    A pass yields `num_batches` batches (`None`: until the stream ends): the same count on every process, so that
+    distributed ranks step together. `set_epoch`, `state_dict` and `load_state_dict` are the `StreamingWindowLoader`'s.
+    """
+
+    def __init__(self, loader: StreamingWindowLoader, num_batches: int | None, device: torch.device, split: str):
+        self.loader = loader
+        self.num_batches = num_batches
+        self.device = device
+        self.split = split
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.set_epoch(epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.loader.load_state_dict(state)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return self.iter_from(0)
+
+    def iter_from(self, done: int) -> Iterator[dict[str, torch.Tensor]]:
+        """The rest of a pass of which `done` batches were taken (the loader's position is after them)."""
+        iterator = iter(self.loader)
+        remaining = None if self.num_batches is None else self.num_batches - done
+        taken = 0
+        while remaining is None or taken < remaining:
+            batch = next(iterator, None)
+            if batch is None:
+                if remaining is None:
+                    return
+                raise ValueError(
+                    f"This process's part of the streamed {self.split} split ended after {done + taken} batches; "
+                    f"every process needs {self.num_batches} per pass (its shards hold fewer checkpoints than "
+                    "meta/info.json gives per process): reconvert the zoo with a shard count the processes divide."
+                )
+            taken += 1
+            yield {"full_tokens": batch["full_tokens"].to(self.device)}
+
+
+def streamed_loaders(
+    train,
+    validation,
+    layout: TokenLayout,
+    *,
+    train_rows: int,
+    validation_rows: int,
+    batch_size: int,
+    batches_multiple_of: int = 1,
+    shuffle_buffer: int,
+    seed: int,
+    process_index: int,
+    num_processes: int,
+    device: torch.device,
+) -> tuple[StreamedBatches, StreamedBatches | None]:
+    """Train/validation batches of full checkpoints from streamed splits (`load_zoo_dataset(..., streaming=True)`).
+
+    Each process reads its own part of every split (datasets' `split_dataset_by_node`: whole shards when the
+    processes divide the shard count, else every `num_processes`-th row); the train split goes through a shuffle
+    buffer of `shuffle_buffer` rows, reshuffled every pass (`set_epoch`). A pass over the train split is one epoch of
+    `(train_rows // num_processes) // batch_size` batches per process, rounded down to a multiple of
+    `batches_multiple_of` (whole optimizer steps); `train_rows` / `validation_rows` are the split sizes
+    meta/info.json records (a stream has no length). `validation` may be `None`.
+    """
+    from datasets.distributed import split_dataset_by_node
+
+    per_process = train_rows // num_processes
+    num_batches = per_process // batch_size // batches_multiple_of * batches_multiple_of
+    if num_batches == 0:
+        raise ValueError(
+            f"The streamed train split has {train_rows} checkpoints, {per_process} per process over {num_processes} "
+            f"process(es): fewer than batch_size={batch_size} x gradient_accumulation_steps={batches_multiple_of} "
+            "(NT-Xent needs full batches); lower batch_size."
+        )
+
+    def part(split, rows_per_batch: int, buffer: int) -> StreamingWindowLoader:
+        dataset = split_dataset_by_node(split, rank=process_index, world_size=num_processes)
+        return StreamingWindowLoader(
+            # Window size 1: the loader's own windows go unused (`cut_windows` cuts the step's from `full_tokens`).
+            dataset,
+            layout,
+            1,
+            rows_per_batch,
+            shuffle_buffer=buffer,
+            seed=seed,
+            full_tokens=True,
+        )
+
+    train_batches = StreamedBatches(part(train, batch_size, shuffle_buffer), num_batches, device, "train")
+    val_batches = None
+    val_rows = validation_rows // num_processes if validation is not None else 0
+    if val_rows > 0:
+        val_batches = StreamedBatches(part(validation, min(batch_size, val_rows), 0), None, device, "validation")
+    return train_batches, val_batches
+
+
+def batch_rows(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The tensor whose first dimension is a pretraining batch's: `full_tokens` or `rows`."""
+    if "full_tokens" in batch:
+        return batch["full_tokens"]
+    if "rows" in batch:
+        return batch["rows"]
+    raise ValueError(f"A pretraining batch needs `rows` or `full_tokens`, got keys {sorted(batch)}.")
+
+
+def cut_windows(
+    batch: Mapping[str, torch.Tensor],
+    window_size: int,
+    layout: TokenLayout,
+    generator: torch.Generator,
+    permuter: Any | None,
+    store: ArrowTokenStore | None,
+) -> dict[str, torch.Tensor]:
+    """One random window per sample of a pretraining batch (plus what a permuted view reads), on the batch's device.
+
+    `{"rows": [B]}` batches (`row_loaders`) are read from `store` (`read_windows`), `{"full_tokens": [B, S, T]}`
+    batches (`StreamedBatches`, or any loader of full checkpoints) are cut (`sample_windows`, keeping `full_tokens`
+    for the permuted view); for the same generator both give the same windows.
+    """
+    device = batch_rows(batch).device
+    if "full_tokens" in batch:
+        windows = sample_windows(
+            batch["full_tokens"],
+            window_size,
+            generator,
+            positions=layout.positions.to(device),
+            mask=layout.mask.to(device),
+        )
+        windows["full_tokens"] = batch["full_tokens"]
+        return windows
+    if store is None:
+        raise ValueError("A batch of `rows` needs the split's token `store` to read the windows from.")
+    windows = read_windows(store, layout, batch["rows"], window_size, generator, permuter=permuter)
+    return {key: value.to(device) for key, value in windows.items()}

@@ -32,16 +32,25 @@ logger = logging.getLogger(__name__)
 
 
 def decode_latents(
-    sane: Any, latents: torch.Tensor, positions: torch.Tensor, batch_size: int | None = None, precision: str = "fp32"
+    sane: Any,
+    latents: torch.Tensor,
+    positions: torch.Tensor,
+    batch_size: int | None = None,
+    precision: str = "fp32",
+    sequences: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Haloed decoding of full latent sequences `[n, S, L]` into (normalized) tokens `[n, S, T]`, float32, on CPU.
 
-    `precision` (`"fp32"`, `"bf16"` or `"auto"`, see `sane_hf.utils.precision`) is the compute precision."""
+    `precision` (`"fp32"`, `"bf16"` or `"auto"`, see `sane_hf.utils.precision`) is the compute precision;
+    `sequences=(start, stop)` decodes only those rows, bit-identical to them in the full decode
+    (`SaneModel.haloed_decode`)."""
     if latents.ndim != 3:
         raise ValueError(f"`latents` must have shape (num_samples, seq_len, latent_dim), got {tuple(latents.shape)}.")
     device = next(sane.parameters()).device
     with precision_autocast(resolve_precision(precision, device, "decoding"), device):
-        return sane.haloed_decode(latents, positions, batch_size=batch_size).float().cpu()
+        # `sequences` only when given: one process calls `haloed_decode` as SANEs without that argument take it.
+        share = {} if sequences is None else {"sequences": sequences}
+        return sane.haloed_decode(latents, positions, batch_size=batch_size, **share).float().cpu()
 
 
 def tokens_to_state_dict(
@@ -249,9 +258,9 @@ class ModelDecoder:
         """Constructor arguments of a network decoded for anchor `anchor_index`."""
         return {**self.anchor_model_kwargs[int(anchor_index)], **self.target_model_kwargs}
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents `[n, S, L]` → normalized tokens `[n, S, T]`."""
-        return decode_latents(self.sane, latents, self.positions, self.batch_size, self.precision)
+    def decode(self, latents: torch.Tensor, sequences: tuple[int, int] | None = None) -> torch.Tensor:
+        """Latents `[n, S, L]` → normalized tokens `[n, S, T]` (rows `start .. stop - 1` with `sequences`)."""
+        return decode_latents(self.sane, latents, self.positions, self.batch_size, self.precision, sequences)
 
     def seeds(self, values: torch.Tensor) -> list[int]:
         """Initialization seed of each network: `init_seed` plus a CRC32 of its latents or tokens `values[i]`."""
@@ -288,6 +297,16 @@ class ModelDecoder:
             models.append(model)
         return models
 
-    def __call__(self, latents: torch.Tensor, anchor_index: torch.Tensor | Sequence[int]) -> list[nn.Module]:
-        """Latents `[n, S, L]` → `n` networks (haloed decode, de-normalize, detokenize, rebuild, strict load)."""
-        return self.build(self.decode(latents), anchor_index, seeds=self.seeds(latents))
+    def __call__(
+        self,
+        latents: torch.Tensor,
+        anchor_index: torch.Tensor | Sequence[int],
+        sequences: tuple[int, int] | None = None,
+    ) -> list[nn.Module]:
+        """Latents `[n, S, L]` → `n` networks (haloed decode, de-normalize, detokenize, rebuild, strict load).
+
+        With `sequences=(start, stop)`, only networks `start .. stop - 1`, each the same as in the full call (one
+        process's share of a launch, `SaneGenerator.build`)."""
+        first, stop = (0, len(latents)) if sequences is None else sequences
+        tokens = self.decode(latents, sequences)
+        return self.build(tokens, torch.as_tensor(anchor_index)[first:stop], seeds=self.seeds(latents[first:stop]))

@@ -36,6 +36,7 @@ from ..tasks import evaluate as evaluate_split
 from ..tasks import make_optimizer, train_epoch
 from ..utils.bootstrap import mean_interval
 from ..utils.io import json_safe, read_json, verify_file_checksum, write_text_atomic
+from ..utils.processes import Processes
 from ..utils.threads import torch_threads
 from .configs import EvaluateConfig, FinetuneConfig
 
@@ -104,7 +105,10 @@ def weight_distances(
             f"The models have {model_vectors.shape[1]} parameters (excluding {sorted(exclude)}), the anchors "
             f"{anchor_vectors.shape[1]}; distances need the same architecture."
         )
-    distances = torch.cdist(model_vectors, anchor_vectors)
+    # Each distance from its own pair of vectors (no matrix-product shortcut, whose |x|^2 + |y|^2 - 2xy cancels for
+    # nearby networks and whose rounding depends on how many models are measured at once: a process measuring its
+    # share gets the distances one process gets).
+    distances = torch.cdist(model_vectors, anchor_vectors, compute_mode="donot_use_mm_for_euclid_dist")
     nearest = distances.argmin(dim=1)
     return distances.gather(1, nearest[:, None])[:, 0], nearest
 
@@ -345,21 +349,26 @@ def evaluate_population(
 def _evaluate_at_lr(
     name: str, models: Sequence[nn.Module], task: Any, config: FinetuneConfig, lr: float, copy_models: bool
 ) -> PopulationResult:
-    histories, logits = [], []
-    for index, model in enumerate(models):
-        model = copy.deepcopy(model) if copy_models else model
-        history, model_logits = finetune(
-            model,
-            task,
-            config.finetune_epochs,
-            optimizer=config.finetune_optimizer,
-            lr=lr,
-            weight_decay=config.finetune_weight_decay,
-            batch_size=config.finetune_batch_size,
-            seed=config.eval_seed * 1_000_003 + index,
+    # Under a launch each process fine-tunes its share of the models (model r keeps its seed) and every process
+    # gets every history and logit, the same as one process's.
+    processes = Processes.current()
+    own = []
+    for index in processes.share(len(models)):
+        model = copy.deepcopy(models[index]) if copy_models else models[index]
+        own.append(
+            finetune(
+                model,
+                task,
+                config.finetune_epochs,
+                optimizer=config.finetune_optimizer,
+                lr=lr,
+                weight_decay=config.finetune_weight_decay,
+                batch_size=config.finetune_batch_size,
+                seed=config.eval_seed * 1_000_003 + index,
+            )
         )
-        histories.append(history)
-        logits.append(model_logits)
+    gathered = processes.gather(own)
+    histories, logits = [history for history, _ in gathered], [model_logits for _, model_logits in gathered]
     ensemble = {}
     if config.ensemble:
         for epoch in sorted({0, config.finetune_epochs}):
@@ -681,5 +690,8 @@ def _evaluate_saved_models(config: EvaluateConfig) -> EvaluationReport:
             k: generation.get(k) for k in ("sampler", "sane_model", "timings") if k in generation
         }
     output_dir = Path(config.output_dir) if config.output_dir else models_dir
-    write_evaluation_report(report, output_dir, plot=config.plot)
+    processes = Processes.current()
+    if processes.is_main:  # under a launch every process holds the whole report; one writes it
+        write_evaluation_report(report, output_dir, plot=config.plot)
+    processes.barrier()
     return report

@@ -20,6 +20,7 @@ share a SANE, anchors, a sampler and an evaluation, and are compared and ensembl
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -37,6 +38,7 @@ from torch import nn
 from ..tasks import evaluate as evaluate_split
 from ..utils.io import check_output_apart_from_inputs, file_checksum, make_temporary_dir, output_lock
 from ..utils.precision import precision_autocast, resolve_precision
+from ..utils.processes import Processes
 from ..utils.repo_ids import hub_id_or_none
 from ..utils.threads import torch_threads
 from .bn_conditioning import condition_batchnorm, has_batchnorm
@@ -160,6 +162,8 @@ class SaneGenerator:
         self.sane = sane.eval()
         self.zoo = zoo
         self.config = config
+        # Under a launch, every process samples the same latents and builds and scores its share of the networks.
+        self.processes = Processes.current(cpu=next(sane.parameters()).device.type == "cpu")
         self.layout = zoo.layout
         sane_layout = processor.layout if processor is not None else None
         if sane_layout is not None and sane_layout != zoo.layout:
@@ -255,12 +259,25 @@ class SaneGenerator:
         )
 
     def build(self, samples: LatentSamples) -> list[nn.Module]:
-        """Decode, rebuild and BN-condition the networks of `samples` (the same sample always gives the same network)."""
+        """Decode, rebuild and BN-condition the networks of `samples` (the same sample always gives the same network).
+
+        Under a launch each process builds its share and every process gets all networks, the same as one process's.
+        """
         models = []
         for start in range(0, len(samples), _SCORE_CHUNK):
             chunk = samples.select(range(start, min(start + _SCORE_CHUNK, len(samples))))
-            models.extend(self.condition(model) for model in self.decoder(chunk.latents, chunk.anchor_index))
+            models.extend(self.processes.gather(self._build_share(chunk)))
         return models
+
+    def _build_share(self, chunk: LatentSamples) -> list[nn.Module]:
+        """This process's share of the networks of `chunk` (all of them in one process)."""
+        share = self.processes.share(len(chunk))
+        if not share:
+            return []
+        # The decoder runs the forward passes of the whole chunk for these rows: bit-identical networks.
+        rows = None if len(share) == len(chunk) else (share.start, share.stop)
+        models = self.decoder(chunk.latents, chunk.anchor_index, sequences=rows)
+        return [self.condition(model) for model in models]
 
     def build_from_tokens(self, tokens: torch.Tensor, anchor_index: torch.Tensor) -> list[nn.Module]:
         """Networks from zoo tokens (no SANE involved), e.g. the anchors themselves, BN statistics kept as stored."""
@@ -283,13 +300,27 @@ class SaneGenerator:
         for start in range(0, len(samples), _SCORE_CHUNK):
             chunk = samples.select(range(start, min(start + _SCORE_CHUNK, len(samples))))
             # Built one chunk at a time and dropped after scoring: only the kept samples are rebuilt at the end.
-            models = self.build(chunk)
-            scores.extend(evaluate_split(model, images, labels)["acc"] for model in models)
+            # Under a launch each process builds and scores its share; scores and distances are gathered.
+            models = self._build_share(chunk)
+            own: list[tuple[float, float, int]] = []
+            if models:
+                accuracies = [evaluate_split(model, images, labels)["acc"] for model in models]
+                distances = nearest = torch.zeros(len(models))
+                if self._candidate_log is not None:
+                    if self._anchor_networks is None:
+                        self._anchor_networks = self.anchor_models()
+                    exclude = self.distance_exclude(models[0])
+                    distances, nearest = weight_distances(models, self._anchor_networks, exclude)
+                own = list(zip(accuracies, distances.tolist(), nearest.tolist()))
+            rows = self.processes.gather(own)
+            scores.extend(row[0] for row in rows)
             if self._candidate_log is not None:
-                if self._anchor_networks is None:
-                    self._anchor_networks = self.anchor_models()
-                exclude = self.distance_exclude(models[0])
-                self._candidate_log.append(weight_distances(models, self._anchor_networks, exclude))
+                self._candidate_log.append(
+                    (
+                        torch.tensor([row[1] for row in rows], dtype=torch.float64),
+                        torch.tensor([row[2] for row in rows], dtype=torch.long),
+                    )
+                )
         return torch.tensor(scores, dtype=torch.float64)
 
     # ---------------------------------------------------------------------------------------------------- sampling
@@ -408,7 +439,8 @@ def generate_models(
     anchor_models = engine.anchor_models()
     exclude = engine.distance_exclude(models[0])
     distances, _ = weight_distances(models, anchor_models, exclude)
-    zero_shot = [_zero_shot(model, engine.task) for model in models]
+    processes = engine.processes
+    zero_shot = processes.gather([_zero_shot(models[i], engine.task) for i in processes.share(len(models))])
     result = GenerationResult(
         models=models,
         samples=samples,
@@ -699,11 +731,18 @@ def generate(config: GenerateConfig) -> GenerationResult:
                 f"{output_dir} exists and is not empty (and does not hold a generation with these options); pass "
                 "--overwrite to replace it."
             )
-        with output_lock(output_dir):  # a second run would silently replace this one's models
-            return _generate_into(config, output_dir)
+        # Under a launch (`accelerate launch --num_processes K`) every process generates its share of the networks
+        # and the main process alone writes them (docs/architecture.md#work-over-processes).
+        processes = Processes.current()
+        # A second run would silently replace this one's models.
+        with output_lock(output_dir) if processes.is_main else contextlib.nullcontext():
+            result = _generate_into(config, output_dir, write=processes.is_main)
+        processes.barrier()  # the files are complete when any process returns
+        result.output_dir = output_dir
+        return result
 
 
-def _generate_into(config: GenerateConfig, output_dir: Path) -> GenerationResult:
+def _generate_into(config: GenerateConfig, output_dir: Path, write: bool = True) -> GenerationResult:
     from ..data.hub_dataset import load_zoo_dataset
     from ..models.sane import load_sane_folder
     from ..tokenization.processing_sane import load_sane_processor
@@ -726,6 +765,8 @@ def _generate_into(config: GenerateConfig, output_dir: Path) -> GenerationResult
     load_seconds = time.perf_counter() - start
     result = generate_models(sane, zoo, config, processor=processor)
     result.timings["load"] = load_seconds
+    if not write:
+        return result
     save_generated_models(result, output_dir, overwrite=config.overwrite, plot=config.plot and config.evaluate)
     if config.push_to_hub:
         result.url = push_generated_models(output_dir, config.push_to_hub, private=config.hub_private)

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..constants import canonical_split
 from ..utils.io import json_safe
 from .configs import KDE_MODES
 
@@ -257,6 +258,7 @@ def load_anchors(
         split (`str`, *optional*, defaults to `"train"`): the zoo split.
         num_anchors, property_name, epoch, filters: see `select_anchor_rows`.
     """
+    split = canonical_split(split)  # "val" (format version 1's name) is "validation"
     if split not in zoo.splits:
         raise ValueError(f"The zoo has no split {split!r}; it has {list(zoo.splits)}.")
     if not zoo.info.architecture:

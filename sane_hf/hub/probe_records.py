@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..constants import VALIDATION_SPLIT, split_scores
+
 
 METHOD_W, METHOD_SW = "W", "s(W)"
 METHOD_FINETUNED = "SANE fine-tuned"
@@ -60,7 +62,8 @@ def best_record(records: Sequence[Mapping[str, Any]], prop: str, method: str = "
         for r in records
         if r["property"] == prop
         and (r["method"].startswith("SANE") if method == "SANE" else r["method"] == method)
-        and r["scores"].get("val") is not None
+        and split_scores(r["scores"]).get(VALIDATION_SPLIT) is not None
         and r["scores"].get("test") is not None
     ]
-    return max(rows, key=lambda r: r["scores"]["val"], default=None)
+    # Records of earlier versions (results.json) keyed the validation score "val".
+    return max(rows, key=lambda r: split_scores(r["scores"])[VALIDATION_SPLIT], default=None)

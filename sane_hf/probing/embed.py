@@ -21,6 +21,7 @@ in memory, and the encoder runs without gradients, in float32 or under bf16 auto
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -28,9 +29,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.windows import ArrowTokenStore
+from ..data.windows import TOKENS_COLUMN, ArrowTokenStore, token_chunk_array
 from ..tokenization import TokenLayout, TokenPermuter
 from ..utils.precision import precision_autocast, resolve_precision
+from ..utils.processes import Processes
 
 
 logger = logging.getLogger(__name__)
@@ -48,12 +50,16 @@ def read_columns(split_dataset, names: Sequence[str], rows: Sequence[int] | None
         names (`Sequence[str]`): column names.
         rows (`Sequence[int]`, *optional*): only these rows, in this order.
     """
-    import pyarrow as pa
-
     missing = [n for n in names if n not in split_dataset.column_names]
     if missing:
         raise ValueError(f"Unknown column(s) {missing}; the split has {split_dataset.column_names}.")
-    table = split_dataset.select_columns(list(names)).with_format("arrow")[:]
+    return _table_columns(split_dataset.select_columns(list(names)).with_format("arrow")[:], names, rows)
+
+
+def _table_columns(table, names: Sequence[str], rows: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+    """`read_columns` of a `pyarrow.Table`."""
+    import pyarrow as pa
+
     values = {}
     for name in names:
         column = table.column(name)
@@ -82,11 +88,43 @@ def iter_token_batches(
     """
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
+    if _is_streamed(split_dataset):
+        for batch_rows, tokens, _ in _iter_streamed_batches(split_dataset, batch_size, rows, ()):
+            yield batch_rows, tokens
+        return
     store = ArrowTokenStore(split_dataset)
     order = np.arange(store.num_rows) if rows is None else np.asarray(rows, dtype=np.int64)
     for start in range(0, len(order), batch_size):
         batch_rows = order[start : start + batch_size]
         yield batch_rows, store.rows(torch.from_numpy(batch_rows)).float()
+
+
+def _is_streamed(split_dataset) -> bool:
+    import datasets
+
+    return isinstance(split_dataset, datasets.IterableDataset)
+
+
+def _iter_streamed_batches(
+    split_dataset, batch_size: int, rows: Sequence[int] | None, columns: Sequence[str]
+) -> Iterator[tuple[np.ndarray, torch.Tensor, Any]]:
+    """`(rows, tokens, table of columns)` batches of a streamed split, rows numbered in stream order."""
+    if rows is not None:
+        raise ValueError(
+            "`rows` needs an in-memory split (a streamed split has no random access); embed the whole stream, or "
+            "load the zoo without streaming=True."
+        )
+    features = split_dataset.features or {}
+    missing = [name for name in (TOKENS_COLUMN, *columns) if name not in features]
+    if missing:
+        raise ValueError(f"Unknown column(s) {missing}; the streamed split has {list(features)}.")
+    num_tokens, token_size = features[TOKENS_COLUMN].shape
+    seen = 0
+    for table in split_dataset.with_format("arrow").iter(batch_size=batch_size):
+        chunk = table.column(TOKENS_COLUMN).combine_chunks()
+        tokens = torch.from_numpy(token_chunk_array(chunk, TOKENS_COLUMN, num_tokens, token_size).copy()).float()
+        yield np.arange(seen, seen + len(table), dtype=np.int64), tokens, table.select(list(columns))
+        seen += len(table)
 
 
 def layer_pooling_matrix(token_layer: torch.Tensor, num_layers: int | None = None) -> torch.Tensor:
@@ -175,7 +213,9 @@ def embed_zoo(
 
     Args:
         model (`SaneModel`): the pretrained SANE; put in eval mode here (dropout off) and restored afterwards.
-        split_dataset (`datasets.Dataset`): one split of a tokenized zoo (`load_zoo_dataset(...).splits[split]`).
+        split_dataset (`datasets.Dataset` or `datasets.IterableDataset`): one split of a tokenized zoo
+            (`load_zoo_dataset(...).splits[split]`); a streamed split (`streaming=True`) is embedded in stream order,
+            one pass, rows numbered 0..N-1 (no `rows`).
         layout (`TokenLayout`): the zoo's layout (positions and the token -> layer map).
         batch_size (`int`, *optional*, defaults to 64): checkpoints read and encoded per step.
         precision (`str`, *optional*, defaults to `"fp32"`): `"bf16"` runs the encoder under bf16 autocast, `"auto"`
@@ -232,8 +272,21 @@ def embed_zoo(
     embeddings, layer_embeddings = [], []
     features: dict[str, list[torch.Tensor]] = {name: [] for name in poolings}
     order = []
+    streamed = _is_streamed(split_dataset)
+    if streamed:
+        # Rows in stream order, numbered 0..N-1; the property columns come along with the tokens (one pass).
+        property_tables = []
+
+        def batches():
+            for batch_rows, tokens, table in _iter_streamed_batches(split_dataset, batch_size, rows, properties or []):
+                property_tables.append(table)
+                yield batch_rows, tokens
+
+        batches = batches()
+    else:
+        batches = iter_token_batches(split_dataset, batch_size, rows)
     try:
-        for batch_rows, batch_tokens in iter_token_batches(split_dataset, batch_size, rows):
+        for batch_rows, batch_tokens in batches:
             draws = num_permutations if permuter is not None else 1
             sums: dict[str, torch.Tensor] = {}
             for _ in range(draws):
@@ -264,13 +317,19 @@ def embed_zoo(
         model.train(was_training)
     latent_dim = model.config.latent_dim
     order = np.concatenate(order) if order else np.zeros(0, dtype=np.int64)
+    if streamed and properties:
+        import pyarrow as pa
+
+        targets = _table_columns(pa.concat_tables(property_tables), list(properties))
+    else:
+        targets = read_columns(split_dataset, list(properties or []), order) if properties else {}
     return {
         "embeddings": torch.cat(embeddings) if embeddings else torch.zeros(0, latent_dim),
         "layer_embeddings": (
             torch.cat(layer_embeddings) if layer_embeddings else torch.zeros(0, layout.num_layers, latent_dim)
         ),
         "features": {name: torch.cat(values) if values else torch.zeros(0, 0) for name, values in features.items()},
-        "targets": read_columns(split_dataset, list(properties or []), order) if properties else {},
+        "targets": targets,
         "rows": order,
     }
 
@@ -278,21 +337,40 @@ def embed_zoo(
 def embed_zoo_across_processes(model, split_dataset, layout: TokenLayout, **kwargs: Any) -> dict[str, Any]:
     """`embed_zoo` with the checkpoints split over the processes of an Accelerate (or torchrun) launch.
 
-    Every process embeds a contiguous share of the rows (`PartialState.split_between_processes`, one process per GPU
-    or several CPU processes, e.g. `torchrun --nproc_per_node 2`) and every process gets the whole result back, rows in the order of a single-process
-    run. Without a launcher this is `embed_zoo`. Takes `embed_zoo`'s arguments; with a `permuter`, each process draws
-    its own permutations from its `generator`, so averaged embeddings depend on the number of processes.
+    Every process embeds a contiguous share of the batches of `batch_size` rows (one process per GPU or several CPU
+    processes, e.g. `torchrun --nproc_per_node 2`; docs/architecture.md#work-over-processes) and every process gets
+    the whole result back, rows in the order of a single-process run. A batch is encoded as one process encodes it,
+    so the result is bit-identical to `embed_zoo`'s; with a `permuter`, each process first draws the permutations of
+    the batches before its share from `generator` (and those after it afterwards), so every batch gets the
+    permutations one process gives it and `generator` ends where one process leaves it. Without a launcher this is
+    `embed_zoo`. Takes `embed_zoo`'s arguments.
     """
-    from accelerate import PartialState
-    from accelerate.utils import gather_object
-
+    if _is_streamed(split_dataset):
+        # One pass over the stream; splitting it by process would need the row counts up front.
+        return embed_zoo(model, split_dataset, layout, **kwargs)
     rows = kwargs.pop("rows", None)
     rows = list(range(split_dataset.num_rows)) if rows is None else [int(row) for row in rows]
     # A model on the CPU means CPU processes (a gloo group); on an accelerator, one process per device.
-    state = PartialState(cpu=next(model.parameters()).device.type == "cpu")
-    with state.split_between_processes(rows) as own_rows:
-        part = embed_zoo(model, split_dataset, layout, rows=own_rows, **kwargs) if own_rows else None
-    parts = [p for p in (gather_object([part]) if state.num_processes > 1 else [part]) if p is not None]
+    processes = Processes.current(cpu=next(model.parameters()).device.type == "cpu")
+    if processes.count == 1:
+        return embed_zoo(model, split_dataset, layout, rows=rows, **kwargs)
+    defaults = inspect.signature(embed_zoo).parameters
+    batch_size = kwargs.get("batch_size", defaults["batch_size"].default)
+    num_permutations = kwargs.get("num_permutations", defaults["num_permutations"].default)
+    batches = [rows[start : start + batch_size] for start in range(0, len(rows), batch_size)]
+    share = processes.share(len(batches))
+
+    def skip_draws(skipped: list[list[int]]) -> None:
+        if kwargs.get("permuter") is not None:
+            for batch in skipped:
+                for _ in range(num_permutations):
+                    kwargs["permuter"].sample_permutations(kwargs.get("generator"), batch_size=len(batch))
+
+    skip_draws(batches[: share.start])
+    own_rows = [row for batch in batches[share.start : share.stop] for row in batch]
+    part = embed_zoo(model, split_dataset, layout, rows=own_rows, **kwargs) if own_rows else None
+    skip_draws(batches[share.stop :])
+    parts = [p for p in processes.gather([part]) if p is not None]
     if not parts:  # no rows at all
         return embed_zoo(model, split_dataset, layout, rows=[], **kwargs)
     return {

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..constants import VALIDATION_SPLIT
 from ..data.windows import ArrowTokenStore
 from ..models.sane import SaneModel, haloed_window_index
 from ..tokenization import TokenLayout, TokenPermuter
@@ -201,11 +202,12 @@ def finetune_property_predictor(
     Targets are standardized with the train mean and std of each property, predicted jointly, and trained with a
     masked MSE (missing targets are skipped). After each epoch the mean validation loss decides early stopping
     (`patience` epochs without improvement); the weights of the best epoch are restored before scoring. Without a
-    val split, training runs all `epochs`.
+    validation split, training runs all `epochs`.
 
     Args:
         backbone (`SaneModel`): the pretrained SANE; it is deep-copied, never modified.
-        splits (`Mapping[str, datasets.Dataset]`): `train` (required), `val`, `test` splits of a tokenized zoo.
+        splits (`Mapping[str, datasets.Dataset]`): `train` (required), `validation`, `test` splits of a tokenized
+            zoo.
         layout (`TokenLayout`): the zoo's layout.
         properties (`Sequence[str]`): numeric property columns.
         rows_by_split (`Mapping[str, Sequence[int]]`, *optional*): the rows of each split to use (default: all).
@@ -289,7 +291,7 @@ def finetune_property_predictor(
 
     history: list[dict[str, float]] = []
     best_loss, best_epoch, best_state, stale = math.inf, 0, None, 0
-    has_val = "val" in splits and len(rows["val"]) > 0
+    has_val = VALIDATION_SPLIT in splits and len(rows[VALIDATION_SPLIT]) > 0
     for epoch in range(1, epochs + 1):
         model.train()
         order = torch.randperm(len(rows["train"]), generator=generator).numpy()  # positions in rows["train"]
@@ -314,7 +316,7 @@ def finetune_property_predictor(
             count += len(batch_rows)
         record = {"epoch": epoch, "train_loss": running / max(1, count)}
         if has_val:
-            record["val_loss"], _ = loss_and_predictions("val")
+            record["val_loss"], _ = loss_and_predictions(VALIDATION_SPLIT)
         history.append(record)
         logger.info("fine-tune epoch %d: %s", epoch, {k: round(v, 4) for k, v in record.items() if k != "epoch"})
         monitored = record.get("val_loss", record["train_loss"])

@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..constants import SPLIT_NAMES, VALIDATION_SPLIT
+
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ _CLASSIFIER_MAX_ITER = 500
 REGRESSION_KEYS = frozenset({"epoch", "training_iteration", "test_acc", "train_acc", "val_acc", "ggap", "seed"})
 # An integer property with at most this many distinct train values is treated as categorical (e.g. batch size).
 MAX_INTEGER_CLASSES = 10
-SPLITS = ("train", "val", "test")
+SPLITS = SPLIT_NAMES
 
 
 def r2_score(targets: np.ndarray | torch.Tensor, predictions: np.ndarray | torch.Tensor) -> float:
@@ -169,8 +171,8 @@ def fit_ridge(
     """Fit the ridge probe of docs/method.md#probes and evaluate it on every split.
 
     Args:
-        features_by_split (`Mapping[str, array]`): `{"train": [N_train, F], "val": ..., "test": ...}`; a missing
-            `val` split selects alpha by the train R² (as upstream).
+        features_by_split (`Mapping[str, array]`): `{"train": [N_train, F], "validation": ..., "test": ...}`; a
+            missing `validation` split selects alpha by the train R² (as upstream).
         targets_by_split (`Mapping[str, array]`): numeric targets per split; NaN / None rows are dropped per split.
         alphas (`Sequence[float]`, *optional*, defaults to `RIDGE_ALPHAS`): the alpha grid (SANE §5.2).
         standardize (`bool`, *optional*, defaults to `False`): standardize features with the train mean/std first
@@ -203,7 +205,7 @@ def fit_ridge(
         solver = RidgeSolver(features["train"])
         if solver_cache is not None:
             solver_cache[key] = solver
-    selected_on = "val" if "val" in features else "train"
+    selected_on = VALIDATION_SPLIT if VALIDATION_SPLIT in features else "train"
     scores_by_alpha: dict[float, dict[str, float]] = {}
     best_alpha, best_score, best_beta = None, -math.inf, None
     for alpha in alphas:
@@ -238,7 +240,7 @@ def fit_classifier(
 
     Upstream trains `Linear(F, n_classes)` for 50 epochs with Adam; here scikit-learn's `LogisticRegression` (L-BFGS,
     multinomial) on train-standardized features, with `C` chosen by validation accuracy, so the result does not
-    depend on an unconverged optimizer. Classes are the sorted unique train labels; val/test rows with a label not
+    depend on an unconverged optimizer. Classes are the sorted unique train labels; validation/test rows with a label not
     seen in train are dropped (upstream requires them to be a subset) and counted in `num_unseen`.
 
     Returns:
@@ -267,7 +269,7 @@ def fit_classifier(
         logger.warning("Dropped rows whose class is not in train: %s.", num_unseen)
     scaler = _Standardizer(torch.from_numpy(features["train"]))
     features = {split: scaler(torch.from_numpy(x)).numpy() for split, x in features.items()}
-    selected_on = "val" if "val" in features else "train"
+    selected_on = VALIDATION_SPLIT if VALIDATION_SPLIT in features else "train"
     best = None
     for c in cs:
         classifier = LogisticRegression(C=float(c), max_iter=_CLASSIFIER_MAX_ITER, random_state=seed)
@@ -301,7 +303,7 @@ def fit_gradient_boosting(
     max_iter: int = 300,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Non-linear extra probe: scikit-learn's `HistGradientBoostingRegressor`, learning rate chosen on val R².
+    """Non-linear extra probe: scikit-learn's `HistGradientBoostingRegressor`, learning rate chosen on validation R².
 
     Not part of SANE's protocol (the paper only uses linear probes); reported as a separate row.
 
@@ -319,7 +321,7 @@ def fit_gradient_boosting(
             continue
         features[split] = _as_float64(features_by_split[split])[torch.from_numpy(keep)].numpy()
         targets[split] = _to_numpy(targets_by_split[split])[keep].astype(np.float64)
-    selected_on = "val" if "val" in features else "train"
+    selected_on = VALIDATION_SPLIT if VALIDATION_SPLIT in features else "train"
     best = None
     for learning_rate in learning_rates:
         regressor = HistGradientBoostingRegressor(
@@ -395,7 +397,7 @@ def fit_probe(
     ```python
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
-    >>> x = {s: rng.normal(size=(n, 5)) for s, n in [("train", 80), ("val", 20), ("test", 20)]}
+    >>> x = {s: rng.normal(size=(n, 5)) for s, n in [("train", 80), ("validation", 20), ("test", 20)]}
     >>> y = {s: v @ np.arange(5.0) for s, v in x.items()}
     >>> result = fit_probe(x, y)
     >>> round(result["scores"]["test"], 3), result["alpha"]

@@ -6,10 +6,10 @@
    per-layer and concatenated variants);
 2. compute the baselines on the same rows from the same normalized tokens: raw weights W and layer statistics s(W)
    (`baselines.py`, docs/method.md#probes);
-3. fit the linear probe of each property on each feature set (ridge R² with alpha chosen on val, or the classifier's
+3. fit the linear probe of each property on each feature set (ridge R² with alpha chosen on validation, or the classifier's
    accuracy; `probe.py`, docs/method.md#probes), with features as upstream and/or standardized on train;
 4. optionally fine-tune the encoder end to end (`SaneForPropertyPrediction`) and gradient boosting as extra rows;
-5. write `results.json` (one record per property x method x feature scaling: scores on train/val/test, the chosen
+5. write `results.json` (one record per property x method x feature scaling: scores on train/validation/test, the chosen
    alpha), `results.md` (the comparison tables) and PNG plots (predicted vs. true per property for SANE, a 2-D PCA of
    the SANE embeddings coloured by test accuracy), each file atomically (temporary file, then rename).
 """
@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..constants import VALIDATION_SPLIT, split_scores
 from ..data.hub_dataset import SaneZooDataset, load_zoo_dataset
 from ..hub.probe_records import (
     MAIN_METHODS,
@@ -50,11 +51,12 @@ from ..tokenization.processing_sane import load_sane_processor
 from ..utils.bootstrap import bootstrap_over_groups
 from ..utils.checks import check_finite_weights
 from ..utils.io import check_output_apart_from_inputs, json_safe, write_text_atomic
+from ..utils.processes import Processes
 from ..utils.repo_ids import load_local_or_hub
 from ..utils.threads import torch_threads
 from .baselines import raw_weights, weight_statistics
 from .configs import PredictConfig
-from .embed import check_model_matches_layout, embed_zoo, iter_token_batches, read_columns
+from .embed import check_model_matches_layout, embed_zoo_across_processes, iter_token_batches, read_columns
 from .finetune import finetune_property_predictor
 from .probe import SPLITS, fit_gradient_boosting, fit_probe, infer_task, r2_score, valid_rows
 
@@ -218,8 +220,11 @@ def _valid_ids(model_ids: Mapping[str, np.ndarray], targets: Mapping[str, Any]) 
     return {split: np.asarray(ids)[valid_rows(targets[split])] for split, ids in model_ids.items() if split in targets}
 
 
-def predict_properties(cfg: PredictConfig) -> dict[str, Any]:
+def predict_properties(cfg: PredictConfig) -> dict[str, Any] | None:
     """Run property prediction as configured and write the report into `cfg.output_dir`.
+
+    Under `accelerate launch` / torchrun the processes share out the embedding; the main process fits the probes and
+    writes the report, and the other processes return `None` once their share is embedded.
 
     Returns:
         `dict`: the content of `results.json` (`config`, `dataset`, `model`, `records`, `timings`, `files`).
@@ -233,7 +238,7 @@ def predict_properties(cfg: PredictConfig) -> dict[str, Any]:
         return _predict_properties(cfg)
 
 
-def _predict_properties(cfg: PredictConfig) -> dict[str, Any]:
+def _predict_properties(cfg: PredictConfig) -> dict[str, Any] | None:
     start = time.perf_counter()
     check_output_apart_from_inputs(cfg.output_dir, {"model": cfg.model, "dataset": cfg.dataset})
     model_folder = Path(cfg.model).expanduser()
@@ -244,6 +249,11 @@ def _predict_properties(cfg: PredictConfig) -> dict[str, Any]:
         )
     torch.manual_seed(cfg.seed)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # Under a launch every process embeds its share of each split (one process per GPU, or CPU processes) and the
+    # main process alone fits the probes and writes (docs/architecture.md#work-over-processes).
+    processes = Processes.current(cpu=device == "cpu")
+    if processes.count > 1 and device == "cuda":
+        device = f"cuda:{os.environ.get('LOCAL_RANK', processes.index)}"
     zoo = load_zoo(cfg.dataset, cfg.dataset_revision)
     check_properties(zoo, cfg.properties)
     model = load_sane(cfg.model, device)
@@ -274,7 +284,7 @@ def _predict_properties(cfg: PredictConfig) -> dict[str, Any]:
 
     def embed_splits(**options) -> dict[str, Any]:
         return {
-            name: embed_zoo(
+            name: embed_zoo_across_processes(
                 model,
                 dataset,
                 layout,
@@ -299,6 +309,8 @@ def _predict_properties(cfg: PredictConfig) -> dict[str, Any]:
             generator=torch.Generator().manual_seed(cfg.seed),
         )
     timings["embed"] = round(time.perf_counter() - t0, 2)
+    if not processes.is_main:
+        return None
     feature_sets: dict[str, dict[str, torch.Tensor]] = {}
 
     # 2. Baselines on the same rows.
@@ -520,7 +532,7 @@ def results_markdown(results: Mapping[str, Any]) -> str:
         f"Model: `{config.get('model')}`. Dataset: `{config.get('dataset')}` "
         f"({', '.join(f'{k} {v}' for k, v in results['dataset']['num_checkpoints'].items())} checkpoints).",
         "",
-        "Test R² (numeric properties: ridge probe, alpha chosen on val, docs/method.md#probes) or test accuracy "
+        "Test R² (numeric properties: ridge probe, alpha chosen on validation, docs/method.md#probes) or test accuracy "
         "(categorical properties: linear classifier, §5.3). Linear probes use "
         + ("features as upstream (not standardized)." if scaling_main == "none" else "train-standardized features.")
         + " The fine-tuned SANE trains the encoder and a head end to end. The last column is the SANE row (any "
@@ -529,7 +541,7 @@ def results_markdown(results: Mapping[str, Any]) -> str:
         "",
     ]
     main = [m for m in MAIN_METHODS if m in methods]
-    headers = [_MAIN_HEADERS.get(m, m) for m in main] + ["best SANE row (chosen on val)"]
+    headers = [_MAIN_HEADERS.get(m, m) for m in main] + ["best SANE row (chosen on validation)"]
     lines += ["| property | metric | " + " | ".join(headers) + " |", "|---|---|" + "---|" * len(headers)]
     table = main_records(results)
     for prop in properties:
@@ -550,18 +562,18 @@ def results_markdown(results: Mapping[str, Any]) -> str:
 
     lines += ["", "## All records", ""]
     lines += [
-        "| property | method | scaling | train | val | test | selected | features | seconds |",
+        "| property | method | scaling | train | validation | test | selected | features | seconds |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
-        scores = r["scores"]
+        scores = split_scores(r["scores"])  # results.json of earlier versions keyed validation "val"
         chosen = next(
             (f"{key}={r[key]:g}" for key in ("alpha", "C", "learning_rate", "best_epoch") if r.get(key) is not None),
             "",
         )
         lines.append(
             f"| {r['property']} | {r['method']} | {r['scaling']} | {_format(scores.get('train'))} | "
-            f"{_format(scores.get('val'))} | {_format(scores.get('test'))} | {chosen} | {r['num_features']} | "
+            f"{_format(scores.get(VALIDATION_SPLIT))} | {_format(scores.get('test'))} | {chosen} | {r['num_features']} | "
             f"{r['seconds']} |"
         )
     for prop, reason in results.get("skipped", {}).items():
@@ -622,14 +634,14 @@ def write_plots(
 
     output_dir = Path(output_dir)
     written = []
-    colors = {"train": "#c7c7c7", "val": "#ff7f0e", "test": "#1f77b4"}
+    colors = dict(zip(SPLITS, ("#c7c7c7", "#ff7f0e", "#1f77b4")))
     for prop, panels in plot_data.items():
         if tasks.get(prop) != "regression" or not panels:
             continue
         figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
         for axis, (title, result) in zip(axes[0], panels.items()):
             low, high = math.inf, -math.inf
-            for split in ("train", "val", "test"):
+            for split in SPLITS:
                 if split not in result["predictions"]:
                     continue
                 y, y_hat = result["targets"][split], result["predictions"][split]

@@ -9,6 +9,8 @@ from typing import Literal, get_args
 MixedPrecision = Literal["no", "bf16", "fp16"]
 MIXED_PRECISIONS = get_args(MixedPrecision)
 ProjectionPooling = Literal["flatten", "mean"]
+# Rows a streamed train split is shuffled through when `shuffle_buffer` is not set.
+DEFAULT_SHUFFLE_BUFFER = 256
 
 
 @dataclass
@@ -18,6 +20,11 @@ class PretrainConfig:
     Args:
         dataset (`str`): a tokenized zoo (folder or Hub dataset id) written by `convert_zoo`.
         output_dir (`str`, *optional*, defaults to `"runs/sane"`): where checkpoints and the final model go.
+        streaming (`bool`, *optional*, defaults to `False`): stream the dataset (`load_zoo_dataset(...,
+            streaming=True)`) instead of downloading it: every process reads its own part of the stream, an epoch is
+            one pass over it, and step checkpoints keep each process's stream position.
+        shuffle_buffer (`int`, *optional*): rows in the shuffle buffer of the streamed train split (default
+            `DEFAULT_SHUFFLE_BUFFER`; 0 keeps the stream order); only with `streaming`.
         init_from (`str`, *optional*): a pretrained SANE (folder or Hub id) to start from (fine-tuning on another
             zoo); its token size must match the dataset's.
 
@@ -49,6 +56,17 @@ class PretrainConfig:
     dataset: str = field(default=None, metadata={"help": "Tokenized zoo: a folder or Hub dataset id (required)."})
     output_dir: str = field(default="runs/sane", metadata={"help": "Output folder for checkpoints and the model."})
     dataset_revision: str | None = field(default=None, metadata={"help": "Revision of a Hub dataset."})
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Stream the dataset's shards instead of downloading them (a zoo larger than the disk)."},
+    )
+    shuffle_buffer: int | None = field(
+        default=None,
+        metadata={
+            "help": f"Rows in the shuffle buffer of a streamed train split (default {DEFAULT_SHUFFLE_BUFFER}; 0: "
+            "stream order). Needs --streaming."
+        },
+    )
     init_from: str | None = field(
         default=None, metadata={"help": "Start from this pretrained SANE (folder or Hub id) instead of scratch."}
     )
@@ -157,6 +175,23 @@ class PretrainConfig:
             raise ValueError(f"`max_steps` must be >= 1 when set, got {self.max_steps}.")
         if self.save_steps < 0:
             raise ValueError(f"`save_steps` must be >= 0, got {self.save_steps}.")
+        if self.shuffle_buffer is not None:
+            if not self.streaming:
+                raise ValueError(
+                    f"`shuffle_buffer`={self.shuffle_buffer!r} needs `streaming`=True: an in-memory dataset is "
+                    "shuffled whole every epoch; pass --streaming or drop --shuffle_buffer."
+                )
+            if (
+                not isinstance(self.shuffle_buffer, int)
+                or isinstance(self.shuffle_buffer, bool)
+                or self.shuffle_buffer < 0
+            ):
+                raise ValueError(f"`shuffle_buffer` must be an int >= 0, got {self.shuffle_buffer!r}.")
+        if self.streaming and self.windows_per_checkpoint != 1:
+            raise ValueError(
+                f"`windows_per_checkpoint`={self.windows_per_checkpoint} needs an in-memory dataset: a streamed split "
+                "yields every checkpoint once per pass; use windows_per_checkpoint=1 with --streaming."
+            )
         if self.max_positions is not None and not _three_positive_ints(self.max_positions):
             raise ValueError(
                 "`max_positions` must be a list of 3 positive ints (global index, layer index, row index table "

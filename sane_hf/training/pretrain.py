@@ -24,7 +24,7 @@ import pickle
 import re
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,17 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, extract_model_from_parallel, set_seed
 from tqdm.auto import tqdm
 
+from ..constants import VALIDATION_SPLIT
 from ..data.hub_dataset import SaneZooDataset, load_zoo_dataset
-from ..data.windows import ArrowTokenStore, read_windows, sample_windows
+from ..data.windows import (
+    ArrowTokenStore,
+    StreamedBatches,
+    batch_rows,
+    cut_windows,
+    row_loaders,
+    streamed_loaders,
+    token_store,
+)
 from ..hub.sane_cards import TRAINER_STATE_ZOO_KEY, write_sane_card, zoo_summary
 from ..models.sane import SaneConfig, SaneModel, add_embedding_pipeline, load_sane_folder
 from ..tokenization.layout import TokenLayout
@@ -53,7 +62,7 @@ from ..utils.io import (
 from ..utils.repo_ids import load_local_or_hub
 from ..utils.threads import torch_threads
 from .augmentations import make_two_views
-from .configs import PretrainConfig
+from .configs import DEFAULT_SHUFFLE_BUFFER, PretrainConfig
 from .losses import sane_pretraining_loss
 from .optim import make_one_cycle_scheduler, make_sane_optimizer
 
@@ -65,6 +74,8 @@ TRAINER_STATE_NAME = "trainer_state.json"
 CHECKPOINTS_DIR = "checkpoints"
 # The loop's own state in a step checkpoint (counters, log, run configuration), as JSON: nothing to unpickle.
 CHECKPOINT_STATE_NAME = "sane_state.json"
+# A streamed run's position in its part of the stream, one JSON file per process (`StreamingWindowLoader.state_dict`).
+STREAM_STATE_NAME = "stream_state_{process_index}.json"
 # Options that steer a run but not the model it trains: a resumed run may change them.
 RUN_CONTROL_FIELDS = (
     "output_dir",
@@ -83,95 +94,46 @@ _FINAL_TMP = ".save_pretrained.tmp"
 
 
 # ------------------------------------------------------------------------------------------------------------- data
-class _EpochSampler(torch.utils.data.Sampler):
-    """A shuffled order that depends only on `(seed, epoch)`: identical on every process and after a resume."""
-
-    def __init__(self, num_items: int, seed: int):
-        self.num_items = num_items
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_items
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.num_items, generator=generator).tolist())
-
-
-class _RepeatedRows(torch.utils.data.Dataset):
-    """The row numbers of a split, each `repeats` times per epoch (upstream "supersample": several windows per
-    checkpoint).
-
-    Items are row numbers only: `train_step` reads each window, and the layers a permuted view gathers from, out of
-    the memory-mapped `store` (`read_windows`), so a batch never holds whole checkpoints (62 MB each for a
-    ResNet-18; docs/method.md#windows-and-halos).
-    """
-
-    def __init__(self, store: ArrowTokenStore, repeats: int):
-        self.store = store
-        self.repeats = repeats
-
-    def __len__(self) -> int:
-        return self.store.num_rows * self.repeats
-
-    def __getitem__(self, index: int) -> int:
-        return index % self.store.num_rows
-
-
-def _collate_rows(items: list[int]) -> dict[str, torch.Tensor]:
-    return {"rows": torch.tensor(items, dtype=torch.long)}
-
-
-def token_store(loader: torch.utils.data.DataLoader | None) -> ArrowTokenStore | None:
-    """The token store a loader of `get_dataloaders` reads windows from (`None` for loaders of full tokens)."""
-    return getattr(getattr(loader, "dataset", None), "store", None)
-
-
 def get_dataloaders(
     cfg: PretrainConfig, zoo: SaneZooDataset
 ) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader | None]:
-    """Train/val loaders of row numbers (`{"rows": [B]}`); `train_step` reads the windows from `token_store(loader)`.
+    """Train/validation loaders of row numbers (`{"rows": [B]}`, `sane_hf.data.windows.row_loaders`); `train_step`
+    reads the windows from `token_store(loader)`.
 
-    This is the seam tests replace with a tiny in-memory zoo: a loader may also yield
-    full checkpoints (`{"full_tokens": [B, S, T]}`), which `train_step` cuts windows from.
+    This is the seam tests replace with a tiny in-memory zoo: a loader may also yield full checkpoints
+    (`{"full_tokens": [B, S, T]}`), which `train_step` cuts windows from.
     """
     if "train" not in zoo.splits or len(zoo.splits["train"]) == 0:
         raise ValueError(f"The dataset {cfg.dataset} has no train checkpoints.")
-    train_set = _RepeatedRows(ArrowTokenStore(zoo.splits["train"]), cfg.windows_per_checkpoint)
-    if len(train_set) < cfg.batch_size:
-        raise ValueError(
-            f"The train split has {len(train_set)} windows per epoch, fewer than batch_size={cfg.batch_size} "
-            "(NT-Xent needs full batches; lower batch_size or raise windows_per_checkpoint)."
-        )
-    train_loader = torch.utils.data.DataLoader(
-        train_set,
+    validation = zoo.splits.get(VALIDATION_SPLIT)
+    return row_loaders(zoo.splits["train"], validation, cfg.batch_size, cfg.windows_per_checkpoint, cfg.seed)
+
+
+def get_streaming_dataloaders(
+    cfg: PretrainConfig, zoo: SaneZooDataset, process_index: int, num_processes: int, device: torch.device
+) -> tuple[StreamedBatches, StreamedBatches | None]:
+    """Train/validation batches of full checkpoints of a streamed zoo, this process's part
+    (`sane_hf.data.windows.streamed_loaders`); a pass over the train split is an epoch of whole optimizer steps."""
+    splits = zoo.info.splits
+    if "train" not in splits or splits["train"].num_checkpoints == 0:
+        raise ValueError(f"The dataset {cfg.dataset} has no train checkpoints.")
+    has_validation = VALIDATION_SPLIT in splits and VALIDATION_SPLIT in zoo.splits
+    return streamed_loaders(
+        zoo.splits["train"],
+        zoo.splits[VALIDATION_SPLIT] if has_validation else None,
+        zoo.layout,
+        train_rows=splits["train"].num_checkpoints,
+        validation_rows=splits[VALIDATION_SPLIT].num_checkpoints if has_validation else 0,
         batch_size=cfg.batch_size,
-        sampler=_EpochSampler(len(train_set), cfg.seed),
-        drop_last=True,  # NT-Xent compares full batches (docs/method.md#windows-and-halos)
-        collate_fn=_collate_rows,
-        # Own generators: a DataLoader without one draws a seed from the global RNG at every `iter()`, and a run
-        # resumed mid-epoch calls `iter()` once more than an uninterrupted one, which would shift dropout masks.
-        generator=torch.Generator().manual_seed(cfg.seed),
+        batches_multiple_of=cfg.gradient_accumulation_steps,
+        shuffle_buffer=cfg.shuffle_buffer if cfg.shuffle_buffer is not None else DEFAULT_SHUFFLE_BUFFER,
+        seed=cfg.seed,
+        process_index=process_index,
+        num_processes=num_processes,
+        device=device,
     )
-    val_loader = None
-    if "val" in zoo.splits and len(zoo.splits["val"]) > 0:
-        val_set = _RepeatedRows(ArrowTokenStore(zoo.splits["val"]), 1)
-        val_loader = torch.utils.data.DataLoader(
-            val_set,
-            batch_size=min(cfg.batch_size, len(val_set)),
-            shuffle=False,
-            drop_last=True,
-            collate_fn=_collate_rows,
-            generator=torch.Generator().manual_seed(cfg.seed),
-        )
-    return train_loader, val_loader
 
 
-# ------------------------------------------------------------------------------------------------------------ model
 def build_sane_config(cfg: PretrainConfig, layout: TokenLayout) -> SaneConfig:
     """The architecture for a zoo: token size and position tables from the layout, the rest from the run config."""
     window = min(cfg.window_size, layout.num_tokens)
@@ -265,41 +227,6 @@ def build_permuter(zoo: SaneZooDataset) -> TokenPermuter:
 
 
 # ------------------------------------------------------------------------------------------------------------- step
-def _batch_rows(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """The tensor whose first dimension is the batch: `full_tokens` or `rows`."""
-    if "full_tokens" in batch:
-        return batch["full_tokens"]
-    if "rows" in batch:
-        return batch["rows"]
-    raise ValueError(f"A pretraining batch needs `rows` or `full_tokens`, got keys {sorted(batch)}.")
-
-
-def _cut_windows(
-    batch: Mapping[str, torch.Tensor],
-    window_size: int,
-    layout: TokenLayout,
-    generator: torch.Generator,
-    permuter: TokenPermuter | None,
-    store: ArrowTokenStore | None,
-) -> dict[str, torch.Tensor]:
-    """One random window per sample (plus what a permuted view reads), on the batch's device."""
-    device = _batch_rows(batch).device
-    if "full_tokens" in batch:
-        windows = sample_windows(
-            batch["full_tokens"],
-            window_size,
-            generator,
-            positions=layout.positions.to(device),
-            mask=layout.mask.to(device),
-        )
-        windows["full_tokens"] = batch["full_tokens"]
-        return windows
-    if store is None:
-        raise ValueError("A batch of `rows` needs the split's token `store` to read the windows from.")
-    windows = read_windows(store, layout, batch["rows"], window_size, generator, permuter=permuter)
-    return {key: value.to(device) for key, value in windows.items()}
-
-
 def step_generator(seed: int, counter: int, process_index: int, device: torch.device | str = "cpu") -> torch.Generator:
     """The generator of one micro-batch: a function of the counters only, so resumed runs draw the same numbers."""
     return torch.Generator(device=device).manual_seed((seed * 1_000_003 + counter) * 1_009 + process_index)
@@ -329,7 +256,7 @@ def train_step(
     unwrapped = extract_model_from_parallel(model)
     window_size = unwrapped.config.window_size if hasattr(unwrapped, "config") else cfg.window_size
     permute = cfg.permutation_augmentation and permuter is not None
-    windows = _cut_windows(batch, window_size, layout, generator, permuter if permute else None, store)
+    windows = cut_windows(batch, window_size, layout, generator, permuter if permute else None, store)
     view_1, view_2 = make_two_views(
         windows,
         permuter=permuter if permute else None,
@@ -455,6 +382,12 @@ def _read_checkpoint_state(path: Path, cfg: PretrainConfig) -> dict[str, Any]:
     return state
 
 
+def _read_stream_state(path: Path, process_index: int) -> dict[str, Any]:
+    """This process's stream position in the step checkpoint `path` of a streamed run."""
+    name = STREAM_STATE_NAME.format(process_index=process_index)
+    return read_json(path / name, f"the stream position of process {process_index}, which a streamed run saves")
+
+
 def _check_no_other_run(cfg: PretrainConfig, output_dir: Path) -> None:
     """A run started from scratch into a folder with step checkpoints of another configuration would mix the two
     runs' checkpoints (and `save_total_limit` would delete the new run's ones first): refuse it."""
@@ -505,10 +438,16 @@ def _latest_checkpoint(output_dir: Path) -> Path | None:
 
 
 def _save_checkpoint(
-    accelerator: Accelerator, output_dir: Path, step: int, limit: int | None, state: dict[str, Any]
+    accelerator: Accelerator,
+    output_dir: Path,
+    step: int,
+    limit: int | None,
+    state: dict[str, Any],
+    stream_state: dict[str, Any] | None = None,
 ) -> None:
-    """`save_state` and the loop `state` (`CHECKPOINT_STATE_NAME`) into a temporary folder, renamed when complete:
-    a kill never leaves a half checkpoint (and an interrupted save, Ctrl-C, removes its temporary folder)."""
+    """`save_state`, the loop `state` (`CHECKPOINT_STATE_NAME`) and, for a streamed run, every process's
+    `stream_state` (`STREAM_STATE_NAME`) into a temporary folder, renamed when complete: a kill never leaves a half
+    checkpoint (and an interrupted save, Ctrl-C, removes its temporary folder)."""
     final = output_dir / CHECKPOINTS_DIR / f"step_{step}"
     tmp = output_dir / CHECKPOINTS_DIR / f".step_{step}.tmp"
     if accelerator.is_main_process:
@@ -517,6 +456,8 @@ def _save_checkpoint(
     accelerator.wait_for_everyone()
     try:
         accelerator.save_state(str(tmp))
+        if stream_state is not None:
+            write_json_atomic(tmp / STREAM_STATE_NAME.format(process_index=accelerator.process_index), stream_state)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             write_json_atomic(tmp / CHECKPOINT_STATE_NAME, state)
@@ -550,7 +491,7 @@ def validation_losses(
     sums: dict[str, torch.Tensor] = {}
     count = torch.zeros((), device=accelerator.device)
     for index, batch in enumerate(loader):
-        rows = _batch_rows(batch)
+        rows = batch_rows(batch)
         generator = step_generator(cfg.seed + 1, index, accelerator.process_index, rows.device)
         losses = train_step(model, batch, cfg, layout, permuter, generator, augment=False, store=store)
         n = torch.tensor(float(rows.shape[0]), device=accelerator.device)
@@ -612,20 +553,31 @@ def _pretrain(
         _check_no_other_run(cfg, output_dir)
     set_seed(cfg.seed)
     if zoo is None:
-        load = partial(load_zoo_dataset, revision=cfg.dataset_revision)
+        load = partial(load_zoo_dataset, revision=cfg.dataset_revision, streaming=cfg.streaming)
         zoo = load_local_or_hub(cfg.dataset, "tokenized zoo dataset", "dataset", load)
     layout = zoo.layout
     model = load_or_build_model(cfg, zoo)
     permuter = build_permuter(zoo) if cfg.permutation_augmentation else None
-    train_loader, val_loader = dataloaders if dataloaders is not None else get_dataloaders(cfg, zoo)
+    if dataloaders is not None:
+        train_loader, val_loader = dataloaders
+    elif cfg.streaming:
+        # Not prepared: each process already reads its own part of the stream, and the batches are moved here.
+        train_loader, val_loader = get_streaming_dataloaders(
+            cfg, zoo, accelerator.process_index, accelerator.num_processes, accelerator.device
+        )
+    else:
+        train_loader, val_loader = get_dataloaders(cfg, zoo)
+    streamed = isinstance(train_loader, StreamedBatches)
     sampler = getattr(train_loader, "sampler", None)
     train_store, val_store = token_store(train_loader), token_store(val_loader)
     if cfg.compile:
         model = torch.compile(model)
     optimizer = make_sane_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
-    if val_loader is not None:
-        val_loader = accelerator.prepare(val_loader)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if not streamed:
+        train_loader = accelerator.prepare(train_loader)
+        if val_loader is not None:
+            val_loader = accelerator.prepare(val_loader)
     steps_per_epoch = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps)
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps is not None:
@@ -652,6 +604,8 @@ def _pretrain(
                 f"({type(error).__name__}: {first_line})."
             ) from None
         counters.load_state_dict(resumed_state["counters"])
+        if streamed:
+            train_loader.load_state_dict(_read_stream_state(path, accelerator.process_index))
         log_state.load_state_dict(resumed_state["log"])
         logger.info("Resumed from %s at epoch %d, step %d.", path, counters.epoch, counters.optimizer_steps)
     first_step = counters.optimizer_steps
@@ -694,17 +648,23 @@ def _pretrain(
             "log": log_state.state_dict(),
             "run_config": _run_configuration(cfg),
         }
-        _save_checkpoint(accelerator, output_dir, counters.optimizer_steps, cfg.save_total_limit, state)
+        stream_state = train_loader.state_dict() if streamed else None
+        _save_checkpoint(
+            accelerator, output_dir, counters.optimizer_steps, cfg.save_total_limit, state, stream_state=stream_state
+        )
 
     running, running_count = log_state.running, log_state.running_count
     done = counters.optimizer_steps >= total_steps
     model.train()
     while not done and counters.epoch < cfg.epochs:
-        loader = (
-            accelerator.skip_first_batches(train_loader, counters.batches_in_epoch)
-            if counters.batches_in_epoch
-            else train_loader
-        )
+        if streamed:
+            # A resumed stream already stands after the batches taken (its state came with the checkpoint).
+            train_loader.set_epoch(counters.epoch)
+            loader = train_loader.iter_from(counters.batches_in_epoch)
+        elif counters.batches_in_epoch:
+            loader = accelerator.skip_first_batches(train_loader, counters.batches_in_epoch)
+        else:
+            loader = train_loader
         # The order of an epoch depends on (seed, epoch) only. A prepared loader re-sets its sampler's epoch from
         # its own iteration counter (and a skipping loader starts it at 0), so set it there too.
         if hasattr(loader, "set_epoch"):
@@ -713,7 +673,7 @@ def _pretrain(
             sampler.set_epoch(counters.epoch)
         for batch in loader:
             generator = step_generator(
-                cfg.seed, counters.micro_batches, accelerator.process_index, _batch_rows(batch).device
+                cfg.seed, counters.micro_batches, accelerator.process_index, batch_rows(batch).device
             )
             with accelerator.accumulate(model):
                 losses = train_step(model, batch, cfg, layout, permuter, generator, store=train_store)
@@ -817,6 +777,10 @@ def _pretrain(
         write_sane_card(output_dir, repo_id=cfg.push_to_hub)
         if cfg.push_to_hub:
             push_pretrained_folder(output_dir, cfg.push_to_hub, private=cfg.hub_private)
+    # The prepared model goes before `end_training` destroys the process group: freed after it (when this function
+    # returns), the DDP reducer drops the group's last reference while holding the GIL and joins gloo's worker thread,
+    # which may be waiting for the GIL to finish the last barrier: a hang at exit, seen in a 2-process CPU run.
+    model, optimizer, scheduler = accelerator.free_memory(model, optimizer, scheduler)
     accelerator.end_training()
     return output_dir
 

@@ -46,14 +46,14 @@ def test_folder_is_laid_out_like_a_hub_dataset_repo(converted):
         "README.md",
         "data/test-00000-of-00001.parquet",
         "data/train-00000-of-00001.parquet",
-        "data/val-00000-of-00001.parquet",
+        "data/validation-00000-of-00001.parquet",
         "meta/conversion.json",
         "meta/info.json",
         "meta/layout.json",
         "meta/normalization.json",
     ]
     info = json.loads((converted / "meta/info.json").read_text())
-    assert info["format"] == "sane_hf-zoo-dataset" and info["format_version"] == 1
+    assert info["format"] == "sane_hf-zoo-dataset" and info["format_version"] == 2
     assert info["architecture"] == "cnn_s" and info["token_size"] == 16 and info["tokens_normalized"] is True
     assert info["properties"]["test_acc"] == "float64" and info["properties"]["optimizer"] == "string"
     assert info["filtering"]["skipped_models"] == [{"model_id": "model_0008", "reason": "unfinished (no DONE file)"}]
@@ -64,7 +64,7 @@ def test_folder_is_laid_out_like_a_hub_dataset_repo(converted):
     assert front["configs"] == [
         {
             "config_name": "default",
-            "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in ("train", "val", "test")],
+            "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in ("train", "validation", "test")],
         }
     ]
     assert "load_zoo_dataset" in card and "digits" in card and "[More Information Needed]" not in card
@@ -109,9 +109,10 @@ def test_splits_are_disjoint_by_model_and_follow_the_floor_rule(converted, sane_
     zoo = load_zoo_dataset(converted)
     info = zoo.info
     ids = {name: set(split.model_ids) for name, split in info.splits.items()}
-    assert not (ids["train"] & ids["val"]) and not (ids["train"] & ids["test"]) and not (ids["val"] & ids["test"])
+    assert not (ids["train"] & ids["validation"]) and not (ids["train"] & ids["test"])
+    assert not (ids["validation"] & ids["test"])
     assert set().union(*ids.values()) == {f"model_{i:04d}" for i in range(8)}
-    assert [len(ids[s]) for s in ("train", "val", "test")] == [5, 1, 2]  # floor(5.6), floor(1.2), rest
+    assert [len(ids[s]) for s in ("train", "validation", "test")] == [5, 1, 2]  # floor(5.6), floor(1.2), rest
     assert split_model_ids([f"model_{i:04d}" for i in range(8)], seed=42) == {
         name: sorted(v) for name, v in ids.items()
     }
@@ -124,7 +125,7 @@ def test_split_model_ids_rules():
     ids = [f"m{i:02d}" for i in range(20)]
     splits = split_model_ids(reversed(ids), (0.7, 0.15, 0.15), seed=1)
     assert splits == split_model_ids(ids, (0.7, 0.15, 0.15), seed=1)  # the input order does not matter
-    assert [len(splits[s]) for s in ("train", "val", "test")] == [14, 3, 3]
+    assert [len(splits[s]) for s in ("train", "validation", "test")] == [14, 3, 3]
     assert split_model_ids(ids, (0.7, 0.15, 0.15), seed=2) != splits
     two = split_model_ids(ids, (0.8, 0.2), seed=1, max_models=10)
     assert list(two) == ["train", "test"] and [len(two["train"]), len(two["test"])] == [8, 2]
@@ -134,7 +135,7 @@ def test_split_model_ids_rules():
 
 def test_loader_gives_torch_splits_layout_and_exact_round_trip(converted, sane_zoo):
     zoo = load_zoo_dataset(converted)
-    assert list(zoo.splits) == ["train", "val", "test"]
+    assert list(zoo.splits) == ["train", "validation", "test"]
     row = zoo.splits["train"][0]
     assert isinstance(row["tokens"], torch.Tensor) and row["tokens"].dtype == torch.float32
     assert zoo.layout.num_tokens == zoo.info.num_tokens and zoo.normalization.num_checkpoints == 20
@@ -163,7 +164,7 @@ def test_normalization_is_fitted_on_train_only(tmp_path, zoo_tools, converted):
         Path(json.loads((converted / "meta/info.json").read_text())["source"]["zoo_dir"]), tmp_path / "z"
     )
     info = json.loads((converted / "meta/info.json").read_text())
-    val_model = info["splits"]["val"]["model_ids"][0]
+    val_model = info["splits"]["validation"]["model_ids"][0]
     train_model = info["splits"]["train"]["model_ids"][0]
 
     def scale(model_id):

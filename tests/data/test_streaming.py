@@ -1,10 +1,20 @@
 """Streaming zoos: `load_zoo_dataset(..., streaming=True)` and `StreamingWindowLoader` (shuffle buffer, resumable
-position). By Hub id against the olah mirror: tests/hub/test_hub_integration.py."""
+position), on a local folder. By Hub id (pretraining on the stream from the local Hub mirror):
+tests/hub/test_hub_integration.py."""
 
 import pytest
 import torch
 
 from sane_hf.data import StreamingWindowLoader, load_zoo_dataset
+
+
+@pytest.fixture(autouse=True)
+def _no_sleep_after_a_shuffled_pass(monkeypatch):
+    """datasets sleeps 5 s after every pass over a shuffled stream of parquet shards (waiting for its reader threads);
+    nothing here needs the wait."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +87,19 @@ def test_streaming_loader_errors(zoos):
         next(iter(too_large))
     with pytest.raises(ValueError, match="`shuffle_buffer` must be an int >= 0"):
         StreamingWindowLoader(streamed.splits["train"], zoo.layout, window_size=5, batch_size=4, shuffle_buffer=-1)
+
+
+def test_each_pass_reshuffles_and_a_pass_is_reproducible(zoos):
+    """`set_epoch(e)` seeds pass e's shuffle from `(seed, e)`: pass 1 comes in another order than pass 0, and a new
+    loader told it is in pass 1 gives pass 1's order again (a resumed run's later passes match the uninterrupted)."""
+    _, streamed = zoos
+
+    def order(loader, epoch):
+        loader.set_epoch(epoch)
+        return [(m, int(e)) for batch in loader for m, e in zip(batch["model_id"], batch["epoch"])]
+
+    kwargs = dict(window_size=5, batch_size=4, shuffle_buffer=8, seed=1)
+    loader = StreamingWindowLoader(streamed.splits["train"], streamed.layout, **kwargs)
+    first, second = order(loader, 0), order(loader, 1)
+    assert sorted(first) == sorted(second) and first != second
+    assert order(StreamingWindowLoader(streamed.splits["train"], streamed.layout, **kwargs), 1) == second

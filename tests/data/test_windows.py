@@ -137,7 +137,7 @@ def test_store_handles_many_record_batches_and_shuffled_datasets(zoo):
 
 
 def test_torch_dataloader_path_matches(zoo):
-    split = zoo.splits["val"]
+    split = zoo.splits["validation"]
     dataset = ZooCheckpointDataset(split, property_columns=["test_acc"])
     assert len(dataset) == 4 and torch.equal(dataset[-1]["tokens"], split[3]["tokens"])
     collate = WindowCollator(zoo.layout, 20, torch.Generator().manual_seed(0), full_tokens=True)
@@ -148,7 +148,7 @@ def test_torch_dataloader_path_matches(zoo):
         assert torch.equal(batch["tokens"][b], split[b]["tokens"][start : start + 20])
     assert list(batch["properties"]) == ["test_acc"] and batch["properties"]["test_acc"].shape == (3,)
     assert batch["model_id"] == [split[i]["model_id"] for i in range(3)]
-    loader = zoo.window_loader("val", window_size=20, batch_size=2, seed=0)
+    loader = zoo.window_loader("validation", window_size=20, batch_size=2, seed=0)
     assert len(loader) == 2
 
 

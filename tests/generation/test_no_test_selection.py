@@ -29,7 +29,7 @@ def _scrambled_task(task, seed=0):
     return dataclasses.replace(task, test=TaskSplit(task.test.images, scrambled))
 
 
-def _scrambled_zoo(zoo, splits=("train", "val", "test"), seed=0):
+def _scrambled_zoo(zoo, splits=("train", "validation", "test"), seed=0):
     """A shallow copy of the zoo whose `splits` have random `test_acc` / `test_loss` columns."""
     rng = np.random.default_rng(seed)
     copy = dataclasses.replace(zoo, splits=dict(zoo.splits))
@@ -79,7 +79,7 @@ def test_generation_chooses_nothing_on_test_labels(cnn_setup):
 
 def _probe_data(task, seed=0):
     rng = np.random.default_rng(seed)
-    features = {split: rng.normal(size=(n, 6)) for split, n in (("train", 60), ("val", 30), ("test", 30))}
+    features = {split: rng.normal(size=(n, 6)) for split, n in (("train", 60), ("validation", 30), ("test", 30))}
     weights = rng.normal(size=6)
     if task == "regression":
         targets = {split: x @ weights + 0.5 * rng.normal(size=len(x)) for split, x in features.items()}
@@ -98,7 +98,7 @@ def test_probe_choices_ignore_test_targets(task):
     other = fit_probe(features, scrambled, task=task, name="p", seed=0)
     choice = "alpha" if task == "regression" else "C"
     assert clean[choice] == other[choice]
-    assert clean["scores"]["val"] == other["scores"]["val"]
+    assert clean["scores"]["validation"] == other["scores"]["validation"]
     assert clean["scores"]["test"] != other["scores"]["test"]
 
 
@@ -112,7 +112,7 @@ def test_finetuned_probe_stops_on_validation_not_test(cnn_setup):
         for splits in (zoo.splits, scrambled.splits)
     ]
     assert runs[0]["best_epoch"] == runs[1]["best_epoch"]
-    assert runs[0]["scores"]["test_acc"]["val"] == runs[1]["scores"]["test_acc"]["val"]
+    assert runs[0]["scores"]["test_acc"]["validation"] == runs[1]["scores"]["test_acc"]["validation"]
     assert runs[0]["scores"]["test_acc"]["test"] != runs[1]["scores"]["test_acc"]["test"]
 
 

@@ -9,6 +9,9 @@ Loads the three artifacts by repo id through the public APIs with `sane_hf` impo
 pretraining's record of the revision, and the error a revision the repo does not have gives), and
 `members.safetensors` + `members.json` (MEMBER_REPOS read as a zoo of Hub model repos, `open_zoo(..., "models")`).
 
+`streamed/` is a SANE pretrained by `sane-pretrain --streaming true` on ZOO_REPO streamed from the mirror
+(`STREAMED_RUN`'s options).
+
 Usage: python _load_with_sane_hf.py OUT SANE_REPO ZOO_REPO GENERATED_REPO MEMBER_REPO [MEMBER_REPO ...]
 """
 
@@ -23,9 +26,17 @@ from safetensors.torch import save_file
 from transformers import AutoModel
 
 import sane_hf
+from sane_hf.cli import main_pretrain
 from sane_hf.data import load_zoo_dataset, open_zoo
 from sane_hf.data.info import ZOO_DATASET_TAG
 from sane_hf.zoo_models import load_zoo_model
+
+
+STREAMED_RUN = [
+    *("--streaming", "true", "--shuffle_buffer", "0", "--epochs", "3", "--batch_size", "4", "--window_size", "32"),
+    *("--d_model", "16", "--n_heads", "2", "--n_layers", "1", "--latent_dim", "8", "--projection_dim", "8"),
+    *("--logging_steps", "1", "--seed", "5", "--num_threads", "1"),
+]
 
 
 def main(out: Path, sane_repo: str, zoo_repo: str, generated_repo: str, *member_repos: str) -> None:
@@ -84,6 +95,9 @@ def main(out: Path, sane_repo: str, zoo_repo: str, generated_repo: str, *member_
     except Exception as err:  # noqa: BLE001  (whatever the Hub client raises, the test checks it is about the revision)
         revisions["missing_revision_error"] = f"{type(err).__name__}: {err}"
     (out / "dataset_revision.json").write_text(json.dumps(revisions))
+
+    # `sane-pretrain --dataset <repo id> --streaming true`: pretraining over the zoo streamed from the Hub.
+    main_pretrain(["--dataset", zoo_repo, "--output_dir", str(out / "streamed"), *STREAMED_RUN])
 
     members = list(open_zoo(",".join(member_repos), "models"))
     save_file(

@@ -163,7 +163,7 @@ def test_dataset_card_metadata(hub_artifacts):
     assert sum(counts) == sum(len(split["model_ids"]) for split in info["splits"].values()) == 8
     assert "| `test_acc` |" not in factors and "[More Information Needed]" not in body
     tags = hub_artifacts.recorder.repos[("dataset", ZOO_REPO)]["tags"]
-    assert tags == ["sane-zoo-v1"]
+    assert tags == ["sane-zoo-v2"]  # the format version 2 dataset tag (names the validation split `validation`)
 
 
 def test_generated_model_cards_metadata(hub_artifacts):

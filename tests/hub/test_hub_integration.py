@@ -12,13 +12,17 @@ The test is skipped (with the pip error) only when olah cannot be installed; wit
 fails instead.
 """
 
+import http.server
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -112,16 +116,74 @@ def olah_executable() -> Path:
     return olah_cli()
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):  # the client follows olah's redirects itself, through the front
+        return None
+
+
+def range_front(upstream: str) -> http.server.ThreadingHTTPServer:
+    """A loopback HTTP front for olah that answers byte-range requests as the Hub does (206 with the range).
+
+    olah serves a local repo's file whole (200) whatever `Range` asks for; a streamed parquet shard is read by ranges
+    (its footer first), so `load_dataset(..., streaming=True)` by id would read garbage without this. Everything else
+    (method, path, headers, status, redirects) passes through unchanged; call `serve_forever` in a thread.
+    """
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects)
+    hop_headers = {"connection", "content-length", "content-range", "transfer-encoding", "content-encoding"}
+
+    class Front(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def _forward(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "range", "accept-encoding")}
+            request = urllib.request.Request(upstream + self.path, data=body, method=self.command, headers=headers)
+            try:
+                with opener.open(request, timeout=120) as response:
+                    status, reply, reply_headers = response.status, response.read(), response.headers
+            except urllib.error.HTTPError as err:
+                status, reply, reply_headers = err.code, err.read(), err.headers
+            except OSError:  # olah not up yet: the readiness poll asks again
+                self.send_error(502)
+                return
+            size = len(reply) if self.command != "HEAD" else int(reply_headers.get("Content-Length") or 0)
+            wanted = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range") or "")
+            extra = []
+            if wanted and status == 200:
+                start = int(wanted.group(1))
+                stop = min(int(wanted.group(2)) + 1 if wanted.group(2) else size, size)
+                status, reply = 206, reply[start:stop]
+                extra.append(("Content-Range", f"bytes {start}-{stop - 1}/{size}"))
+                size = stop - start
+            self.send_response(status)
+            for key, value in [*((k, v) for k, v in reply_headers.items() if k.lower() not in hop_headers), *extra]:
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(reply)
+
+        do_GET = do_HEAD = do_POST = _forward
+
+    return http.server.ThreadingHTTPServer(("127.0.0.1", 0), Front)
+
+
 # `olah_executable` is resolved first: when olah cannot be installed, the test skips before the artifacts are made.
 @pytest.fixture(scope="module")
 def hub_mirror(olah_executable, hub_artifacts, tmp_path_factory):
-    """olah serving the captured uploads as `<org>/<name>` repos on 127.0.0.1; yields its endpoint URL."""
+    """olah serving the captured uploads as `<org>/<name>` repos on 127.0.0.1, behind `range_front`; yields the
+    front's URL (the endpoint clients use, and the address olah writes into its redirects)."""
     root = tmp_path_factory.mktemp("hub_mirror")
     mirrors = root / "mirrors"
     recorder = hub_artifacts.recorder
     for (repo_type, repo_id), repo in recorder.repos.items():
         commit_repo(recorder.folder(repo_id, repo_type), mirrors / f"{repo_type}s" / repo_id, repo["tags"])
     port = free_port()
+    front = range_front(f"http://127.0.0.1:{port}")
+    front_netloc = f"127.0.0.1:{front.server_address[1]}"
     config = root / "configs.toml"
     config.write_text(
         "[basic]\n"
@@ -129,14 +191,15 @@ def hub_mirror(olah_executable, hub_artifacts, tmp_path_factory):
         f"port = {port}\n"
         f"repos-path = {json.dumps(str(root / 'olah-cache'))}\n"
         'mirror-scheme = "http"\n'
-        f'mirror-netloc = "127.0.0.1:{port}"\n'
-        f'mirror-lfs-netloc = "127.0.0.1:{port}"\n'
+        f'mirror-netloc = "{front_netloc}"\n'
+        f'mirror-lfs-netloc = "{front_netloc}"\n'
         f"mirrors-path = [{json.dumps(str(mirrors))}]\n"
         "\n[accessibility]\n"
         "offline = true\n"
     )
     log_path = root / "olah.log"
-    endpoint = f"http://127.0.0.1:{port}"
+    endpoint = f"http://{front_netloc}"
+    threading.Thread(target=front.serve_forever, daemon=True).start()
     with open(log_path, "wb") as log:
         server = subprocess.Popen(
             [str(olah_executable), "-c", str(config)], cwd=root, stdout=log, stderr=subprocess.STDOUT
@@ -151,6 +214,7 @@ def hub_mirror(olah_executable, hub_artifacts, tmp_path_factory):
             time.sleep(0.25)
         yield endpoint
     finally:
+        front.shutdown()
         server.terminate()
         try:
             server.wait(timeout=15)
@@ -323,6 +387,26 @@ def test_pretraining_reads_the_dataset_at_the_given_revision(loaded_with_sane_hf
     revisions = _read_json(loaded_with_sane_hf / "dataset_revision.json")
     assert revisions["recorded"]["revision"] == ZOO_DATASET_TAG
     assert "no-such-revision" in revisions.get("missing_revision_error", "")
+
+
+def test_pretraining_streams_a_zoo_given_by_repo_id(loaded_with_sane_hf, hub_artifacts, tmp_path):
+    """`sane-pretrain --dataset <repo id> --streaming true` trains on the stream from the mirror: the same weights and
+    log as the same run streaming the local folder that was pushed, three passes of its train split."""
+    from _load_with_sane_hf import STREAMED_RUN
+
+    from sane_hf.cli import main_pretrain
+    from sane_hf.training.pretrain import read_trainer_state
+
+    local = tmp_path / "streamed_locally"
+    main_pretrain(["--dataset", str(hub_artifacts.dataset_dir), "--output_dir", str(local), *STREAMED_RUN])
+    by_id = loaded_with_sane_hf / "streamed"
+    assert_same_state(load_file(by_id / "model.safetensors"), load_file(local / "model.safetensors"))
+    state, local_state = read_trainer_state(by_id), read_trainer_state(local)
+    train_rows = _read_json(hub_artifacts.zoo / "meta" / "info.json")["splits"]["train"]["num_checkpoints"]
+    assert state["optimizer_steps"] == 3 * (train_rows // 4) and state["epoch"] == 3
+    drop_seconds = lambda log: [{k: v for k, v in line.items() if k != "seconds"} for line in log]  # noqa: E731
+    assert drop_seconds(state["log_history"]) == drop_seconds(local_state["log_history"])
+    assert state["dataset"]["hub_id"] == hub_artifacts.zoo_repo
 
 
 def test_a_zoo_of_hub_model_repos_reads_each_repos_own_weights(loaded_with_sane_hf, hub_artifacts):

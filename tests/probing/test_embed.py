@@ -181,6 +181,31 @@ def test_embed_zoo_gives_every_pooling_from_one_pass(tiny_zoo):
     assert subset["targets"]["epoch"].tolist() == columns["epoch"][[3, 0]].tolist()
 
 
+def test_embed_zoo_of_a_streamed_split_equals_the_in_memory_split(tiny_zoo):
+    """A streamed split (`load_zoo_dataset(..., streaming=True)`) is embedded in stream order, in batches: the same
+    embeddings as the model applied to the stored rows at once, and the same property values as the stored columns
+    (numbers, strings, bools)."""
+    layout = tiny_zoo.layout
+    model = _tiny_sane(token_size=layout.token_size, max_tokens=layout.num_tokens)
+    split = tiny_zoo.splits["train"]
+    streamed = load_zoo_dataset(tiny_zoo.root, streaming=True).splits["train"]
+    names = [name for name in split.column_names if name not in ("tokens", "model_id")]
+    out = embed_zoo(model, streamed, layout, batch_size=4, pooling=["mean", "stats"], properties=names)
+    tokens = torch.stack([split[i]["tokens"] for i in range(split.num_rows)])
+    expected, token_latents = model.embed(tokens, layout.positions, return_token_latents=True)
+    torch.testing.assert_close(out["embeddings"], expected)
+    pooling = layer_pooling_matrix(layout.token_layer, layout.num_layers)
+    torch.testing.assert_close(out["features"]["stats"], pool_token_latents(token_latents, pooling, "stats"))
+    assert out["rows"].tolist() == list(range(split.num_rows))
+    columns = read_columns(split, names)
+    assert sorted(out["targets"]) == sorted(names)
+    for name in names:
+        assert out["targets"][name].dtype == columns[name].dtype, name
+        assert out["targets"][name].tolist() == columns[name].tolist(), name
+    with pytest.raises(ValueError, match="`rows` needs an in-memory split"):
+        embed_zoo(model, streamed, layout, rows=[0, 1])
+
+
 def test_embed_zoo_bf16_and_errors(tiny_zoo):
     layout = tiny_zoo.layout
     model = _tiny_sane(token_size=layout.token_size, max_tokens=layout.num_tokens)
@@ -251,8 +276,8 @@ def test_embed_zoo_across_two_cpu_processes_matches_one(tiny_zoo, tmp_path):
         assert got["num_processes"] == 2
         assert got["rows"].tolist() == list(range(split.num_rows))
         assert got["epoch"].tolist() == expected["targets"]["epoch"].tolist()
-        torch.testing.assert_close(got["embeddings"], expected["embeddings"], rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(got["stats"], expected["features"]["stats"], rtol=1e-5, atol=1e-6)
+        assert torch.equal(got["embeddings"], expected["embeddings"])  # whole batches per process: bit-identical
+        assert torch.equal(got["stats"], expected["features"]["stats"])
 
 
 def test_embed_zoo_permutation_average(tiny_zoo):
@@ -260,7 +285,7 @@ def test_embed_zoo_permutation_average(tiny_zoo):
 
     layout = tiny_zoo.layout
     model = _tiny_sane(token_size=layout.token_size, max_tokens=layout.num_tokens)
-    split = tiny_zoo.splits["val"]
+    split = tiny_zoo.splits["validation"]
     permuter = build_permuter(tiny_zoo)
 
     def run(num_permutations):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sane_hf.cli import parse_config
+from sane_hf.cli import main_predict, parse_config
 from sane_hf.data.hub_dataset import ConvertConfig, convert_zoo, load_zoo_dataset
 from sane_hf.models.sane import SaneConfig, SaneModel
 from sane_hf.probing import report
@@ -135,7 +135,7 @@ def test_script_end_to_end(tiny, tmp_path):
     assert {"SANE mean (perm-avg)", "SANE concat (perm-avg)"} <= methods
     assert results["tasks"] == {"test_acc": "regression", "optimizer": "classification"}
     for record in records:
-        assert set(record["scores"]) == {"train", "val", "test"}
+        assert set(record["scores"]) == {"train", "validation", "test"}
         if record["task"] == "regression" and record["method"] in ("W", "s(W)", "SANE mean"):
             assert record["metric"] == "r2" and record["alpha"] is not None
     scalings = {r["scaling"] for r in records if r["method"] == "SANE mean" and r["property"] == "test_acc"}
@@ -236,3 +236,21 @@ def test_finetuning_learns_and_restores_the_best_epoch(tiny):
     assert result["scores"]["epoch"]["train"] > 0.0
     # The backbone passed in is left untouched (the model is fine-tuned on a copy).
     assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
+
+
+def test_prediction_over_two_processes_writes_the_results_of_one(tiny, once_and_on_two_processes, folder_digests):
+    """`scripts/predict_properties.py` under torchrun (2 CPU processes): each embeds its share of the batches (5 rows
+    per batch: the splits' batches are shared out unevenly), the permutation-averaged embeddings draw the
+    permutations one process draws, and the main process writes the results.json (without wall times) and the
+    plots of one process."""
+    config = (
+        f"model: {tiny['model']}\ndataset: {tiny['dataset']}\nproperties: [test_acc, optimizer]\n"
+        "embed_batch_size: 5\nembed_permutations: 2\ngradient_boosting: false\nupdate_model_card: false\n"
+        "num_threads: 1\n"
+    )
+    one, two, _ = once_and_on_two_processes("scripts/predict_properties.py", config, main_predict)
+    digests = folder_digests(one, skip=("results.md",))
+    assert "results.json" in digests and len(digests) > 1 + int(report._matplotlib_available())
+    assert folder_digests(two, skip=("results.md",)) == digests
+    results = json.loads((one / "results.json").read_text())
+    assert {"SANE mean", "SANE mean (perm-avg)"} <= {record["method"] for record in results["records"]}

@@ -29,7 +29,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _splits(rng, sizes=(("train", 120), ("val", 40), ("test", 40)), num_features=6):
+def _splits(rng, sizes=(("train", 120), ("validation", 40), ("test", 40)), num_features=6):
     return {split: rng.normal(size=(n, num_features)) for split, n in sizes}
 
 
@@ -70,7 +70,7 @@ def test_ridge_recovers_a_noise_free_linear_target():
     y = {split: v @ weights + 3.0 for split, v in x.items()}
     result = fit_probe(x, y)
     assert result["task"] == "regression" and result["metric"] == "r2"
-    assert all(result["scores"][split] > 0.99 for split in ("train", "val", "test"))
+    assert all(result["scores"][split] > 0.99 for split in ("train", "validation", "test"))
     assert result["alpha"] in RIDGE_ALPHAS
     # Also with standardized features, and with torch inputs.
     standardized = fit_probe({k: torch.tensor(v) for k, v in x.items()}, y, standardize=True)
@@ -80,18 +80,18 @@ def test_ridge_recovers_a_noise_free_linear_target():
 def test_alpha_is_chosen_on_val():
     # Many noisy features and few train rows: train R² keeps rising as alpha -> 0, val R² does not.
     rng = np.random.default_rng(2)
-    x = _splits(rng, sizes=(("train", 40), ("val", 200), ("test", 200)), num_features=30)
+    x = _splits(rng, sizes=(("train", 40), ("validation", 200), ("test", 200)), num_features=30)
     weights = np.zeros(30)
     weights[:3] = 1.0
     y = {split: v @ weights + rng.normal(scale=1.0, size=len(v)) for split, v in x.items()}
     result = fit_ridge(x, y)
     by_alpha = result["scores_by_alpha"]
-    best_val = max(by_alpha, key=lambda a: by_alpha[a]["val"])
+    best_val = max(by_alpha, key=lambda a: by_alpha[a]["validation"])
     best_train = max(by_alpha, key=lambda a: by_alpha[a]["train"])
     assert result["alpha"] == best_val
     assert best_train != best_val
     assert result["scores"] == by_alpha[best_val]
-    assert result["selected_on"] == "val"
+    assert result["selected_on"] == "validation"
     # Without a val split, alpha is chosen on train (upstream's fallback).
     no_val = fit_ridge({k: x[k] for k in ("train", "test")}, y)
     assert no_val["selected_on"] == "train" and no_val["alpha"] == best_train
@@ -104,13 +104,13 @@ def test_nan_targets_are_dropped_per_split():
     y["train"][:10] = np.nan
     y["test"] = [None if i % 4 == 0 else v for i, v in enumerate(y["test"])]
     result = fit_probe(x, y)
-    assert result["num_samples"] == {"train": 110, "val": 40, "test": 30}
+    assert result["num_samples"] == {"train": 110, "validation": 40, "test": 30}
     assert result["scores"]["test"] > 0.99
 
 
 def test_standardization_makes_the_probe_scale_invariant():
     rng = np.random.default_rng(4)
-    x = _splits(rng, sizes=(("train", 30), ("val", 30), ("test", 30)), num_features=10)
+    x = _splits(rng, sizes=(("train", 30), ("validation", 30), ("test", 30)), num_features=10)
     y = {split: v[:, 0] + 0.5 * rng.normal(size=len(v)) for split, v in x.items()}
     scaled = {split: v * np.array([1000.0] + [1.0] * 9) for split, v in x.items()}
     a, b = fit_ridge(x, y, standardize=True), fit_ridge(scaled, y, standardize=True)
@@ -127,7 +127,7 @@ def test_classifier_on_a_separable_target():
     result = fit_probe(x, labels)
     assert result["task"] == "classification" and result["metric"] == "accuracy"
     assert result["classes"] == ["relu", "tanh"]
-    assert result["scores"] == {"train": 1.0, "val": 1.0, "test": 1.0}
+    assert result["scores"] == {"train": 1.0, "validation": 1.0, "test": 1.0}
     # A val/test class never seen in train is dropped and counted, not an error.
     labels["test"][0] = "gelu"
     dropped = fit_classifier(x, labels)
@@ -143,7 +143,7 @@ def test_classifier_needs_two_train_classes():
 
 def test_gradient_boosting_extra_probe():
     rng = np.random.default_rng(7)
-    x = {split: rng.uniform(-1, 1, size=(n, 3)) for split, n in (("train", 300), ("val", 100), ("test", 100))}
+    x = {split: rng.uniform(-1, 1, size=(n, 3)) for split, n in (("train", 300), ("validation", 100), ("test", 100))}
     y = {split: np.abs(v[:, 0]) for split, v in x.items()}  # non-linear, invisible to a linear probe
     result = fit_gradient_boosting(x, y, learning_rates=(0.1,), max_iter=100)
     assert result["scores"]["test"] > 0.95

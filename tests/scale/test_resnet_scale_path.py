@@ -93,7 +93,7 @@ def test_conversion_writes_bounded_shards(run):
     zoo = run["zoo"]
     assert (zoo.layout.num_tokens, zoo.layout.token_size, zoo.layout.num_layers) == (1210, 288, 81)
     assert zoo.info.architecture == "resnet18" and zoo.info.model_kwargs["width"] == WIDTH
-    assert {s: i.num_checkpoints for s, i in zoo.info.splits.items()} == {"train": 4, "val": 2, "test": 2}
+    assert {s: i.num_checkpoints for s, i in zoo.info.splits.items()} == {"train": 4, "validation": 2, "test": 2}
     for split in zoo.info.splits.values():
         assert len(split.files) == (split.num_checkpoints + 1) // 2  # at most 2 checkpoints per shard
         for file in split.files:

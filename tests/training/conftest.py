@@ -1,10 +1,12 @@
 """A tokenized zoo of tiny MLPs for the training tests (converted once per session)."""
 
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
 from sane_hf.data.hub_dataset import ConvertConfig, convert_zoo
+from sane_hf.training import pretrain as pretrain_module
 
 
 @pytest.fixture(scope="session")
@@ -15,3 +17,21 @@ def mlp_zoo_dataset(tmp_path_factory, zoo_tools) -> Path:
     zoo = zoo_tools.write_sane_hf_zoo(root / "zoo", num_models=6, num_epochs=3, architecture="mlp", model_kwargs=mlp)
     convert_zoo(ConvertConfig(zoo_dir=str(zoo), output_dir=str(root / "zoo_ds"), seed=0), show_progress=False)
     return root / "zoo_ds"
+
+
+@pytest.fixture
+def killed_after_checkpoint():
+    """`killed_after_checkpoint(step)`: a patch of `pretrain` under which the run raises `KeyboardInterrupt` (a kill)
+    right after saving the step checkpoint `step`; the checkpoint itself is written as usual."""
+
+    def patch(step: int):
+        real_save = pretrain_module._save_checkpoint
+
+        def save_then_die(accelerator, output_dir, saved_step, limit, state, **kwargs):
+            real_save(accelerator, output_dir, saved_step, limit, state, **kwargs)
+            if saved_step == step:
+                raise KeyboardInterrupt(f"simulated kill after the step-{step} checkpoint")
+
+        return mock.patch.object(pretrain_module, "_save_checkpoint", save_then_die)
+
+    return patch

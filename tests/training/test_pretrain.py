@@ -1,10 +1,6 @@
 """The pretraining loop: the objective learns, runs are reproducible, resume is exact, DDP keeps ranks in sync."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from unittest import mock
 
@@ -240,19 +236,12 @@ def test_same_seed_same_model(tiny_dataset, tmp_path):
         assert torch.equal(value, _weights(second)[key]), key
 
 
-def test_kill_and_resume_reproduces_an_uninterrupted_run(tiny_dataset, tmp_path):
+def test_kill_and_resume_reproduces_an_uninterrupted_run(tiny_dataset, tmp_path, killed_after_checkpoint):
     cfg = dict(max_steps=14, save_steps=4, epochs=10)
     reference = pretrain(_config(tiny_dataset, tmp_path / "reference", **cfg))
 
     interrupted = tmp_path / "interrupted"
-    real_save = pretrain_module._save_checkpoint
-
-    def save_then_die(accelerator, output_dir, step, limit, state):
-        real_save(accelerator, output_dir, step, limit, state)
-        if step == 8:
-            raise KeyboardInterrupt("simulated kill after the step-8 checkpoint")
-
-    with mock.patch.object(pretrain_module, "_save_checkpoint", save_then_die), pytest.raises(KeyboardInterrupt):
+    with killed_after_checkpoint(8), pytest.raises(KeyboardInterrupt):
         pretrain(_config(tiny_dataset, interrupted, **cfg))
     assert not (interrupted / "model.safetensors").exists()
     assert sorted(p.name for p in (interrupted / "checkpoints").iterdir()) == ["step_4", "step_8"]
@@ -278,57 +267,28 @@ def test_resume_without_a_checkpoint_fails_clearly(tiny_dataset, tmp_path):
         pretrain(_config(tiny_dataset, tmp_path / "none", resume_from_checkpoint="latest"))
 
 
-def test_two_process_cpu_ddp_keeps_ranks_identical(tiny_dataset, tmp_path):
+@pytest.mark.parametrize("streaming", [False, True])
+def test_two_process_cpu_ddp_keeps_ranks_identical(tiny_dataset, tmp_path, launch_two_processes, streaming):
+    """Also streamed: each process reads its own half of the stream, and both step together (the same batch count)."""
     output = tmp_path / "ddp"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(REPO / "scripts" / "pretrain.py"),
-        "--dataset",
-        str(tiny_dataset),
-        "--output_dir",
-        str(output),
-        "--d_model",
-        "16",
-        "--n_heads",
-        "2",
-        "--n_layers",
-        "1",
-        "--latent_dim",
-        "4",
-        "--window_size",
-        "8",
-        "--batch_size",
-        "4",
-        "--max_steps",
-        "6",
-        "--epochs",
-        "3",
-        "--seed",
-        "3",
-        "--logging_steps",
-        "2",
-    ]
-    # Own process group: on a timeout, kill torchrun AND its workers (a killed torchrun alone orphans them).
-    process = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        _, stderr = process.communicate(timeout=900)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        _, stderr = process.communicate()
-        pytest.fail(f"2-process DDP run timed out:\n{stderr[-3000:]}")
-    assert process.returncode == 0, stderr[-3000:]
+    options = ["--dataset", str(tiny_dataset), "--output_dir", str(output), "--d_model", "16", "--n_heads", "2"]
+    options += ["--n_layers", "1", "--latent_dim", "4", "--window_size", "8", "--batch_size", "4", "--max_steps", "6"]
+    options += ["--epochs", "3", "--seed", "3", "--logging_steps", "2"]
+    if streaming:
+        options += ["--streaming", "true", "--shuffle_buffer", "0", "--save_steps", "3"]
+    launch_two_processes("scripts/pretrain.py", *options, cwd=tmp_path)
     state = read_trainer_state(output)
     assert state["num_processes"] == 2
     assert state["ranks_in_sync"] is True
     assert len(state["parameter_checksums"]) == 2
+    assert state["optimizer_steps"] == 6
+    if streaming:  # every process's stream position, in each step checkpoint
+        for step in (3, 6):
+            positions = [
+                json.loads((output / f"checkpoints/step_{step}/stream_state_{rank}.json").read_text())
+                for rank in (0, 1)
+            ]
+            assert [position["rows"] for position in positions] == [step * 4, step * 4]
 
 
 def test_init_from_and_push_to_hub(tiny_dataset, tmp_path):

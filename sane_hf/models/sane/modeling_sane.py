@@ -744,7 +744,11 @@ class SaneModel(SanePreTrainedModel):
 
     @torch.no_grad()
     def haloed_decode(
-        self, latents: torch.Tensor, positions: torch.Tensor, batch_size: int | None = None
+        self,
+        latents: torch.Tensor,
+        positions: torch.Tensor,
+        batch_size: int | None = None,
+        sequences: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         """
         Decode full latent sequences of any length with haloed windows (docs/method.md#samplers), without gradients.
@@ -758,12 +762,19 @@ class SaneModel(SanePreTrainedModel):
                 Global positions; `(seq_len, 3)` is shared by all sequences.
             batch_size (`int`, *optional*):
                 Number of snippets decoded per forward pass (default: as in [`~SaneModel.haloed_encode`]).
+            sequences (`tuple[int, int]`, *optional*):
+                `(start, stop)`: decode only sequences `start` to `stop - 1`, running exactly the forward passes
+                that decoding all of them runs for those sequences (a pass may hold snippets of neighbours, which
+                are computed and dropped). The result is bit-identical to those rows of the full decode, so
+                processes that share out the sequences get the networks one process gets.
 
         Returns:
-            `torch.FloatTensor` of shape `(batch_size, seq_len, token_size)`: reconstructed tokens, float32 also under
-            bf16 autocast.
+            `torch.FloatTensor` of shape `(batch_size, seq_len, token_size)` (`(stop - start, ...)` with
+            `sequences`): reconstructed tokens, float32 also under bf16 autocast.
         """
-        return self._haloed_apply(self._decode, "latents", latents, self.config.latent_dim, positions, batch_size)
+        return self._haloed_apply(
+            self._decode, "latents", latents, self.config.latent_dim, positions, batch_size, sequences
+        )
 
     @torch.no_grad()
     def embed(
@@ -812,6 +823,7 @@ class SaneModel(SanePreTrainedModel):
         width: int,
         positions: torch.Tensor,
         batch_size: int | None,
+        sequences: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         if batch_size is not None and (
             not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1
@@ -826,6 +838,12 @@ class SaneModel(SanePreTrainedModel):
         self.position_embedding.check_positions(positions)  # once for the whole sequence, not per batch
 
         num_sequences, seq_len = inputs.shape[:2]
+        first, stop = (0, num_sequences) if sequences is None else sequences
+        if not 0 <= first < stop <= num_sequences:
+            raise ValueError(
+                f"`sequences` must be (start, stop) with 0 <= start < stop <= {num_sequences} (the sequences of "
+                f"`{name}`), got {sequences!r}."
+            )
         content_size, halo_size = self.config.content_size, self.config.halo_size
         device = self.input_projection.weight.device
         shared_positions = positions.shape[0] == 1
@@ -834,13 +852,16 @@ class SaneModel(SanePreTrainedModel):
             # Every snippet would be the whole sequence: run each sequence once instead of once per window.
             batch_size = batch_size or self._snippets_per_pass(device, seq_len)
             outputs = []
-            for start in range(0, num_sequences, batch_size):
+            # Only the passes that hold sequences first..stop-1 (all of them without `sequences`).
+            first_pass = first // batch_size * batch_size
+            for start in range(first_pass, stop, batch_size):
                 chunk = inputs[start : start + batch_size].to(device)
                 chunk_positions = positions if shared_positions else positions[start : start + batch_size]
                 chunk_embeddings = self.position_embedding(chunk_positions.to(device), check_range=False)
                 outputs.append(function(chunk, chunk_embeddings, None))
+            output = torch.cat(outputs)[first - first_pass : stop - first_pass]
             # Float32 out whatever the compute precision (bf16 autocast gives bf16 activations).
-            return torch.cat(outputs).to(inputs.device, torch.promote_types(outputs[0].dtype, torch.float32))
+            return output.to(inputs.device, torch.promote_types(outputs[0].dtype, torch.float32))
 
         snippet_index, content_mask = haloed_window_index(seq_len, content_size, halo_size, device=inputs.device)
         n_windows, snippet_len = snippet_index.shape
@@ -858,7 +879,9 @@ class SaneModel(SanePreTrainedModel):
         row_sequence = torch.arange(num_sequences, device=inputs.device).repeat_interleave(n_windows)
         row_window = torch.arange(n_windows, device=inputs.device).repeat(num_sequences)
         result = None
-        for start in range(0, row_sequence.numel(), batch_size):
+        # Only the passes that hold rows of sequences first..stop-1 (all of them without `sequences`).
+        first_row, stop_row = first * n_windows, stop * n_windows
+        for start in range(first_row // batch_size * batch_size, stop_row, batch_size):
             sequence = row_sequence[start : start + batch_size, None]  # [n, 1]
             index = snippet_index[row_window[start : start + batch_size]]  # [n, snippet_len]
             snippets = inputs[sequence, index]  # [n, snippet_len, width]
@@ -869,11 +892,11 @@ class SaneModel(SanePreTrainedModel):
             if result is None:
                 # Float32 out whatever the compute precision (bf16 autocast gives bf16 activations).
                 dtype = torch.promote_types(output.dtype, torch.float32)
-                result = inputs.new_zeros((num_sequences, seq_len, output.shape[-1]), dtype=dtype)
+                result = inputs.new_zeros((stop - first, seq_len, output.shape[-1]), dtype=dtype)
             # Scatter the content tokens back; each token is content of exactly one window, so writes never collide.
-            keep = query_content[windows]  # [n, Q]
+            keep = query_content[windows] & (sequence >= first) & (sequence < stop)  # [n, Q]
             targets = index.gather(1, query_index[windows])  # [n, Q] token index of every output
-            result[sequence.expand_as(targets)[keep], targets[keep]] = output[keep.to(output.device)].to(
+            result[sequence.expand_as(targets)[keep] - first, targets[keep]] = output[keep.to(output.device)].to(
                 result.device, result.dtype
             )
         return result
