@@ -150,7 +150,8 @@ def run_arm(
     keep: bool = False,
 ) -> dict[str, Any]:
     """One arm on one seed: shared zoo + dataset, fresh SANE, probe and generation. Returns its record."""
-    from sane_hf.data.hub_dataset import convert_zoo, load_zoo_dataset
+    from sane_hf.data.convert import convert_zoo
+    from sane_hf.data.hub_dataset import load_zoo_dataset
     from sane_hf.data.zoo_builder import build_zoo
     from sane_hf.generation import generate_models
     from sane_hf.models.sane import SaneModel

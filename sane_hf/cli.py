@@ -177,7 +177,7 @@ def main_quickstart(args: Sequence[str] | None = None) -> None:
 @one_line_errors("sane-convert-zoo")
 def main_convert_zoo(args: Sequence[str] | None = None) -> None:
     """`sane-convert-zoo`: tokenize a model zoo into a Hub-style dataset folder (and optionally push it)."""
-    from .data.hub_dataset import ConvertConfig
+    from .data.configs import ConvertConfig
     from .data.sharded_conversion import ShardingConfig, convert_zoo_sharded
 
     _setup_logging()

@@ -195,7 +195,7 @@ def stage_configs(config: QuickstartConfig, preset: Mapping[str, Mapping[str, An
 
     `preset` replaces `PRESETS[config.preset]` (the quality study, `benchmarks/study_pretrain.py`, varies it).
     """
-    from .data.hub_dataset import ConvertConfig
+    from .data.configs import ConvertConfig
     from .data.zoo_builder import ZooConfig
     from .generation import GenerateConfig
     from .probing.configs import PredictConfig
@@ -271,7 +271,7 @@ def _run_stage(stage: str, stage_config: Any) -> dict[str, Any]:
         summary = build_zoo(stage_config)
         return {"num_models": summary["num_models"], "final_test_acc": summary["final_test_acc"]}
     if stage == "convert":
-        from .data.hub_dataset import convert_zoo
+        from .data.convert import convert_zoo
 
         result = convert_zoo(stage_config)
         info = result.info

@@ -33,7 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def good(tmp_path_factory, zoo_tools):
-    from sane_hf.data.hub_dataset import ConvertConfig, convert_zoo
+    from sane_hf.data.configs import ConvertConfig
+    from sane_hf.data.convert import convert_zoo
     from sane_hf.training.configs import PretrainConfig
     from sane_hf.training.pretrain import pretrain
 
@@ -764,7 +765,8 @@ def missing_generate_dataset_path(good, d):
 
 
 def cnn_sane_on_mlp_dataset(good, d):
-    from sane_hf.data.hub_dataset import ConvertConfig, convert_zoo
+    from sane_hf.data.configs import ConvertConfig
+    from sane_hf.data.convert import convert_zoo
 
     mlp = {"in_features": 64, "hidden_sizes": [8], "num_classes": 10}
     zoo = good["tools"].write_sane_hf_zoo(
@@ -1401,7 +1403,8 @@ def test_make_zoo_records_each_checkpoint_size_and_sha256_in_done(tmp_path):
 
 def test_a_weight_beyond_the_default_threshold_is_dropped_and_counted(good, tmp_path):
     """One |w| = 1e30 would set its layer's normalization scale; by default its checkpoint is dropped, counted."""
-    from sane_hf.data.hub_dataset import ConvertConfig, convert_zoo
+    from sane_hf.data.configs import ConvertConfig
+    from sane_hf.data.convert import convert_zoo
 
     zoo = _copy(good["zoo"], tmp_path / "zoo")
     file = _first_checkpoint(zoo)

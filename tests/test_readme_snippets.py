@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 
 from sane_hf import SaneConfig, SaneModel, SaneProcessor
-from sane_hf.data.hub_dataset import ConvertConfig, convert_zoo, load_zoo_dataset
+from sane_hf.data.configs import ConvertConfig
+from sane_hf.data.convert import convert_zoo
+from sane_hf.data.hub_dataset import load_zoo_dataset
 from sane_hf.models.sane import add_embedding_pipeline
 
 

@@ -17,7 +17,8 @@ STAGE_THREADS = 2
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, zoo_tools):
-    from sane_hf.data.hub_dataset import ConvertConfig, convert_zoo
+    from sane_hf.data.configs import ConvertConfig
+    from sane_hf.data.convert import convert_zoo
 
     root = tmp_path_factory.mktemp("stage_threads")
     zoo = zoo_tools.write_sane_hf_zoo(root / "zoo", num_models=6, num_epochs=1)
@@ -33,7 +34,8 @@ def build_zoo_stage(tiny, out: Path) -> None:
 
 
 def convert_stage(tiny, out: Path) -> None:
-    from sane_hf.data.hub_dataset import ConvertConfig, convert_zoo
+    from sane_hf.data.configs import ConvertConfig
+    from sane_hf.data.convert import convert_zoo
 
     config = ConvertConfig(zoo_dir=str(tiny["zoo"]), output_dir=str(out), token_size=16, num_threads=STAGE_THREADS)
     convert_zoo(config, show_progress=False)

@@ -1,19 +1,10 @@
 """Model zoos as data: zoo readers, the zoo -> Hub dataset converter and loader, and window sampling (SANE §2, §4.1)."""
 
-from .configs import ZooConfig
-from .hub_dataset import (
-    ConvertConfig,
-    ConvertResult,
-    SaneZooDataset,
-    build_layout,
-    convert_zoo,
-    load_zoo_dataset,
-    load_zoo_meta,
-    push_zoo_dataset,
-    split_model_ids,
-    write_zoo_dataset,
-)
+from .configs import ConvertConfig, ZooConfig
+from .convert import ConvertResult, build_layout, convert_zoo, split_model_ids, write_zoo_dataset
+from .hub_dataset import SaneZooDataset, load_zoo_dataset, load_zoo_meta
 from .info import ZOO_DATASET_FORMAT_VERSION, ZOO_DATASET_TAG, SaneDatasetInfo, SplitInfo, ZooDatasetVersionError
+from .push import push_zoo_dataset
 from .windows import (
     ArrowTokenStore,
     StreamingWindowLoader,

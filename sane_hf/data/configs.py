@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+import re
+import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from ..tasks import OPTIMIZERS
 from ..zoo_models import ACTIVATIONS, INITS, get_zoo_architecture
+from .zoo import DEFAULT_WEIGHT_THRESHOLD, ZOO_FORMATS, ZooFormat
 
 
 # Model arguments that are generating factors, each drawn from the `ZooConfig` grid named here.
@@ -231,3 +234,176 @@ def _as_choice_list(owner: str, attr: str, values: Any, choices: Sequence[str]) 
         if value not in choices:
             raise ValueError(f"{owner}: `{attr}` must only hold values from {list(choices)}, got {value!r}.")
     return list(values)
+
+
+@dataclass
+class ConvertConfig:
+    """Options of `sane-convert-zoo` (zoo -> tokenized Hub dataset).
+
+    Args:
+        zoo_dir (`str`): the zoo folder (or, with `zoo_format="models"`, a folder of model folders, or a
+            comma-separated list of model folders / Hub model repo ids).
+        output_dir (`str`): where the dataset folder is written.
+        zoo_format (`str`, *optional*, defaults to `"auto"`): `auto`, `sane_hf`, `modelzoo` or `models`.
+
+        token_size (`int`, *optional*, defaults to 0): token width `T`; 0 picks the widest row of the architecture
+            (SANE §1.5, without the original's bias-only bug). The paper uses 289 for CNN3 and 288 for ResNet-18.
+        tokenize_bn_stats (`bool`, *optional*, defaults to `True`): tokenize BatchNorm running statistics.
+        ignore_bn (`bool`, *optional*, defaults to `False`): leave BatchNorm layers out of the tokens.
+        normalization (`str`, *optional*, defaults to `"standardize"`): `standardize` (SANE §1.8) or `none`.
+        canonicalize (`bool`, *optional*): map every model onto the reference model with git re-basin weight
+            matching before normalization (the original's `map_to_canonical`): one permutation per model,
+            found on its last converted epoch and applied to all its epochs. Removes the permutation symmetry from the
+            stored tokens, so checkpoints with equal function look alike. By default (None) on, as the method does
+            for every zoo, whenever the zoo's architecture is registered and its permutation spec can be derived
+            (every `sane_hf` zoo architecture: MLP, CNNs, ResNet-18); off, with a log line saying why, for zoos of
+            other architectures (e.g. transformers models), whose permutation symmetries are not modelled here.
+
+        epochs (`list[str]`, *optional*, defaults to `["all"]`): epochs to convert: `all`, or numbers / ranges
+            such as `21-25`.
+        weight_threshold (`float`, *optional*, defaults to 1e6): drop checkpoints with any |w| above it, counted
+            like NaN ones (docs/zoo_dataset_format.md#filtering); `inf` turns the check off.
+        max_models (`int`, *optional*): keep this many models of the shuffled list (before splitting).
+        split_fractions (`list[float]`, *optional*, defaults to `[0.7, 0.15, 0.15]`): train/val/test (or
+            train/test) fractions of the models.
+        seed (`int`, *optional*, defaults to 42): seed of the model shuffle (the original's `random.seed(42)`).
+
+        shard_size_mb (`float`, *optional*, defaults to 100): maximum uncompressed token bytes per parquet shard
+            (at least one checkpoint); the conversion holds up to two shards in memory.
+        num_threads (`int`, *optional*, defaults to 1): `torch.set_num_threads` during the conversion (restored
+            afterwards); 0 keeps torch's setting. The work is memory-bound copies; on the project's shared 2-core
+            machines 1 thread converted a cnn_s zoo 2.5x faster than 2 (`benchmarks/bench_data.py`). Parquet
+            shards are encoded and written by one more (Arrow) thread meanwhile.
+        overwrite (`bool`, *optional*, defaults to `False`): replace an existing non-empty `output_dir`.
+        push_to_hub (`str`, *optional*): Hub dataset repo id to upload the folder to.
+        hub_private (`bool`, *optional*, defaults to `False`): create the Hub repo as private (`private`: its
+            deprecated name).
+    """
+
+    zoo_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Zoo folder; with --zoo_format models also a folder of model folders or a comma-separated list "
+            "of model folders / Hub model repo ids."
+        },
+    )
+    output_dir: str | None = field(default=None, metadata={"help": "Folder to write the tokenized dataset into."})
+    zoo_format: Literal["auto", ZooFormat] = field(
+        default="auto", metadata={"help": f"Layout of the zoo: auto or one of {list(ZOO_FORMATS)}."}
+    )
+    token_size: int = field(
+        default=0, metadata={"help": "Token width T; 0 = the widest row of the architecture (SANE §1.5)."}
+    )
+    tokenize_bn_stats: bool = field(default=True, metadata={"help": "Tokenize BatchNorm running statistics."})
+    ignore_bn: bool = field(default=False, metadata={"help": "Leave BatchNorm layers out of the tokens entirely."})
+    normalization: Literal["standardize", "none"] = field(
+        default="standardize",
+        metadata={"help": "Per-layer normalization fitted on the train split: standardize (SANE §1.8) or none."},
+    )
+    canonicalize: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Map every model onto the reference model with weight matching before normalization "
+            "(the original's map_to_canonical). Default: on when the zoo's architecture is registered (its permutation "
+            "spec is known), off otherwise."
+        },
+    )
+    epochs: list[str] = field(
+        default_factory=lambda: ["all"],
+        metadata={"help": "Epochs to convert: 'all', or numbers and ranges, e.g. --epochs 21-25 or --epochs 0 5 10."},
+    )
+    weight_threshold: float = field(
+        default=DEFAULT_WEIGHT_THRESHOLD,
+        metadata={
+            "help": "Drop checkpoints with any |weight| above this, counted like NaN ones (SANE §2.2; the original "
+            "used 100 for CNN zoos); inf turns the check off."
+        },
+    )
+    max_models: int | None = field(
+        default=None, metadata={"help": "Use only this many models of the shuffled list (before splitting)."}
+    )
+    split_fractions: list[float] = field(
+        default_factory=lambda: [0.7, 0.15, 0.15],
+        metadata={"help": "Fractions of models for train/val/test (3 values) or train/test (2 values); sum 1."},
+    )
+    seed: int = field(default=42, metadata={"help": "Seed of the model shuffle that defines the splits."})
+    shard_size_mb: float = field(
+        default=100.0, metadata={"help": "Maximum uncompressed token megabytes per parquet shard."}
+    )
+    num_threads: int = field(
+        default=1, metadata={"help": "torch threads during the conversion (0: keep torch's setting)."}
+    )
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing non-empty output_dir."})
+    push_to_hub: str | None = field(
+        default=None, metadata={"help": "Hub dataset repo id (org/name) to upload the dataset folder to."}
+    )
+    hub_private: bool = field(default=False, metadata={"help": "Create the Hub dataset repo as private."})
+    private: bool | None = field(default=None, metadata={"help": "Deprecated: use --hub_private."})
+
+    def __post_init__(self):
+        if self.private is not None:
+            # One name for the flag in every script (pretrain and generate call it --hub_private).
+            warnings.warn("`private` is deprecated; use `hub_private`.", FutureWarning, stacklevel=3)
+            self.hub_private, self.private = bool(self.private), None
+        if self.zoo_format != "auto" and self.zoo_format not in ZOO_FORMATS:
+            raise ValueError(f"`zoo_format` must be 'auto' or one of {list(ZOO_FORMATS)}, got {self.zoo_format!r}.")
+        if not isinstance(self.token_size, int) or isinstance(self.token_size, bool) or self.token_size < 0:
+            raise ValueError(f"`token_size` must be an int >= 0 (0 = automatic), got {self.token_size!r}.")
+        if self.normalization not in ("standardize", "none"):
+            raise ValueError(f"`normalization` must be 'standardize' or 'none', got {self.normalization!r}.")
+        if isinstance(self.epochs, str | int):
+            self.epochs = [self.epochs]
+        self.epoch_list()  # validates
+        check_split_fractions(self.split_fractions)
+        if not (isinstance(self.weight_threshold, int | float) and self.weight_threshold > 0):
+            raise ValueError(f"`weight_threshold` must be a positive number, got {self.weight_threshold!r}.")
+        if self.max_models is not None and (not isinstance(self.max_models, int) or self.max_models < 1):
+            raise ValueError(f"`max_models` must be a positive int or None, got {self.max_models!r}.")
+        if not (isinstance(self.shard_size_mb, int | float) and self.shard_size_mb > 0):
+            raise ValueError(f"`shard_size_mb` must be a positive number, got {self.shard_size_mb!r}.")
+        if not isinstance(self.num_threads, int) or self.num_threads < 0:
+            raise ValueError(f"`num_threads` must be an int >= 0, got {self.num_threads!r}.")
+
+    def epoch_list(self) -> list[int] | None:
+        """The requested epochs, or `None` for all."""
+        return parse_epochs(self.epochs)
+
+
+def parse_epochs(epochs: str | int | Iterable[str | int] | None) -> list[int] | None:
+    """`"all"`/`None` -> `None`; numbers and inclusive ranges (`"21-25"`, `"0,5,10"`) -> a sorted list."""
+    if epochs is None:
+        return None
+    items = [epochs] if isinstance(epochs, str | int) else list(epochs)
+    parts: list[str | int] = []
+    for item in items:
+        if isinstance(item, str):
+            parts.extend(p.strip() for p in item.split(",") if p.strip())
+        else:
+            parts.append(item)
+    if [str(p).lower() for p in parts] == ["all"]:
+        return None
+    result: set[int] = set()
+    for part in parts:
+        if isinstance(part, int) and not isinstance(part, bool) and part >= 0:
+            result.add(part)
+            continue
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", str(part))
+        if not match or (match.group(2) is not None and int(match.group(2)) < int(match.group(1))):
+            raise ValueError(
+                f"`epochs` must be 'all' or non-negative epoch numbers / ranges like '21-25', got {epochs!r}."
+            )
+        low = int(match.group(1))
+        result.update(range(low, int(match.group(2) or low) + 1))
+    if not result:
+        raise ValueError(f"`epochs` selects no epoch: {epochs!r}.")
+    return sorted(result)
+
+
+def check_split_fractions(fractions: Sequence[float]) -> list[float]:
+    """Validate 2 (train/test) or 3 (train/val/test) non-negative fractions summing to 1."""
+    fractions = list(fractions)
+    if len(fractions) not in (2, 3) or any(not isinstance(f, int | float) or f < 0 for f in fractions):
+        raise ValueError(f"`split_fractions` must be 2 or 3 non-negative numbers, got {fractions!r}.")
+    if abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError(f"`split_fractions` must sum to 1, got {fractions!r} (sum {sum(fractions)}).")
+    return [float(f) for f in fractions]

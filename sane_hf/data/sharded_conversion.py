@@ -10,7 +10,7 @@ for file, as a one-process conversion.
 Every worker reads the whole zoo: which checkpoints survive the filter (SANE §2.2) decides where each shard starts,
 and the normalization statistics are fitted on the whole train split, in the order one process streams it, so each
 worker fits the same statistics itself rather than combining partial sums (whose rounding would differ). Encoding
-and writing the shards, the largest cost of a conversion (`_ShardWrites` in hub_dataset.py), is what is shared out.
+and writing the shards, the largest cost of a conversion (`BackgroundWriter` in hub_dataset.py), is what is shared out.
 
     python scripts/convert_zoo.py --config c.yaml --num_shards 4 --shard_index 0   # ... to 3, anywhere
     python scripts/convert_zoo.py --config c.yaml --num_shards 4 --finalize true   # once all four are done
@@ -30,14 +30,8 @@ from typing import Any
 
 from ..utils.io import output_lock, write_json_atomic
 from ..utils.processes import Processes
-from .hub_dataset import (
-    ConvertConfig,
-    ConvertResult,
-    _check_output_dir,
-    _move_into_place,
-    convert_zoo,
-    write_meta_and_card,
-)
+from .configs import ConvertConfig
+from .convert import ConvertResult, _check_output_dir, _move_into_place, convert_zoo, write_meta_and_card
 from .info import SaneDatasetInfo
 
 
@@ -192,7 +186,7 @@ def finalize_sharded_conversion(config: ConvertConfig, num_shards: int) -> Conve
     num_bytes = sum(f.stat().st_size for f in output_dir.rglob("*") if f.is_file())
     url = None
     if config.push_to_hub:
-        from .hub_dataset import push_zoo_dataset
+        from .push import push_zoo_dataset
 
         url = push_zoo_dataset(output_dir, config.push_to_hub, private=config.hub_private)
     seconds = time.perf_counter() - start

@@ -76,11 +76,6 @@ def sane_method_name(pooling: str) -> str:
     return f"SANE {pooling}"
 
 
-# -------------------------------------------------------------------------------------------------------------------
-# Inputs
-# -------------------------------------------------------------------------------------------------------------------
-
-
 def load_sane(value: str, device: str | torch.device = "cpu") -> SaneModel:
     """A pretrained `SaneModel` from a folder or Hub id, with clear errors for missing folders/repos."""
 
@@ -150,11 +145,6 @@ def baseline_features(
         if raw:
             outputs[METHOD_W].append(raw_weights(tokens, mask))
     return {name: torch.cat(values) for name, values in outputs.items() if values}
-
-
-# -------------------------------------------------------------------------------------------------------------------
-# The run
-# -------------------------------------------------------------------------------------------------------------------
 
 
 def score_intervals(
@@ -497,11 +487,6 @@ def _predict_properties(cfg: PredictConfig) -> dict[str, Any] | None:
         raise
     logger.info("Wrote %s to %s in %.1f s.", ", ".join(files), output_dir, timings["total"])
     return results
-
-
-# -------------------------------------------------------------------------------------------------------------------
-# Writers
-# -------------------------------------------------------------------------------------------------------------------
 
 
 def _format(value: float | None) -> str:

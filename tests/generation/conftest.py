@@ -13,7 +13,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sane_hf.data.hub_dataset import ConvertConfig, convert_zoo, load_zoo_dataset
+from sane_hf.data.configs import ConvertConfig
+from sane_hf.data.convert import convert_zoo
+from sane_hf.data.hub_dataset import load_zoo_dataset
 from sane_hf.models.sane import SaneModel
 from sane_hf.training.configs import PretrainConfig
 from sane_hf.training.pretrain import pretrain

@@ -357,7 +357,9 @@ def test_anchors_of_another_zoo_are_rebuilt_in_their_own_scale(cnn_setup, digits
     SANE's out) rebuilds the anchors at the pretraining zoo's scale."""
     from safetensors.torch import load_file, save_file
 
-    from sane_hf.data.hub_dataset import ConvertConfig, convert_zoo, load_zoo_dataset
+    from sane_hf.data.configs import ConvertConfig
+    from sane_hf.data.convert import convert_zoo
+    from sane_hf.data.hub_dataset import load_zoo_dataset
 
     scaled_zoo = tmp_path / "zoo_x3"
     shutil.copytree(cnn_setup["root"] / "zoo", scaled_zoo)

@@ -18,7 +18,8 @@ import torch
 from huggingface_hub import HfApi
 from huggingface_hub.utils import filter_repo_objects
 
-from sane_hf.data.hub_dataset import ConvertConfig, convert_zoo
+from sane_hf.data.configs import ConvertConfig
+from sane_hf.data.convert import convert_zoo
 from sane_hf.data.zoo_builder import ZooConfig, build_zoo
 from sane_hf.generation import GenerateConfig, generate, push_generated_models
 from sane_hf.probing.configs import PredictConfig

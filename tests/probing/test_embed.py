@@ -8,7 +8,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sane_hf.data.hub_dataset import ConvertConfig, convert_zoo, load_zoo_dataset
+from sane_hf.data.configs import ConvertConfig
+from sane_hf.data.convert import convert_zoo
+from sane_hf.data.hub_dataset import load_zoo_dataset
 from sane_hf.models.sane import SaneConfig, SaneModel
 from sane_hf.probing.embed import POOLINGS, embed_zoo, layer_pooling_matrix, pool_token_latents, read_columns
 from sane_hf.probing.finetune import SaneForPropertyPrediction

@@ -12,7 +12,9 @@ import torch
 from safetensors.torch import save_file
 
 from sane_hf.cli import main_predict, parse_config
-from sane_hf.data.hub_dataset import ConvertConfig, convert_zoo, load_zoo_dataset
+from sane_hf.data.configs import ConvertConfig
+from sane_hf.data.convert import convert_zoo
+from sane_hf.data.hub_dataset import load_zoo_dataset
 from sane_hf.models.sane import SaneConfig, SaneModel
 from sane_hf.probing import report
 from sane_hf.probing.configs import PredictConfig

@@ -12,7 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from sane_hf.data.hub_dataset import ConvertConfig, convert_zoo, load_zoo_dataset
+from sane_hf.data.configs import ConvertConfig
+from sane_hf.data.convert import convert_zoo
+from sane_hf.data.hub_dataset import load_zoo_dataset
 from sane_hf.data.windows import WindowDataLoader
 from sane_hf.data.zoo_builder import ZooConfig, build_zoo
 from sane_hf.generation.bn_conditioning import condition_batchnorm

@@ -5,7 +5,8 @@ from unittest import mock
 
 import pytest
 
-from sane_hf.data.hub_dataset import ConvertConfig, convert_zoo
+from sane_hf.data.configs import ConvertConfig
+from sane_hf.data.convert import convert_zoo
 from sane_hf.training import pretrain as pretrain_module
 
 

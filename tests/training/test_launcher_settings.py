@@ -74,7 +74,7 @@ def test_help_lists_the_choices_of_choice_fields_and_one_private_flag(script, li
 
 
 def test_convert_private_is_a_deprecated_alias_of_hub_private():
-    from sane_hf.data.hub_dataset import ConvertConfig
+    from sane_hf.data.configs import ConvertConfig
 
     assert ConvertConfig(zoo_dir="z", output_dir="o").hub_private is False
     with pytest.warns(FutureWarning, match="use `hub_private`"):
