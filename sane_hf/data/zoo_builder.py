@@ -65,7 +65,7 @@ from tqdm.auto import tqdm
 from ..tasks import (
     TaskData,
     TaskSplit,
-    evaluate,
+    evaluate_split,
     load_task,
     make_optimizer,
     supports_batched_training,
@@ -446,7 +446,7 @@ class _ZooRun:
         for epoch in range(config.epochs + 1):
             if epoch > 0:
                 train_epoch(model, self.task.train, optimizer, config.batch_size, generator=order)
-            train, val, test = self._evaluate_all(lambda split: evaluate(model, *split))
+            train, val, test = self._evaluate_all(lambda split: evaluate_split(model, *split))
             writer.write_epoch(epoch, model.state_dict(), _metrics_line(epoch, train, val, test))
             self.progress.set_postfix(model=plan.model_id, epoch=epoch, test_acc=f"{test['acc']:.3f}")
         writer.finish(_done_record(config, plan, writer.lines))

@@ -32,8 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..tasks import evaluate as evaluate_split
-from ..tasks import make_optimizer, train_epoch
+from ..tasks import evaluate_split, make_optimizer, train_epoch
 from ..utils.bootstrap import mean_interval
 from ..utils.io import json_safe, read_json, verify_file_checksum, write_text_atomic
 from ..utils.processes import Processes

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..tasks import evaluate as evaluate_split
+from ..tasks import evaluate_split
 from ..utils.io import check_output_apart_from_inputs, file_checksum, make_temporary_dir, output_lock
 from ..utils.precision import precision_autocast, resolve_precision
 from ..utils.processes import Processes

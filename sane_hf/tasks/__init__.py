@@ -5,14 +5,14 @@ Example:
 
 ```python
 >>> import torch
->>> from sane_hf.tasks import evaluate, load_task, make_optimizer, train_epoch
+>>> from sane_hf.tasks import evaluate_split, load_task, make_optimizer, train_epoch
 >>> from sane_hf.zoo_models import build_zoo_model
 >>> task = load_task("digits", seed=0)
 >>> _ = torch.manual_seed(0)
 >>> model = build_zoo_model("mlp")  # 64 -> 32 -> 32 -> 10
 >>> optimizer = make_optimizer("adam", model.parameters(), lr=3e-3)
 >>> _ = train_epoch(model, task.train, optimizer, batch_size=32, generator=torch.Generator().manual_seed(0))
->>> evaluate(model, *task.test)["acc"] > 0.7
+>>> evaluate_split(model, *task.test)["acc"] > 0.7
 True
 ```
 """
@@ -27,7 +27,7 @@ from .datasets import (
     TaskSplit,
     load_task,
 )
-from .member_training import DEFAULT_EVAL_BATCH_SIZE, OPTIMIZERS, evaluate, make_optimizer, train_epoch
+from .member_training import DEFAULT_EVAL_BATCH_SIZE, OPTIMIZERS, evaluate_split, make_optimizer, train_epoch
 
 
 __all__ = [
@@ -39,7 +39,7 @@ __all__ = [
     "OPTIMIZERS",
     "TaskData",
     "TaskSplit",
-    "evaluate",
+    "evaluate_split",
     "load_task",
     "make_optimizer",
     "supports_batched_training",

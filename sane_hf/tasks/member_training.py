@@ -128,7 +128,7 @@ def train_epoch(
 
 
 @torch.no_grad()
-def evaluate(
+def evaluate_split(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -150,7 +150,7 @@ def evaluate(
         `dict[str, float]`: `"loss"` (mean cross-entropy; `nan`/`inf` for a diverged model) and `"acc"` (fraction
         of correct argmax predictions).
     """
-    _check_split(images, labels, "evaluate")
+    _check_split(images, labels, "evaluate_split")
     was_training = model.training
     model.eval()
     try:

@@ -21,7 +21,7 @@ from sane_hf.data.zoo_builder import (
     resolve_model_kwargs,
 )
 from sane_hf.data.zoo_format import METRIC_KEYS
-from sane_hf.tasks import evaluate, load_task
+from sane_hf.tasks import evaluate_split, load_task
 from sane_hf.zoo_models import build_zoo_model
 
 
@@ -149,7 +149,7 @@ def test_layout_is_the_contract(grouped_zoo, digits):
                 assert f.metadata()["epoch"] == str(epoch)
                 assert f.metadata()["model_id"] == params["model_id"]
         # The metrics belong to the checkpoint: the last one evaluated with the plain module gives the same numbers.
-        test = evaluate(model, *digits.test)
+        test = evaluate_split(model, *digits.test)
         assert test["acc"] == pytest.approx(lines[-1]["test_acc"], abs=1.5 / 397)
         assert test["loss"] == pytest.approx(lines[-1]["test_loss"], rel=1e-4)
 

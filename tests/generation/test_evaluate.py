@@ -23,7 +23,7 @@ from sane_hf.generation import (
     weight_distances,
     write_evaluation_report,
 )
-from sane_hf.tasks import evaluate, load_task
+from sane_hf.tasks import evaluate_split, load_task
 from sane_hf.zoo_models import build_zoo_model
 
 
@@ -102,7 +102,7 @@ def test_isotropic_noise_is_seeded_and_can_exclude_the_classifier():
 
 def test_finetune_records_every_epoch_and_is_reproducible(digits):
     model = _cnn(0)
-    zero_shot = evaluate(model, *digits.test)
+    zero_shot = evaluate_split(model, *digits.test)
     history, logits = finetune(copy.deepcopy(model), digits, epochs=2, lr=3e-3, seed=5)
     again, _ = finetune(copy.deepcopy(model), digits, epochs=2, lr=3e-3, seed=5)
     assert [row["epoch"] for row in history] == [0, 1, 2]
@@ -116,7 +116,7 @@ def test_ensemble_averages_logits_on_aligned_data(digits):
     models = [_cnn(s) for s in range(3)]
     logits = [m(digits.test.images).detach() for m in models]
     single = ensemble_metrics(logits[:1], digits.test.labels)
-    assert single["acc"] == evaluate(models[0], *digits.test)["acc"]
+    assert single["acc"] == evaluate_split(models[0], *digits.test)["acc"]
     expected = (torch.stack(logits).mean(0).argmax(1) == digits.test.labels).double().mean()
     assert ensemble_metrics(logits, digits.test.labels)["acc"] == pytest.approx(float(expected))
     config = FinetuneConfig(finetune_epochs=1)

@@ -215,10 +215,10 @@ def test_generation_is_reproducible_and_subsampling_selects_the_best(cnn_setup, 
     assert torch.equal(first.samples.latents, second.samples.latents)
     assert torch.all(first.samples.scores[:-1] >= first.samples.scores[1:])
     # The score is the kept network's accuracy on the score split (so the network scored is the network saved).
-    from sane_hf.tasks import evaluate
+    from sane_hf.tasks import evaluate_split
 
     for model, score in zip(first.models, first.samples.scores.tolist()):
-        assert evaluate(model, *digits.val)["acc"] == pytest.approx(score)
+        assert evaluate_split(model, *digits.val)["acc"] == pytest.approx(score)
 
 
 def test_generated_models_save_and_reload_exactly(cnn_setup, digits, tmp_path):

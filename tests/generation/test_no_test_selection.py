@@ -121,7 +121,7 @@ def test_selected_noise_control_is_the_best_of_one_control_per_candidate(cnn_set
     along a seeded random direction); the kept ones are the best on the score split, at candidates' distances."""
     from sane_hf.generation.evaluate import add_isotropic_noise, weight_distances
     from sane_hf.generation.generate import SaneGenerator, selected_noise_controls
-    from sane_hf.tasks import evaluate as evaluate_split
+    from sane_hf.tasks import evaluate_split
 
     config = GenerateConfig(
         model=str(cnn_setup["sane"]),

@@ -8,7 +8,7 @@ import torch
 
 from sane_hf.tasks import (
     TaskSplit,
-    evaluate,
+    evaluate_split,
     load_task,
     make_optimizer,
     supports_batched_training,
@@ -71,7 +71,7 @@ def test_group_matches_each_member_trained_alone_with_torch_optim(small_digits, 
                 train_epoch(alone, small_digits.train, optimizer, BATCH, generator=order)
             _, train, val, test = history[epoch]
             for split, metrics in (("train", train), ("val", val), ("test", test)):
-                reference = evaluate(alone, *small_digits.split(split))
+                reference = evaluate_split(alone, *small_digits.split(split))
                 assert metrics[m]["acc"] == pytest.approx(reference["acc"], abs=1 / 300)
                 assert metrics[m]["loss"] == pytest.approx(reference["loss"], rel=1e-4)
         # After the last epoch the group's weights were copied back into its models.

@@ -12,7 +12,7 @@ from sane_hf.tasks import (
     DIGITS_SPLIT_SIZES,
     KNOWN_NORMALIZATIONS,
     TaskData,
-    evaluate,
+    evaluate_split,
     load_task,
     make_optimizer,
     train_epoch,
@@ -265,9 +265,9 @@ def _train(digits, seed: int, epochs: int) -> tuple[torch.nn.Module, list[dict]]
 
 def test_training_reduces_loss_and_is_seeded(digits):
     torch.manual_seed(0)
-    initial = evaluate(build_zoo_model("mlp", hidden_sizes=[32], dropout=0.1), *digits.val)
+    initial = evaluate_split(build_zoo_model("mlp", hidden_sizes=[32], dropout=0.1), *digits.val)
     model, history = _train(digits, seed=0, epochs=2)
-    after = evaluate(model, *digits.val)
+    after = evaluate_split(model, *digits.val)
     assert history[-1]["loss"] < history[0]["loss"]
     assert after["loss"] < initial["loss"] - 1.0
     assert after["acc"] > 0.7
@@ -282,7 +282,7 @@ def test_evaluate_matches_manual_computation_and_restores_mode(digits):
     torch.manual_seed(0)
     model = build_zoo_model("cnn_s", input_size=8, padding="auto", dropout=0.5)
     model.train()
-    metrics = evaluate(model, *digits.test)
+    metrics = evaluate_split(model, *digits.test)
     assert model.training
     model.eval()
     with torch.no_grad():
@@ -291,7 +291,7 @@ def test_evaluate_matches_manual_computation_and_restores_mode(digits):
     expected_acc = (logits.argmax(1) == digits.test.labels).float().mean().item()
     assert metrics["loss"] == pytest.approx(expected_loss, rel=1e-5)
     assert metrics["acc"] == pytest.approx(expected_acc)
-    chunked = evaluate(model, *digits.test, batch_size=50)
+    chunked = evaluate_split(model, *digits.test, batch_size=50)
     assert chunked["loss"] == pytest.approx(metrics["loss"], rel=1e-5) and chunked["acc"] == metrics["acc"]
     with pytest.raises(ValueError, match="expected images"):
-        evaluate(model, digits.test.images, digits.val.labels)
+        evaluate_split(model, digits.test.images, digits.val.labels)
