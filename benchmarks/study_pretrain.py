@@ -155,7 +155,7 @@ def run_arm(
     from sane_hf.data.zoo_builder import build_zoo
     from sane_hf.generation import generate_models
     from sane_hf.models.sane import SaneModel
-    from sane_hf.probing.report import predict_properties
+    from sane_hf.probing.predict import predict_properties
     from sane_hf.quickstart import PRESETS, QuickstartConfig, stage_configs, summarize_generation, summarize_probe
     from sane_hf.training.pretrain import pretrain, read_trainer_state
 

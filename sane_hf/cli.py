@@ -258,7 +258,8 @@ def main_make_zoo(args: Sequence[str] | None = None) -> None:
 def main_predict(args: Sequence[str] | None = None) -> None:
     """`sane-predict`: predict model properties from SANE embeddings, with the W and s(W) baselines (SANE §5)."""
     from .probing.configs import PredictConfig
-    from .probing.report import RESULTS_MD, predict_properties
+    from .probing.predict import predict_properties
+    from .probing.report import RESULTS_MD
 
     _setup_logging()
     (config,) = parse_config((PredictConfig,), args)

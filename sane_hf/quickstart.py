@@ -293,7 +293,7 @@ def _run_stage(stage: str, stage_config: Any) -> dict[str, Any]:
             "val_reconstruction_r2": evaluations[-1]["val/r2"] if evaluations else None,
         }
     if stage == "predict":
-        from .probing.report import predict_properties
+        from .probing.predict import predict_properties
 
         results = predict_properties(stage_config)
         return {"files": results["files"]}

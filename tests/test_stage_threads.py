@@ -55,7 +55,7 @@ def pretrain_stage(tiny, out: Path) -> None:
 
 def predict_stage(tiny, out: Path) -> None:
     from sane_hf.probing.configs import PredictConfig
-    from sane_hf.probing.report import predict_properties
+    from sane_hf.probing.predict import predict_properties
 
     config = PredictConfig(
         model=str(out / "no_such_sane"),

@@ -111,7 +111,7 @@ def test_sane_hf_loads_a_saved_sane_with_its_own_code_only(sane_folder, tmp_path
 
     from transformers import AutoModel
 
-    from sane_hf.probing.report import load_sane
+    from sane_hf.probing.predict import load_sane
 
     folder = shutil.copytree(sane_folder, tmp_path / "sane")
     marker = tmp_path / "code_ran.marker"

@@ -18,6 +18,7 @@ from .embed import (
     read_columns,
 )
 from .finetune import SaneForPropertyPrediction, finetune_property_predictor
+from .predict import predict_properties
 from .probe import (
     RIDGE_ALPHAS,
     RidgeSolver,
@@ -28,7 +29,7 @@ from .probe import (
     infer_task,
     r2_score,
 )
-from .report import predict_properties, results_markdown
+from .report import results_markdown
 
 
 __all__ = [

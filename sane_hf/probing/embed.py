@@ -292,9 +292,7 @@ def embed_zoo(
             for _ in range(draws):
                 tokens = batch_tokens
                 if permuter is not None:
-                    permutations = permuter.sample_permutations(generator, batch_size=len(tokens))
-                    start = torch.zeros(len(tokens), dtype=torch.long)
-                    tokens = permuter.apply(tokens, permutations, start=start, window_size=layout.num_tokens)
+                    tokens = permuter.permute_models(tokens, generator)
                 if token_transform is not None:
                     tokens = token_transform(tokens)
                 with precision_autocast(precision, device):

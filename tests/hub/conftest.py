@@ -23,7 +23,7 @@ from sane_hf.data.convert import convert_zoo
 from sane_hf.data.zoo_builder import ZooConfig, build_zoo
 from sane_hf.generation import GenerateConfig, generate, push_generated_models
 from sane_hf.probing.configs import PredictConfig
-from sane_hf.probing.report import predict_properties
+from sane_hf.probing.predict import predict_properties
 from sane_hf.quickstart import QuickstartConfig, run_quickstart
 from sane_hf.training.configs import PretrainConfig
 from sane_hf.training.pretrain import pretrain, push_pretrained_folder

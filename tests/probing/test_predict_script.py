@@ -19,8 +19,9 @@ from sane_hf.models.sane import SaneConfig, SaneModel
 from sane_hf.probing import report
 from sane_hf.probing.configs import PredictConfig
 from sane_hf.probing.finetune import finetune_property_predictor
-from sane_hf.probing.report import predict_properties, token_transform_for
+from sane_hf.probing.predict import predict_properties
 from sane_hf.tokenization import SaneProcessor, TokenNormalization
+from sane_hf.tokenization.normalization import token_transform_for
 from sane_hf.tokenization.processing_sane import load_sane_processor
 from sane_hf.zoo_models import build_zoo_model
 
