@@ -180,7 +180,7 @@ def bench_windows(
         return make
 
     # What permutation augmentation reads instead of whole checkpoints: the layers each window overlaps.
-    from sane_hf.training.pretrain import build_permuter
+    from sane_hf.data.zoo_permutations import build_permuter
 
     permuter = build_permuter(zoo)
     probe = WindowDataLoader(split, layout, window, batch_size, seed=1, permuter=permuter)

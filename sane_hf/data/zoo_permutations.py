@@ -1,5 +1,7 @@
-"""Canonicalization of a zoo during its conversion: every model is mapped onto a reference model by weight matching
-(SANE §3, docs/method.md#canonicalization)."""
+"""The permutation symmetries of a zoo (docs/method.md#canonicalization): the spec of its architecture, derived from a
+rebuilt member (`zoo_permutation_spec`), which both the converter's canonicalization (every model mapped onto a
+reference model by weight matching, SANE §3) and the permutation augmentation of pretraining and probing
+(`build_permuter`) use."""
 
 from __future__ import annotations
 
@@ -11,25 +13,40 @@ from typing import Any
 import torch
 
 from ..tokenization import (
+    PermutationSpec,
+    TokenPermuter,
+    permutation_spec_from_module,
     permute_state_dict,
     weight_matching,
 )
+from ..zoo_models import build_zoo_model
 from .zoo import CheckpointRecord, ZooReader
 
 
 logger = logging.getLogger(__name__)
 
 
+def zoo_permutation_spec(
+    architecture: str, model_kwargs: Mapping[str, Any] | None
+) -> tuple[PermutationSpec, list[str]]:
+    """The permutation spec of the registered zoo `architecture` and its state_dict keys, derived from a member
+    rebuilt from `model_kwargs` (only shapes and structure are read).
+
+    Raises:
+        `ValueError` (or the error `build_zoo_model` raises for bad arguments): the architecture is not registered,
+        or its spec cannot be derived (the message names the module that blocks it).
+    """
+    member = build_zoo_model(architecture, **(model_kwargs or {}))
+    return permutation_spec_from_module(member), list(member.state_dict())
+
+
 def _permutation_spec_known(architecture: str | None, model_kwargs: Mapping[str, Any] | None) -> bool:
     """Whether a zoo of `architecture` can be canonicalized: it is registered and its permutation spec derives."""
-    from ..tokenization import permutation_spec_from_module
-    from ..zoo_models import build_zoo_model
-
     if architecture is None or model_kwargs is None:
         logger.info("Not canonicalizing: the zoo does not name a registered architecture (no permutation spec).")
         return False
     try:
-        permutation_spec_from_module(build_zoo_model(architecture, **model_kwargs))
+        zoo_permutation_spec(architecture, model_kwargs)
     except (ValueError, KeyError, TypeError, NotImplementedError) as err:
         logger.info("Not canonicalizing the %s zoo: its permutation spec cannot be derived (%s).", architecture, err)
         return False
@@ -47,8 +64,6 @@ class _Canonicalizer:
     """
 
     def __init__(self, reader: ZooReader, reference_model_id: str, architecture: str | None, model_kwargs, seed: int):
-        from ..tokenization import permutation_spec_from_module
-        from ..zoo_models import build_zoo_model
 
         if architecture is None or model_kwargs is None:
             raise ValueError(
@@ -57,9 +72,7 @@ class _Canonicalizer:
             )
         self.reader = reader
         self.seed = seed
-        module = build_zoo_model(architecture, **model_kwargs)
-        self.spec = permutation_spec_from_module(module)
-        self.keys = list(module.state_dict())
+        self.spec, self.keys = zoo_permutation_spec(architecture, model_kwargs)
         self.reference = self._last_finite(reference_model_id)
         self.spec.validate(self.reference)
         self.permutations: dict[str, dict[str, torch.Tensor]] = {}
@@ -95,3 +108,29 @@ class _Canonicalizer:
             state_dict = self._by_position(record.state_dict)
             permuted = permute_state_dict(state_dict, self.spec, self.permutations_of(record.model_id))
             yield dataclasses.replace(record, state_dict=permuted)
+
+
+def build_permuter(zoo) -> TokenPermuter:
+    """The permutation augmentation of a tokenized zoo (`SaneZooDataset`): a `TokenPermuter` over its layout with the
+    spec of its architecture (`zoo_permutation_spec`), for pretraining's second view and for probing.
+
+    Raises:
+        `ValueError`: the dataset names no zoo architecture, or its spec cannot be derived; the message says how to
+        run without the augmentation.
+    """
+    if not zoo.info.architecture:
+        raise ValueError(
+            "The dataset does not name its zoo architecture (meta/info.json `architecture`), so no permutation "
+            "augmentation can be derived; pass --permutation_augmentation false."
+        )
+    try:
+        spec, _ = zoo_permutation_spec(zoo.info.architecture, zoo.info.model_kwargs)
+    except ValueError as err:
+        # E.g. a zoo of transformers model folders (`--zoo_format models`, `bert`, `gpt2`): not a registered zoo
+        # architecture, so no member is rebuilt to derive its spec from (the `vit` zoo architecture is; docs/
+        # architecture.md#transformer-zoos); SANE still pretrains on it with the other augmentations.
+        raise ValueError(
+            f"{err} No permutation augmentation can be derived for the zoo architecture "
+            f"{zoo.info.architecture!r}; pass --permutation_augmentation false to pretrain without it."
+        ) from None
+    return TokenPermuter(zoo.layout, spec)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..data.hub_dataset import SaneZooDataset, load_zoo_dataset
+from ..data.zoo_permutations import build_permuter
 from ..hub.probe_records import (
     METHOD_FINETUNED,
     METHOD_SW,
@@ -103,8 +104,6 @@ def select_rows(split_dataset, epochs: Sequence[int] | None) -> np.ndarray:
 
 def _permuter_or_none(zoo: SaneZooDataset) -> TokenPermuter | None:
     """The zoo architecture's permutation augmentation, or None (with a warning) when it cannot be derived."""
-    from ..training.pretrain import build_permuter
-
     try:
         return build_permuter(zoo)
     except (ValueError, KeyError) as err:

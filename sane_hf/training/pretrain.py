@@ -45,11 +45,12 @@ from ..data.windows import (
     streamed_loaders,
     token_store,
 )
+from ..data.zoo_permutations import build_permuter
 from ..hub.sane_cards import TRAINER_STATE_ZOO_KEY, write_sane_card, zoo_summary
 from ..models.sane import SaneConfig, SaneModel, add_embedding_pipeline, load_sane_folder
 from ..tokenization.layout import TokenLayout
 from ..tokenization.memory import check_fits_in_memory
-from ..tokenization.permutations import TokenPermuter, permutation_spec_from_module
+from ..tokenization.permutations import TokenPermuter
 from ..tokenization.processing_sane import SaneProcessor
 from ..utils.checks import check_finite_weights, config_differences, weights_only_rejection
 from ..utils.io import (
@@ -201,29 +202,6 @@ def load_or_build_model(cfg: PretrainConfig, zoo: SaneZooDataset) -> SaneModel:
                 )
         logger.info("Starting from %s; its architecture overrides the model fields of the run config.", cfg.init_from)
     return model
-
-
-def build_permuter(zoo: SaneZooDataset) -> TokenPermuter:
-    """The permutation augmentation of the zoo's architecture (derived from a rebuilt zoo member)."""
-    from ..zoo_models import build_zoo_model
-
-    if not zoo.info.architecture:
-        raise ValueError(
-            "The dataset does not name its zoo architecture (meta/info.json `architecture`), so no permutation "
-            "augmentation can be derived; pass --permutation_augmentation false."
-        )
-    try:
-        member = build_zoo_model(zoo.info.architecture, **(zoo.info.model_kwargs or {}))
-        spec = permutation_spec_from_module(member)
-    except ValueError as err:
-        # E.g. a zoo of transformers model folders (`--zoo_format models`, `bert`, `gpt2`): not a registered zoo
-        # architecture, so no member is rebuilt to derive its spec from (the `vit` zoo architecture is; docs/
-        # architecture.md#transformer-zoos); SANE still pretrains on it with the other augmentations.
-        raise ValueError(
-            f"{err} No permutation augmentation can be derived for the zoo architecture "
-            f"{zoo.info.architecture!r}; pass --permutation_augmentation false to pretrain without it."
-        ) from None
-    return TokenPermuter(zoo.layout, spec)
 
 
 # ------------------------------------------------------------------------------------------------------------- step

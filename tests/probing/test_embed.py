@@ -283,7 +283,7 @@ def test_embed_zoo_across_two_cpu_processes_matches_one(tiny_zoo, tmp_path):
 
 
 def test_embed_zoo_permutation_average(tiny_zoo):
-    from sane_hf.training.pretrain import build_permuter
+    from sane_hf.data.zoo_permutations import build_permuter
 
     layout = tiny_zoo.layout
     model = _tiny_sane(token_size=layout.token_size, max_tokens=layout.num_tokens)

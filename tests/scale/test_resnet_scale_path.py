@@ -17,6 +17,7 @@ from sane_hf.data.convert import convert_zoo
 from sane_hf.data.hub_dataset import load_zoo_dataset
 from sane_hf.data.windows import WindowDataLoader
 from sane_hf.data.zoo_builder import ZooConfig, build_zoo
+from sane_hf.data.zoo_permutations import build_permuter
 from sane_hf.generation.bn_conditioning import condition_batchnorm
 from sane_hf.generation.decode import ModelDecoder, tokens_to_state_dict
 from sane_hf.generation.samplers import sample_kde
@@ -26,7 +27,7 @@ from sane_hf.tasks import load_task
 from sane_hf.training import pretrain as pretrain_module
 from sane_hf.training.augmentations import make_two_views
 from sane_hf.training.configs import PretrainConfig
-from sane_hf.training.pretrain import build_permuter, pretrain, step_generator, train_step
+from sane_hf.training.pretrain import pretrain, step_generator, train_step
 from sane_hf.zoo_models import ResNet18
 
 

@@ -11,9 +11,10 @@ from safetensors.torch import load_file, save_file
 from sane_hf.data.configs import ConvertConfig
 from sane_hf.data.convert import convert_zoo
 from sane_hf.data.hub_dataset import load_zoo_dataset
+from sane_hf.data.zoo_permutations import build_permuter
 from sane_hf.training import pretrain as pretrain_module
 from sane_hf.training.configs import PretrainConfig
-from sane_hf.training.pretrain import build_permuter, pretrain, read_trainer_state, step_generator, train_step
+from sane_hf.training.pretrain import pretrain, read_trainer_state, step_generator, train_step
 from sane_hf.zoo_models import build_zoo_model
 
 

@@ -10,8 +10,8 @@ from transformers import AutoModel, AutoModelForPreTraining, Trainer, TrainingAr
 from sane_hf import SaneConfig, SaneForPreTraining, SaneModel
 from sane_hf.data.hub_dataset import load_zoo_dataset
 from sane_hf.data.windows import ZooCheckpointDataset
+from sane_hf.data.zoo_permutations import build_permuter
 from sane_hf.training import PretrainingCollator, make_two_views, sane_loss
-from sane_hf.training.pretrain import build_permuter
 
 
 CONFIG = dict(token_size=6, d_model=16, n_heads=2, n_layers=2, latent_dim=4, window_size=8, max_positions=[32, 8, 8])
