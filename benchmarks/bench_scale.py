@@ -139,8 +139,9 @@ def run_convert(num_checkpoints: int) -> dict:
 def run_pretrain(threads: int, num_checkpoints: int = 16) -> dict:
     from bench_data import write_zoo
 
+    from sane_hf.training.checkpoints import read_trainer_state
     from sane_hf.training.configs import PretrainConfig
-    from sane_hf.training.pretrain import pretrain, read_trainer_state
+    from sane_hf.training.loop import pretrain
 
     tmp = Path(tempfile.mkdtemp(prefix="sane_bench_pretrain_"))
     os.environ["HF_HOME"] = str(tmp / "hf_home")

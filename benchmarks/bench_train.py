@@ -6,7 +6,7 @@ Configs:
   (b) the embedded default (scripts/configs/pretrain_digits_cnn.yaml): T=64, d_model 64, 4 heads, 2+2 blocks,
       latent 32, window = the 66-token digits CNN, batch 64.
 
-One step = what `sane_hf.training.pretrain.train_step` does for a batch (two views of B windows, noise, one forward
+One step = what `sane_hf.training.loop.train_step` does for a batch (two views of B windows, noise, one forward
 of both views, reconstruction + NT-Xent loss) plus backward and an AdamW step. Tokens/s counts both views
 (2 * B * W per step), as the original's own numbers do (32 * 256 * 2 / 6 s = 2,730 tokens/s). Each
 (config, precision) runs in a fresh process so its peak RSS is its own; medians over steps after warm-up.

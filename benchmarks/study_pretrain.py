@@ -157,7 +157,8 @@ def run_arm(
     from sane_hf.models.sane import SaneModel
     from sane_hf.probing.predict import predict_properties
     from sane_hf.quickstart import PRESETS, QuickstartConfig, stage_configs, summarize_generation, summarize_probe
-    from sane_hf.training.pretrain import pretrain, read_trainer_state
+    from sane_hf.training.checkpoints import read_trainer_state
+    from sane_hf.training.loop import pretrain
 
     preset = merge_options(PRESETS[base_preset], change)
     preset["generate"]["finetune_epochs"] = finetune_epochs

@@ -211,7 +211,7 @@ def main_convert_zoo(args: Sequence[str] | None = None) -> None:
 def main_pretrain(args: Sequence[str] | None = None) -> None:
     """`sane-pretrain`: pretrain SANE on a tokenized zoo (one process, or many under `accelerate launch`/torchrun)."""
     from .training.configs import PretrainConfig
-    from .training.pretrain import pretrain
+    from .training.loop import pretrain
 
     _setup_logging()
     (config,) = parse_config((PretrainConfig,), args)

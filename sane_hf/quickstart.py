@@ -282,7 +282,8 @@ def _run_stage(stage: str, stage_config: Any) -> dict[str, Any]:
             "splits": {name: split.num_models for name, split in info.splits.items()},
         }
     if stage == "pretrain":
-        from .training.pretrain import pretrain, read_trainer_state
+        from .training.checkpoints import read_trainer_state
+        from .training.loop import pretrain
 
         folder = pretrain(stage_config)
         state = read_trainer_state(folder)

@@ -36,7 +36,7 @@ def good(tmp_path_factory, zoo_tools):
     from sane_hf.data.configs import ConvertConfig
     from sane_hf.data.convert import convert_zoo
     from sane_hf.training.configs import PretrainConfig
-    from sane_hf.training.pretrain import pretrain
+    from sane_hf.training.loop import pretrain
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("bad_inputs_shared")
@@ -1362,7 +1362,7 @@ def test_window_larger_than_the_sequence_is_clipped_with_a_warning(good, tmp_pat
     """Pretraining clips a window longer than the sequence to the whole sequence (documented), and says so."""
     from sane_hf.data.hub_dataset import load_zoo_dataset
     from sane_hf.training.configs import PretrainConfig
-    from sane_hf.training.pretrain import build_sane_config
+    from sane_hf.training.loop import build_sane_config
 
     layout = load_zoo_dataset(good["ds16"]).layout
     config = build_sane_config(PretrainConfig(dataset=str(good["ds16"]), window_size=10_000), layout)

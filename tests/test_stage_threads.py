@@ -43,7 +43,7 @@ def convert_stage(tiny, out: Path) -> None:
 
 def pretrain_stage(tiny, out: Path) -> None:
     from sane_hf.training.configs import PretrainConfig
-    from sane_hf.training.pretrain import pretrain
+    from sane_hf.training.loop import pretrain
 
     sizes = dict(d_model=16, n_heads=2, n_layers=1, latent_dim=4, window_size=8, batch_size=4)  # one tiny step
     pretrain(

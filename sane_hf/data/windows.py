@@ -19,7 +19,7 @@ mask. The original materialized `[P+1, S, T]` per sample and drew one window sta
   larger than the disk), through a shuffle buffer, and saves and restores its position;
 * pretraining's batches: `row_loaders` (row numbers of a downloaded split, in an order that depends on `(seed,
   epoch)` only) and `streamed_loaders` (full checkpoints of each process's part of a streamed split), which
-  `cut_windows` turns into the step's windows with the step's generator (`sane_hf/training/pretrain.py` holds the
+  `cut_windows` turns into the step's windows with the step's generator (`sane_hf/training/loop.py` holds the
   loop only).
 
 A window longer than the sequence (`W >= S`) is the whole sequence (start 0, length `S`).

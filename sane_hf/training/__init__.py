@@ -21,6 +21,7 @@ from .augmentations import (
     random_erasing,
 )
 from .configs import PretrainConfig
+from .loop import pretrain, train_step
 from .losses import (
     RECONSTRUCTION_REDUCTIONS,
     masked_reconstruction_loss,
@@ -28,12 +29,12 @@ from .losses import (
     reconstruction_r2,
     sane_loss,
 )
-from .pretrain import train_step  # `pretrain` stays the submodule (its function: pretrain.pretrain)
 
 
 __all__ = [
     "RECONSTRUCTION_REDUCTIONS",
     "PretrainConfig",
+    "pretrain",
     "train_step",
     "ErasingConfig",
     "PretrainingCollator",

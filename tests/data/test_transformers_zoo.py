@@ -11,7 +11,7 @@ from sane_hf.data.configs import ConvertConfig
 from sane_hf.data.convert import convert_zoo
 from sane_hf.data.hub_dataset import load_zoo_dataset
 from sane_hf.training.configs import PretrainConfig
-from sane_hf.training.pretrain import pretrain
+from sane_hf.training.loop import pretrain
 
 
 @pytest.fixture(scope="module")

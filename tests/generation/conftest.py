@@ -18,7 +18,7 @@ from sane_hf.data.convert import convert_zoo
 from sane_hf.data.hub_dataset import load_zoo_dataset
 from sane_hf.models.sane import SaneModel
 from sane_hf.training.configs import PretrainConfig
-from sane_hf.training.pretrain import pretrain
+from sane_hf.training.loop import pretrain
 from sane_hf.zoo_models import build_zoo_model
 
 

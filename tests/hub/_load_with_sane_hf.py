@@ -115,18 +115,18 @@ def weights_at_first_step(
 ) -> dict[str, torch.Tensor]:
     """Pretrain one step from `--init_from` a Hub id on the zoo at `revision`; the weights the model holds when
     `train_step` first runs."""
-    from sane_hf.training import pretrain as pretrain_module
+    from sane_hf.training import loop as pretrain_loop
     from sane_hf.training.configs import PretrainConfig
 
     captured: dict[str, torch.Tensor] = {}
-    real_train_step = pretrain_module.train_step
+    real_train_step = pretrain_loop.train_step
 
     def capturing_train_step(model, *args, **kwargs):
         if not captured:
             captured.update({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()})
         return real_train_step(model, *args, **kwargs)
 
-    pretrain_module.train_step = capturing_train_step
+    pretrain_loop.train_step = capturing_train_step
     config = PretrainConfig(
         dataset=zoo_repo,
         dataset_revision=revision,
@@ -137,9 +137,9 @@ def weights_at_first_step(
         num_threads=1,
     )
     try:
-        pretrain_module.pretrain(config)
+        pretrain_loop.pretrain(config)
     finally:
-        pretrain_module.train_step = real_train_step
+        pretrain_loop.train_step = real_train_step
     return captured
 
 

@@ -26,7 +26,7 @@ from sane_hf.probing.configs import PredictConfig
 from sane_hf.probing.predict import predict_properties
 from sane_hf.quickstart import QuickstartConfig, run_quickstart
 from sane_hf.training.configs import PretrainConfig
-from sane_hf.training.pretrain import pretrain, push_pretrained_folder
+from sane_hf.training.loop import pretrain, push_pretrained_folder
 from sane_hf.zoo_models import load_zoo_model
 
 

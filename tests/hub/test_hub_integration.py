@@ -395,7 +395,7 @@ def test_pretraining_streams_a_zoo_given_by_repo_id(loaded_with_sane_hf, hub_art
     from _load_with_sane_hf import STREAMED_RUN
 
     from sane_hf.cli import main_pretrain
-    from sane_hf.training.pretrain import read_trainer_state
+    from sane_hf.training.checkpoints import read_trainer_state
 
     local = tmp_path / "streamed_locally"
     main_pretrain(["--dataset", str(hub_artifacts.dataset_dir), "--output_dir", str(local), *STREAMED_RUN])

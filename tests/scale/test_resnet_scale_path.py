@@ -24,10 +24,10 @@ from sane_hf.generation.samplers import sample_kde
 from sane_hf.models.sane import SaneModel
 from sane_hf.probing.embed import embed_zoo
 from sane_hf.tasks import load_task
-from sane_hf.training import pretrain as pretrain_module
+from sane_hf.training import loop as pretrain_loop
 from sane_hf.training.augmentations import make_two_views
 from sane_hf.training.configs import PretrainConfig
-from sane_hf.training.pretrain import pretrain, step_generator, train_step
+from sane_hf.training.loop import pretrain, step_generator, train_step
 from sane_hf.zoo_models import ResNet18
 
 
@@ -130,8 +130,8 @@ def test_window_batches_read_only_windows_and_permutation_ranges(run):
 def test_pretraining_steps_read_windows_and_layer_ranges_with_the_same_result(run):
     zoo = run["zoo"]
     cfg = PretrainConfig(dataset="unused", **SANE_FIELDS, seed=0)
-    train_loader, _ = pretrain_module.get_dataloaders(cfg, zoo)
-    batch, store = next(iter(train_loader)), pretrain_module.token_store(train_loader)
+    train_loader, _ = pretrain_loop.get_dataloaders(cfg, zoo)
+    batch, store = next(iter(train_loader)), pretrain_loop.token_store(train_loader)
     permuter = build_permuter(zoo)
     read = train_step(run["sane"], batch, cfg, zoo.layout, permuter, step_generator(0, 1, 0), store=store)
     full = {"full_tokens": store.rows(batch["rows"])}

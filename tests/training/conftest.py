@@ -7,7 +7,7 @@ import pytest
 
 from sane_hf.data.configs import ConvertConfig
 from sane_hf.data.convert import convert_zoo
-from sane_hf.training import pretrain as pretrain_module
+from sane_hf.training import loop as pretrain_loop
 
 
 @pytest.fixture(scope="session")
@@ -26,13 +26,13 @@ def killed_after_checkpoint():
     right after saving the step checkpoint `step`; the checkpoint itself is written as usual."""
 
     def patch(step: int):
-        real_save = pretrain_module._save_checkpoint
+        real_save = pretrain_loop._save_checkpoint
 
         def save_then_die(accelerator, output_dir, saved_step, limit, state, **kwargs):
             real_save(accelerator, output_dir, saved_step, limit, state, **kwargs)
             if saved_step == step:
                 raise KeyboardInterrupt(f"simulated kill after the step-{step} checkpoint")
 
-        return mock.patch.object(pretrain_module, "_save_checkpoint", save_then_die)
+        return mock.patch.object(pretrain_loop, "_save_checkpoint", save_then_die)
 
     return patch

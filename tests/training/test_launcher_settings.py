@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from sane_hf.training.checkpoints import read_trainer_state
 from sane_hf.training.configs import PretrainConfig
-from sane_hf.training.pretrain import pretrain, read_trainer_state
+from sane_hf.training.loop import pretrain
 
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,9 +12,10 @@ from sane_hf.data.configs import ConvertConfig
 from sane_hf.data.convert import convert_zoo
 from sane_hf.data.hub_dataset import load_zoo_dataset
 from sane_hf.data.zoo_permutations import build_permuter
-from sane_hf.training import pretrain as pretrain_module
+from sane_hf.training import loop as pretrain_loop
+from sane_hf.training.checkpoints import read_trainer_state
 from sane_hf.training.configs import PretrainConfig
-from sane_hf.training.pretrain import pretrain, read_trainer_state, step_generator, train_step
+from sane_hf.training.loop import pretrain, step_generator, train_step
 from sane_hf.zoo_models import build_zoo_model
 
 
@@ -124,7 +125,7 @@ class _TrainStepSpy:
         return train_step(model, batch, *args, **kwargs)
 
     def patch(self):
-        return mock.patch.object(pretrain_module, "train_step", self)
+        return mock.patch.object(pretrain_loop, "train_step", self)
 
 
 def test_config_validation():
@@ -139,7 +140,7 @@ def test_config_validation():
 def test_train_step_is_deterministic_and_uses_permutations(tiny_dataset, tmp_path):
     zoo = load_zoo_dataset(tiny_dataset)
     cfg = _config(tiny_dataset, tmp_path)
-    model = pretrain_module.load_or_build_model(cfg, zoo)
+    model = pretrain_loop.load_or_build_model(cfg, zoo)
     permuter = build_permuter(zoo)
     tokens = torch.stack([zoo.splits["train"][i]["tokens"] for i in range(8)])
     batch = {"full_tokens": tokens}
@@ -157,7 +158,7 @@ def test_train_step_reads_the_window_of_a_wrapped_model(tiny_dataset, tmp_path):
     """Under DDP the model is wrapped in a module without `config`; the window must still be the model's own (with
     `--init_from` it differs from `cfg.window_size`). `DataParallel` on CPU is such a wrapper that runs in-process."""
     zoo = load_zoo_dataset(tiny_dataset)
-    model = pretrain_module.load_or_build_model(_config(tiny_dataset, tmp_path, window_size=6), zoo)
+    model = pretrain_loop.load_or_build_model(_config(tiny_dataset, tmp_path, window_size=6), zoo)
     cfg = _config(tiny_dataset, tmp_path, window_size=3)
     wrapped = torch.nn.DataParallel(model)
     assert not hasattr(wrapped, "config")
@@ -175,13 +176,13 @@ def test_train_step_reads_the_window_of_a_wrapped_model(tiny_dataset, tmp_path):
 def test_default_loaders_yield_rows_and_reading_windows_matches_cutting_them(tiny_dataset, tmp_path):
     zoo = load_zoo_dataset(tiny_dataset)
     cfg = _config(tiny_dataset, tmp_path, window_size=5)
-    train_loader, val_loader = pretrain_module.get_dataloaders(cfg, zoo)
+    train_loader, val_loader = pretrain_loop.get_dataloaders(cfg, zoo)
     batch = next(iter(train_loader))
     assert set(batch) == {"rows"} and batch["rows"].shape == (cfg.batch_size,)
-    store = pretrain_module.token_store(train_loader)
-    assert store.num_rows == len(zoo.splits["train"]) and pretrain_module.token_store(val_loader) is not None
+    store = pretrain_loop.token_store(train_loader)
+    assert store.num_rows == len(zoo.splits["train"]) and pretrain_loop.token_store(val_loader) is not None
 
-    model = pretrain_module.load_or_build_model(cfg, zoo)
+    model = pretrain_loop.load_or_build_model(cfg, zoo)
     permuter = build_permuter(zoo)
     full = {"full_tokens": torch.stack([zoo.splits["train"][int(i)]["tokens"] for i in batch["rows"]])}
     for augment in (True, False):
@@ -384,7 +385,7 @@ def test_save_total_limit_keeps_only_the_latest_step_checkpoints(tiny_dataset, t
 def test_erase_probability_erases_tokens_of_the_views(tiny_dataset, tmp_path):
     """With erasing certain, the views the model sees differ from those without erasing, for the same draws."""
     zoo = load_zoo_dataset(tiny_dataset)
-    model = pretrain_module.load_or_build_model(_config(tiny_dataset, tmp_path), zoo)
+    model = pretrain_loop.load_or_build_model(_config(tiny_dataset, tmp_path), zoo)
     seen = []
     model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["tokens"]), with_kwargs=True)
     batch = {"full_tokens": torch.stack([zoo.splits["train"][i]["tokens"] for i in range(8)])}
@@ -404,7 +405,7 @@ def test_mixed_precision_runs_the_model_in_bf16(tiny_dataset, tmp_path):
     def record_dtype(module, args, output):
         dtypes.add(output.dtype)
 
-    real_load = pretrain_module.load_or_build_model
+    real_load = pretrain_loop.load_or_build_model
 
     def load_with_hook(cfg, zoo):
         model = real_load(cfg, zoo)
@@ -417,7 +418,7 @@ def test_mixed_precision_runs_the_model_in_bf16(tiny_dataset, tmp_path):
     # Accelerate keeps its state (mixed precision included) for the process: reset it around this run.
     AcceleratorState._reset_state(reset_partial_state=True)
     try:
-        with mock.patch.object(pretrain_module, "load_or_build_model", load_with_hook):
+        with mock.patch.object(pretrain_loop, "load_or_build_model", load_with_hook):
             pretrain(_config(tiny_dataset, tmp_path / "bf16", max_steps=1, mixed_precision="bf16"))
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
@@ -476,7 +477,7 @@ def test_log_with_sends_the_config_and_every_logged_line_to_the_tracker(tiny_dat
 def test_weights_that_diverge_without_a_nan_loss_are_never_saved(tiny_dataset, tmp_path):
     """The last resort behind the loss check (an update that diverges on the last step, fp16 runs): the weights are
     checked before saving, and a NaN model is not saved."""
-    with mock.patch.object(pretrain_module, "_check_finite_loss", lambda *args: None):
+    with mock.patch.object(pretrain_loop, "_check_finite_loss", lambda *args: None):
         with pytest.raises(ValueError, match=r"not saved: the model after step 4: weight '.*' holds \d+ NaN/Inf"):
             pretrain(_config(tiny_dataset, tmp_path / "sane", max_steps=4, lr=1e12))
     assert not (tmp_path / "sane" / "model.safetensors").exists()

@@ -9,8 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from sane_hf.data import ConvertConfig, convert_zoo, load_zoo_dataset
+from sane_hf.training.checkpoints import read_trainer_state
 from sane_hf.training.configs import PretrainConfig
-from sane_hf.training.pretrain import get_streaming_dataloaders, pretrain, read_trainer_state
+from sane_hf.training.loop import get_streaming_dataloaders, pretrain
 
 
 TINY = dict(d_model=16, n_heads=2, n_layers=1, latent_dim=4, window_size=8, batch_size=4, lr=3e-3, seed=5)
