@@ -38,15 +38,7 @@ from .evaluate import (
     weight_distances,
     write_evaluation_report,
 )
-from .generate import (
-    GenerationResult,
-    SaneGenerator,
-    finished_generation,
-    generate,
-    generate_models,
-    push_generated_models,
-    save_generated_models,
-)
+from .generate import SaneGenerator, finished_generation, generate, generate_models
 from .samplers import (
     AnchorSet,
     BootstrapResult,
@@ -63,6 +55,7 @@ from .samplers import (
     subsample,
     top_k,
 )
+from .saving import GenerationResult, push_generated_models, save_generated_models
 
 
 __all__ = [
