@@ -5,15 +5,8 @@ from .convert import ConvertResult, build_layout, convert_zoo, split_model_ids, 
 from .hub_dataset import SaneZooDataset, load_zoo_dataset, load_zoo_meta
 from .info import ZOO_DATASET_FORMAT_VERSION, ZOO_DATASET_TAG, SaneDatasetInfo, SplitInfo, ZooDatasetVersionError
 from .push import push_zoo_dataset
-from .windows import (
-    ArrowTokenStore,
-    StreamingWindowLoader,
-    WindowCollator,
-    WindowDataLoader,
-    ZooCheckpointDataset,
-    read_windows,
-    sample_windows,
-)
+from .window_loaders import StreamingWindowLoader, WindowCollator, WindowDataLoader, ZooCheckpointDataset
+from .windows import ArrowTokenStore, read_windows, sample_windows
 from .zoo import (
     CheckpointRecord,
     FilterReport,

@@ -77,7 +77,7 @@ class SaneZooDataset:
 
     def window_loader(self, split: str = "train", **kwargs: Any):
         """A `WindowDataLoader` over one split (keyword arguments as `WindowDataLoader`)."""
-        from .windows import WindowDataLoader
+        from .window_loaders import WindowDataLoader
 
         return WindowDataLoader(self[split], self.layout, **kwargs)
 

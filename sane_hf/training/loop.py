@@ -33,15 +33,8 @@ from tqdm.auto import tqdm
 
 from ..constants import VALIDATION_SPLIT
 from ..data.hub_dataset import SaneZooDataset, load_zoo_dataset
-from ..data.windows import (
-    ArrowTokenStore,
-    StreamedBatches,
-    batch_rows,
-    cut_windows,
-    row_loaders,
-    streamed_loaders,
-    token_store,
-)
+from ..data.window_loaders import StreamedBatches, row_loaders, streamed_loaders, token_store
+from ..data.windows import ArrowTokenStore, batch_rows, cut_windows
 from ..data.zoo_permutations import build_permuter
 from ..hub.sane_cards import TRAINER_STATE_ZOO_KEY, write_sane_card, zoo_summary
 from ..models.sane import SaneConfig, SaneModel, add_embedding_pipeline, load_sane_folder

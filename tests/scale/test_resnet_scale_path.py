@@ -15,7 +15,7 @@ import torch
 from sane_hf.data.configs import ConvertConfig
 from sane_hf.data.convert import convert_zoo
 from sane_hf.data.hub_dataset import load_zoo_dataset
-from sane_hf.data.windows import WindowDataLoader
+from sane_hf.data.window_loaders import WindowDataLoader
 from sane_hf.data.zoo_builder import ZooConfig, build_zoo
 from sane_hf.data.zoo_permutations import build_permuter
 from sane_hf.generation.bn_conditioning import condition_batchnorm

@@ -9,7 +9,7 @@ from transformers import AutoModel, AutoModelForPreTraining, Trainer, TrainingAr
 
 from sane_hf import SaneConfig, SaneForPreTraining, SaneModel
 from sane_hf.data.hub_dataset import load_zoo_dataset
-from sane_hf.data.windows import ZooCheckpointDataset
+from sane_hf.data.window_loaders import ZooCheckpointDataset
 from sane_hf.data.zoo_permutations import build_permuter
 from sane_hf.training import PretrainingCollator, make_two_views, sane_loss
 
