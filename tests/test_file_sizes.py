@@ -20,10 +20,6 @@ ALLOWED = {
         "one abstraction: TokenLayout (tokenize, detokenize, serialize); it travels into every SANE Hub repository "
         "with the weight processor, so a split would add remote-code files to each of them"
     ),
-    # Not yet split: other work on these files was in flight while this list was written (issue 19).
-    "data/hub_dataset.py": "not yet split (issue 19): config, canonicalizer, shard writer, push and reader",
-    "training/loop.py": "not yet split (issue 19): its private window loader joins data/windows.py",
-    "generation/generate.py": "not yet split (issue 19)",
 }
 
 

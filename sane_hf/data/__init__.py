@@ -1,4 +1,8 @@
-"""Model zoos as data: zoo readers, the zoo -> Hub dataset converter and loader, and window sampling (SANE §2, §4.1)."""
+"""Model zoos as data (SANE §2, §4.1), one module per job: the zoo folder format (`zoo_format.py`), building zoos
+(`zoo_builder.py`, options in `configs.py`), reading them (`zoo.py`), the permutation symmetries of a zoo
+(`zoo_permutations.py`), converting a zoo to a tokenized Hub dataset (`convert.py`, its parquet shards in
+`shard_writer.py`, sharded over processes in `sharded_conversion.py`, uploaded by `push.py`), loading that dataset
+(`hub_dataset.py`, `info.py`) and cutting token windows from it (`windows.py`)."""
 
 from .configs import ConvertConfig, ZooConfig
 from .convert import ConvertResult, build_layout, convert_zoo, split_model_ids, write_zoo_dataset

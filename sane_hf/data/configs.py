@@ -271,9 +271,9 @@ class ConvertConfig:
         shard_size_mb (`float`, *optional*, defaults to 100): maximum uncompressed token bytes per parquet shard
             (at least one checkpoint); the conversion holds up to two shards in memory.
         num_threads (`int`, *optional*, defaults to 1): `torch.set_num_threads` during the conversion (restored
-            afterwards); 0 keeps torch's setting. The work is memory-bound copies; on the project's shared 2-core
-            machines 1 thread converted a cnn_s zoo 2.5x faster than 2 (`benchmarks/bench_data.py`). Parquet
-            shards are encoded and written by one more (Arrow) thread meanwhile.
+            afterwards); 0 keeps torch's setting. The work is memory-bound copies, for which one thread was the
+            faster choice on the project's shared 2-core machines (BENCHMARKS.md, "Zoo conversion and window
+            loading"). Parquet shards are encoded and written by one more (Arrow) thread meanwhile.
         overwrite (`bool`, *optional*, defaults to `False`): replace an existing non-empty `output_dir`.
         push_to_hub (`str`, *optional*): Hub dataset repo id to upload the folder to.
         hub_private (`bool`, *optional*, defaults to `False`): create the Hub repo as private (`private`: its

@@ -44,12 +44,12 @@ def _cast(value: Any, dtype: str) -> Any:
 class BackgroundWriter:
     """Parquet shards written by one background thread, into float32 shard buffers that it lends out.
 
-    Encoding a shard is the largest cost of a conversion (~0.35-0.45 s per ResNet-18 row: nested-list levels,
-    byte-stream-split, zstd and the disk write, all single-threaded in Arrow, which releases the GIL meanwhile), so
-    it runs while the main thread reads, tokenizes and normalizes the next shard. One write at a time: at most two
-    shard buffers exist (the one being written and the one being filled), reused across shards and splits, so a
-    shard costs no fresh page faults. Two concurrent writes converted ResNet-18 checkpoints ~15% faster on 2 cores,
-    but raised the peak RSS from 1.2 to 1.8 GB (Arrow's buffers per write) and the CPU time by ~10%.
+    Encoding a shard is the largest cost of a conversion (nested-list levels, byte-stream-split, zstd and the disk
+    write, all single-threaded in Arrow, which releases the GIL meanwhile; BENCHMARKS.md, "ResNet-18 at full size",
+    has the measurements), so it runs while the main thread reads, tokenizes and normalizes the next shard. One
+    write at a time: at most two shard buffers exist (the one being written and the one being filled), reused across
+    shards and splits, so a shard costs no fresh page faults. Two concurrent writes were somewhat faster on 2 cores
+    but raised the peak memory (Arrow's buffers per write) and the CPU time.
     """
 
     def __init__(self) -> None:
@@ -108,7 +108,7 @@ class ShardWriter:
 
     The tokens of a shard are written straight into a reused float32 buffer (`add`'s `write`) and handed to Arrow
     without a copy: no list of rows and no `np.stack` of the shard (for a ResNet-18 row, the copy and page faults
-    of a fresh 62 MB array, ~30 ms, benchmarks/bench_scale.py). `writes` encodes the full shards in the background:
+    of a fresh 62 MB array; benchmarks/bench_scale.py). `writes` encodes the full shards in the background:
     at most two shards are in memory (one being filled, one being written).
     """
 

@@ -10,7 +10,7 @@ for file, as a one-process conversion.
 Every worker reads the whole zoo: which checkpoints survive the filter (SANE §2.2) decides where each shard starts,
 and the normalization statistics are fitted on the whole train split, in the order one process streams it, so each
 worker fits the same statistics itself rather than combining partial sums (whose rounding would differ). Encoding
-and writing the shards, the largest cost of a conversion (`BackgroundWriter` in hub_dataset.py), is what is shared out.
+and writing the shards, the largest cost of a conversion (`BackgroundWriter` in shard_writer.py), is what is shared out.
 
     python scripts/convert_zoo.py --config c.yaml --num_shards 4 --shard_index 0   # ... to 3, anywhere
     python scripts/convert_zoo.py --config c.yaml --num_shards 4 --finalize true   # once all four are done

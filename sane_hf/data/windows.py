@@ -27,10 +27,9 @@ The loaders live in `window_loaders.py`; this module cuts the windows and holds 
 A window longer than the sequence (`W >= S`) is the whole sequence (start 0, length `S`).
 
 Why per-sample copies on CPU: a window is `W` consecutive tokens, i.e. one contiguous block of memory, so a batch
-is `B` memcpys. On the project's 2-core machines torch's advanced indexing of a `[32, 64, 64]` batch took 8 ms
-with 2 intra-op threads when the other core was busy (0.26 ms with 1 thread), while `B` slice copies took 0.1 ms
-and numpy fancy indexing 0.07 ms; for ResNet-sized windows (32 x 2048 x 288) slices ran at ~3.9 GB/s against
-~0.7 GB/s for torch indexing (`benchmarks/bench_data.py`).
+is `B` memcpys. On the project's shared 2-core machines both slice copies and numpy fancy indexing were much
+faster than torch's advanced indexing, which starts intra-op threads even for a small batch (BENCHMARKS.md, "Zoo
+conversion and window loading", `benchmarks/bench_data.py`).
 """
 
 from __future__ import annotations
@@ -272,7 +271,7 @@ def read_windows(
     index = starts.numpy()[:, None] + np.arange(W)
     out = {
         "tokens": store.windows(rows, starts, W),
-        # numpy fancy indexing: single-threaded and ~100x faster than torch's here (module docstring).
+        # numpy fancy indexing: single-threaded and much faster than torch's here (module docstring).
         "positions": torch.from_numpy(layout.positions.numpy()[index]),
         "mask": torch.from_numpy(layout.mask.numpy()[index]),
         "start": starts,
