@@ -61,6 +61,7 @@ from ..utils.io import (
     write_json_atomic,
 )
 from ..utils.threads import torch_threads
+from ..zoo_models import build_zoo_model
 from .configs import ConvertConfig, check_split_fractions
 from .info import (
     DATA_DIR,
@@ -72,9 +73,9 @@ from .info import (
     SplitInfo,
 )
 from .push import push_zoo_dataset
-from .shard_writer import BackgroundWriter, ShardWriter, _features
+from .shard_writer import BackgroundWriter, ShardWriter, dataset_features
 from .zoo import CheckpointRecord, ZooReader, open_zoo
-from .zoo_permutations import _Canonicalizer, _permutation_spec_known
+from .zoo_permutations import Canonicalizer, permutation_spec_known
 
 
 logger = logging.getLogger(__name__)
@@ -233,8 +234,6 @@ def build_layout(
     batchnorm_modules = None
     transposed_weights = _transformers_conv1d_weights(record)
     if record.architecture is not None and record.model_kwargs is not None:
-        from ..zoo_models import build_zoo_model
-
         try:
             module = build_zoo_model(record.architecture, **record.model_kwargs)
         except (ValueError, TypeError) as err:
@@ -425,8 +424,8 @@ def write_zoo_dataset(
         reference = {"model_id": first.model_id, "epoch": first.epoch, "source": first.source}
         architecture, model_kwargs = first.architecture, first.model_kwargs
         if canonicalize is None:
-            canonicalize = _permutation_spec_known(architecture, model_kwargs)
-        canonical = _Canonicalizer(reader, first.model_id, architecture, model_kwargs, seed) if canonicalize else None
+            canonicalize = permutation_spec_known(architecture, model_kwargs)
+        canonical = Canonicalizer(reader, first.model_id, architecture, model_kwargs, seed) if canonicalize else None
         if canonical is not None:
             reference["canonical_epoch"] = reader.selected_epochs(reader.member(first.model_id))[-1]
             first, train_records = next(canonical([first])), canonical(train_records)
@@ -440,7 +439,7 @@ def write_zoo_dataset(
 
         # 2. The splits, at most two shards in memory at a time (one being filled, one being written).
         (tmp / DATA_DIR).mkdir(exist_ok=shards is not None)
-        features = _features(layout.num_tokens, layout.token_size, properties)
+        features = dataset_features(layout.num_tokens, layout.token_size, properties)
         writers: dict[str, tuple[ShardWriter, set[str]]] = {}
         for split, model_ids in splits.items():
             owns = None if shards is None else shards.owns_from(sum(w.num_shards for w, _ in writers.values()))

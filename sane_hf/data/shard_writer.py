@@ -20,7 +20,8 @@ from .windows import TOKENS_COLUMN
 from .zoo import CheckpointRecord
 
 
-def _features(num_tokens: int, token_size: int, properties: Mapping[str, str]):
+def dataset_features(num_tokens: int, token_size: int, properties: Mapping[str, str]):
+    """The `datasets.Features` of a converted zoo's rows: ids, the `[S, T]` tokens and one column per property."""
     from datasets import Array2D, Features, Value
 
     return Features(

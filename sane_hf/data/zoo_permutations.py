@@ -40,7 +40,7 @@ def zoo_permutation_spec(
     return permutation_spec_from_module(member), list(member.state_dict())
 
 
-def _permutation_spec_known(architecture: str | None, model_kwargs: Mapping[str, Any] | None) -> bool:
+def permutation_spec_known(architecture: str | None, model_kwargs: Mapping[str, Any] | None) -> bool:
     """Whether a zoo of `architecture` can be canonicalized: it is registered and its permutation spec derives."""
     if architecture is None or model_kwargs is None:
         logger.info("Not canonicalizing: the zoo does not name a registered architecture (no permutation spec).")
@@ -53,7 +53,7 @@ def _permutation_spec_known(architecture: str | None, model_kwargs: Mapping[str,
     return True
 
 
-class _Canonicalizer:
+class Canonicalizer:
     """Per-model weight-matching permutations onto the reference model (docs/method.md#canonicalization).
 
     The target is the reference model's last converted epoch (a trained network; matching onto an initialization
@@ -64,7 +64,6 @@ class _Canonicalizer:
     """
 
     def __init__(self, reader: ZooReader, reference_model_id: str, architecture: str | None, model_kwargs, seed: int):
-
         if architecture is None or model_kwargs is None:
             raise ValueError(
                 f"{reader.path}: canonicalize=True needs the zoo's architecture to derive its permutation spec; "
