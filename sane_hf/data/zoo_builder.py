@@ -63,6 +63,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..tasks import (
+    TASK_SPLITS,
     TaskData,
     TaskSplit,
     evaluate_split,
@@ -432,7 +433,7 @@ class _ZooRun:
 
     def _evaluate_all(self, evaluate_split: Callable[[TaskSplit], Any]) -> tuple[Any, Any, Any]:
         """`evaluate_split` applied to the train, val and test splits."""
-        return tuple(evaluate_split(self.task.split(split)) for split in ("train", "val", "test"))
+        return tuple(evaluate_split(self.task.split(split)) for split in TASK_SPLITS)
 
     def train_single(self, plan: ModelPlan) -> None:
         """Train one model with `torch.optim` and `train_epoch` (architectures the batched trainer cannot run)."""

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..tasks import evaluate_split, make_optimizer, train_epoch
+from ..tasks import TASK_SPLITS, evaluate_split, make_optimizer, train_epoch
 from ..utils.bootstrap import mean_interval
 from ..utils.io import json_safe, read_json, verify_file_checksum, write_text_atomic
 from ..utils.processes import Processes
@@ -42,7 +42,7 @@ from .configs import EvaluateConfig, FinetuneConfig
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
+SPLITS = TASK_SPLITS
 METRICS = tuple(f"{split}_{metric}" for split in SPLITS for metric in ("loss", "acc"))
 # Display order and labels of the populations in reports and plots.
 POPULATION_LABELS = {

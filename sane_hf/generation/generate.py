@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..tasks import evaluate_split
+from ..tasks import TASK_SPLITS, evaluate_split
 from ..utils.io import check_output_apart_from_inputs, output_lock
 from ..utils.precision import precision_autocast, resolve_precision
 from ..utils.processes import Processes
@@ -330,7 +330,7 @@ def selected_noise_controls(
 
 def _zero_shot(model: nn.Module, task: Any) -> dict[str, float]:
     row = {}
-    for split in ("train", "val", "test"):
+    for split in TASK_SPLITS:
         metrics = evaluate_split(model, *task.split(split))
         row[f"{split}_loss"], row[f"{split}_acc"] = metrics["loss"], metrics["acc"]
     return row

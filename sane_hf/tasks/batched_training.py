@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .datasets import TaskData
+from .datasets import TASK_SPLITS, TaskData
 
 
 _ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.GELU, nn.Sigmoid, nn.LeakyReLU, nn.SiLU, nn.Identity)
@@ -276,9 +276,7 @@ def train_batched(
                 updates.zero_grad()
                 loss.backward()
                 updates.step()
-        train, val, test = (
-            batched_evaluate(network, params, *task.split(split)) for split in ("train", "val", "test")
-        )
+        train, val, test = (batched_evaluate(network, params, *task.split(split)) for split in TASK_SPLITS)
         with torch.no_grad():
             for m, model in enumerate(models):
                 for target, stacked in zip(model.parameters(), params):

@@ -58,6 +58,10 @@ VALIDATION_SPLIT_NAMES = ("validation", "valid", "val")
 _DECODE_CHUNK = 1024
 
 
+# The splits of a task, in this order (a tokenized zoo's splits are named differently: `sane_hf.constants.SPLIT_NAMES`).
+TASK_SPLITS = ("train", "val", "test")
+
+
 class TaskSplit(NamedTuple):
     """One split of a task: `images` float32 `[N, C, H, W]` (standardized) and `labels` int64 `[N]`."""
 
@@ -126,12 +130,12 @@ class TaskData:
     @property
     def split_sizes(self) -> dict[str, int]:
         """Number of images per split."""
-        return {split: self.split(split).num_samples for split in ("train", "val", "test")}
+        return {split: self.split(split).num_samples for split in TASK_SPLITS}
 
     def split(self, name: str) -> TaskSplit:
         """Return the split called `name` (`"train"`, `"val"` or `"test"`)."""
-        if name not in ("train", "val", "test"):
-            raise ValueError(f"TaskData.split: `name` must be one of ['train', 'val', 'test'], got {name!r}.")
+        if name not in TASK_SPLITS:
+            raise ValueError(f"TaskData.split: `name` must be one of {list(TASK_SPLITS)}, got {name!r}.")
         return getattr(self, name)
 
     def info(self) -> dict[str, Any]:
