@@ -90,8 +90,8 @@ def build_training_step(name: str, batch_size: int, precision: str, device: str 
     training step on them (two views, forward, `sane_loss`, backward, AdamW step), as the pretraining loop does.
 
     Shared by this script (CPU) and `gpu_check.py` (CUDA). Returns `(model, step, tokens_per_step,
-    flops_per_step)`; FLOPs of forward + backward ~ 6 x (non-embedding parameters) x tokens plus the attention
-    scores, 12 x layers x window x d_model per token.
+    flops_per_step)`; FLOPs of forward + backward ~ 6 x (non-embedding parameters) x tokens (the projection head's
+    once per window instead) plus the attention scores, 12 x layers x window x d_model per token.
     """
     import torch
 
@@ -143,9 +143,15 @@ def build_training_step(name: str, batch_size: int, precision: str, device: str 
         optimizer.zero_grad(set_to_none=True)
 
     tokens = 2 * B * W
-    dense = sum(p.numel() for n, p in model.named_parameters() if "position_embedding" not in n)
+    per_window = sum(p.numel() for n, p in model.named_parameters() if n.startswith("projection_head."))
+    per_token = sum(
+        p.numel()
+        for n, p in model.named_parameters()
+        if "position_embedding" not in n and not n.startswith("projection_head.")
+    )
     layers = config.n_layers + config.n_decoder_layers
-    flops = 6 * dense * tokens + 12 * layers * W * config.d_model * tokens
+    # The projection head flattens a whole window into one vector: it runs once per window (2B of them), not per token.
+    flops = 6 * per_token * tokens + 6 * per_window * 2 * B + 12 * layers * W * config.d_model * tokens
     return model, step, tokens, flops
 
 
