@@ -333,7 +333,7 @@ def test_push_uploads_the_folder_and_tags_the_format_version(sane_zoo, tmp_path)
     assert 'load_zoo_dataset("org/sane-zoo-test")' in (tmp_path / "ds/README.md").read_text()
 
 
-def test_load_by_repo_id_uses_snapshot_download_for_meta(converted):
+def test_load_by_repo_id_uses_snapshot_download_for_meta(converted, tmp_path):
     """Which calls reach the Hub, and with what (loading by id for real runs against the olah mirror in
     tests/hub/test_hub_integration.py)."""
     real_load_dataset = datasets.load_dataset
@@ -341,7 +341,9 @@ def test_load_by_repo_id_uses_snapshot_download_for_meta(converted):
 
     def load_dataset(repo, **kwargs):
         load_calls.append((repo, kwargs.get("revision")))
-        return real_load_dataset(str(converted))
+        # A cache of its own: datasets keys `load_dataset(folder)`'s cache on the folder's name, so another test's
+        # folder of the same name, loaded earlier in the session, would answer with its rows.
+        return real_load_dataset(str(converted), cache_dir=str(tmp_path / "datasets_cache"))
 
     with (
         mock.patch("huggingface_hub.snapshot_download", return_value=str(converted)) as download,
