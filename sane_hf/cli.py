@@ -1,4 +1,8 @@
-"""Console entry points: parse a dataclass config (YAML `--config` plus flag overrides), call one library function."""
+"""Console entry points: parse a dataclass config (YAML `--config` plus flag overrides), call one library function.
+
+Each entry point imports its own stage inside the function, the one place in the package that defers imports of
+its own modules: a command (or its `--help`) loads only the stage it runs, not all of them.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,11 @@ import functools
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 
+import yaml
+from tqdm import tqdm
 from transformers import HfArgumentParser
 
 
@@ -59,7 +66,6 @@ def one_line_errors(command: str) -> Callable:
 
 def _close_progress_bars() -> None:
     """Close the live tqdm bars, which would otherwise redraw themselves at exit, after the command's last line."""
-    from tqdm import tqdm
 
     for bar in list(tqdm._instances):
         bar.close()
@@ -68,7 +74,6 @@ def _close_progress_bars() -> None:
 def _unique_key_loader() -> type:
     """A `yaml.SafeLoader` that refuses a key given twice in one mapping (plain YAML keeps the last one silently,
     so `epochs: 5` ... `epochs: 50` would run with 50)."""
-    import yaml
 
     class UniqueKeyLoader(yaml.SafeLoader):
         pass
@@ -101,7 +106,6 @@ def parse_config(config_classes: tuple[type, ...], args: Sequence[str] | None = 
         parser.error(f"unrecognized arguments: {' '.join(remaining)}")
     yaml_values: dict = {}
     if namespace.config is not None:
-        import yaml
 
         try:
             with open(namespace.config, encoding="utf-8") as f:
@@ -152,7 +156,6 @@ def _setup_logging() -> None:
 @one_line_errors("sane-quickstart")
 def main_quickstart(args: Sequence[str] | None = None) -> None:
     """`sane-quickstart`: the whole pipeline on the embedded default (zoo, dataset, SANE, probes, generation)."""
-    import time
 
     from .quickstart import STAGES, QuickstartConfig, run_quickstart
 
@@ -239,7 +242,8 @@ def _leave_launch() -> None:
 @one_line_errors("sane-make-zoo")
 def main_make_zoo(args: Sequence[str] | None = None) -> None:
     """`sane-make-zoo`: train a model zoo (a population of seeded models, checkpointed every epoch); resumable."""
-    from .data.zoo_builder import ZooConfig, build_zoo
+    from .data.configs import ZooConfig
+    from .data.zoo_builder import build_zoo
 
     _setup_logging()
     (config,) = parse_config((ZooConfig,), args)

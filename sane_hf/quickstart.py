@@ -31,6 +31,16 @@ from pathlib import Path
 from typing import Any
 
 from .constants import VALIDATION_SPLIT, split_scores
+from .data.configs import ConvertConfig, ZooConfig
+from .data.convert import convert_zoo
+from .data.zoo_builder import build_zoo
+from .generation import GenerateConfig, generate
+from .probing.configs import PredictConfig
+from .probing.predict import predict_properties
+from .probing.report import best_record
+from .training.checkpoints import read_trainer_state
+from .training.configs import PretrainConfig
+from .training.loop import pretrain
 from .utils.bootstrap import mean_interval
 from .utils.io import read_json, write_json_atomic, write_text_atomic
 from .utils.threads import torch_threads
@@ -195,11 +205,6 @@ def stage_configs(config: QuickstartConfig, preset: Mapping[str, Mapping[str, An
 
     `preset` replaces `PRESETS[config.preset]` (the quality study, `benchmarks/study_pretrain.py`, varies it).
     """
-    from .data.configs import ConvertConfig
-    from .data.zoo_builder import ZooConfig
-    from .generation import GenerateConfig
-    from .probing.configs import PredictConfig
-    from .training.configs import PretrainConfig
 
     preset = PRESETS[config.preset] if preset is None else preset
     root = Path(config.output_dir)
@@ -266,13 +271,9 @@ def _config_dict(stage_config: Any) -> dict[str, Any]:
 def _run_stage(stage: str, stage_config: Any) -> dict[str, Any]:
     """Run one stage; returns what REPORT.md needs of it."""
     if stage == "zoo":
-        from .data.zoo_builder import build_zoo
-
         summary = build_zoo(stage_config)
         return {"num_models": summary["num_models"], "final_test_acc": summary["final_test_acc"]}
     if stage == "convert":
-        from .data.convert import convert_zoo
-
         result = convert_zoo(stage_config)
         info = result.info
         return {
@@ -282,9 +283,6 @@ def _run_stage(stage: str, stage_config: Any) -> dict[str, Any]:
             "splits": {name: split.num_models for name, split in info.splits.items()},
         }
     if stage == "pretrain":
-        from .training.checkpoints import read_trainer_state
-        from .training.loop import pretrain
-
         folder = pretrain(stage_config)
         state = read_trainer_state(folder)
         evaluations = [entry for entry in state.get("log_history", []) if "val/r2" in entry]
@@ -294,13 +292,9 @@ def _run_stage(stage: str, stage_config: Any) -> dict[str, Any]:
             "val_reconstruction_r2": evaluations[-1]["val/r2"] if evaluations else None,
         }
     if stage == "predict":
-        from .probing.predict import predict_properties
-
         results = predict_properties(stage_config)
         return {"files": results["files"]}
     if stage == "generate":
-        from .generation import generate
-
         result = generate(stage_config)
         zero_shot = [row["test_acc"] for row in result.zero_shot]
         return {"zero_shot_mean": sum(zero_shot) / len(zero_shot)}
@@ -470,7 +464,6 @@ def summarize_probe(results: Mapping[str, Any], property_name: str = "test_acc")
     Returns `{"sane": {...}, "s(W)": {...}, "W": {...}}`, each with `method`, `scaling`, `validation`, `test` and
     `test_interval` (bootstrap over test models) when present.
     """
-    from .probing.report import best_record
 
     summary = {}
     for name, method in (("sane", "SANE"), ("s(W)", "s(W)"), ("W", "W")):

@@ -91,3 +91,40 @@ def test_the_walker_sees_function_level_imports(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
     edges = {edge for _, _, edge in internal_imports()}
     assert edges == {"hub -> probing", "probing -> hub"}
+
+
+# Imported inside the functions that need them, because most commands never do and each is slow to import: the
+# dataset stack (conversion, loading, streaming), scikit-learn (probes, task data), matplotlib (plots), scipy
+# (weight matching), PIL (image tasks) and torch.fx (tracing an unknown architecture).
+DEFERRED_THIRD_PARTY = {"datasets", "pyarrow", "sklearn", "matplotlib", "scipy", "PIL", "torch.fx"}
+# The only module that defers imports of the package's own modules: each console command loads just its stage.
+DEFERS_OWN_MODULES = {"sane_hf.cli"}
+
+
+def function_level_imports(package: Path = PACKAGE) -> list[tuple[str, int, str]]:
+    """`(module, line, imported name)` for every import statement inside a function body, as read by `ast`."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        module = _module_name(path)
+        for function in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(function):
+                if isinstance(node, ast.ImportFrom):
+                    found.append((module, node.lineno, "." * node.level + (node.module or "")))
+                elif isinstance(node, ast.Import):
+                    found += [(module, node.lineno, alias.name) for alias in node.names]
+    return found
+
+
+def test_function_level_imports_only_where_start_up_time_needs_them():
+    def allowed(module: str, name: str) -> bool:
+        if name.startswith(".") or name.split(".")[0] == "sane_hf":
+            return module in DEFERS_OWN_MODULES
+        return any(name == heavy or name.startswith(heavy + ".") for heavy in DEFERRED_THIRD_PARTY)
+
+    unexplained = [f"{m}:{line} imports {name}" for m, line, name in function_level_imports() if not allowed(m, name)]
+    assert not unexplained, (
+        "imports inside functions without a reason (move them to the top of the module, or name the reason in "
+        "DEFERRED_THIRD_PARTY):\n" + "\n".join(unexplained)
+    )

@@ -44,8 +44,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
+from tqdm.auto import tqdm
 
 from ..constants import VALIDATION_SPLIT, VERSION
+from ..hub.cards import build_dataset_card
 from ..tokenization import (
     TokenLayout,
     TokenNormalization,
@@ -287,7 +290,6 @@ def _transformers_conv1d_weights(record: CheckpointRecord) -> list[str]:
         return []
     if not isinstance(config, dict) or config.get("model_type") != record.architecture:
         return []
-    import transformers
 
     try:
         model_config = transformers.AutoConfig.for_model(
@@ -330,7 +332,6 @@ def _move_into_place(tmp: Path, output_dir: Path) -> None:
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="ckpt", disable=not enabled)
 
@@ -539,7 +540,6 @@ def write_meta_and_card(
     write_json_atomic(folder / NORMALIZATION_PATH, normalization)
     if conversion is not None:
         write_json_atomic(folder / CONVERSION_PATH, conversion)
-    from ..hub.cards import build_dataset_card
 
     build_dataset_card(info, repo_id=repo_id, root=folder).save(folder / "README.md")
 

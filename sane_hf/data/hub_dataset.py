@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub
 import torch
 
 from ..constants import OLD_SPLIT_NAMES, canonical_split
@@ -30,6 +31,7 @@ from .info import (
     NORMALIZATION_PATH,
     SaneDatasetInfo,
 )
+from .window_loaders import WindowDataLoader
 
 
 logger = logging.getLogger(__name__)
@@ -77,7 +79,6 @@ class SaneZooDataset:
 
     def window_loader(self, split: str = "train", **kwargs: Any):
         """A `WindowDataLoader` over one split (keyword arguments as `WindowDataLoader`)."""
-        from .window_loaders import WindowDataLoader
 
         return WindowDataLoader(self[split], self.layout, **kwargs)
 
@@ -207,10 +208,9 @@ def load_zoo_dataset(
     elif path.exists():
         raise ValueError(f"{path}: expected a dataset folder or a Hub dataset repo id, found a file.")
     else:
-        from huggingface_hub import snapshot_download
 
         root = Path(
-            snapshot_download(
+            huggingface_hub.snapshot_download(
                 str(path_or_repo_id),
                 repo_type="dataset",
                 revision=revision,

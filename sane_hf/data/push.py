@@ -6,6 +6,8 @@ import logging
 import os
 from pathlib import Path
 
+from huggingface_hub import HfApi
+
 from .info import (
     DATA_DIR,
     INFO_PATH,
@@ -36,7 +38,6 @@ def push_zoo_dataset(
     Returns:
         `str`: the URL of the commit.
     """
-    from huggingface_hub import HfApi
 
     folder = Path(folder)
     info_file = folder / INFO_PATH

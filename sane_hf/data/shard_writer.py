@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,6 @@ class BackgroundWriter:
 
         self.wait()
         if self._executor is None:
-            from concurrent.futures import ThreadPoolExecutor
 
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sane_hf-shards")
         self._pending = self._executor.submit(pq.write_table, table, path, **options)

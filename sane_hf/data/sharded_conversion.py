@@ -33,6 +33,7 @@ from ..utils.processes import Processes
 from .configs import ConvertConfig
 from .convert import ConvertResult, _check_output_dir, _move_into_place, convert_zoo, write_meta_and_card
 from .info import SaneDatasetInfo
+from .push import push_zoo_dataset
 
 
 logger = logging.getLogger(__name__)
@@ -186,7 +187,6 @@ def finalize_sharded_conversion(config: ConvertConfig, num_shards: int) -> Conve
     num_bytes = sum(f.stat().st_size for f in output_dir.rglob("*") if f.is_file())
     url = None
     if config.push_to_hub:
-        from .push import push_zoo_dataset
 
         url = push_zoo_dataset(output_dir, config.push_to_hub, private=config.hub_private)
     seconds = time.perf_counter() - start

@@ -41,6 +41,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import pickle
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -48,10 +49,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args
 
+import huggingface_hub
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load, load_file
 
 from ..utils.checks import weights_only_rejection
 from ..utils.io import json_safe, read_json, verify_file_checksum
+from ..zoo_models import build_zoo_model, zoo_params_to_kwargs
 from .zoo_format import (
     CHECKPOINT_FILE,
     CHECKPOINTS_DIR,
@@ -262,8 +267,6 @@ def load_safetensors_checkpoint(
     With `checksum` (`{"size", "sha256"}`, read from the file `recorded_in`) the bytes are verified before they are
     parsed, so a changed file is an error rather than silently different weights.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load, load_file
 
     path = Path(path)
     if not path.is_file():
@@ -288,7 +291,6 @@ def load_pickle_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     read. A pickle it rejects (one that references Python code/classes, or garbage) raises `ZooFormatError`; this
     function never retries with `weights_only=False`.
     """
-    import pickle
 
     path = Path(path)
     if not path.is_file():
@@ -522,7 +524,6 @@ class ZooReader:
             return None
         cache_key = json.dumps([member.architecture, member.model_kwargs], sort_keys=True, default=str)
         if cache_key not in self._key_orders:
-            from ..zoo_models import build_zoo_model
 
             try:
                 with torch.device("meta"):
@@ -820,7 +821,6 @@ class ModelZooReader(ZooReader):
         _require_zoo_dir(self.path, "ray-tune trial folders with params.json, result.json and checkpoint_<E>/")
 
     def _list_members(self) -> list[ZooMember]:
-        from ..zoo_models import zoo_params_to_kwargs
 
         members = []
         for folder in sorted(p for p in self.path.iterdir() if p.is_dir()):
@@ -939,9 +939,8 @@ class HubModelsReader(ZooReader):
             return path.name, path
         if path.exists() or source.startswith((".", "/")) or source.count("/") > 1:
             raise ZooFormatError(f"{source}: expected a model folder or a Hub repo id, found no such folder.")
-        from huggingface_hub import snapshot_download
 
-        folder = snapshot_download(
+        folder = huggingface_hub.snapshot_download(
             source,
             revision=self.revision,
             allow_patterns=["*.safetensors", "*.bin", "*.json"],

@@ -26,6 +26,7 @@ from torch import nn
 from ..tokenization.layout import KIND_WEIGHT, TokenLayout
 from ..tokenization.normalization import TokenNormalization
 from ..utils.precision import precision_autocast, resolve_precision
+from ..zoo_models import build_zoo_model
 
 
 logger = logging.getLogger(__name__)
@@ -171,7 +172,6 @@ def _build_model(
     init_seed: int | None,
     target_layout: TokenLayout | None,
 ) -> tuple[nn.Module, TokenLayout]:
-    from ..zoo_models import build_zoo_model
 
     with torch.random.fork_rng(devices=[]):
         if init_seed is not None:

@@ -32,11 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..tasks import TASK_SPLITS, evaluate_split, make_optimizer, train_epoch
+from ..tasks import TASK_SPLITS, evaluate_split, load_task, make_optimizer, train_epoch
 from ..utils.bootstrap import mean_interval
 from ..utils.io import json_safe, read_json, verify_file_checksum, write_text_atomic
 from ..utils.processes import Processes
 from ..utils.threads import torch_threads
+from ..zoo_models import build_zoo_model, load_zoo_model
+from .bn_conditioning import condition_batchnorm
 from .configs import EvaluateConfig, FinetuneConfig
 
 
@@ -383,7 +385,6 @@ def scratch_models(
     architecture: str, model_kwargs: Sequence[Mapping[str, Any]], num_models: int, seed: int = 0
 ) -> list[nn.Module]:
     """`num_models` freshly initialized zoo networks (model `r` uses `model_kwargs[r % len]` and seed `seed + r`)."""
-    from ..zoo_models import build_zoo_model
 
     models = []
     for index in range(num_models):
@@ -641,9 +642,6 @@ def evaluate_models(config: EvaluateConfig) -> EvaluationReport:
 
 
 def _evaluate_saved_models(config: EvaluateConfig) -> EvaluationReport:
-    from ..tasks import load_task
-    from ..zoo_models import load_zoo_model
-    from .bn_conditioning import condition_batchnorm
 
     models_dir = Path(config.models)
     if not models_dir.is_dir():

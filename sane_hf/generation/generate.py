@@ -33,10 +33,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..tasks import TASK_SPLITS, evaluate_split
+from ..data.hub_dataset import load_zoo_dataset
+from ..models.sane import load_sane_folder
+from ..tasks import TASK_SPLITS, evaluate_split, load_task
+from ..tokenization.memory import check_fits_in_memory
+from ..tokenization.normalization import token_transform_for
+from ..tokenization.processing_sane import load_sane_processor
+from ..utils.checks import check_finite_weights
 from ..utils.io import check_output_apart_from_inputs, output_lock
 from ..utils.precision import precision_autocast, resolve_precision
 from ..utils.processes import Processes
+from ..utils.repo_ids import load_local_or_hub
 from ..utils.threads import torch_threads
 from .bn_conditioning import condition_batchnorm, has_batchnorm
 from .configs import GenerateConfig
@@ -88,8 +95,6 @@ class SaneGenerator:
     def __init__(
         self, sane: Any, zoo: Any, config: GenerateConfig, task: Any | None = None, processor: Any | None = None
     ):
-        from ..tasks import load_task
-        from ..tokenization.normalization import token_transform_for
 
         self.sane = sane.eval()
         self.zoo = zoo
@@ -475,14 +480,8 @@ def generate(config: GenerateConfig) -> GenerationResult:
 
 
 def _generate_into(config: GenerateConfig, output_dir: Path, write: bool = True) -> GenerationResult:
-    from ..data.hub_dataset import load_zoo_dataset
-    from ..models.sane import load_sane_folder
-    from ..tokenization.processing_sane import load_sane_processor
 
     start = time.perf_counter()
-    from ..tokenization.memory import check_fits_in_memory
-    from ..utils.checks import check_finite_weights
-    from ..utils.repo_ids import load_local_or_hub
 
     sane = load_local_or_hub(config.model, "SANE model", "model", load_sane_folder).eval()
     check_finite_weights(sane, f"--model {config.model}")

@@ -39,6 +39,7 @@ import torch
 
 from ..constants import canonical_split
 from ..utils.io import json_safe
+from ..zoo_models import get_zoo_architecture
 from .configs import KDE_MODES
 
 
@@ -232,7 +233,6 @@ def anchor_model_kwargs(
     constructor arguments (`activation`, `dropout`, `init`, ...) vary between members and are stored as properties.
     A decoded sample must be rebuilt with its anchor's activation, or its weights compute another function.
     """
-    from ..zoo_models import get_zoo_architecture
 
     accepted = set(get_zoo_architecture(architecture)._hub_mixin_init_parameters) - {"self"}
     kwargs = dict(base_kwargs or {})

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import HfApi
 from torch import nn
 
+from ..hub.generated_cards import build_generated_model_card
 from ..utils.io import file_checksum, make_temporary_dir
 from ..utils.repo_ids import hub_id_or_none
 from .bn_conditioning import has_batchnorm
@@ -169,7 +171,6 @@ def save_generated_models(
     Raises:
         `FileExistsError`: `output_dir` exists and is not empty, and `overwrite` is `False`.
     """
-    from ..hub.generated_cards import build_generated_model_card
 
     output_dir = Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
@@ -275,7 +276,6 @@ def push_generated_models(
     Returns:
         `str`: the commit URL.
     """
-    from huggingface_hub import HfApi
 
     folder = Path(folder)
     if not (folder / GENERATION_JSON).is_file():

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from safetensors import safe_open
 
 from ..constants import PAPER_URL
 from ..utils.io import read_json, write_text_atomic
@@ -106,7 +107,6 @@ def zoo_summary(info: SaneDatasetInfo, source: str | os.PathLike, revision: str 
 
 def _num_parameters(folder: Path) -> int | None:
     """Parameter count from the safetensors header (no tensor is read)."""
-    from safetensors import safe_open
 
     path = folder / "model.safetensors"
     if not path.is_file():

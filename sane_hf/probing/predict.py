@@ -36,6 +36,7 @@ from ..hub.probe_records import (
     METHOD_SW,
     METHOD_W,
 )
+from ..hub.sane_cards import write_sane_card
 from ..models.sane import SaneModel, load_sane_folder
 from ..tokenization import TokenLayout, TokenPermuter
 from ..tokenization.normalization import token_transform_for
@@ -459,7 +460,6 @@ def _predict_properties(cfg: PredictConfig) -> dict[str, Any] | None:
         if cfg.update_model_card and model_folder.is_dir():
             # The probe R² belong in the model's own card (`model-index`), which a later push uploads. Written before
             # the results, so that a card that cannot be written leaves no results behind either.
-            from ..hub.sane_cards import write_sane_card
 
             write_sane_card(model_folder, probe_results=json_safe(results))
         write_text_atomic(output_dir / RESULTS_JSON, json.dumps(json_safe(results), indent=2) + "\n")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
+from accelerate.utils import load as load_safely_with_accelerate
 
 from ..utils.checks import config_differences, weights_only_rejection
 from ..utils.io import (
@@ -121,7 +122,6 @@ def _check_checkpoint_pickles(path: Path) -> None:
     older sane_hf or by someone else. The random states (`random_states_<i>.pkl`) load with `weights_only=True`, but
     accelerate ignores one that fails to load, so they are checked here to refuse rather than silently skip them.
     """
-    from accelerate.utils import load
 
     for file in sorted(path.glob("*.pkl")):
         if re.fullmatch(r"custom_checkpoint_\d+\.pkl", file.name):
@@ -131,7 +131,7 @@ def _check_checkpoint_pickles(path: Path) -> None:
                 "--resume_from_checkpoint, or in a new output_dir."
             )
         try:
-            load(file, map_location="cpu")  # accelerate's safe loader: weights_only=True plus numpy RNG states
+            load_safely_with_accelerate(file, map_location="cpu")  # accelerate's safe loader: weights_only=True plus numpy RNG states
         except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
             raise ValueError(
                 f"{file}: refused to resume from {path}: torch.load(weights_only=True) rejected the file "

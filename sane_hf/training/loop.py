@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, extract_model_from_parallel, set_seed
+from huggingface_hub import HfApi
 from tqdm.auto import tqdm
 
 from ..constants import VALIDATION_SPLIT
@@ -588,7 +589,6 @@ def push_pretrained_folder(
     `results.json` of `sane-predict`, its `model-index` holds the probe results); a hand-written `README.md` is
     uploaded as it is.
     """
-    from huggingface_hub import HfApi
 
     write_sane_card(folder, repo_id=repo_id, probe_results=probe_results)
     api = HfApi()

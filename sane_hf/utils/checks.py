@@ -9,6 +9,7 @@ from itertools import chain
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 
 def check_finite_weights(module: torch.nn.Module, source: str) -> None:
@@ -47,7 +48,6 @@ def weights_only_rejection(error: Exception) -> str:
 def safetensors_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape, from the header of a safetensors file (no tensor is read); a corrupt, truncated or
     non-safetensors file raises a `ValueError` naming it."""
-    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as handle:

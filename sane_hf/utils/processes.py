@@ -14,6 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from accelerate import PartialState
+from accelerate.utils import gather_object
+
 
 @dataclass(frozen=True)
 class Processes:
@@ -39,7 +42,6 @@ class Processes:
         """
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return cls()
-        from accelerate import PartialState
 
         state = PartialState(cpu=cpu)
         return cls(index=state.process_index, count=state.num_processes)
@@ -60,14 +62,12 @@ class Processes:
         """Every process's `items` (its share, in order), concatenated in process order, on every process."""
         if self.count == 1:
             return list(items)
-        from accelerate.utils import gather_object
 
         return list(gather_object(list(items)))
 
     def barrier(self) -> None:
         """Wait until every process gets here."""
         if self.count > 1:
-            from accelerate import PartialState
 
             PartialState().wait_for_everyone()
 

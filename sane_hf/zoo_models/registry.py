@@ -22,6 +22,8 @@ from huggingface_hub import ModelCard, PyTorchModelHubMixin, hf_hub_download, sn
 from huggingface_hub.constants import CONFIG_NAME
 from torch import nn
 
+from ..utils.checks import safetensors_shapes
+
 
 logger = logging.getLogger(__name__)
 
@@ -493,7 +495,6 @@ def load_zoo_model(
             "ZooModel); load it with the concrete class, e.g. `CNN3.from_pretrained(...)`."
         )
     if path.is_dir():
-        from ..utils.checks import safetensors_shapes
 
         for weights in sorted(path.glob("*.safetensors")):
             safetensors_shapes(weights)  # a corrupt or truncated file: one line naming it, not a SafetensorError

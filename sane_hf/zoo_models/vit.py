@@ -17,8 +17,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub
 import torch
 from huggingface_hub.constants import CONFIG_NAME
+from transformers import ViTConfig, ViTForImageClassification
 
 from .registry import (
     INITS,
@@ -89,7 +91,6 @@ class ViTClassifier(ZooModel, tags=["vit", "transformers"], library_name="transf
         bias_init: float = 0.01,
     ) -> None:
         super().__init__()
-        from transformers import ViTConfig, ViTForImageClassification
 
         name = type(self).__name__
         self.in_channels = check_int(name, "in_channels", in_channels, 1)
@@ -155,15 +156,13 @@ class ViTClassifier(ZooModel, tags=["vit", "transformers"], library_name="transf
         strict: bool = True,
         **model_kwargs: Any,
     ) -> ViTClassifier:
-        from huggingface_hub import hf_hub_download
-        from transformers import ViTForImageClassification
 
         hub = {"revision": revision, "cache_dir": cache_dir, "force_download": force_download, "token": token}
         hub["local_files_only"] = local_files_only
         if Path(model_id).is_dir():
             config_file = Path(model_id) / CONFIG_NAME
         else:
-            config_file = Path(hf_hub_download(model_id, CONFIG_NAME, **hub))
+            config_file = Path(huggingface_hub.hf_hub_download(model_id, CONFIG_NAME, **hub))
         config = json.loads(config_file.read_text(encoding="utf-8"))
         if SANE_ZOO_KWARGS_KEY not in config:
             raise ValueError(
