@@ -26,6 +26,8 @@ rows = [
     ("training step, config (a), bf16 autocast", ("off_train_bf16",), ("ours_train_bf16",), 1, "s"),
     ("embed one ResNet-18 (halo 128+64), fp32", ("off_embed_fp32",), ("ours_embed_fp32",), 1, "s"),
     ("embed one ResNet-18, bf16", ("off_embed_bf16",), ("ours_embed_bf16",), 1, "s"),
+    ("sample one ResNet-18 (KDE + haloed decode + detokenize), fp32", ("off_sample_fp32",), ("ours_sample_fp32",), 1, "s"),
+    ("sample one ResNet-18, bf16", ("off_sample_bf16",), ("ours_sample_bf16",), 1, "s"),
     (
         "quickstart SANE step (config q), fp32: before -> after",
         ("base_train_fp32_q",),
@@ -49,14 +51,14 @@ for label, a, b, scale, unit in rows:
 for p in ("fp32", "bf16"):
     rows = [
         json.loads(open(f).read().strip().splitlines()[-1])
-        for f in sorted(glob.glob(f"results/log_ours_sample_{p}_r[0-9].txt"))
+        for f in sorted(glob.glob(f"results/log_ours_sample_steps_{p}_r[0-9].txt"))
     ]
     if rows:
         total = st.median(r["s_per_model"] for r in rows)
         decode = st.median(r["decode_s"] for r in rows)
         print(
-            f"| sample one ResNet-18 (KDE + haloed decode + detokenize + load), {p} | not in the harness | "
-            f"{total:.3g} s (decode {decode:.3g} s, {max(r['peak_rss_gb'] for r in rows):.2f} GB) | - |"
+            f"| sane_hf's sampling step by step, {p} | - | {total:.3g} s with building the model (decode "
+            f"{decode:.3g} s, {max(r['peak_rss_gb'] for r in rows):.2f} GB) | - |"
         )
 bounds = sorted(glob.glob("results/bounds_*.json"))
 for path in bounds:
