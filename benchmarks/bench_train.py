@@ -85,9 +85,17 @@ def matmul_gflops(dtype_name: str, size: int = 2048, repeats: int = 5) -> float:
     return 2 * size**3 / statistics.median(times) / 1e9
 
 
-def build_training_step(name: str, batch_size: int, precision: str, device: str = "cpu", compile_model: bool = False):
+def build_training_step(
+    name: str,
+    batch_size: int,
+    precision: str,
+    device: str = "cpu",
+    compile_model: bool = False,
+    retain_freed_memory: bool = True,
+):
     """A randomly initialized SANE of config `name`, a synthetic window batch and a closure running one full
-    training step on them (two views, forward, `sane_loss`, backward, AdamW step), as the pretraining loop does.
+    training step on them (two views, forward, `sane_loss`, backward, AdamW step), as the pretraining loop does
+    (including its `retain_freed_memory` default: `sane_hf.utils.allocation`).
 
     Shared by this script (CPU) and `gpu_check.py` (CUDA). Returns `(model, step, tokens_per_step,
     flops_per_step)`; FLOPs of forward + backward ~ 6 x (non-embedding parameters) x tokens (the projection head's
@@ -99,7 +107,10 @@ def build_training_step(name: str, batch_size: int, precision: str, device: str 
     from sane_hf.training.augmentations import make_two_views
     from sane_hf.training.losses import sane_loss
     from sane_hf.training.optim import make_sane_optimizer
+    from sane_hf.utils.allocation import retain_freed_memory as retain
 
+    if retain_freed_memory:
+        retain()
     torch.manual_seed(0)
     c = CONFIGS[name]
     config = SaneConfig(

@@ -13,11 +13,16 @@ warmup = int(sys.argv[2])
 runs = int(sys.argv[3])
 config = sys.argv[4] if len(sys.argv) > 4 else "a"
 who = sys.argv[5] if len(sys.argv) > 5 else "ours"
-model, step, tokens, flops = bt.build_training_step(config, bt.CONFIGS[config]["batch_size"], precision)
+# BENCH_RETAIN_FREED_MEMORY=0: without the training loop's default `retain_freed_memory` (the A/B of that lever)
+retain = os.environ.get("BENCH_RETAIN_FREED_MEMORY", "1") != "0"
+model, step, tokens, flops = bt.build_training_step(
+    config, bt.CONFIGS[config]["batch_size"], precision, retain_freed_memory=retain
+)
 rss_before = peak_rss_mb()
 res = bench(step, warmup, runs)
 res.update(
     precision=precision,
+    retain_freed_memory=retain,
     params=model.num_parameters(),
     rss_before_steps_mb=rss_before,
     tokens_per_s=tokens / res["median"],

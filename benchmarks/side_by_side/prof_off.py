@@ -1,9 +1,13 @@
+import contextlib
+import sys
+
 import torch
 from common import window_batch
 from off_common import build_module, official_tokens
 from torch.profiler import ProfilerActivity, profile
 
 
+prec = sys.argv[1] if len(sys.argv) > 1 else "bf16"
 module = build_module()
 module.model.train()
 tokens, mask, pos = official_tokens()
@@ -24,7 +28,7 @@ def batch():
 
 def step(b):
     x_i, m_i, p_i, x_j, m_j, p_j = b
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16) if prec == "bf16" else contextlib.nullcontext():
         module.optimizer.zero_grad(set_to_none=True)
         z_i, y_i, zp_i = module.forward(x_i, p_i)
         z_j, y_j, zp_j = module.forward(x_j, p_j)

@@ -58,6 +58,7 @@ RUN_CONTROL_FIELDS = (
     "hub_private",
     "num_threads",
     "compile",
+    "retain_freed_memory",
 )
 
 

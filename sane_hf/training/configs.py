@@ -48,6 +48,9 @@ class PretrainConfig:
         mixed_precision (`str`, *optional*): `"no"`, `"bf16"` or `"fp16"`; unset, the launcher decides (`accelerate
             launch --mixed_precision`, `accelerate config`, else `"no"`). `trainer_state.json` records what ran.
         compile (`bool`, defaults to `False`): `torch.compile` the model (no faster on CPU: BENCHMARKS.md, levers of the training step).
+        retain_freed_memory (`bool`, defaults to `True`): on Linux with glibc, keep freed memory in the process for
+            reuse (`sane_hf.utils.allocation`), so that every step's large temporaries stop faulting in fresh pages
+            (BENCHMARKS.md, levers of the training step); the setting stays for the rest of the process.
 
         seed, save_steps, resume_from_checkpoint, log_with, logging_steps, push_to_hub, hub_private, num_threads:
             run control.
@@ -119,6 +122,13 @@ class PretrainConfig:
         },
     )
     compile: bool = field(default=False, metadata={"help": "torch.compile the model."})
+    retain_freed_memory: bool = field(
+        default=True,
+        metadata={
+            "help": "On Linux (glibc), keep freed memory in the process for reuse, so every step's large temporaries "
+            "do not fault in fresh pages; the process keeps its peak heap."
+        },
+    )
     # Run control.
     seed: int = field(default=32, metadata={"help": "Seed of initialization, data order and augmentations."})
     save_steps: int = field(default=0, metadata={"help": "Save a resumable checkpoint every N steps (0: off)."})

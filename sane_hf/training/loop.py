@@ -43,6 +43,7 @@ from ..tokenization.layout import TokenLayout
 from ..tokenization.memory import check_fits_in_memory
 from ..tokenization.permutations import TokenPermuter
 from ..tokenization.processing_sane import SaneProcessor
+from ..utils.allocation import retain_freed_memory
 from ..utils.checks import check_finite_weights, weights_only_rejection
 from ..utils.io import (
     check_output_apart_from_inputs,
@@ -293,6 +294,8 @@ def pretrain(cfg: PretrainConfig, dataloaders: tuple | None = None, zoo: SaneZoo
     """
     output_dir = Path(cfg.output_dir)
     check_output_apart_from_inputs(output_dir, {"dataset": cfg.dataset, "init_from": cfg.init_from})
+    if cfg.retain_freed_memory:
+        retain_freed_memory()
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         mixed_precision=cfg.mixed_precision,

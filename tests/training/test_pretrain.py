@@ -234,8 +234,13 @@ def test_pretraining_learns_and_saves_a_loadable_model(tiny_dataset, tmp_path):
 
 
 def test_same_seed_same_model(tiny_dataset, tmp_path):
-    first = pretrain(_config(tiny_dataset, tmp_path / "a", max_steps=6))
-    second = pretrain(_config(tiny_dataset, tmp_path / "b", max_steps=6))
+    """Also: `retain_freed_memory` (on by default) is applied by a run that asks for it only, and changes no weight."""
+    retain = mock.patch.object(pretrain_loop, "retain_freed_memory", wraps=pretrain_loop.retain_freed_memory)
+    with retain as retain_calls:
+        first = pretrain(_config(tiny_dataset, tmp_path / "a", max_steps=6))
+        assert retain_calls.call_count == 1
+        second = pretrain(_config(tiny_dataset, tmp_path / "b", max_steps=6, retain_freed_memory=False))
+        assert retain_calls.call_count == 1
     for key, value in _weights(first).items():
         assert torch.equal(value, _weights(second)[key]), key
 
@@ -509,6 +514,7 @@ def test_resume_accepts_changed_run_control_options(tiny_dataset, tmp_path):
             save_total_limit=None,
             logging_steps=1,
             num_threads=2,
+            retain_freed_memory=False,
             resume_from_checkpoint="auto",
         )
     )
