@@ -96,6 +96,14 @@ def test_sane_loss_combines_the_terms():
     torch.testing.assert_close(result["loss_contrast"], contrast)
     torch.testing.assert_close(result["loss"], 0.05 * contrast + 0.95 * recon)
     assert not result["r2"].requires_grad
+    # R² over the real entries, computed independently (float64 numpy), for both reductions of the loss
+    target = torch.cat([v["tokens"] for v in views])
+    real = torch.cat([v["mask"] for v in views]).numpy()
+    p64, t64 = pred.detach().double().numpy()[real], target.double().numpy()[real]
+    expected_r2 = 1 - ((p64 - t64) ** 2).sum() / ((t64 - t64.mean()) ** 2).sum()
+    for reduction in ("mean", "original"):
+        r2 = sane_loss(*outputs, *views, gamma=0.05, reduction=reduction)["r2"].item()
+        assert r2 == pytest.approx(expected_r2, rel=1e-5), reduction
     result["loss"].backward()
     assert all(o.reconstructions.grad is not None and o.projections.grad is not None for o in outputs)
     # tuples (latents, reconstructions, projections) work too

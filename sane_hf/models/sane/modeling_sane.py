@@ -929,6 +929,14 @@ def masked_reconstruction_loss(
     Returns:
         A scalar float32 tensor (0 when there is no real entry).
     """
+    return _reconstruction_loss_and_error_sum(pred, target, mask, reduction)[0]
+
+
+def _reconstruction_loss_and_error_sum(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, reduction: str
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`masked_reconstruction_loss` and, for `reduction="mean"`, the sum of squared errors it divides (which
+    `reconstruction_r2` reuses instead of a second pass over the batch)."""
     if pred.shape != target.shape or pred.shape != mask.shape:
         raise ValueError(
             f"`pred`, `target` and `mask` must have one shape, got {list(pred.shape)}, {list(target.shape)}, "
@@ -940,9 +948,10 @@ def masked_reconstruction_loss(
     if reduction == "mean":
         # `where`, not a product: whatever the model puts at padding (even inf/NaN) cannot leak into the loss. The
         # padding takes the target's value, so `mse_loss` (one fused pass forward and one backward) sums real entries.
-        return _masked_squared_error_sum(pred, target, mask) / mask.sum().clamp_min(1)
+        squared_error_sum = _masked_squared_error_sum(pred, target, mask)
+        return squared_error_sum / mask.sum().clamp_min(1), squared_error_sum
     if reduction == "original":
-        return (pred * mask - target).square().mean()
+        return (pred * mask - target).square().mean(), None
     raise ValueError(f"`reduction` must be one of {RECONSTRUCTION_REDUCTIONS}, got {reduction!r}.")
 
 
@@ -951,17 +960,20 @@ def _masked_squared_error_sum(pred: torch.Tensor, target: torch.Tensor, mask: to
     return F.mse_loss(torch.where(mask, pred, target), target, reduction="sum")
 
 
-def reconstruction_r2(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def reconstruction_r2(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, squared_error_sum: torch.Tensor | None = None
+) -> torch.Tensor:
     """Coefficient of determination `1 - SS_res / SS_tot` over the real entries (a monitoring metric, no gradient).
 
     Unlike upstream's `loss/rsq` (torchmetrics explained variance per token column across the batch, averaged), it
-    is one global R² over all real values of the batch, so padding columns cannot distort it.
+    is one global R² over all real values of the batch, so padding columns cannot distort it. `squared_error_sum`,
+    when the caller has it already (the loss), is `SS_res`.
     """
     with torch.no_grad():
         pred, target = pred.float(), target.float()
         count = mask.sum().clamp_min(1)
         mean = torch.where(mask, target, 0).sum() / count
-        ss_res = _masked_squared_error_sum(pred, target, mask)
+        ss_res = _masked_squared_error_sum(pred, target, mask) if squared_error_sum is None else squared_error_sum
         ss_tot = torch.where(mask, target - mean, 0).square().sum()
         return 1 - ss_res / ss_tot.clamp_min(torch.finfo(torch.float32).tiny)
 
@@ -1035,7 +1047,11 @@ def sane_pretraining_loss(
     use_contrast = gamma >= _GAMMA_EPS
     use_recon = abs(1 - gamma) >= _GAMMA_EPS
     # Both views in one tensor, as upstream: the mean runs over the real entries of the 2B windows together.
-    loss_recon = masked_reconstruction_loss(reconstructions, targets, mask, reduction) if use_recon else zero
+    squared_error_sum = None
+    if use_recon:
+        loss_recon, squared_error_sum = _reconstruction_loss_and_error_sum(reconstructions, targets, mask, reduction)
+    else:
+        loss_recon = zero
     if use_contrast:
         z_i, z_j = projections.chunk(2)
         loss_contrast = nt_xent_loss(z_i, z_j, temperature)
@@ -1049,7 +1065,9 @@ def sane_pretraining_loss(
         "loss": loss,
         "loss_recon": loss_recon,
         "loss_contrast": loss_contrast,
-        "r2": reconstruction_r2(reconstructions, targets, mask),
+        "r2": reconstruction_r2(
+            reconstructions, targets, mask, None if squared_error_sum is None else squared_error_sum.detach()
+        ),
     }
 
 
