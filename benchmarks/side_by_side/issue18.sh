@@ -18,6 +18,7 @@ for ORDER in $ORDERS; do
   i=$((i+1)); export BENCH_TAG="_r$i"
   run bounds ours bounds.py r$i
   pair ours_tok "ours_tok.py" off_tok "off_tok.py"
+  run ours_tok_retained ours ours_tok.py retained
   for p in fp32 bf16; do
     pair ours_train_$p "ours_train.py $p $TW $TR" off_train_$p "off_train.py $p $TW $TR"
     pair ours_embed_$p "ours_embed.py $p $EW $ER" off_embed_$p "off_embed.py $p $EW $ER"
