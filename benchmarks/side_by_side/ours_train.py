@@ -14,15 +14,17 @@ runs = int(sys.argv[3])
 config = sys.argv[4] if len(sys.argv) > 4 else "a"
 who = sys.argv[5] if len(sys.argv) > 5 else "ours"
 # BENCH_RETAIN_FREED_MEMORY=0: without the training loop's default `retain_freed_memory` (the A/B of that lever)
+# (a SANE_BASE checkout from before that option has no such argument)
 retain = os.environ.get("BENCH_RETAIN_FREED_MEMORY", "1") != "0"
-model, step, tokens, flops = bt.build_training_step(
-    config, bt.CONFIGS[config]["batch_size"], precision, retain_freed_memory=retain
+options = (
+    {"retain_freed_memory": retain} if "retain_freed_memory" in bt.build_training_step.__code__.co_varnames else {}
 )
+model, step, tokens, flops = bt.build_training_step(config, bt.CONFIGS[config]["batch_size"], precision, **options)
 rss_before = peak_rss_mb()
 res = bench(step, warmup, runs)
 res.update(
     precision=precision,
-    retain_freed_memory=retain,
+    retain_freed_memory=bool(options) and retain,
     params=model.num_parameters(),
     rss_before_steps_mb=rss_before,
     tokens_per_s=tokens / res["median"],
