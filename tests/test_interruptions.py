@@ -22,9 +22,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
+
+from sane_hf.data import convert as convert_module
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -281,13 +284,21 @@ def test_rerunning_a_finished_conversion_skips_it(tmp_path, zoo_tools, capsys):
     zoo = zoo_tools.write_sane_hf_zoo(tmp_path / "zoo", num_models=4, num_epochs=1)
     output = tmp_path / "zoo_ds"
     args = ["--zoo_dir", str(zoo), "--output_dir", str(output), "--token_size", "16"]
-    _run_main("main_convert_zoo", args)
+    retain = mock.patch.object(convert_module, "retain_freed_memory", wraps=convert_module.retain_freed_memory)
+    with retain as retain_calls:
+        _run_main("main_convert_zoo", args)
+    assert retain_calls.call_count == 1  # `retain_freed_memory` is on by default
     written = {relative: path.stat().st_mtime_ns for relative, path in _files(output).items()}
     capsys.readouterr()
 
     _run_main("main_convert_zoo", args)  # the same command: exit 0, nothing rewritten
     assert capsys.readouterr().out.startswith("Already converted (same zoo models and options; skipped): ")
     assert {relative: path.stat().st_mtime_ns for relative, path in _files(output).items()} == written
+    # Options that steer the run but not the dataset do not make it another conversion.
+    with retain as retain_calls:
+        _run_main("main_convert_zoo", args + ["--retain_freed_memory", "false", "--num_threads", "2"])
+    assert retain_calls.call_count == 0
+    assert capsys.readouterr().out.startswith("Already converted (same zoo models and options; skipped): ")
 
     # Another option, or a zoo that gained a model, is another conversion: refused without --overwrite.
     shutil.copytree(zoo / "models" / "model_0000", zoo / "models" / "model_0099")

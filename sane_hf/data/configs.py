@@ -274,6 +274,9 @@ class ConvertConfig:
             afterwards); 0 keeps torch's setting. The work is memory-bound copies, for which one thread was the
             faster choice on the project's shared 2-core machines (BENCHMARKS.md, "Zoo conversion and window
             loading"). Parquet shards are encoded and written by one more (Arrow) thread meanwhile.
+        retain_freed_memory (`bool`, *optional*, defaults to `True`): on Linux with glibc, keep freed memory in the
+            process for reuse (`sane_hf.utils.allocation`), so each batch's large token buffers stop faulting in
+            fresh pages (BENCHMARKS.md, levers); the setting stays for the rest of the process.
         overwrite (`bool`, *optional*, defaults to `False`): replace an existing non-empty `output_dir`.
         push_to_hub (`str`, *optional*): Hub dataset repo id to upload the folder to.
         hub_private (`bool`, *optional*, defaults to `False`): create the Hub repo as private (`private`: its
@@ -332,6 +335,13 @@ class ConvertConfig:
     )
     num_threads: int = field(
         default=1, metadata={"help": "torch threads during the conversion (0: keep torch's setting)."}
+    )
+    retain_freed_memory: bool = field(
+        default=True,
+        metadata={
+            "help": "On Linux (glibc), keep freed memory in the process for reuse, so each batch's token buffers do "
+            "not fault in fresh pages; the process keeps its peak heap."
+        },
     )
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing non-empty output_dir."})
     push_to_hub: str | None = field(

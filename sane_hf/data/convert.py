@@ -56,6 +56,7 @@ from ..tokenization import (
     detect_transposed_weights,
 )
 from ..tokenization.memory import check_fits_in_memory
+from ..utils.allocation import retain_freed_memory
 from ..utils.io import (
     check_output_apart_from_inputs,
     file_checksum,
@@ -90,7 +91,15 @@ CONVERSION_PATH = f"{META_DIR}/conversion.json"
 
 
 # `ConvertConfig` options that do not change the dataset.
-_CONVERSION_RUN_CONTROL = ("output_dir", "overwrite", "num_threads", "push_to_hub", "hub_private", "private")
+_CONVERSION_RUN_CONTROL = (
+    "output_dir",
+    "overwrite",
+    "num_threads",
+    "retain_freed_memory",
+    "push_to_hub",
+    "hub_private",
+    "private",
+)
 
 
 # Properties first in this order (the original's result keys, docs/zoo_dataset_format.md), then the rest sorted.
@@ -593,6 +602,8 @@ def convert_zoo(config: ConvertConfig, *, show_progress: bool = True, shards: An
     if not config.output_dir:
         raise ValueError("`output_dir` is required: where to write the dataset folder.")
     start = time.perf_counter()
+    if config.retain_freed_memory:
+        retain_freed_memory()
     with torch_threads(config.num_threads):
         # A second conversion would silently replace this one (shard workers write their own files side by side).
         with output_lock(config.output_dir) if shards is None else contextlib.nullcontext():
