@@ -35,13 +35,13 @@ def retain_freed_memory() -> bool:
 
     Returns:
         `bool`: whether the setting is in effect (it stays for the rest of the process); `False` where the C
-        library is not glibc (macOS, Windows, musl), which is logged once.
+        library is not glibc (macOS, Windows, musl).
     """
     global _applied
     if _applied:
         return True
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        logger.info("retain_freed_memory: the C library is not glibc (%s); left as it is.", platform.platform())
+        logger.debug("retain_freed_memory: the C library is not glibc (%s); left as it is.", platform.platform())
         return False
     libc = ctypes.CDLL(None)  # the C library this process already runs on
     # mallopt returns 1 on success, 0 on a value it refuses.
@@ -50,7 +50,8 @@ def retain_freed_memory() -> bool:
         for parameter in (_M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD)
     )
     if applied:
-        logger.info("retain_freed_memory: glibc malloc keeps freed blocks of up to 2 GiB for reuse.")
+        # Debug, not info: a run's log (and a bad input's one-line error) stays about the run.
+        logger.debug("retain_freed_memory: glibc malloc keeps freed blocks of up to 2 GiB for reuse.")
     else:
         logger.warning("retain_freed_memory: glibc's mallopt refused the thresholds; left as it is.")
     _applied = applied
