@@ -12,6 +12,9 @@ compare medians side by side; BENCHMARKS.md's levers table quotes them). sane_hf
         embedding one ResNet-18 in bf16: under autocast (float32 weights) or with the model cast to bfloat16
     SANE_CHECKOUT=<checkout> python levers.py convert {retain,default}
         converting 8 ResNet-18 checkpoints (bench_scale's convert row) with or without `retain_freed_memory`
+    SANE_CHECKOUT=<checkout> python levers.py tokenize {retain,default}
+        12 calls tokenizing one ResNet-18 into fresh output in a fresh process (the first call and the median of the
+        rest), with or without `retain_freed_memory`; run it for two checkouts to compare how they allocate
 """
 
 import functools
@@ -180,6 +183,24 @@ def convert(memory: str) -> dict:
     return bench_scale.run_convert(8)
 
 
+def tokenize(memory: str) -> dict:
+    import bench_scale
+
+    if memory == "retain":
+        from sane_hf.utils.allocation import retain_freed_memory
+
+        retain_freed_memory()
+    model, layout = bench_scale._resnet_layout(torch)
+    state_dict = model.state_dict()
+    times = []
+    for _ in range(12):
+        start = time.perf_counter()
+        tokens = layout.tokenize(state_dict)
+        times.append(time.perf_counter() - start)
+        del tokens
+    return {"first_call_s": times[0], "median_of_the_rest_s": statistics.median(times[1:]), "times_s": times}
+
+
 if __name__ == "__main__":
     lever, arguments = sys.argv[1], sys.argv[2:]
     if lever == "train_views":
@@ -190,6 +211,8 @@ if __name__ == "__main__":
         result = embed(arguments[0], int(arguments[1]) if len(arguments) > 1 else None)
     elif lever == "convert":
         result = convert(*arguments)
+    elif lever == "tokenize":
+        result = tokenize(*arguments)
     else:
-        raise SystemExit(f"unknown lever {lever!r}; expected train_views, bf16_attention, embed or convert")
+        raise SystemExit(f"unknown lever {lever!r}; expected train_views, bf16_attention, embed, convert or tokenize")
     print(json.dumps({"lever": lever, "arguments": arguments, "threads": torch.get_num_threads(), **result}))

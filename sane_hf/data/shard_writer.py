@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..tokenization.memory import empty_hugepage
 from .info import (
     DATA_PATH_TEMPLATE,
 )
@@ -66,7 +65,7 @@ class BackgroundWriter:
             buffer = self._free.pop()
             if tuple(buffer.shape) == shape:
                 return buffer
-        return empty_hugepage(shape, torch.float32)
+        return torch.empty(shape, dtype=torch.float32)
 
     def submit(self, buffer: torch.Tensor, table, path: Path, **options: Any) -> None:
         """Write `table` (whose tokens are a view of `buffer`) to `path` once the previous write is done."""
@@ -74,7 +73,6 @@ class BackgroundWriter:
 
         self.wait()
         if self._executor is None:
-
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sane_hf-shards")
         self._pending = self._executor.submit(pq.write_table, table, path, **options)
         self._writing = buffer

@@ -193,7 +193,7 @@ def batched_evaluate(
     """Per-model mean cross-entropy and accuracy of all group members on one split (shared images)."""
     M = network.num_models
     # Chunks keep the largest activation (e.g. [n, M*8, 8, 8]) at a few MB: big fresh buffers are dominated by page
-    # faults on the project machines (sane_hf/tokenization/memory.py).
+    # faults on the project machines (BENCHMARKS.md, levers of the tokenizer).
     chunk = max(16, 4096 // M)
     loss_sum = torch.zeros(M, dtype=torch.float64)
     correct = torch.zeros(M, dtype=torch.long)

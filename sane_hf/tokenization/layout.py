@@ -33,8 +33,6 @@ import torch
 from torch import nn
 from transformers.utils import FEATURE_EXTRACTOR_NAME, cached_file
 
-from .memory import empty_hugepage
-
 
 logger = logging.getLogger(__name__)
 
@@ -665,7 +663,7 @@ class TokenLayout:
         device = tensors[0].device
         plan = self._plan()
         if out is None:
-            tokens = empty_hugepage((B, S, T), self.token_dtype, device)
+            tokens = torch.empty((B, S, T), dtype=self.token_dtype, device=device)
         else:
             expected = (B, S, T) if batch_size is not None else (S, T)
             if tuple(out.shape) != expected or out.dtype != self.token_dtype or not out.is_contiguous():
@@ -735,7 +733,7 @@ class TokenLayout:
             copied_keys = [self._flat_keys[plan.weight_tensor[i]] for i in copied]
             copied_keys += [self._flat_keys[plan.bias_tensor[i]] for i in copied if plan.bias_tensor[i] >= 0]
         sizes = [self._numel_by_key[k] for k in copied_keys]
-        buffer = empty_hugepage((B, sum(sizes)), self.token_dtype, tokens.device)
+        buffer = torch.empty((B, sum(sizes)), dtype=self.token_dtype, device=tokens.device)
         tensors = dict(zip(copied_keys, buffer.split(sizes, dim=1)))
         with_bias = [i for i in copied if plan.bias_tensor[i] >= 0]
         destinations = [

@@ -26,7 +26,6 @@ from typing import Any
 import torch
 
 from .layout import TokenLayout, load_processor_part
-from .memory import empty_hugepage
 
 
 logger = logging.getLogger(__name__)
@@ -222,7 +221,7 @@ class TokenNormalization:
             result = (tokens - mean).div_(std).masked_fill_(padding, 0)
             return result if out is None else out.copy_(result)
         if out is None:
-            out = empty_hugepage(tuple(tokens.shape), tokens.dtype, tokens.device)
+            out = torch.empty(tokens.shape, dtype=tokens.dtype, device=tokens.device)
         # Block by block (`_BLOCK_VALUES`), so the three ops of a block work on cache-resident data. Elementwise
         # ops: the same bits as on the whole tensor.
         S, T = layout.num_tokens, layout.token_size

@@ -4,8 +4,8 @@ What a tokenizer is to a language model, `SaneProcessor` is to SANE (docs/method
 docs/method.md#normalization): it holds the token layout of the zoo architecture and the per-layer normalization
 of the pretraining zoo, tokenizes and normalizes state_dicts into `tokens` / `positions`, and de-normalizes and
 detokenizes tokens back into state_dicts. It is a transformers feature extractor: `save_pretrained` writes
-`preprocessor_config.json` next to the SANE's weights and copies this file, `layout.py`, `normalization.py` and
-`memory.py` into the folder, so `AutoFeatureExtractor.from_pretrained(repo_id, trust_remote_code=True)` (or
+`preprocessor_config.json` next to the SANE's weights and copies this file, `layout.py` and `normalization.py`
+into the folder, so `AutoFeatureExtractor.from_pretrained(repo_id, trust_remote_code=True)` (or
 `AutoProcessor`) works without `sane_hf` installed. It therefore imports only the standard library, numpy, torch,
 transformers and its siblings.
 """
@@ -198,7 +198,7 @@ def load_sane_processor(source: str | os.PathLike, **hub_options: Any) -> SanePr
     return SaneProcessor.from_pretrained(source, **hub_options)
 
 
-# Copy this file (and, through its relative imports, layout.py, normalization.py and memory.py) into the folder on
+# Copy this file (and, through its relative imports, layout.py and normalization.py) into the folder on
 # `save_pretrained` and write `auto_map` into preprocessor_config.json, so `AutoFeatureExtractor.from_pretrained(repo,
 # trust_remote_code=True)` works without `sane_hf` installed.
 SaneProcessor.register_for_auto_class("AutoFeatureExtractor")

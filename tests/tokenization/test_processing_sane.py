@@ -99,7 +99,7 @@ def test_save_and_load_the_transformers_way(tmp_path):
     processor = _processor()
     processor.save_pretrained(tmp_path / "repo" / "sub")
     folder = tmp_path / "repo" / "sub"
-    assert {"preprocessor_config.json", "processing_sane.py", "layout.py", "normalization.py", "memory.py"} == set(
+    assert {"preprocessor_config.json", "processing_sane.py", "layout.py", "normalization.py"} == set(
         os.listdir(folder)
     )
     config = json.loads((folder / "preprocessor_config.json").read_text())

@@ -4,31 +4,15 @@ flat token buffer (docs/method.md#departures-at-a-glance)."""
 from __future__ import annotations
 
 import logging
-import math
 
 import numpy as np
 import torch
 
 from ..layout import TokenLayout
-from ..memory import empty_hugepage
 from .spec import AxisPermutation, Permutations, PermutationSpec
 
 
 logger = logging.getLogger(__name__)
-
-
-_HUGEPAGE_MIN_BYTES = 4 << 20
-
-
-def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """`torch.empty`, backed by transparent huge pages for large CPU buffers (see `sane_hf.tokenization.memory`).
-
-    The window index and values are fresh multi-megabyte buffers on every batch; with 4 KiB pages the kernel's page
-    faults cost more than the gathers that fill them. `empty_hugepage` covers float dtypes; int64 is added here.
-    """
-    if dtype == torch.int64 and device.type == "cpu" and math.prod(shape) * 8 >= _HUGEPAGE_MIN_BYTES:
-        return torch.from_numpy(np.empty(shape, dtype=np.int64))
-    return empty_hugepage(shape, dtype, device)
 
 
 class TokenPermuter:
@@ -241,7 +225,7 @@ class TokenPermuter:
         if offset is not None:
             row_base += offset[:, None]
         local = tables["token_type"][tokens] - first_type[:, None] + arange_b * K
-        index = _empty((batch_size * window_size, T), torch.long, tokens.device)
+        index = torch.empty((batch_size * window_size, T), dtype=torch.long, device=tokens.device)
         torch.index_select(columns.view(batch_size * K, T), 0, local.view(-1), out=index)
         return index.view(batch_size, window_size, T).add_(row_base[..., None])
 
@@ -347,12 +331,12 @@ class TokenPermuter:
         source = full_tokens.as_strided(
             (batch_size, full_tokens.shape[1] * T), (full_tokens.stride(0), 1), full_tokens.storage_offset()
         )
-        values = _empty((batch_size, window_size * T), full_tokens.dtype, device)
+        values = torch.empty((batch_size, window_size * T), dtype=full_tokens.dtype, device=device)
         torch.gather(source, 1, index.view(batch_size, -1), out=values)
         # Padding read a real value of its source row; a multiplication by the 0/1 mask makes it exactly zero (the
         # original's index-level permutation filled padding with the first weight, docs/method.md#departures-at-a-glance). It is
         # several times cheaper than `torch.where` on CPU.
-        mask = _empty((batch_size * window_size, T), values.dtype, device)
+        mask = torch.empty((batch_size * window_size, T), dtype=values.dtype, device=device)
         torch.index_select(self._mask(device, values.dtype), 0, tokens.view(-1), out=mask)
         return values.view(batch_size, window_size, T).mul_(mask.view(batch_size, window_size, T))
 
