@@ -26,21 +26,10 @@ import sys
 import time
 
 import torch
+from common import bench
 
 
 sys.path.insert(0, os.environ["SANE_CHECKOUT"] + "/benchmarks")
-torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-
-
-def _median_seconds(function, warmup: int, runs: int) -> dict:
-    for _ in range(warmup):
-        function()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(times), "times_s": times}
 
 
 def _peak_rss_gb() -> float:
@@ -76,7 +65,7 @@ def train_views(layout: str, precision: str, memory: str) -> dict:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-    return {**_median_seconds(step, 2, 4), "peak_rss_gb": _peak_rss_gb()}
+    return {**bench(step, 2, 4), "peak_rss_gb": _peak_rss_gb()}
 
 
 class _ChunkedBmmAttention(torch.autograd.Function):
@@ -146,7 +135,7 @@ def bf16_attention() -> dict:
         forward_backward = functools.partial(_attention_forward_backward, attention, inputs, grad)
         out, leaves = forward_backward()
         results[name] = {
-            **_median_seconds(forward_backward, 2, 7),
+            **bench(forward_backward, 2, 7),
             "max_abs_error_out": (out.double() - exact_out).abs().max().item(),
             "max_abs_error_grad_query": (leaves[0].grad.double() - exact[0].grad).abs().max().item(),
         }
@@ -170,7 +159,7 @@ def embed(variant: str, snippets_per_pass: int | None) -> dict:
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 return sane.embed(tokens, layout.positions, batch_size=snippets_per_pass)
 
-    return _median_seconds(run, 1, 3)
+    return bench(run, 1, 3)
 
 
 def convert(memory: str) -> dict:
