@@ -27,7 +27,7 @@ _PROGRAM = textwrap.dedent(
         del buffer
         return faults
 
-    print(json.dumps({"applied": applied, "faults": [faults_of_fresh_buffer() for _ in range(5)]}))
+    print(json.dumps({"applied": applied, "faults": [faults_of_fresh_buffer() for _ in range(8)]}))
     """
 )
 _PAGES = (64 << 20) // 4096
@@ -44,11 +44,12 @@ def _run(mode: str) -> dict:
 def test_a_freed_large_buffer_is_reused_without_page_faults():
     retained = _run("retain")
     assert retained["applied"] is True
-    # Once the heap has grown to hold the buffer (the first rounds), every later round reuses it: no fresh pages.
-    assert max(retained["faults"][-3:]) < _PAGES // 100, retained
+    # Once the heap has grown to hold the buffer (in the first three rounds it touches up to two buffers' worth of
+    # fresh heap, depending on where malloc places each one), every later round reuses it: no fresh pages.
+    assert max(retained["faults"][-4:]) < _PAGES // 100, retained
     # Without it, glibc maps and unmaps the buffer every round, so each round faults its pages in again (unless the
     # kernel backs it with transparent huge pages, 512 pages a fault, on machines with THP "always").
     default = _run("default")
     thp_setting = Path("/sys/kernel/mm/transparent_hugepage/enabled")
     thp_always = thp_setting.is_file() and "[always]" in thp_setting.read_text()
-    assert thp_always or min(default["faults"][-3:]) > _PAGES // 2, default
+    assert thp_always or min(default["faults"][-4:]) > _PAGES // 2, default
