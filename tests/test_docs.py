@@ -17,16 +17,21 @@ LINKED_FILES = [ROOT / "README.md", *DOCS]
 
 # The docs written to replace citations of notes outside the repository; they must not cite those notes themselves.
 SELF_CONTAINED_DOCS = ["docs/method.md", "docs/architecture.md", "docs/zoo_dataset_format.md"]
-OUTSIDE_DOCUMENTS = (
-    "SANE_METHOD",
-    "CALIBRATION",
-    "STYLE_ANCHORS",
-    "BASELINE.md",
-    "DESIGN.md",
-    "ENVIRONMENT.md",
-    "PAPER_RESULTS",
-    "../shared",
-    "shared/docs",
+# Notes outside the repository, spelled here in pieces (joined below) so that this file, which the repository-wide
+# check reads too, does not itself name them.
+OUTSIDE_DOCUMENTS = tuple(
+    "".join(pieces)
+    for pieces in (
+        ("SANE_", "METHOD"),
+        ("CALI", "BRATION"),
+        ("STYLE_", "ANCHORS"),
+        ("BASE", "LINE.md"),
+        ("DES", "IGN.md"),
+        ("ENVIRON", "MENT.md"),
+        ("PAPER_", "RESULTS"),
+        ("../", "shared"),
+        ("shared/", "docs"),
+    )
 )
 
 _FENCE = re.compile(r"^(```|~~~)")
@@ -128,7 +133,6 @@ def test_nothing_in_the_repository_cites_notes_outside_it():
             if path.is_file()
             and path.suffix in TEXT_SUFFIXES
             and not {"results", "official", "venv-off", "__pycache__"} & set(path.parts)
-            and path != Path(__file__)
         ]
     citing = {
         f"{path.relative_to(ROOT)}: {doc}"
