@@ -9,7 +9,8 @@ being handed back. BENCHMARKS.md ("levers of the training step") has the measure
 process keeps its peak heap until it exits.
 
 The setting is process-wide and cannot be undone (glibc has no call that reads the previous values back), so
-callers opt in: `PretrainConfig.retain_freed_memory`, on by default for training runs.
+callers opt in: `PretrainConfig.retain_freed_memory` and `ConvertConfig.retain_freed_memory`, on by default for
+training runs and conversions.
 """
 
 from __future__ import annotations

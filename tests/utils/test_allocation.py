@@ -1,6 +1,7 @@
 """`retain_freed_memory`: a large buffer freed and allocated again is served from memory the process already has,
 instead of fresh pages the kernel faults in (counted with getrusage's minor page faults, not timed)."""
 
+import json
 import platform
 import subprocess
 import sys
@@ -34,8 +35,6 @@ _PAGES = (64 << 20) // 4096
 
 
 def _run(mode: str) -> dict:
-    import json
-
     result = subprocess.run([sys.executable, "-c", _PROGRAM, mode], capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
